@@ -1,0 +1,42 @@
+import { Command, Errors } from '@oclif/core';
+import { installSignalHandlers, releaseAll } from './cleanup.js';
+import { OemError } from './errors.js';
+
+/**
+ * Base of every command: expected failures (OemError) end with one line on stderr, an optional hint,
+ * and the error's exit code. With --json the error is also printed as JSON on stdout.
+ */
+export abstract class OemCommand extends Command {
+  public override async init(): Promise<void> {
+    installSignalHandlers();
+    await super.init();
+  }
+
+  protected override async finally(err: Error | undefined): Promise<unknown> {
+    const problems = await releaseAll();
+    for (const p of problems) process.stderr.write(`oem: cleanup: ${p}\n`);
+    return super.finally(err);
+  }
+
+  protected override async catch(err: Error & { exitCode?: number }): Promise<unknown> {
+    if (err instanceof OemError) {
+      if (this.jsonEnabled()) {
+        process.stdout.write(
+          JSON.stringify({ error: { message: err.message, code: err.code, exitCode: err.exitCode, hint: err.hint } }, null, 2) +
+            '\n',
+        );
+      }
+      process.stderr.write(`oem: error: ${err.message}\n`);
+      if (err.hint) process.stderr.write(`hint: ${err.hint}\n`);
+      this.exit(err.exitCode);
+    }
+    if (err instanceof Errors.ExitError) throw err;
+    // oclif's own parse errors (unknown flag, missing argument) are usage errors: one line, exit 2.
+    if (err instanceof Errors.CLIError && !(err instanceof Errors.ExitError)) {
+      const msg = err.message.split('\n')[0];
+      process.stderr.write(`oem: error: ${msg}\nhint: see 'oem ${this.id ?? ''} --help'\n`);
+      this.exit(err.oclif?.exit ?? 2);
+    }
+    return super.catch(err);
+  }
+}

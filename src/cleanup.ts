@@ -1,0 +1,69 @@
+/**
+ * The one place where everything acquired (temporary files and directories, loop devices, mounts,
+ * child processes) registers its release. Releases run in reverse order on success, on failure and on
+ * SIGINT/SIGTERM/SIGHUP.
+ */
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+type Release = () => Promise<void> | void;
+
+const stack: { name: string; release: Release }[] = [];
+let handlersInstalled = false;
+let exiting = false;
+
+/** Registers a release; returns a function that runs it now and unregisters it. */
+export function acquire(name: string, release: Release): () => Promise<void> {
+  const item = { name, release };
+  stack.push(item);
+  return async () => {
+    const i = stack.indexOf(item);
+    if (i < 0) return;
+    stack.splice(i, 1);
+    await release();
+  };
+}
+
+/** Runs every registered release, newest first; errors are collected and reported, not thrown. */
+export async function releaseAll(): Promise<string[]> {
+  const problems: string[] = [];
+  while (stack.length) {
+    const item = stack.pop()!;
+    try {
+      await item.release();
+    } catch (err) {
+      problems.push(`${item.name}: ${(err as Error).message}`);
+    }
+  }
+  return problems;
+}
+
+export function pendingReleases(): string[] {
+  return stack.map((s) => s.name);
+}
+
+/** Installs signal handlers that release everything and exit with 128+signal. */
+export function installSignalHandlers(): void {
+  if (handlersInstalled) return;
+  handlersInstalled = true;
+  const codes: Record<string, number> = { SIGINT: 130, SIGTERM: 143, SIGHUP: 129 };
+  for (const sig of Object.keys(codes) as NodeJS.Signals[]) {
+    process.on(sig, () => {
+      if (exiting) return;
+      exiting = true;
+      process.stderr.write(`oem: interrupted (${sig}); cleaning up\n`);
+      void releaseAll().then((problems) => {
+        for (const p of problems) process.stderr.write(`oem: cleanup: ${p}\n`);
+        process.exit(codes[sig]);
+      });
+    });
+  }
+}
+
+/** A private temporary directory, removed on release. */
+export async function tempDir(prefix: string, parent?: string): Promise<{ path: string; release: () => Promise<void> }> {
+  const path = await mkdtemp(join(parent ?? process.env.OEM_TMPDIR ?? tmpdir(), `oem-${prefix}-`));
+  const release = acquire(`temporary directory ${path}`, () => rm(path, { recursive: true, force: true }));
+  return { path, release };
+}

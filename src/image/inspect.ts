@@ -1,0 +1,169 @@
+/**
+ * `oem inspect`: what an image is. Partition table, filesystems, generation, and the OEM partition's
+ * contents. Compressed images are streamed into a private sparse file first.
+ */
+import { readFile, stat } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
+import { tempDir } from '../cleanup.js';
+import { OemError, describe } from '../errors.js';
+import { FileSource, SliceSource } from './byte-source.js';
+import { decompressToSparse, detectCompression, type Compression } from './decompress.js';
+import { detectFilesystem, type FsInfo } from './fs-detect.js';
+import { openFsReader, type FsEntry } from './fs-read.js';
+import { readGpt, type Gpt, type GptPartition } from './gpt.js';
+import { decodeUsrAttributes, roleOf, type Role, type UsrAttributes } from './layout.js';
+import { detectGeneration, parseKeyValues, type GenerationInfo } from './generation.js';
+
+export interface PartitionReport {
+  number: number;
+  label: string;
+  role: Role;
+  typeGuid: string;
+  uniqueGuid: string;
+  firstLba: number;
+  lastLba: number;
+  size: number;
+  attributes: string;
+  usr?: UsrAttributes;
+  filesystem: FsInfo;
+}
+
+export interface OemReport {
+  readable: boolean;
+  error?: string;
+  filesystem?: string;
+  oemId?: string;
+  grub?: Record<string, string>;
+  oemRelease?: Record<string, string>;
+  files: FsEntry[];
+}
+
+export interface InspectReport {
+  image: string;
+  compression: Compression;
+  decompressor?: string;
+  size: number;
+  sectorSize: number;
+  diskGuid: string;
+  firstUsableLba: number;
+  lastUsableLba: number;
+  warnings: string[];
+  partitions: PartitionReport[];
+  generation: GenerationInfo;
+  oem: OemReport | null;
+}
+
+/** Parses the `set key="value"` lines of a GRUB snippet. */
+export function parseGrubSets(text: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const line of text.split('\n')) {
+    const m = /^\s*set\s+([A-Za-z_][A-Za-z0-9_]*)=(?:"([^"]*)"|'([^']*)'|(\S*))\s*$/.exec(line);
+    if (m) out[m[1]!] = m[2] ?? m[3] ?? m[4] ?? '';
+  }
+  return out;
+}
+
+async function readVersionTxt(image: string): Promise<Record<string, string> | undefined> {
+  const stem = basename(image).replace(/(\.bin)?(\.bz2|\.gz|\.xz|\.zst)?$/, '');
+  for (const p of [join(dirname(image), `${stem}.version.txt`), join(dirname(image), 'version.txt')]) {
+    try {
+      return parseKeyValues(await readFile(p, 'utf8'));
+    } catch {
+      /* none */
+    }
+  }
+  return undefined;
+}
+
+export function partitionReports(gpt: Gpt, fss: Map<number, FsInfo>): PartitionReport[] {
+  return gpt.partitions.map((p: GptPartition) => {
+    const role = roleOf(p.number, p.label, p.typeGuid);
+    const r: PartitionReport = {
+      number: p.number,
+      label: p.label,
+      role,
+      typeGuid: p.typeGuid,
+      uniqueGuid: p.uniqueGuid,
+      firstLba: p.firstLba,
+      lastLba: p.lastLba,
+      size: p.size,
+      attributes: '0x' + p.attributes.toString(16).padStart(16, '0'),
+      filesystem: fss.get(p.number) ?? { type: 'none' },
+    };
+    if (role === 'usr-a' || role === 'usr-b') r.usr = decodeUsrAttributes(p.attributes);
+    return r;
+  });
+}
+
+async function inspectOem(imagePath: string, p: PartitionReport | undefined): Promise<OemReport | null> {
+  if (!p) return null;
+  const fs = p.filesystem.type;
+  if (fs === 'none' || fs === 'vfat') {
+    return { readable: false, error: fs === 'none' ? 'no filesystem' : 'unexpected vfat filesystem', files: [] };
+  }
+  const reader = openFsReader({ imagePath, offset: p.firstLba * 512, size: p.size, fs, name: `partition ${p.number} (${p.label})` });
+  try {
+    const files = await reader.list();
+    const report: OemReport = { readable: true, filesystem: fs, files };
+    const grub = await reader.readFile('/grub.cfg');
+    if (grub) {
+      report.grub = parseGrubSets(grub.toString('utf8'));
+      if (report.grub.oem_id !== undefined) report.oemId = report.grub.oem_id;
+    }
+    const rel = await reader.readFile('/oem-release');
+    if (rel) report.oemRelease = parseKeyValues(rel.toString('utf8'));
+    return report;
+  } catch (err) {
+    return { readable: false, error: describe(err), files: [] };
+  } finally {
+    await reader.close();
+  }
+}
+
+/** Inspects a raw image file (already decompressed). */
+export async function inspectRaw(path: string, display = path): Promise<Omit<InspectReport, 'compression'>> {
+  const src = await FileSource.open(path);
+  try {
+    const gpt = await readGpt(src);
+    const fss = new Map<number, FsInfo>();
+    for (const p of gpt.partitions) fss.set(p.number, await detectFilesystem(new SliceSource(src, p.offset, p.size)));
+    const partitions = partitionReports(gpt, fss);
+    const versionTxt = await readVersionTxt(display);
+    const generation = await detectGeneration(path, partitions, versionTxt);
+    const oem = await inspectOem(path, partitions.find((p) => p.role === 'oem'));
+    return {
+      image: display,
+      size: src.size,
+      sectorSize: gpt.sectorSize,
+      diskGuid: gpt.diskGuid,
+      firstUsableLba: gpt.firstUsableLba,
+      lastUsableLba: gpt.lastUsableLba,
+      warnings: gpt.warnings,
+      partitions,
+      generation,
+      oem,
+    };
+  } finally {
+    await src.close();
+  }
+}
+
+export async function inspectImage(path: string, opts: { onProgress?: (bytes: number) => void } = {}): Promise<InspectReport> {
+  let st;
+  try {
+    st = await stat(path);
+  } catch {
+    throw new OemError(`no such image: ${path}`, { code: 'usage' });
+  }
+  if (!st.isFile()) throw new OemError(`not a regular file: ${path}`, { code: 'usage' });
+  const compression = await detectCompression(path);
+  if (compression === 'none') return { compression, ...(await inspectRaw(path)) };
+  const tmp = await tempDir('inspect');
+  try {
+    const raw = join(tmp.path, 'image.bin');
+    const d = await decompressToSparse(path, raw, opts.onProgress ? { onProgress: opts.onProgress } : {});
+    return { compression, decompressor: d.tool, ...(await inspectRaw(raw, path)) };
+  } finally {
+    await tmp.release();
+  }
+}

@@ -1,0 +1,123 @@
+import { open, type FileHandle } from 'node:fs/promises';
+import { createReadStream } from 'node:fs';
+
+/** Size of the blocks checked for zeros; all-zero blocks are skipped (left as holes). */
+export const SPARSE_BLOCK = 64 * 1024;
+
+const ZERO = Buffer.alloc(SPARSE_BLOCK);
+
+export function isZero(buf: Buffer): boolean {
+  if (buf.length === SPARSE_BLOCK) return buf.equals(ZERO);
+  for (let off = 0; off < buf.length; off += SPARSE_BLOCK) {
+    const end = Math.min(buf.length, off + SPARSE_BLOCK);
+    if (!buf.subarray(off, end).equals(ZERO.subarray(0, end - off))) return false;
+  }
+  return true;
+}
+
+/**
+ * Writes a sequential byte stream into a file at a start offset, skipping all-zero blocks so they stay
+ * holes. The file must already be sized (or be extended by `finish(size)`), and the region written
+ * must be holes or zeros beforehand unless `overwriteZeros` is set.
+ */
+export class SparseWriter {
+  private pos: number;
+  private pending: Buffer[] = [];
+  private pendingLen = 0;
+  written = 0;
+  skipped = 0;
+
+  constructor(
+    private readonly fh: FileHandle,
+    start = 0,
+    private readonly overwriteZeros = false,
+  ) {
+    this.pos = start;
+  }
+
+  get position(): number {
+    return this.pos + this.pendingLen;
+  }
+
+  async write(chunk: Buffer): Promise<void> {
+    this.pending.push(chunk);
+    this.pendingLen += chunk.length;
+    if (this.pendingLen >= SPARSE_BLOCK * 16) await this.flush(false);
+  }
+
+  private async flush(all: boolean): Promise<void> {
+    if (this.pendingLen === 0) return;
+    const data = this.pending.length === 1 ? this.pending[0]! : Buffer.concat(this.pending, this.pendingLen);
+    // Only whole blocks, aligned to the file, unless this is the final flush.
+    const firstAlign = (SPARSE_BLOCK - (this.pos % SPARSE_BLOCK)) % SPARSE_BLOCK;
+    let usable = all ? data.length : firstAlign + Math.floor((data.length - firstAlign) / SPARSE_BLOCK) * SPARSE_BLOCK;
+    if (usable > data.length) usable = all ? data.length : 0;
+    let off = 0;
+    let runStart = -1;
+    const emit = async (from: number, to: number) => {
+      let done = 0;
+      while (done < to - from) {
+        const { bytesWritten } = await this.fh.write(data, from + done, to - from - done, this.pos + from + done);
+        done += bytesWritten;
+      }
+      this.written += to - from;
+    };
+    while (off < usable) {
+      const blockEnd = off === 0 && firstAlign > 0 ? Math.min(firstAlign, usable) : Math.min(off + SPARSE_BLOCK, usable);
+      const block = data.subarray(off, blockEnd);
+      const zero = !this.overwriteZeros && isZero(block);
+      if (zero) {
+        if (runStart >= 0) {
+          await emit(runStart, off);
+          runStart = -1;
+        }
+        this.skipped += block.length;
+      } else if (runStart < 0) {
+        runStart = off;
+      }
+      off = blockEnd;
+    }
+    if (runStart >= 0) await emit(runStart, usable);
+    this.pos += usable;
+    const rest = data.subarray(usable);
+    this.pending = rest.length ? [Buffer.from(rest)] : [];
+    this.pendingLen = rest.length;
+  }
+
+  /** Writes what is pending. */
+  async end(): Promise<void> {
+    await this.flush(true);
+  }
+}
+
+/** Copies a whole file into `dst` at `offset`, leaving its all-zero blocks as holes. */
+export async function sparseCopyInto(srcPath: string, dstPath: string, offset: number): Promise<{ written: number }> {
+  const fh = await open(dstPath, 'r+');
+  try {
+    const w = new SparseWriter(fh, offset);
+    for await (const chunk of createReadStream(srcPath, { highWaterMark: 1024 * 1024 })) {
+      await w.write(chunk as Buffer);
+    }
+    await w.end();
+    return { written: w.written };
+  } finally {
+    await fh.close();
+  }
+}
+
+/** Copies `length` bytes of `srcPath` from `srcOffset` into a new sparse file `dstPath`. */
+export async function sparseCopyRange(srcPath: string, srcOffset: number, length: number, dstPath: string): Promise<void> {
+  const fh = await open(dstPath, 'wx');
+  try {
+    await fh.truncate(length);
+    const w = new SparseWriter(fh, 0);
+    if (length > 0) {
+      for await (const chunk of createReadStream(srcPath, { start: srcOffset, end: srcOffset + length - 1, highWaterMark: 1024 * 1024 })) {
+        await w.write(chunk as Buffer);
+      }
+    }
+    await w.end();
+  } finally {
+    await fh.close();
+  }
+}
