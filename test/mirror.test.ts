@@ -103,6 +103,7 @@ describe('mirror files', () => {
     bad[bad.length >> 1]! ^= 0x01;
     const tampered = await openpgpVerify(bad, sig, key.armoredPublic);
     await expect(tampered.first.verified).rejects.toThrow();
+    await expect(signDetached(join(work, 'missing.bin'), key.armoredPrivate)).rejects.toThrow(/ENOENT/);
   });
 
   it('gpg --verify accepts the signature and rejects a flipped byte', async () => {

@@ -85,6 +85,14 @@ async function collect(data: unknown): Promise<Buffer> {
   return Buffer.concat(chunks);
 }
 
+async function drain(data: unknown): Promise<void> {
+  if (data === null || data instanceof Uint8Array || typeof data === 'string') return;
+  const reader = (data as ReadableStream<Uint8Array>).getReader();
+  while (!(await reader.read()).done) {
+    // discard
+  }
+}
+
 /** Detached binary signature of a file, made by the signing subkey; the file is streamed, not buffered. */
 export async function signDetached(filePath: string, armoredPrivateKey: string, opts: SignOptions = {}): Promise<Buffer> {
   const date = opts.date ?? new Date();
@@ -108,15 +116,20 @@ export async function signDetached(filePath: string, armoredPrivateKey: string, 
   }
   const webStream = Readable.toWeb(createReadStream(filePath));
   const message = await openpgp.createMessage({ binary: webStream as unknown as ReadableStream<Uint8Array> });
-  const signature: unknown = await openpgp.sign({
+  // Not format 'binary': for a detached signature of a stream, openpgp.sign() then drains the
+  // message with readToEnd(), holding the whole file in memory. With format 'object' we drive the
+  // data through the hash ourselves: the hash reads a passive clone of the literal data, which only
+  // advances as the literal data itself is read, so read and drop it alongside.
+  const signature = await openpgp.sign({
     message,
     signingKeys: privateKey,
     signingKeyIDs: keyID,
     detached: true,
-    format: 'binary',
+    format: 'object',
     date,
   });
-  return collect(signature);
+  const [bytes] = await Promise.all([collect(signature.write()), drain(message.getLiteralData())]);
+  return bytes;
 }
 
 /** The `.DIGESTS` text of a file (MD5, SHA1, SHA512), hashed in one streaming pass. */

@@ -12,6 +12,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { sparseCopyInto } from '../../src/image/sparse.js';
 import { TYPE } from '../../src/image/layout.js';
+import { versionTxt } from './mirror.js';
 
 export type Generation = 'coreos' | 'flatcar';
 export type ImageSize = 'small' | 'full';
@@ -84,21 +85,6 @@ function layoutFor(size: ImageSize): { parts: PartSpec[]; totalSectors: number }
   const used = 4096 + parts.reduce((a, p) => a + p.sectors, 0);
   const totalSectors = full ? FULL_SIZE / S : used + 4096;
   return { parts, totalSectors };
-}
-
-export function versionTxt(distro: Generation, version: string): string {
-  const P = distro === 'coreos' ? 'COREOS' : 'FLATCAR';
-  const [build, branch, patch] = version.split('.');
-  return [
-    `${P}_BUILD=${build}`,
-    `${P}_BRANCH=${branch}`,
-    `${P}_PATCH=${patch}`,
-    `${P}_VERSION=${version}`,
-    `${P}_VERSION_ID=${version}`,
-    `${P}_BUILD_ID=""`,
-    `${P}_SDK_VERSION=${build}.0.0`,
-    '',
-  ].join('\n');
 }
 
 export function osRelease(distro: Generation, version: string, board: string): string {

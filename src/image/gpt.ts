@@ -83,6 +83,8 @@ interface HeaderResult {
   header?: GptHeader;
   entries?: Buffer;
   problem?: string;
+  /** A header that is intact but describes a disk larger than the file. */
+  beyondEnd?: GptHeader;
 }
 
 async function readExactly(src: ByteSource, offset: number, length: number): Promise<Buffer | null> {
@@ -139,8 +141,8 @@ async function readHeader(src: ByteSource, lba: number, which: 'primary' | 'back
   if (h.entriesLba < 2 || (h.entriesLba <= h.lastUsableLba && entriesEnd >= h.firstUsableLba)) {
     return { problem: `${where} places its partition entries (LBA ${h.entriesLba}-${entriesEnd}) inside the usable area` };
   }
-  if (h.lastUsableLba >= totalSectors || entriesEnd >= totalSectors) {
-    return { problem: `${where} describes a disk of at least ${Math.max(h.lastUsableLba, entriesEnd) + 1} sectors but the file has ${totalSectors}` };
+  if (h.lastUsableLba >= totalSectors || entriesEnd >= totalSectors || h.alternateLba >= totalSectors) {
+    return { beyondEnd: h, problem: `${where} describes a disk of at least ${Math.max(h.lastUsableLba, entriesEnd) + 1} sectors but the file has ${totalSectors}` };
   }
   const entries = await readExactly(src, h.entriesLba * SECTOR, entryBytes);
   if (!entries) return { problem: `${which} partition entries (LBA ${h.entriesLba}) lie beyond the end of the file` };
@@ -207,14 +209,15 @@ export async function readGpt(src: ByteSource): Promise<Gpt> {
   const warnings: string[] = [];
 
   const primary = await readHeader(src, 1, 'primary', totalSectors);
-  // Where to look for the backup: where the primary says, else the last sector.
-  const backupLba = primary.header ? primary.header.alternateLba : totalSectors - 1;
-  if (primary.header && backupLba >= totalSectors) {
+  if (primary.beyondEnd) {
+    const lba = Math.max(primary.beyondEnd.alternateLba, primary.beyondEnd.lastUsableLba);
     throw badImage(
-      `image is truncated: the GPT puts its backup header at LBA ${backupLba} (byte ${backupLba * SECTOR}) but the file is only ${src.size} bytes`,
+      `image is truncated: the GPT puts its backup header at LBA ${lba} (byte ${lba * SECTOR}) but the file is only ${src.size} bytes`,
       'download or decompress the image again',
     );
   }
+  // Where to look for the backup: where the primary says, else the last sector.
+  const backupLba = primary.header ? primary.header.alternateLba : totalSectors - 1;
   const backup = await readHeader(src, backupLba, 'backup', totalSectors);
 
   if (!primary.header && !backup.header) {

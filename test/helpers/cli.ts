@@ -1,0 +1,43 @@
+import { execa } from 'execa';
+import { fileURLToPath } from 'node:url';
+
+export const REPO = fileURLToPath(new URL('../..', import.meta.url));
+export const BIN = fileURLToPath(new URL('../../bin/run.js', import.meta.url));
+
+export interface CliResult {
+  exitCode: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs the built `oem` CLI as a user would, as a separate process. */
+export async function oem(args: string[], opts: { env?: Record<string, string>; cwd?: string; input?: string } = {}): Promise<CliResult> {
+  const r = await execa(process.execPath, [BIN, ...args], {
+    reject: false,
+    env: { ...opts.env, NO_COLOR: '1' },
+    ...(opts.cwd ? { cwd: opts.cwd } : {}),
+    ...(opts.input !== undefined ? { input: opts.input } : { stdin: 'ignore' }),
+  });
+  return { exitCode: r.exitCode ?? -1, stdout: String(r.stdout), stderr: String(r.stderr) };
+}
+
+/** Runs `oem ... --json` and parses stdout. */
+export async function oemJson<T = unknown>(args: string[], opts: Parameters<typeof oem>[1] = {}): Promise<{ result: CliResult; json: T }> {
+  const result = await oem([...args, '--json'], opts);
+  let json: T;
+  try {
+    json = JSON.parse(result.stdout) as T;
+  } catch {
+    throw new Error(`oem ${args.join(' ')} --json printed no JSON (exit ${result.exitCode}):\n${result.stdout}\n${result.stderr}`);
+  }
+  return { result, json };
+}
+
+/** An expected failure: one line (plus an optional hint line), no stack trace. */
+export function expectCleanError(r: CliResult): string {
+  if (r.exitCode === 0) throw new Error(`expected failure, got exit 0:\n${r.stdout}`);
+  if (/\n\s+at /.test(r.stderr)) throw new Error(`stack trace printed:\n${r.stderr}`);
+  const lines = r.stderr.trim().split('\n').filter((l) => !l.startsWith('hint: '));
+  if (lines.length !== 1 || !lines[0]!.startsWith('oem: error: ')) throw new Error(`expected one error line, got:\n${r.stderr}`);
+  return lines[0]!.slice('oem: error: '.length);
+}
