@@ -200,12 +200,15 @@ export async function readGpt(src: ByteSource): Promise<Gpt> {
   if (src.size < SECTOR * 3) {
     throw badImage(`not a disk image: ${src.size} bytes is too small to hold a partition table`);
   }
+  const mbr = await src.read(0, SECTOR);
+  const mbrInfo = checkMbr(mbr);
+  if (!mbrInfo.signature && (await src.read(SECTOR, 8)).toString('latin1') !== SIGNATURE) {
+    throw badImage('not a disk image: no GPT header at LBA 1 and no protective MBR');
+  }
   if (src.size % SECTOR !== 0) {
     throw badImage(`not a whole number of 512-byte sectors: ${src.size} bytes (truncated or not a disk image)`);
   }
   const totalSectors = src.size / SECTOR;
-  const mbr = await src.read(0, SECTOR);
-  const mbrInfo = checkMbr(mbr);
   const warnings: string[] = [];
 
   const primary = await readHeader(src, 1, 'primary', totalSectors);

@@ -3,12 +3,12 @@
  * image (raw and .bin.bz2), with some OEM and ROOT content. Tests that need variants build their own
  * with buildTestImage.
  */
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { TestProject } from 'vitest/node';
 import { buildTestImage, type Generation } from '../../scripts/lib/test-image.js';
-import { compressBzip2 } from '../../scripts/lib/mirror.js';
+import { compressBzip2, generateTestKey, publishRelease, type TestKey } from '../../scripts/lib/mirror.js';
 
 export interface Fixture {
   generation: Generation;
@@ -22,6 +22,13 @@ export interface Fixtures {
   dir: string;
   coreos: Fixture;
   flatcar: Fixture;
+  /**
+   * A release mirror: `{mirror}/{distro}/{channel}/{board}/{version|current}/` for flatcar (stable, and
+   * alpha) and coreos (stable), signed by the signing subkey of a throw-away key. Serve it with
+   * startMirrorServer(mirror) and use `${url}/${distro}/{channel}/{board}` as the base URL template.
+   */
+  mirror: string;
+  key: TestKey & { publicKeyPath: string };
 }
 
 declare module 'vitest' {
@@ -50,7 +57,23 @@ export async function setup(project: TestProject): Promise<void> {
     return { generation, version: img.version, raw, bz2, versionTxt: img.versionTxtPath! };
   };
   const [coreos, flatcar] = await Promise.all([make('coreos'), make('flatcar')]);
-  project.provide('fixtures', { dir, coreos, flatcar });
+  const key = await generateTestKey({ name: 'oem test releases' });
+  const publicKeyPath = join(dir, 'test-key.pub.asc');
+  await writeFile(publicKeyPath, key.armoredPublic);
+  const mirror = join(dir, 'mirror');
+  for (const f of [coreos, flatcar]) {
+    await publishRelease({
+      mirrorDir: join(mirror, f.generation),
+      distro: f.generation,
+      channel: 'stable',
+      board: 'amd64-usr',
+      version: f.version,
+      imageBz2: f.bz2,
+      armoredPrivateKey: key.armoredPrivate,
+      current: true,
+    });
+  }
+  project.provide('fixtures', { dir, coreos, flatcar, mirror, key: { ...key, publicKeyPath } });
 }
 
 export async function teardown(): Promise<void> {

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs the system packages of packages.txt (Debian 12) and checks Node.js. Run as root.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+mapfile -t pkgs < <(grep -vE '^\s*(#|$)' "$here/packages.txt")
+if [ "$(id -u)" -ne 0 ]; then
+  echo "install-deps: run as root (sudo $0)" >&2
+  exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
+if ! command -v node >/dev/null || [ "$(node -p 'process.versions.node.split(".")[0]')" -lt 20 ]; then
+  echo "install-deps: Node.js 20 or newer is needed (found: $(node --version 2>/dev/null || echo none))." >&2
+  echo "install-deps: Debian 12's own nodejs is 18; install Node.js 20 LTS from nodejs.org or NodeSource." >&2
+  exit 1
+fi
+echo "install-deps: ${#pkgs[@]} packages installed; node $(node --version)"
