@@ -85,10 +85,13 @@ export async function startMirrorServer(root: string, opts: MirrorFaults = {}): 
   const used = new WeakMap<object, number>();
   const faults: MirrorFaults = opts;
 
+  /** A fault's `match` is a substring of the path, or with a trailing `$` a suffix of it. */
+  const matches = (path: string, m: string): boolean => (m.endsWith('$') ? path.endsWith(m.slice(0, -1)) : path.includes(m));
+
   /** Consumes one use of the first matching, not yet exhausted entry. */
   function take<T extends { match: string }>(list: T[] | undefined, path: string, limit: (e: T) => number): T | undefined {
     for (const e of list ?? []) {
-      if (!path.includes(e.match)) continue;
+      if (!matches(path, e.match)) continue;
       const n = used.get(e) ?? 0;
       if (n >= limit(e)) continue;
       used.set(e, n + 1);
@@ -135,7 +138,7 @@ export async function startMirrorServer(root: string, opts: MirrorFaults = {}): 
 
     if (method !== 'GET' && method !== 'HEAD') return simple(405, { Allow: 'GET, HEAD' });
     const path = rawTarget.split('?')[0] ?? '/';
-    if (faults.notFound?.some((s) => path.includes(s))) return simple(404);
+    if (faults.notFound?.some((s) => matches(path, s))) return simple(404);
     const fail = take(faults.failTimes, path, (e) => e.times);
     if (fail) return simple(fail.status ?? 500);
 
@@ -198,8 +201,9 @@ export async function startMirrorServer(root: string, opts: MirrorFaults = {}): 
       } catch {
         // client went away
       }
-      // Wait for the bytes to reach the socket, then cut the connection.
-      res.write(Buffer.alloc(0), kill);
+      // Wait for the bytes to reach the socket and the client to read them (a client's stream that
+      // errors drops what it has not read yet), then cut the connection.
+      res.write(Buffer.alloc(0), () => setTimeout(kill, 150));
       return;
     }
 

@@ -292,3 +292,19 @@ export async function compressBzip2(rawPath: string, outPath: string): Promise<'
   });
   return tool;
 }
+
+/**
+ * Revokes the signing subkey(s) of a test key (as key owners do when a subkey is compromised or
+ * retired). Returns the updated key, public and private, armored.
+ */
+export async function revokeSigningSubkeys(armoredPrivateKey: string, date = new Date()): Promise<{ armoredPublic: string; armoredPrivate: string }> {
+  const key = await openpgp.readPrivateKey({ armoredKey: armoredPrivateKey });
+  for (let i = 0; i < key.subkeys.length; i++) {
+    const sub = key.subkeys[i]!;
+    const flags = sub.bindingSignatures[0]?.keyFlags?.[0] ?? 0;
+    if (flags & openpgp.enums.keyFlags.signData) {
+      key.subkeys[i] = await sub.revoke(key.keyPacket as openpgp.SecretKeyPacket, { flag: openpgp.enums.reasonForRevocation.keyCompromised, string: 'test' }, date);
+    }
+  }
+  return { armoredPublic: key.toPublic().armor(), armoredPrivate: key.armor() };
+}

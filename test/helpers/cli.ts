@@ -37,7 +37,10 @@ export async function oemJson<T = unknown>(args: string[], opts: Parameters<type
 export function expectCleanError(r: CliResult): string {
   if (r.exitCode === 0) throw new Error(`expected failure, got exit 0:\n${r.stdout}`);
   if (/\n\s+at /.test(r.stderr)) throw new Error(`stack trace printed:\n${r.stderr}`);
-  const lines = r.stderr.trim().split('\n').filter((l) => !l.startsWith('hint: '));
-  if (lines.length !== 1 || !lines[0]!.startsWith('oem: error: ')) throw new Error(`expected one error line, got:\n${r.stderr}`);
-  return lines[0]!.slice('oem: error: '.length);
+  // Progress lines ("oem: ...") may come before; exactly one error line, optionally followed by a hint.
+  const lines = r.stderr.trim().split('\n');
+  const errors = lines.filter((l) => l.startsWith('oem: error: '));
+  const other = lines.filter((l) => !l.startsWith('oem: ') && !l.startsWith('hint: '));
+  if (errors.length !== 1 || other.length) throw new Error(`expected one error line, got:\n${r.stderr}`);
+  return errors[0]!.slice('oem: error: '.length);
 }

@@ -1,0 +1,17 @@
+/** Flags shared by the commands that get releases (fetch, build). */
+import { Flags } from '@oclif/core';
+
+export const releaseFlags = {
+  distro: Flags.string({ description: 'distribution', options: ['flatcar', 'coreos'], default: 'flatcar' }),
+  channel: Flags.string({ description: 'release channel', options: ['alpha', 'beta', 'stable', 'lts'], default: 'stable' }),
+  board: Flags.string({ description: 'board', options: ['amd64-usr', 'arm64-usr'], default: 'amd64-usr' }),
+  release: Flags.string({ description: '"current" or a version X.Y.Z', default: 'current' }),
+  'base-url': Flags.string({
+    description: 'URL template of the board directory, with {channel} and {board} (default: the distro\'s official server)',
+    env: 'OEM_BASE_URL',
+  }),
+  'image-name': Flags.string({ description: 'image file name (default {distro}_production_image.bin.bz2)' }),
+  key: Flags.string({ description: 'trust this public key file instead of the bundled official keys (repeatable)', multiple: true }),
+  'cache-dir': Flags.string({ description: 'cache directory (default $XDG_CACHE_HOME/oem)', env: 'OEM_CACHE_DIR' }),
+  insecure: Flags.boolean({ description: 'do NOT check the signature (prints a warning; never for published images)', default: false }),
+};

@@ -1,0 +1,242 @@
+/**
+ * `oem fetch`: a channel's release (current or pinned), labelled by version.txt, downloaded into a
+ * cache keyed by distro, board and version, and verified before it gets its final name.
+ *
+ * Cache entry: {cache}/{distro}/{board}/{version}/ with the image, .sig, .DIGESTS and version.txt.
+ * The image is downloaded to `{image}.part` (kept across runs, so an interrupted download resumes),
+ * verified, and only then renamed. A cached entry is re-verified on every fetch.
+ */
+import { mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { homedir } from 'node:os';
+import { join } from 'node:path';
+import { OemError, describe } from '../errors.js';
+import { boardUrl, checkRef, DISTROS, defaultImageName } from './channels.js';
+import { downloadFile, fetchBytes, type RetryOptions } from './download.js';
+import { parseVersionTxt, isVersion } from './version.js';
+import { checkDigests, loadTrustedKeys, precheckSignature, verifyDetached, type Distro, type TrustedKeys } from './verify.js';
+
+export interface FetchOptions extends RetryOptions {
+  distro: Distro;
+  channel: string;
+  board: string;
+  /** 'current' or X.Y.Z */
+  release: string;
+  baseUrl?: string;
+  imageName?: string;
+  keyFiles?: string[];
+  cacheDir?: string;
+  insecure?: boolean;
+  log?: (line: string) => void;
+  onProgress?: (received: number, total: number | undefined) => void;
+}
+
+export interface FetchResult {
+  distro: Distro;
+  channel: string;
+  board: string;
+  release: string;
+  version: string;
+  url: string;
+  /** True when the image came from the cache (no image transfer). */
+  cached: boolean;
+  dir: string;
+  image: string;
+  signature: string | null;
+  digests: string | null;
+  versionTxt: string;
+  size: number;
+  sha512: string;
+  verified: { key: string; keyFingerprint: string; signingKeyFingerprint: string; signedAt: string } | null;
+  digestsChecked: boolean;
+  insecure: boolean;
+}
+
+export function defaultCacheDir(): string {
+  const base = process.env.XDG_CACHE_HOME || join(homedir(), '.cache');
+  return join(base, 'oem');
+}
+
+async function exists(p: string): Promise<boolean> {
+  try {
+    await stat(p);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+async function writeAtomic(path: string, data: Buffer | string): Promise<void> {
+  const tmp = `${path}.tmp-${process.pid}`;
+  await writeFile(tmp, data);
+  await rename(tmp, path);
+}
+
+interface Checked {
+  sha512: string;
+  size: number;
+  verified: FetchResult['verified'];
+  digestsChecked: boolean;
+}
+
+/** Verifies a file against its signature (unless insecure) and the SHA512 line of its DIGESTS. */
+async function check(
+  file: string,
+  name: string,
+  sig: Buffer | null,
+  digests: Buffer | null,
+  trusted: TrustedKeys,
+  insecure: boolean,
+  log: (l: string) => void,
+): Promise<Checked> {
+  let sha512: string;
+  let size: number;
+  let verified: FetchResult['verified'] = null;
+  if (sig && !insecure) {
+    const v = await verifyDetached(file, sig, `${name}.sig`, trusted, name);
+    sha512 = v.sha512;
+    size = v.size;
+    verified = { key: v.key, keyFingerprint: v.keyFingerprint, signingKeyFingerprint: v.signingKeyFingerprint, signedAt: v.signedAt };
+    log(`verified ${name}: good signature by subkey ${v.signingKeyFingerprint} of ${v.key}, made ${v.signedAt}`);
+  } else {
+    const { createHash } = await import('node:crypto');
+    const { createReadStream } = await import('node:fs');
+    const h = createHash('sha512');
+    size = 0;
+    for await (const c of createReadStream(file)) {
+      h.update(c as Buffer);
+      size += (c as Buffer).length;
+    }
+    sha512 = h.digest('hex');
+  }
+  let digestsChecked = false;
+  if (digests) {
+    checkDigests(digests.toString('utf8'), `${name}.DIGESTS`, name, sha512);
+    digestsChecked = true;
+    log(`checked ${name}: SHA512 matches ${name}.DIGESTS`);
+  }
+  return { sha512, size, verified, digestsChecked };
+}
+
+export async function fetchRelease(opts: FetchOptions): Promise<FetchResult> {
+  const log = opts.log ?? (() => {});
+  checkRef(opts.distro, opts.channel, opts.board);
+  if (opts.release !== 'current' && !isVersion(opts.release)) {
+    throw new OemError(`--release is "current" or a version X.Y.Z, not ${JSON.stringify(opts.release)}`, { code: 'usage' });
+  }
+  const imageName = opts.imageName ?? defaultImageName(opts.distro);
+  if (!/^[A-Za-z0-9._-]+$/.test(imageName) || imageName.startsWith('.')) {
+    throw new OemError(`--image-name must be a plain file name, not ${JSON.stringify(imageName)}`, { code: 'usage' });
+  }
+  const insecure = opts.insecure ?? false;
+  const trusted = await loadTrustedKeys(opts.distro, opts.keyFiles);
+  const base = boardUrl(opts.baseUrl ?? DISTROS[opts.distro].baseUrl, opts.channel, opts.board);
+
+  // version.txt names the release: the channel's current one, or the pinned one.
+  const vtUrl = `${base}/${opts.release}/version.txt`;
+  const vtBytes = await fetchBytes(vtUrl, { ...opts, maxBytes: 64 * 1024 });
+  const rv = parseVersionTxt(vtBytes.toString('utf8'), opts.distro, vtUrl);
+  if (opts.release !== 'current' && rv.version !== opts.release) {
+    throw new OemError(`${vtUrl} says version ${rv.version}, not ${opts.release}`, { code: 'badImage' });
+  }
+  const version = rv.version;
+  log(`${opts.distro} ${opts.channel} ${opts.board}: ${opts.release === 'current' ? `current is ${version}` : `release ${version}`}`);
+
+  const dir = join(opts.cacheDir ?? defaultCacheDir(), opts.distro, opts.board, version);
+  await mkdir(dir, { recursive: true });
+  const image = join(dir, imageName);
+  const sigPath = `${image}.sig`;
+  const digestsPath = `${image}.DIGESTS`;
+  const vtPath = join(dir, 'version.txt');
+  const url = `${base}/${version}/${imageName}`;
+
+  const result = (c: Checked, cached: boolean, sig: boolean, dig: boolean): FetchResult => ({
+    distro: opts.distro,
+    channel: opts.channel,
+    board: opts.board,
+    release: opts.release,
+    version,
+    url,
+    cached,
+    dir,
+    image,
+    signature: sig ? sigPath : null,
+    digests: dig ? digestsPath : null,
+    versionTxt: vtPath,
+    size: c.size,
+    sha512: c.sha512,
+    verified: c.verified,
+    digestsChecked: c.digestsChecked,
+    insecure,
+  });
+
+  if (insecure) log('WARNING: --insecure: the signature is NOT checked; do not publish what you build from this');
+
+  // A cached entry: re-verify what is on disk; no transfer beyond version.txt.
+  if ((await exists(image)) && (await exists(sigPath) || insecure)) {
+    const sig = (await exists(sigPath)) ? await readFile(sigPath) : null;
+    const dig = (await exists(digestsPath)) ? await readFile(digestsPath) : null;
+    try {
+      const c = await check(image, imageName, sig, dig, trusted, insecure, log);
+      await writeAtomic(vtPath, vtBytes);
+      log(`cached: ${image}`);
+      return result(c, true, sig !== null, dig !== null);
+    } catch (err) {
+      if (!(err instanceof OemError) || err.code !== 'verification') throw err;
+      log(`cached ${imageName} failed verification (${err.message}); removed it and downloading again`);
+      await rm(image, { force: true });
+      await rm(sigPath, { force: true });
+      await rm(digestsPath, { force: true });
+    }
+  }
+
+  // The small files first: no point downloading an image whose signature is missing.
+  let sig: Buffer | null = null;
+  try {
+    sig = await fetchBytes(`${url}.sig`, { ...opts, maxBytes: 64 * 1024 });
+  } catch (err) {
+    if (!(err instanceof OemError) || !/HTTP 404/.test(err.message)) throw err;
+    if (!insecure) {
+      throw new OemError(`no signature for ${imageName}: ${url}.sig is missing (HTTP 404)`, {
+        code: 'verification',
+        hint: 'an unsigned image cannot be verified; --insecure skips the check (never for published images)',
+      });
+    }
+    log(`WARNING: ${url}.sig is missing`);
+  }
+  let digests: Buffer | null = null;
+  try {
+    digests = await fetchBytes(`${url}.DIGESTS`, { ...opts, maxBytes: 1024 * 1024 });
+  } catch (err) {
+    if (!(err instanceof OemError) || !/HTTP 404/.test(err.message)) throw err;
+    log(`note: ${url}.DIGESTS is missing; relying on the signature alone`);
+  }
+
+  // Refuse before the big transfer when the signature cannot be ours (unknown or revoked key).
+  if (sig && !insecure) await precheckSignature(sig, `${imageName}.sig`, trusted, imageName);
+
+  const part = `${image}.part`;
+  log(`downloading ${url}`);
+  const t0 = Date.now();
+  const d = await downloadFile(url, part, {
+    ...opts,
+    onRetry: (attempt, reason, delay) => log(`retrying ${imageName} in ${(delay / 1000).toFixed(1)} s (attempt ${attempt + 1}): ${reason}`),
+  });
+  const secs = Math.max(0.001, (Date.now() - t0) / 1000);
+  log(`downloaded ${imageName}: ${d.size} bytes${d.resumed ? ' (resumed)' : ''}, ${(d.transferred / secs / 1048576).toFixed(1)} MiB/s`);
+
+  let c: Checked;
+  try {
+    c = await check(part, imageName, sig, digests, trusted, insecure, log);
+  } catch (err) {
+    await rm(part, { force: true });
+    if (err instanceof OemError) throw err;
+    throw new OemError(`cannot verify ${imageName}: ${describe(err)}`, { code: 'verification' });
+  }
+  if (sig) await writeAtomic(sigPath, sig);
+  else await rm(sigPath, { force: true });
+  if (digests) await writeAtomic(digestsPath, digests);
+  else await rm(digestsPath, { force: true });
+  await writeAtomic(vtPath, vtBytes);
+  await rename(part, image);
+  return result(c, false, sig !== null, digests !== null);
+}
