@@ -9,6 +9,10 @@ export interface FsInfo {
   uuid?: string;
   /** For ext*: block size and block count; for btrfs: total bytes; for vfat: FAT12/16/32. */
   detail?: Record<string, string | number>;
+  /** Size the filesystem claims, in bytes (ext, btrfs). */
+  fsSize?: number;
+  /** Why the filesystem must not be written as it is (ext: not cleanly unmounted, errors). */
+  dirty?: string;
 }
 
 function trimLabel(b: Buffer): string {
@@ -38,11 +42,18 @@ function detectExt(sb: Buffer): FsInfo | null {
   else if (compat & EXT_HAS_JOURNAL) type = 'ext3';
   else type = 'ext2';
   const logBlock = sb.readUInt32LE(0x18);
+  const blockSize = 1024 << Math.min(logBlock, 6);
+  const blocks = sb.readUInt32LE(0x04) + (incompat & 0x80 ? sb.readUInt32LE(0x150) * 2 ** 32 : 0);
   const info: FsInfo = {
     type,
     uuid: uuidString(sb.subarray(0x68, 0x78)),
-    detail: { blockSize: 1024 << logBlock, blocks: sb.readUInt32LE(0x04) },
+    detail: { blockSize, blocks },
+    fsSize: blockSize * blocks,
   };
+  const state = sb.readUInt16LE(0x3a);
+  if (incompat & 0x0004) info.dirty = 'its journal needs recovery (it was not cleanly unmounted)';
+  else if (state & 0x0002) info.dirty = 'it has errors recorded (run e2fsck)';
+  else if (!(state & 0x0001)) info.dirty = 'it was not cleanly unmounted (run e2fsck)';
   const label = trimLabel(sb.subarray(0x78, 0x88));
   if (label) info.label = label;
   return info;
@@ -54,6 +65,7 @@ function detectBtrfs(sb: Buffer): FsInfo | null {
     type: 'btrfs',
     uuid: uuidString(sb.subarray(0x20, 0x30)),
     detail: { totalBytes: Number(sb.readBigUInt64LE(0x70)) },
+    fsSize: Number(sb.readBigUInt64LE(0x70)),
   };
   const label = trimLabel(sb.subarray(0x12b, 0x12b + 256));
   if (label) info.label = label;

@@ -1,0 +1,110 @@
+/**
+ * Rootless writes into btrfs: there is no offline btrfs writer, so the filesystem is rebuilt. Its files
+ * are extracted with `btrfs restore` (owners, modes, times, xattrs, symlinks) into a private staging
+ * directory, the plan is applied there as in a mounted filesystem, and `mkfs.btrfs --rootdir` makes a
+ * new filesystem of the same size, label and UUID, which replaces the partition's bytes.
+ *
+ * What it cannot do: keep hard links, snapshots and subvolumes, special files, or the original
+ * on-disk layout and compression (files are stored uncompressed); and without root it cannot give
+ * files an owner other than the invoking user.
+ */
+import { execa } from 'execa';
+import { mkdir, open, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { tempDir } from '../cleanup.js';
+import { OemError } from '../errors.js';
+import { sparseCopyInto, sparseCopyRange } from '../image/sparse.js';
+import { run, which } from '../tools.js';
+import { DirWriter } from './dir-writer.js';
+import { planBytes, type PlanEntry } from './plan.js';
+import { noSpace, partName, type PartitionSession, type PartitionTarget } from './session.js';
+
+const isRoot = () => process.getuid?.() === 0;
+
+export class RootlessBtrfsSession implements PartitionSession {
+  private changed = false;
+  private constructor(
+    private readonly target: PartitionTarget,
+    private readonly work: { path: string; release: () => Promise<void> },
+    private readonly root: string,
+    private readonly writer: DirWriter,
+  ) {}
+
+  static async open(target: PartitionTarget): Promise<RootlessBtrfsSession> {
+    const work = await tempDir('btrfs');
+    try {
+      const img = join(work.path, 'part.img');
+      await sparseCopyRange(target.imagePath, target.offset, target.size, img);
+      const root = join(work.path, 'root');
+      await mkdir(root, { mode: 0o755 });
+      const r = await run('btrfs', ['restore', '-S', '-m', '-x', img, root], `extract the btrfs filesystem of ${partName(target)}`, { allowFail: true });
+      if (r.exitCode !== 0) {
+        throw new OemError(`cannot read the btrfs filesystem of ${partName(target)}: ${r.stderr.trim().split('\n').pop() ?? ''}`, { code: 'badImage' });
+      }
+      await rm(img);
+      return new RootlessBtrfsSession(target, work, root, new DirWriter(root, target));
+    } catch (err) {
+      await work.release();
+      throw err;
+    }
+  }
+
+  readFile(path: string): Promise<Buffer | null> {
+    return this.writer.readFile(path);
+  }
+
+  listDir(path: string): Promise<string[] | null> {
+    return this.writer.listDir(path);
+  }
+
+  async apply(entries: PlanEntry[]): Promise<void> {
+    if (!isRoot()) {
+      const me = process.getuid?.() ?? -1;
+      const foreign = entries.find((e) => e.uid !== me && e.uid !== 0);
+      if (foreign) {
+        throw new OemError(
+          `the rootless btrfs backend cannot give ${foreign.path} the owner ${foreign.uid}:${foreign.gid} without root`,
+          { code: 'usage', hint: 'run as root (either backend), or write this partition with --backend mount' },
+        );
+      }
+    }
+    await this.writer.apply(entries, planBytes(entries));
+    this.changed = true;
+  }
+
+  async close(commit: boolean): Promise<void> {
+    try {
+      if (!commit || !this.changed) return;
+      const t = this.target;
+      const fresh = join(this.work.path, 'new.img');
+      const fh = await open(fresh, 'wx');
+      await fh.truncate(t.size);
+      await fh.close();
+      const args = ['-q', '-f', '--rootdir', this.root, ...(t.fs.label ? ['-L', t.fs.label] : []), ...(t.fs.uuid ? ['-U', t.fs.uuid] : []), fresh];
+      const mkfs = await execa((await which('mkfs.btrfs')) ?? 'mkfs.btrfs', args, { reject: false });
+      if (mkfs.exitCode !== 0) {
+        const why = String(mkfs.stderr).trim().split('\n').filter((l) => /ERROR|error/.test(l)).pop() ?? String(mkfs.stderr).trim().split('\n').pop() ?? '';
+        if (/no space|too small|ENOSPC|not enough/i.test(why)) {
+          const { stdout } = await execa('du', ['-sb', this.root]);
+          throw noSpace(t, Number(stdout.split('\t')[0]), undefined);
+        }
+        throw new OemError(`cannot rebuild the btrfs filesystem of ${partName(t)}: ${why}`);
+      }
+      // Replace the partition's bytes: zero the range (as holes), then copy the new filesystem in.
+      const punch = await run('fallocate', ['--punch-hole', '--keep-size', '--offset', String(t.offset), '--length', String(t.size), t.imagePath], 'clear the old filesystem', { allowFail: true });
+      if (punch.exitCode !== 0) {
+        const zero = Buffer.alloc(1024 * 1024);
+        const out = await open(t.imagePath, 'r+');
+        try {
+          for (let off = 0; off < t.size; off += zero.length) await out.write(zero, 0, Math.min(zero.length, t.size - off), t.offset + off);
+        } finally {
+          await out.close();
+        }
+      }
+      await sparseCopyInto(fresh, t.imagePath, t.offset);
+    } finally {
+      await this.work.release();
+    }
+  }
+}
+
