@@ -131,6 +131,21 @@ describe('oem inspect agrees with sgdisk and blkid', () => {
     }
   });
 
+  it('falls back to the built-in bzip2 decoder (OEM_BZIP2=js), with the same result', async () => {
+    const raw = (await oemJson<InspectReport>(['inspect', fixtures.coreos.raw])).json;
+    const { result, json } = await oemJson<InspectReport>(['inspect', fixtures.coreos.bz2], { env: { OEM_BZIP2: 'js' } });
+    expect(result.exitCode).toBe(0);
+    expect(json.decompressor).toBe('js');
+    expect(json.partitions).toEqual(raw.partitions);
+    expect(json.oem).toEqual(raw.oem);
+    const p = join(work, 'trunc-js.bin.bz2');
+    await copyFile(fixtures.coreos.bz2, p);
+    await truncate(p, 3000);
+    const bad = await oem(['inspect', p], { env: { OEM_BZIP2: 'js' } });
+    expect(bad.exitCode).toBe(3);
+    expect(expectCleanError(bad)).toMatch(/is corrupt or truncated: bzip2 data is truncated/);
+  });
+
   it('detects a newer Flatcar with its OEM at /oem from os-release', async () => {
     const img = await buildTestImage({ path: join(work, 'new.bin'), generation: 'flatcar', version: '3975.2.2', versionTxt: false });
     const { json } = await oemJson<InspectReport>(['inspect', img.path]);

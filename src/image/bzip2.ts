@@ -338,7 +338,7 @@ class BlockDecoder {
       if (runAcc > 0) {
         if (nblock + runAcc > nblockMax) throw corrupt('block too long');
         const uc = mtf[0]!;
-        unzftab[uc] += runAcc;
+        unzftab[uc]! += runAcc;
         tt.fill(uc, nblock, nblock + runAcc);
         nblock += runAcc;
         runAcc = 0;
@@ -355,7 +355,7 @@ class BlockDecoder {
         mtf.copyWithin(1, 0, nn);
       }
       mtf[0] = uc;
-      unzftab[uc]++;
+      unzftab[uc]!++;
       tt[nblock++] = uc;
     }
     inp.pos = pos;
@@ -369,7 +369,7 @@ class BlockDecoder {
     for (let i = 0; i < 256; i++) cftab[i + 1] = cftab[i]! + unzftab[i]!;
     for (let i = 0; i < nblock; i++) {
       const uc = tt[i]! & 0xff;
-      tt[cftab[uc]!++] |= i << 8;
+      tt[cftab[uc]!++]! |= i << 8;
     }
     this.tPos = tt[origPtr]! >>> 8;
     this.left = nblock;
@@ -385,7 +385,7 @@ class BlockDecoder {
     const fb = g * FAST_SIZE;
     const { first, count, base, perm, fast } = this;
     for (let l = 0; l <= MAX_CODE_LEN; l++) count[lb + l] = 0;
-    for (let s = 0; s < alphaSize; s++) count[lb + lens[s]!]++;
+    for (let s = 0; s < alphaSize; s++) count[lb + lens[s]!]!++;
     let idx = 0;
     for (let l = 1; l <= MAX_CODE_LEN; l++) {
       base[lb + l] = idx;

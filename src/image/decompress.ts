@@ -1,13 +1,14 @@
 /**
  * Streams a compressed image into a sparse file: all-zero blocks are skipped, not written. bzip2 goes
- * through `lbzip2` (parallel) when installed, else `bzip2`; xz and zstd through their tools; gzip
- * through Node's zlib.
+ * through `lbzip2` (parallel) when installed, else `bzip2`, else the built-in TypeScript decoder
+ * (src/image/bzip2.ts); xz and zstd through their tools; gzip through Node's zlib.
  */
 import { execa } from 'execa';
 import { createReadStream } from 'node:fs';
 import { open, rm } from 'node:fs/promises';
 import { createGunzip } from 'node:zlib';
-import type { Readable } from 'node:stream';
+import { Readable } from 'node:stream';
+import { bunzip2Stream } from './bzip2.js';
 import { OemError } from '../errors.js';
 import { requireTool, which } from '../tools.js';
 import { SparseWriter } from './sparse.js';
@@ -33,10 +34,18 @@ export async function detectCompression(path: string): Promise<Compression> {
 /** The decompressor that will be used for a format, e.g. "lbzip2" or "bzip2". */
 export async function decompressorFor(c: Exclude<Compression, 'none'>): Promise<string> {
   switch (c) {
-    case 'bzip2':
+    case 'bzip2': {
+      // OEM_BZIP2 forces one: lbzip2, bzip2 or js (the built-in decoder, slower).
+      const forced = process.env.OEM_BZIP2;
+      if (forced === 'js') return 'js';
+      if (forced === 'lbzip2' || forced === 'bzip2') {
+        await requireTool(forced, 'decompress a .bz2 image (OEM_BZIP2 asks for it)');
+        return forced;
+      }
       if (await which('lbzip2')) return 'lbzip2';
-      await requireTool('bzip2', 'decompress a .bz2 image (lbzip2 is faster)');
-      return 'bzip2';
+      if (await which('bzip2')) return 'bzip2';
+      return 'js';
+    }
     case 'gzip':
       return 'zlib';
     case 'xz':
@@ -76,6 +85,8 @@ export async function decompressToSparse(
     let child: ReturnType<typeof execa> | undefined;
     if (tool === 'zlib') {
       stream = createReadStream(input).pipe(createGunzip());
+    } else if (tool === 'js') {
+      stream = Readable.from(bunzip2Stream(createReadStream(input, { highWaterMark: 1024 * 1024 })));
     } else {
       const args = tool === 'xz' ? ['-dc', '-T0', input] : ['-dc', input];
       child = execa(tool, args, { stdout: 'pipe', stderr: 'pipe', buffer: { stdout: false, stderr: true }, reject: false, ...(opts.signal ? { cancelSignal: opts.signal } : {}) });
@@ -100,7 +111,9 @@ export async function decompressToSparse(
     return { compression, tool, size, written: w.written };
   } catch (err) {
     if (err instanceof OemError) throw err;
-    if (compression === 'gzip') throw new OemError(`${input} is corrupt or truncated: ${(err as Error).message}`, { code: 'badImage' });
+    if (tool === 'zlib' || tool === 'js') {
+      throw new OemError(`${input} is corrupt or truncated: ${(err as Error).message}`, { code: 'badImage', hint: 'download the image again' });
+    }
     throw err;
   } finally {
     await fh.close();
