@@ -138,3 +138,43 @@ describe('plans', () => {
     ).toThrow(/needs \/a to be a directory/);
   });
 });
+
+describe.runIf(isRoot)('the rootless backend without root (run as nobody) [root]', () => {
+  it('writes ext4 ROOT through debugfs and rebuilds btrfs OEM in a user namespace, root-owned', async () => {
+    const { chmod, copyFile: cp, chown, writeFile: wf } = await import('node:fs/promises');
+    const dir = await mkdtemp(join(tmpdir(), 'oem-nobody-'));
+    try {
+      await chmod(dir, 0o777);
+      const img = join(dir, 'img.bin');
+      await cp(fixtures.flatcar.raw, img);
+      await chown(img, 65534, 65534);
+      const script = join(dir, 'run.mjs');
+      const repo = join(__dirname, '..');
+      await wf(
+        script,
+        `const { applyPlan } = await import(${JSON.stringify(join(repo, 'dist/src/write/apply.js'))});
+await applyPlan(${JSON.stringify(img)}, {
+  partitions: {
+    oem: [{ kind: 'file', path: '/grub.cfg', content: Buffer.from('set oem_id="ec2"\\n'), mode: 0o644, uid: 0, gid: 0 }],
+    root: [{ kind: 'file', path: '/home/core/note', content: Buffer.from('hi\\n'), mode: 0o600, uid: 1000, gid: 1000 }],
+  },
+}, 'rootless');
+`,
+      );
+      const r = await execa('setpriv', ['--reuid', '65534', '--regid', '65534', '--clear-groups', process.execPath, script], {
+        reject: false,
+        env: { ...process.env, OEM_TMPDIR: dir, HOME: dir },
+      });
+      expect(r.stderr).toBe('');
+      expect(r.exitCode).toBe(0);
+      const oemTree = await readTree(img, 6, 'btrfs');
+      expect(oemTree.get('/grub.cfg')).toMatchObject({ type: 'file', mode: 0o644, uid: 0, gid: 0, content: 'set oem_id="ec2"\n' });
+      expect(oemTree.get('/oem-release')).toMatchObject({ uid: 0, gid: 0 });
+      expect((await readTree(img, 9, 'ext4')).get('/home/core/note')).toMatchObject({ mode: 0o600, uid: 1000, gid: 1000, content: 'hi\n' });
+      await fsck(img, 6, 'btrfs');
+      await fsck(img, 9, 'ext4');
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});

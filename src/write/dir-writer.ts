@@ -28,10 +28,21 @@ async function kindOf(p: string): Promise<{ kind: Kind; target?: string }> {
 
 export class DirWriter {
   private tmpCounter = 0;
+  /**
+   * `mappedRoot`: the directory is written by an unprivileged user whose files will be read back
+   * inside a user namespace where that user is root (the rootless btrfs rebuild); root-owned entries
+   * are then simply left owned by the invoking user.
+   */
   constructor(
     private readonly root: string,
     private readonly target: PartitionTarget,
+    private readonly mappedRoot = false,
   ) {}
+
+  private async own(hp: string, uid: number, gid: number): Promise<void> {
+    if (this.mappedRoot && uid === 0 && gid === 0) return;
+    await lchown(hp, uid, gid);
+  }
 
   private host(p: string): string {
     return join(this.root, p);
@@ -102,7 +113,7 @@ export class DirWriter {
         if (have.kind === null) await mkdir(hp, { mode: 0o700 });
         else if (have.kind !== 'dir') throw notADirectory(this.target, path + '/', path, have.kind);
         else if (e.ensureOnly) return;
-        await lchown(hp, e.uid, e.gid);
+        await this.own(hp, e.uid, e.gid);
         await chmod(hp, e.mode);
         return;
       }
@@ -114,7 +125,7 @@ export class DirWriter {
         const fh = await open(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
         try {
           await fh.writeFile(e.content);
-          await fh.chown(e.uid, e.gid);
+          if (!(this.mappedRoot && e.uid === 0 && e.gid === 0)) await fh.chown(e.uid, e.gid);
           await fh.chmod(e.mode);
           await fh.sync();
         } catch (err) {
@@ -132,7 +143,7 @@ export class DirWriter {
         }
         const tmp = join(posix.dirname(hp), `.oem-tmp-${process.pid}-${this.tmpCounter++}`);
         await symlink(e.target, tmp);
-        await lchown(tmp, e.uid, e.gid);
+        await this.own(tmp, e.uid, e.gid);
         await rename(tmp, hp);
         return;
       }

@@ -4,9 +4,12 @@
  * directory, the plan is applied there as in a mounted filesystem, and `mkfs.btrfs --rootdir` makes a
  * new filesystem of the same size, label and UUID, which replaces the partition's bytes.
  *
+ * Without root, the staging copy belongs to the invoking user and mkfs.btrfs runs in a user namespace
+ * where that user is root (`unshare --user --map-root-user`), so root-owned files stay root-owned.
+ *
  * What it cannot do: keep hard links, snapshots and subvolumes, special files, or the original
- * on-disk layout and compression (files are stored uncompressed); and without root it cannot give
- * files an owner other than the invoking user.
+ * on-disk layout and compression (files are stored uncompressed); and without root it cannot give a
+ * file an owner other than root (all files come out root-owned), so such plans are refused.
  */
 import { execa } from 'execa';
 import { mkdir, open, rm } from 'node:fs/promises';
@@ -37,12 +40,15 @@ export class RootlessBtrfsSession implements PartitionSession {
       await sparseCopyRange(target.imagePath, target.offset, target.size, img);
       const root = join(work.path, 'root');
       await mkdir(root, { mode: 0o755 });
-      const r = await run('btrfs', ['restore', '-S', '-m', '-x', img, root], `extract the btrfs filesystem of ${partName(target)}`, { allowFail: true });
+      // Not root: restore in a user namespace where we are root, so owners and modes restore cleanly.
+      const r = isRoot()
+        ? await run('btrfs', ['restore', '-S', '-m', '-x', img, root], `extract the btrfs filesystem of ${partName(target)}`, { allowFail: true })
+        : await run('unshare', ['--user', '--map-root-user', (await which('btrfs')) ?? 'btrfs', 'restore', '-S', '-m', '-x', img, root], `extract the btrfs filesystem of ${partName(target)}`, { allowFail: true });
       if (r.exitCode !== 0) {
         throw new OemError(`cannot read the btrfs filesystem of ${partName(target)}: ${r.stderr.trim().split('\n').pop() ?? ''}`, { code: 'badImage' });
       }
       await rm(img);
-      return new RootlessBtrfsSession(target, work, root, new DirWriter(root, target));
+      return new RootlessBtrfsSession(target, work, root, new DirWriter(root, target, !isRoot()));
     } catch (err) {
       await work.release();
       throw err;
@@ -59,12 +65,11 @@ export class RootlessBtrfsSession implements PartitionSession {
 
   async apply(entries: PlanEntry[]): Promise<void> {
     if (!isRoot()) {
-      const me = process.getuid?.() ?? -1;
-      const foreign = entries.find((e) => e.uid !== me && e.uid !== 0);
+      const foreign = entries.find((e) => (e.uid !== 0 || e.gid !== 0) && !(e.kind === 'dir' && e.ensureOnly));
       if (foreign) {
         throw new OemError(
-          `the rootless btrfs backend cannot give ${foreign.path} the owner ${foreign.uid}:${foreign.gid} without root`,
-          { code: 'usage', hint: 'run as root (either backend), or write this partition with --backend mount' },
+          `the rootless btrfs backend cannot give ${foreign.path} the owner ${foreign.uid}:${foreign.gid} without root (only root-owned files)`,
+          { code: 'usage', hint: 'run as root (either backend works then)' },
         );
       }
     }
@@ -81,7 +86,11 @@ export class RootlessBtrfsSession implements PartitionSession {
       await fh.truncate(t.size);
       await fh.close();
       const args = ['-q', '-f', '--rootdir', this.root, ...(t.fs.label ? ['-L', t.fs.label] : []), ...(t.fs.uuid ? ['-U', t.fs.uuid] : []), fresh];
-      const mkfs = await execa((await which('mkfs.btrfs')) ?? 'mkfs.btrfs', args, { reject: false });
+      const mkfsBin = (await which('mkfs.btrfs')) ?? 'mkfs.btrfs';
+      // Not root: in a user namespace the invoking user's files are root's, as they should be in OEM.
+      const mkfs = isRoot()
+        ? await execa(mkfsBin, args, { reject: false })
+        : await execa((await which('unshare')) ?? 'unshare', ['--user', '--map-root-user', mkfsBin, ...args], { reject: false });
       if (mkfs.exitCode !== 0) {
         const why = String(mkfs.stderr).trim().split('\n').filter((l) => /ERROR|error/.test(l)).pop() ?? String(mkfs.stderr).trim().split('\n').pop() ?? '';
         if (/no space|too small|ENOSPC|not enough/i.test(why)) {
