@@ -1,0 +1,428 @@
+/**
+ * `oem build`: from a channel release (fetched and verified) or a local image to provider images a
+ * distributor can publish. The base is decompressed once; each provider gets a sparse (or reflinked)
+ * copy, its OEM content (and the user's keys and config), and is compressed, hashed and described.
+ * Each provider's outputs are written in a temporary directory and appear under their final names
+ * only when complete.
+ */
+import { createHash } from 'node:crypto';
+import { createReadStream, readFileSync } from 'node:fs';
+import { mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { availableParallelism } from 'node:os';
+import { basename, dirname, join, resolve } from 'node:path';
+import { parse as parseYaml } from 'yaml';
+import { acquire } from './cleanup.js';
+import { OemError, describe } from './errors.js';
+import { compressBzip2 } from './artifacts/compress.js';
+import { FileSource, SliceSource } from './image/byte-source.js';
+import { decompressToSparse, detectCompression } from './image/decompress.js';
+import { detectFilesystem, type FsInfo } from './image/fs-detect.js';
+import { detectGeneration, parseKeyValues } from './image/generation.js';
+import { readGpt } from './image/gpt.js';
+import { partitionReports } from './image/inspect.js';
+import { keyPlan } from './inject-key.js';
+import { packageRoot } from './paths.js';
+import { renderProvider, type Generation } from './providers/render.js';
+import { findProvider, loadProviders, type Provider } from './providers/registry.js';
+import { validateRendered } from './providers/validate.js';
+import { fetchRelease, type FetchOptions } from './release/fetch.js';
+import { loadTrustedKeys, verifyDetached, type Distro } from './release/verify.js';
+import { readKeyFile, type SshKey } from './ssh-keys.js';
+import { run } from './tools.js';
+import { openSession, partitionTargets, resolveBackend, type BackendChoice } from './write/apply.js';
+import { normalizePlan, type PlanEntry } from './write/plan.js';
+
+export interface BuildOptions {
+  providers: string[];
+  allProviders?: boolean;
+  /** A local base image instead of fetching. */
+  image?: string;
+  signature?: string;
+  keyFiles?: string[];
+  insecure?: boolean;
+  fetch?: Omit<FetchOptions, 'keyFiles' | 'insecure' | 'log' | 'onProgress'>;
+  sshKeyFiles?: string[];
+  config?: string;
+  templates?: string;
+  outputDir: string;
+  backend?: BackendChoice;
+  generation?: Generation;
+  /** Embed this agent executable instead of the one built for the board. */
+  agent?: string;
+  noAgent?: boolean;
+  concurrency?: number;
+  log?: (line: string) => void;
+}
+
+export interface ArtifactInfo {
+  name: string;
+  path: string;
+  format: string;
+  compression: string;
+  size: number;
+  sha512: string;
+}
+
+export interface ProviderBuild {
+  provider: string;
+  oemId: string;
+  dir: string;
+  image: string;
+  versionTxt: string;
+  digests: string;
+  manifest: string;
+  artifacts: ArtifactInfo[];
+}
+
+export interface BuildResult {
+  distro: Distro;
+  channel: string;
+  board: string;
+  version: string;
+  generation: Generation;
+  base: { image: string; sha512: string; verified: boolean; insecure: boolean; signedBy: string | null };
+  backend: string;
+  outputDir: string;
+  builds: ProviderBuild[];
+}
+
+function builderVersion(): string {
+  return (JSON.parse(readFileSync(join(packageRoot(), 'package.json'), 'utf8')) as { version: string }).version;
+}
+
+/** The time written into manifests: SOURCE_DATE_EPOCH when set (reproducible builds), else now. */
+export function buildTime(): Date {
+  const e = process.env.SOURCE_DATE_EPOCH;
+  if (e !== undefined && /^\d+$/.test(e)) return new Date(Number(e) * 1000);
+  return new Date();
+}
+
+async function hashes(path: string): Promise<{ md5: string; sha1: string; sha512: string; size: number }> {
+  const h = { md5: createHash('md5'), sha1: createHash('sha1'), sha512: createHash('sha512') };
+  let size = 0;
+  for await (const c of createReadStream(path, { highWaterMark: 4 * 1024 * 1024 })) {
+    for (const x of Object.values(h)) x.update(c as Buffer);
+    size += (c as Buffer).length;
+  }
+  return { md5: h.md5.digest('hex'), sha1: h.sha1.digest('hex'), sha512: h.sha512.digest('hex'), size };
+}
+
+/** A .DIGESTS file in the release format (MD5, SHA1, SHA512 sections). */
+export function digestsText(entries: { name: string; md5: string; sha1: string; sha512: string }[]): string {
+  const out: string[] = [];
+  for (const [title, key] of [['MD5', 'md5'], ['SHA1', 'sha1'], ['SHA512', 'sha512']] as const) {
+    out.push(`# ${title} HASH`);
+    for (const e of entries) out.push(`${e[key]}  ${e.name}`);
+  }
+  return out.join('\n') + '\n';
+}
+
+const AGENT_ARCH: Record<string, string> = { 'amd64-usr': 'x64', 'arm64-usr': 'arm64' };
+
+async function loadAgent(opts: BuildOptions, board: string): Promise<Buffer | null> {
+  if (opts.noAgent) return null;
+  const path = opts.agent ?? join(packageRoot(), 'dist', 'agent', `oem-agent-linux-${AGENT_ARCH[board] ?? board}`);
+  const st = await stat(path).catch(() => null);
+  if (!st?.isFile()) {
+    throw new OemError(`the runtime agent for ${board} is missing: ${path}`, {
+      code: 'usage',
+      hint: 'build it with `npm run build:agent`, give one with --agent FILE, or build without it with --no-agent',
+    });
+  }
+  return readFile(path);
+}
+
+async function loadConfig(path: string | undefined): Promise<Buffer> {
+  if (!path) return readFile(join(packageRoot(), 'templates', '_common', 'config.yml'));
+  const data = await readFile(path).catch(() => {
+    throw new OemError(`cannot read --config ${path}`, { code: 'usage' });
+  });
+  let doc: unknown;
+  try {
+    doc = parseYaml(data.toString('utf8'));
+  } catch (err) {
+    throw new OemError(`--config ${path} is not valid YAML: ${describe(err)}`, { code: 'usage' });
+  }
+  const v = (doc as Record<string, unknown> | null)?.version;
+  if (v !== 1) throw new OemError(`--config ${path}: version must be 1 (found ${JSON.stringify(v)})`, { code: 'usage' });
+  return data;
+}
+
+interface Base {
+  compressed: string;
+  distro: Distro;
+  channel: string;
+  board: string;
+  version: string;
+  versionFields: Record<string, string>;
+  sha512: string;
+  verified: boolean;
+  signedBy: string | null;
+}
+
+async function localBase(opts: BuildOptions, log: (l: string) => void): Promise<Omit<Base, 'distro' | 'version' | 'versionFields'> & { versionTxt?: Record<string, string> }> {
+  const image = resolve(opts.image!);
+  if (!(await stat(image).catch(() => null))?.isFile()) throw new OemError(`no such image: ${opts.image}`, { code: 'usage' });
+  const sigPath = opts.signature ?? `${image}.sig`;
+  const sig = await readFile(sigPath).catch(() => null);
+  let verified = false;
+  let signedBy: string | null = null;
+  let sha512: string;
+  if (sig && !opts.insecure) {
+    const trusted = opts.keyFiles?.length
+      ? await loadTrustedKeys('flatcar', opts.keyFiles)
+      : await Promise.all([loadTrustedKeys('flatcar'), loadTrustedKeys('coreos')]).then((t) => ({ keys: t.flatMap((x) => x.keys), source: 'the bundled Flatcar and CoreOS image signing keys' }));
+    const v = await verifyDetached(image, sig, basename(sigPath), trusted);
+    verified = true;
+    signedBy = v.signingKeyFingerprint;
+    sha512 = v.sha512;
+    log(`verified ${basename(image)}: good signature by subkey ${v.signingKeyFingerprint} of ${v.key}`);
+  } else {
+    if (!opts.insecure) {
+      throw new OemError(`${opts.image} has no signature to verify (${sigPath} is missing)`, {
+        code: 'verification',
+        hint: 'give it with --signature FILE, or build from an unverified image with --insecure (recorded in the manifest)',
+      });
+    }
+    log(`WARNING: --insecure: ${basename(image)} is NOT verified`);
+    sha512 = (await hashes(image)).sha512;
+  }
+  const stem = basename(image).replace(/(\.bin)?(\.bz2|\.gz|\.xz|\.zst)?$/, '');
+  let versionTxt: Record<string, string> | undefined;
+  for (const p of [join(dirname(image), `${stem}.version.txt`), join(dirname(image), 'version.txt')]) {
+    const t = await readFile(p, 'utf8').catch(() => null);
+    if (t) {
+      versionTxt = parseKeyValues(t);
+      break;
+    }
+  }
+  return {
+    compressed: image,
+    channel: opts.fetch?.channel ?? 'stable',
+    board: opts.fetch?.board ?? 'amd64-usr',
+    sha512,
+    verified,
+    signedBy,
+    ...(versionTxt ? { versionTxt } : {}),
+  };
+}
+
+/** Runs `fn` over items with at most `n` at a time, in order of completion; fails fast. */
+async function pool<T, R>(items: T[], n: number, fn: (item: T) => Promise<R>): Promise<R[]> {
+  const results: R[] = new Array(items.length);
+  let next = 0;
+  let failed: unknown;
+  const worker = async () => {
+    while (next < items.length && failed === undefined) {
+      const i = next++;
+      try {
+        results[i] = await fn(items[i]!);
+      } catch (err) {
+        failed ??= err;
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.max(1, Math.min(n, items.length)) }, worker));
+  if (failed !== undefined) throw failed;
+  return results;
+}
+
+export async function build(opts: BuildOptions): Promise<BuildResult> {
+  const log = opts.log ?? (() => {});
+  const all = await loadProviders(opts.templates);
+  const wanted: Provider[] = opts.allProviders ? all : [...new Map(opts.providers.map((n) => findProvider(all, n)).map((p) => [p.id, p])).values()];
+  if (!wanted.length) throw new OemError('no provider given: use --provider P (repeatable) or --all-providers', { code: 'usage', hint: 'see oem providers' });
+
+  const sshKeys: SshKey[] = [];
+  for (const f of opts.sshKeyFiles ?? []) sshKeys.push(...(await readKeyFile(f)));
+  const config = await loadConfig(opts.config);
+  const backend = resolveBackend(opts.backend ?? 'auto');
+
+  // The base release: fetched and verified, or a local image (verified unless --insecure).
+  let base: Base;
+  if (opts.image) {
+    const lb = await localBase(opts, log);
+    base = { ...lb, distro: 'flatcar', version: '', versionFields: lb.versionTxt ?? {} };
+  } else {
+    const f = await fetchRelease({ ...(opts.fetch as FetchOptions), ...(opts.keyFiles?.length ? { keyFiles: opts.keyFiles } : {}), insecure: opts.insecure ?? false, log });
+    base = {
+      compressed: f.image,
+      distro: f.distro,
+      channel: f.channel,
+      board: f.board,
+      version: f.version,
+      versionFields: parseKeyValues(await readFile(f.versionTxt, 'utf8')),
+      sha512: f.sha512,
+      verified: f.verified !== null,
+      signedBy: f.verified?.signingKeyFingerprint ?? null,
+    };
+  }
+  const agent = await loadAgent(opts, base.board);
+
+  const outputDir = resolve(opts.outputDir);
+  await mkdir(outputDir, { recursive: true });
+  const work = join(outputDir, `.oem-work-${process.pid}`);
+  await mkdir(work);
+  const releaseWork = acquire(`work directory ${work}`, () => rm(work, { recursive: true, force: true }));
+  try {
+    // Decompress the base once; every provider starts from a sparse or reflinked copy of it.
+    const baseRaw = join(work, 'base.bin');
+    if ((await detectCompression(base.compressed)) === 'none') {
+      await run('cp', ['--sparse=always', '--reflink=auto', '--', base.compressed, baseRaw], 'copy the base image');
+    } else {
+      const d = await decompressToSparse(base.compressed, baseRaw);
+      log(`decompressed ${basename(base.compressed)} with ${d.tool}`);
+    }
+
+    // What the base is: generation and version from the image itself where the release did not say.
+    const src = await FileSource.open(baseRaw);
+    let gen;
+    try {
+      const gpt = await readGpt(src);
+      const fss = new Map<number, FsInfo>();
+      for (const p of gpt.partitions) fss.set(p.number, await detectFilesystem(new SliceSource(src, p.offset, p.size)));
+      gen = await detectGeneration(baseRaw, partitionReports(gpt, fss), Object.keys(base.versionFields).length ? base.versionFields : undefined);
+    } finally {
+      await src.close();
+    }
+    const generation: Generation = opts.generation ?? (gen.name === 'unknown' ? 'flatcar' : gen.name);
+    if (opts.image) {
+      base.distro = gen.name === 'coreos' ? 'coreos' : 'flatcar';
+      base.version = base.versionFields.FLATCAR_VERSION ?? base.versionFields.COREOS_VERSION ?? gen.version ?? '0.0.0';
+      if (!Object.keys(base.versionFields).length) {
+        const P = base.distro === 'coreos' ? 'COREOS' : 'FLATCAR';
+        base.versionFields = { [`${P}_VERSION`]: base.version, [`${P}_VERSION_ID`]: base.version };
+      }
+    }
+    log(`base: ${base.distro} ${base.version} (${generation}-style image${opts.generation ? ', forced' : ''})`);
+
+    const concurrency = opts.concurrency ?? Math.max(1, Math.min(availableParallelism(), 4));
+    const builds = await pool(wanted, concurrency, (p) => buildOne(p, { opts, base, baseRaw, generation, agent, sshKeys, config, backend, outputDir, work, log }));
+    return {
+      distro: base.distro,
+      channel: base.channel,
+      board: base.board,
+      version: base.version,
+      generation,
+      base: { image: basename(base.compressed), sha512: base.sha512, verified: base.verified, insecure: opts.insecure ?? false, signedBy: base.signedBy },
+      backend,
+      outputDir,
+      builds,
+    };
+  } finally {
+    await releaseWork();
+  }
+}
+
+interface Ctx {
+  opts: BuildOptions;
+  base: Base;
+  baseRaw: string;
+  generation: Generation;
+  agent: Buffer | null;
+  sshKeys: SshKey[];
+  config: Buffer;
+  backend: ReturnType<typeof resolveBackend>;
+  outputDir: string;
+  work: string;
+  log: (l: string) => void;
+}
+
+async function buildOne(p: Provider, c: Ctx): Promise<ProviderBuild> {
+  const { base } = c;
+  const rendered = await renderProvider({
+    provider: p,
+    distro: base.distro,
+    version: base.version,
+    channel: base.channel,
+    generation: c.generation,
+    agent: c.agent,
+    sshKeys: c.sshKeys,
+    config: c.config,
+  });
+  await validateRendered(p.id, rendered);
+
+  const tmpDir = join(c.outputDir, `.${p.id}.oem-tmp-${process.pid}`);
+  await rm(tmpDir, { recursive: true, force: true });
+  await mkdir(tmpDir);
+  const releaseTmp = acquire(`temporary output ${tmpDir}`, () => rm(tmpDir, { recursive: true, force: true }));
+  try {
+    const raw = join(c.work, `${p.id}.bin`);
+    await run('cp', ['--sparse=always', '--reflink=auto', '--', c.baseRaw, raw], `copy the base image for ${p.id}`);
+    const targets = await partitionTargets(raw, c.sshKeys.length ? ['oem', 'root'] : ['oem']);
+    const oemPlan = normalizePlan({ partitions: { oem: rendered.entries } }).partitions.oem!;
+    const s = await openSession(targets.oem, c.backend);
+    let ok = false;
+    try {
+      await s.apply(oemPlan);
+      ok = true;
+    } finally {
+      await s.close(ok);
+    }
+    if (c.sshKeys.length) {
+      const r = await openSession(targets.root, c.backend);
+      ok = false;
+      try {
+        const kp = await keyPlan(r, c.sshKeys, 'core', 1000, 1000, 'oem');
+        await r.apply(normalizePlan({ partitions: { root: kp.entries as PlanEntry[] } }).partitions.root!);
+        ok = true;
+      } finally {
+        await r.close(ok);
+      }
+    }
+
+    const name = `${base.distro}_production_${p.id}_image.bin.bz2`;
+    const out = join(tmpDir, name);
+    const tool = await compressBzip2(raw, out);
+    await rm(raw, { force: true });
+    const h = await hashes(out);
+    c.log(`${p.id}: ${name} (${h.size} bytes, compressed with ${tool})`);
+
+    const P = base.distro === 'coreos' ? 'COREOS' : 'FLATCAR';
+    const vt = { ...base.versionFields, [`${P}_OEM_ID`]: p.oemId, [`${P}_OEM_NAME`]: p.name, [`${P}_OEM_PROVIDER`]: p.id };
+    const vtText = Object.entries(vt).map(([k, v]) => `${k}=${/^[A-Za-z0-9._-]*$/.test(v) && v !== '' ? v : JSON.stringify(v)}`).join('\n') + '\n';
+    await writeFile(join(tmpDir, 'version.txt'), vtText);
+    await writeFile(join(tmpDir, `${name}.DIGESTS`), digestsText([{ name, ...h }]));
+    const artifacts: ArtifactInfo[] = [{ name, path: name, format: 'raw', compression: 'bz2', size: h.size, sha512: h.sha512 }];
+    const manifest = {
+      provider: p.id,
+      oemId: p.oemId,
+      name: p.name,
+      distro: base.distro,
+      channel: base.channel,
+      board: base.board,
+      version: base.version,
+      generation: c.generation,
+      base: { image: basename(base.compressed), sha512: base.sha512, verified: base.verified, insecure: c.opts.insecure ?? false, signedBy: base.signedBy },
+      builder: { name: 'oem', version: builderVersion() },
+      agent: c.agent !== null,
+      sshKeys: c.sshKeys.map((k) => k.fingerprint),
+      config: c.opts.config !== undefined,
+      createdAt: buildTime().toISOString(),
+      artifacts: artifacts.map(({ path: _p, ...a }) => a),
+    };
+    await writeFile(join(tmpDir, 'manifest.json'), JSON.stringify(manifest, null, 2) + '\n');
+
+    // Appear only when complete: swap the finished directory into place.
+    const finalDir = join(c.outputDir, p.id);
+    const old = join(c.outputDir, `.${p.id}.oem-old-${process.pid}`);
+    const hadOld = await stat(finalDir).then(() => true, () => false);
+    if (hadOld) await rename(finalDir, old);
+    await rename(tmpDir, finalDir);
+    await releaseTmp();
+    if (hadOld) await rm(old, { recursive: true, force: true });
+    return {
+      provider: p.id,
+      oemId: p.oemId,
+      dir: finalDir,
+      image: join(finalDir, name),
+      versionTxt: join(finalDir, 'version.txt'),
+      digests: join(finalDir, `${name}.DIGESTS`),
+      manifest: join(finalDir, 'manifest.json'),
+      artifacts: artifacts.map((a) => ({ ...a, path: join(finalDir, a.name) })),
+    };
+  } catch (err) {
+    await releaseTmp();
+    throw err;
+  }
+}

@@ -1,0 +1,80 @@
+import { Flags } from '@oclif/core';
+import { OemCommand } from '../base-command.js';
+import { build, type BuildResult } from '../build.js';
+import { releaseFlags } from '../flags.js';
+import { runWithProgress } from '../progress.js';
+import type { Generation } from '../providers/render.js';
+import type { Distro } from '../release/verify.js';
+import type { BackendChoice } from '../write/apply.js';
+
+export default class Build extends OemCommand {
+  static override summary = 'Build provider images from a channel release (fetched and verified) or a local image.';
+  static override description =
+    'For each provider: the base image (decompressed once) gets the provider\'s OEM content (grub.cfg, oem-release, the ' +
+    'agent and its units, the provisioning config, cloud-config.yml or base/base.ign by generation) and optionally your SSH ' +
+    'keys, and is written to OUTPUT-DIR/<provider>/ as {distro}_production_{provider}_image.bin.bz2 with version.txt, ' +
+    '.DIGESTS and manifest.json. Outputs appear only when complete.';
+  static override examples = [
+    '<%= config.bin %> build --provider ec2',
+    '<%= config.bin %> build --provider gce --provider azure --channel beta --ssh-key ~/.ssh/id_ed25519.pub',
+    '<%= config.bin %> build --all-providers --output-dir out --json',
+    '<%= config.bin %> build --provider qemu --image flatcar_production_image.bin.bz2',
+  ];
+  static override enableJsonFlag = true;
+  static override flags = {
+    provider: Flags.string({ char: 'p', description: 'provider to build (repeatable; see oem providers)', multiple: true }),
+    'all-providers': Flags.boolean({ description: 'build every provider', default: false, exclusive: ['provider'] }),
+    ...releaseFlags,
+    image: Flags.string({ description: 'build from this local image (.bin or .bin.bz2) instead of fetching' }),
+    signature: Flags.string({ description: 'detached signature of --image (default IMAGE.sig)', dependsOn: ['image'] }),
+    'ssh-key': Flags.string({ description: 'SSH public key for core (OEM key set and ROOT; repeatable)', multiple: true }),
+    config: Flags.string({ description: 'your provisioning config (YAML, version: 1), written for the agent' }),
+    templates: Flags.string({ description: 'a template tree of the same layout, overlaid on the built-in one' }),
+    'output-dir': Flags.string({ char: 'o', description: 'where provider outputs go', default: '.' }),
+    backend: Flags.string({ description: 'how to write: mount (root), rootless, auto', options: ['auto', 'mount', 'rootless'], default: 'auto' }),
+    generation: Flags.string({ description: 'force the image generation (default: detected)', options: ['coreos', 'flatcar'] }),
+    agent: Flags.string({ description: 'embed this oem-agent executable instead of the one built for the board' }),
+    'no-agent': Flags.boolean({ description: 'build without the runtime agent and its units', default: false }),
+    concurrency: Flags.integer({ description: 'providers built at once (default: cores, at most 4)', min: 1 }),
+  };
+
+  async run(): Promise<BuildResult> {
+    const { flags } = await this.parse(Build);
+    const json = this.jsonEnabled();
+    const r = await runWithProgress('Building', json, (rep) =>
+      build({
+        providers: flags.provider ?? [],
+        allProviders: flags['all-providers'],
+        ...(flags.image ? { image: flags.image } : {}),
+        ...(flags.signature ? { signature: flags.signature } : {}),
+        ...(flags.key ? { keyFiles: flags.key } : {}),
+        insecure: flags.insecure,
+        fetch: {
+          distro: flags.distro as Distro,
+          channel: flags.channel,
+          board: flags.board,
+          release: flags.release,
+          ...(flags['base-url'] ? { baseUrl: flags['base-url'] } : {}),
+          ...(flags['image-name'] ? { imageName: flags['image-name'] } : {}),
+          ...(flags['cache-dir'] ? { cacheDir: flags['cache-dir'] } : {}),
+        },
+        sshKeyFiles: flags['ssh-key'] ?? [],
+        ...(flags.config ? { config: flags.config } : {}),
+        ...(flags.templates ? { templates: flags.templates } : {}),
+        outputDir: flags['output-dir'],
+        backend: flags.backend as BackendChoice,
+        ...(flags.generation ? { generation: flags.generation as Generation } : {}),
+        ...(flags.agent ? { agent: flags.agent } : {}),
+        noAgent: flags['no-agent'],
+        ...(flags.concurrency ? { concurrency: flags.concurrency } : {}),
+        log: (l) => rep.log(l),
+      }),
+    );
+    if (r.base.insecure) process.stderr.write('oem: WARNING: --insecure: the base image was NOT verified (recorded in each manifest)\n');
+    if (!json) {
+      this.log(`${r.distro} ${r.channel} ${r.board} ${r.version} (${r.generation}-style), ${r.backend} backend`);
+      for (const b of r.builds) this.log(`${b.provider.padEnd(18)} ${b.image}`);
+    }
+    return r;
+  }
+}

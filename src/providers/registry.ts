@@ -1,0 +1,132 @@
+/**
+ * The provider registry: every directory `templates/<id>/` with a `provider.yml` is a provider, and
+ * `templates/_common/` holds what they share. A user's `--templates DIR` of the same layout overlays
+ * the built-in tree (a provider there may be new, or override built-in files and data).
+ */
+import { readFile, readdir, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { parse } from 'yaml';
+import { OemError, describe } from '../errors.js';
+import { packageRoot } from '../paths.js';
+
+export const AGENT_UNITS = ['provision', 'metadata', 'ssh-keys', 'userdata', 'hostname', 'network'] as const;
+export type AgentUnit = (typeof AGENT_UNITS)[number];
+
+export interface Provider {
+  id: string;
+  name: string;
+  oemId: string;
+  aliases: string[];
+  homeUrl: string;
+  bugReportUrl: string;
+  grub: { linux_append?: string; linux_console?: string };
+  sources: { userdata: string | null; metadata: string | null; ssh_keys: string | null; network: string | null };
+  agentUnits: AgentUnit[];
+  /** Template directories, lowest priority first: built-in _common, built-in provider, user's _common, user's provider. */
+  dirs: string[];
+}
+
+export function builtinTemplates(): string {
+  return join(packageRoot(), 'templates');
+}
+
+const ID_RE = /^[a-z0-9][a-z0-9-]{0,62}$/;
+
+async function isDir(p: string): Promise<boolean> {
+  return (await stat(p).catch(() => null))?.isDirectory() ?? false;
+}
+
+function str(v: unknown, key: string, file: string, optional = false): string {
+  if (v === undefined || v === null) {
+    if (optional) return '';
+    throw new OemError(`${file}: ${key} is missing`, { code: 'usage' });
+  }
+  if (typeof v !== 'string' && typeof v !== 'number') throw new OemError(`${file}: ${key} must be a string`, { code: 'usage' });
+  const s = String(v);
+  if (/["\n\r\\$`]/.test(s) && key.startsWith('grub.')) throw new OemError(`${file}: ${key} must not contain quotes, newlines, backslashes, $ or backticks`, { code: 'usage' });
+  return s;
+}
+
+const KNOWN_KEYS = new Set(['id', 'name', 'oem_id', 'aliases', 'home_url', 'bug_report_url', 'grub', 'sources', 'agent_units']);
+
+function parseProvider(text: string, file: string, dirs: string[]): Provider {
+  let d: Record<string, unknown>;
+  try {
+    d = parse(text) as Record<string, unknown>;
+  } catch (err) {
+    throw new OemError(`${file} is not valid YAML: ${describe(err)}`, { code: 'usage' });
+  }
+  if (!d || typeof d !== 'object') throw new OemError(`${file} is not a mapping`, { code: 'usage' });
+  for (const k of Object.keys(d)) if (!KNOWN_KEYS.has(k)) throw new OemError(`${file}: unknown key ${k}`, { code: 'usage' });
+  const id = str(d.id, 'id', file);
+  if (!ID_RE.test(id)) throw new OemError(`${file}: id ${JSON.stringify(id)} must be lowercase letters, digits and dashes`, { code: 'usage' });
+  const oemId = str(d.oem_id, 'oem_id', file);
+  if (!ID_RE.test(oemId)) throw new OemError(`${file}: oem_id ${JSON.stringify(oemId)} must be lowercase letters, digits and dashes`, { code: 'usage' });
+  const grubIn = (d.grub ?? {}) as Record<string, unknown>;
+  const grub: Provider['grub'] = {};
+  for (const k of Object.keys(grubIn)) {
+    if (k !== 'linux_append' && k !== 'linux_console') throw new OemError(`${file}: grub.${k} is not a GRUB setting oem writes (linux_append, linux_console)`, { code: 'usage' });
+    grub[k] = str(grubIn[k], `grub.${k}`, file);
+  }
+  const src = (d.sources ?? {}) as Record<string, unknown>;
+  const source = (k: string) => (src[k] === null || src[k] === undefined ? null : str(src[k], `sources.${k}`, file));
+  const units = ((d.agent_units ?? []) as unknown[]).map((u) => {
+    if (!AGENT_UNITS.includes(u as AgentUnit)) throw new OemError(`${file}: unknown agent unit ${JSON.stringify(u)} (known: ${AGENT_UNITS.join(', ')})`, { code: 'usage' });
+    return u as AgentUnit;
+  });
+  return {
+    id,
+    name: str(d.name, 'name', file),
+    oemId,
+    aliases: ((d.aliases ?? []) as unknown[]).map((a) => str(a, 'aliases', file)),
+    homeUrl: str(d.home_url, 'home_url', file, true),
+    bugReportUrl: str(d.bug_report_url, 'bug_report_url', file, true),
+    grub,
+    sources: { userdata: source('userdata'), metadata: source('metadata'), ssh_keys: source('ssh_keys'), network: source('network') },
+    agentUnits: ['provision', ...units.filter((u) => u !== 'provision')],
+    dirs,
+  };
+}
+
+/** All providers: the built-in ones, overlaid by a user's template tree. */
+export async function loadProviders(userTemplates?: string): Promise<Provider[]> {
+  const roots = [builtinTemplates(), ...(userTemplates ? [userTemplates] : [])];
+  if (userTemplates && !(await isDir(userTemplates))) throw new OemError(`--templates ${userTemplates} is not a directory`, { code: 'usage' });
+  // provider.yml: the user's replaces the built-in one; files: all layers, later ones win by path.
+  const byId = new Map<string, { text: string; file: string }>();
+  for (const root of roots) {
+    for (const name of (await readdir(root)).sort()) {
+      if (name.startsWith('_') || name.startsWith('.')) continue;
+      const file = join(root, name, 'provider.yml');
+      const text = await readFile(file, 'utf8').catch(() => null);
+      if (text !== null) byId.set(name, { text, file });
+    }
+  }
+  const layers = async (name: string): Promise<string[]> => {
+    const dirs: string[] = [];
+    for (const root of roots) for (const d of [join(root, '_common'), join(root, name)]) if (await isDir(d)) dirs.push(d);
+    return dirs;
+  };
+  const out: Provider[] = [];
+  for (const [name, { text, file }] of byId) {
+    const p = parseProvider(text, file, await layers(name));
+    if (p.id !== name) throw new OemError(`${file}: id ${p.id} does not match its directory ${name}`, { code: 'usage' });
+    out.push(p);
+  }
+  const seen = new Map<string, string>();
+  for (const p of out) {
+    for (const n of [p.id, ...p.aliases]) {
+      if (seen.has(n)) throw new OemError(`provider name ${n} is used by both ${seen.get(n)} and ${p.id}`, { code: 'usage' });
+      seen.set(n, p.id);
+    }
+  }
+  return out.sort((a, b) => a.id.localeCompare(b.id));
+}
+
+export function findProvider(providers: Provider[], name: string): Provider {
+  const p = providers.find((x) => x.id === name || x.aliases.includes(name));
+  if (!p) {
+    throw new OemError(`unknown provider ${JSON.stringify(name)}`, { code: 'usage', hint: `providers: ${providers.map((x) => x.id).join(', ')} (see oem providers)` });
+  }
+  return p;
+}

@@ -1,0 +1,142 @@
+/**
+ * Checks everything a build generates before it is written: systemd units (our strict checker, then
+ * `systemd-analyze verify` when systemd is installed), cloud-config.yml (YAML, known keys only),
+ * Ignition configs (JSON, a supported ignition.version), grub.cfg (only `set` lines).
+ */
+import { execa } from 'execa';
+import { chmod, mkdir, writeFile } from 'node:fs/promises';
+import { join, posix } from 'node:path';
+import { parse } from 'yaml';
+import { tempDir } from '../cleanup.js';
+import { OemError, describe } from '../errors.js';
+import { which } from '../tools.js';
+import { checkUnit } from '../units.js';
+import type { Rendered } from './render.js';
+
+export const SUPPORTED_IGNITION = ['2.0.0', '2.1.0', '2.2.0', '2.3.0', '3.0.0', '3.1.0', '3.2.0', '3.3.0', '3.4.0'];
+
+const CC_KEYS: Record<string, Set<string>> = {
+  '': new Set(['coreos', 'ssh_authorized_keys', 'hostname', 'users', 'write_files', 'manage_etc_hosts']),
+  coreos: new Set(['units', 'oem', 'update', 'etcd', 'etcd2', 'fleet', 'flannel', 'locksmith']),
+  unit: new Set(['name', 'runtime', 'enable', 'content', 'command', 'mask', 'drop-ins']),
+  oem: new Set(['id', 'name', 'version-id', 'home-url', 'bug-report-url']),
+};
+
+export function checkCloudConfig(text: string): string[] {
+  const problems: string[] = [];
+  if (!text.startsWith('#cloud-config\n')) problems.push('does not start with #cloud-config');
+  let doc: unknown;
+  try {
+    doc = parse(text);
+  } catch (err) {
+    return [...problems, `is not valid YAML: ${describe(err)}`];
+  }
+  if (!doc || typeof doc !== 'object') return [...problems, 'is not a mapping'];
+  const unknown = (obj: object, allowed: Set<string>, where: string) => {
+    for (const k of Object.keys(obj)) if (!allowed.has(k)) problems.push(`unknown key ${where}${k}`);
+  };
+  const d = doc as Record<string, unknown>;
+  unknown(d, CC_KEYS['']!, '');
+  const c = d.coreos as Record<string, unknown> | undefined;
+  if (c) {
+    unknown(c, CC_KEYS.coreos!, 'coreos.');
+    if (c.oem) unknown(c.oem as object, CC_KEYS.oem!, 'coreos.oem.');
+    for (const [i, u] of ((c.units ?? []) as Record<string, unknown>[]).entries()) {
+      unknown(u, CC_KEYS.unit!, `coreos.units[${i}].`);
+      if (typeof u.name !== 'string') problems.push(`coreos.units[${i}] has no name`);
+      else if (typeof u.content === 'string') for (const p of checkUnit(u.name, u.content)) problems.push(`coreos.units[${i}] (${u.name}) line ${p.line}: ${p.message}`);
+      if (u.command !== undefined && !['start', 'stop', 'restart', 'reload', 'try-restart', 'reload-or-restart', 'reload-or-try-restart'].includes(String(u.command))) {
+        problems.push(`coreos.units[${i}].command ${String(u.command)} is not a systemctl command`);
+      }
+    }
+  }
+  return problems;
+}
+
+export function checkIgnition(text: string): string[] {
+  let doc: Record<string, unknown>;
+  try {
+    doc = JSON.parse(text) as Record<string, unknown>;
+  } catch (err) {
+    return [`is not valid JSON: ${describe(err)}`];
+  }
+  const v = (doc.ignition as Record<string, unknown> | undefined)?.version;
+  if (typeof v !== 'string' || !SUPPORTED_IGNITION.includes(v)) return [`ignition.version ${JSON.stringify(v)} is not one of ${SUPPORTED_IGNITION.join(', ')}`];
+  const problems: string[] = [];
+  const units = ((doc.systemd as Record<string, unknown> | undefined)?.units ?? []) as Record<string, unknown>[];
+  for (const [i, u] of units.entries()) {
+    if (typeof u.name !== 'string') problems.push(`systemd.units[${i}] has no name`);
+    else if (typeof u.contents === 'string') for (const p of checkUnit(u.name, u.contents)) problems.push(`systemd.units[${i}] (${u.name}) line ${p.line}: ${p.message}`);
+  }
+  return problems;
+}
+
+export function checkGrub(text: string): string[] {
+  const problems: string[] = [];
+  text.split('\n').forEach((l, i) => {
+    const t = l.trim();
+    if (t === '' || t.startsWith('#')) return;
+    if (!/^set [A-Za-z_][A-Za-z0-9_]*="[^"$`\\]*"$/.test(t)) problems.push(`line ${i + 1} is not a set line: ${t.slice(0, 60)}`);
+  });
+  return problems;
+}
+
+/**
+ * systemd-analyze verify on copies of the units in a private directory, with /usr/share/oem
+ * rewritten to a stand-in holding executables, so commands are checked too and nothing outside the
+ * directory is touched.
+ */
+async function systemdAnalyze(units: { name: string; content: string }[]): Promise<string[]> {
+  const bin = await which('systemd-analyze');
+  if (!bin || !units.length) return [];
+  const tmp = await tempDir('verify');
+  try {
+    const oem = join(tmp.path, 'oem');
+    const unitDir = join(tmp.path, 'units');
+    await mkdir(join(oem, 'bin'), { recursive: true });
+    await mkdir(unitDir);
+    for (const tool of ['oem-agent']) {
+      await writeFile(join(oem, 'bin', tool), '#!/bin/sh\n');
+      await chmod(join(oem, 'bin', tool), 0o755);
+    }
+    const files: string[] = [];
+    for (const u of units) {
+      const f = join(unitDir, u.name);
+      await writeFile(f, u.content.replaceAll('/usr/share/oem/', `${oem}/`));
+      files.push(f);
+    }
+    const r = await execa(bin, ['verify', '--man=no', ...files], { reject: false, env: { SYSTEMD_LOG_LEVEL: 'warning' } });
+    const out = `${String(r.stderr)}\n${String(r.stdout)}`
+      .split('\n')
+      .map((l) => l.trim())
+      .filter(Boolean)
+      // Units that only exist on the target system, and the host's own state, are not our problem.
+      .filter((l) => !/Unit .* not found|not found\.|Failed to create .*: Unit|Failed to prepare|Cannot add dependency job|ignoring: .*target/i.test(l));
+    return out.map((l) => l.replaceAll(`${unitDir}/`, '').replaceAll(`${oem}/`, '/usr/share/oem/'));
+  } finally {
+    await tmp.release();
+  }
+}
+
+/** Validates all generated files of a rendered provider; throws one OemError listing the problems. */
+export async function validateRendered(providerId: string, r: Rendered): Promise<void> {
+  const problems: string[] = [];
+  const units: { name: string; content: string }[] = [];
+  for (const f of r.files) {
+    const at = (msgs: string[]) => problems.push(...msgs.map((m) => `${f.path}: ${m}`));
+    if (f.kind === 'unit') {
+      const name = posix.basename(f.path);
+      at(checkUnit(name, f.content).map((p) => `line ${p.line}: ${p.message}`));
+      units.push({ name, content: f.content });
+    } else if (f.kind === 'cloud-config') at(checkCloudConfig(f.content));
+    else if (f.kind === 'ignition') at(checkIgnition(f.content));
+    else if (f.kind === 'grub') at(checkGrub(f.content));
+  }
+  if (!problems.length) problems.push(...(await systemdAnalyze(units)));
+  if (problems.length) {
+    throw new OemError(`provider ${providerId}: generated content does not validate: ${problems.join('; ')}`, {
+      code: 'usage',
+      hint: 'fix the templates (see templates/ or your --templates directory)',
+    });
+  }
+}
