@@ -111,7 +111,9 @@ async function systemdAnalyze(units: { name: string; content: string }[]): Promi
       .map((l) => l.trim())
       .filter(Boolean)
       // Units that only exist on the target system, and the host's own state, are not our problem.
-      .filter((l) => !/Unit .* not found|not found\.|Failed to create .*: Unit|Failed to prepare|Cannot add dependency job|ignoring: .*target/i.test(l));
+      .filter((l) => !/Unit .* not found|not found\.|Failed to create .*: Unit|Failed to prepare|Cannot add dependency job|ignoring: .*target/i.test(l))
+      // Commands of the target OS (anything outside the OEM partition) cannot be checked on this host.
+      .filter((l) => !(/Command (\S+) is not executable/.test(l) && !l.includes(`${oem}/`)));
     return out.map((l) => l.replaceAll(`${unitDir}/`, '').replaceAll(`${oem}/`, '/usr/share/oem/'));
   } finally {
     await tmp.release();

@@ -7,13 +7,16 @@ export default class SummaryReporter implements Reporter {
     let failed = 0;
     let skipped = 0;
     for (const m of modules) {
-      if (m.state() === 'failed' && [...m.children.allTests()].length === 0) failed++;
+      let moduleFailed = 0;
       for (const t of m.children.allTests()) {
         const s = t.result().state;
         if (s === 'passed') passed++;
-        else if (s === 'failed') failed++;
+        else if (s === 'failed') moduleFailed++;
         else skipped++;
       }
+      // A file that failed outside its tests (a hook, an import) counts as one failure.
+      if (m.state() === 'failed' && moduleFailed === 0) moduleFailed = 1;
+      failed += moduleFailed;
     }
     process.stdout.write(`\n${passed} passed, ${failed} failed, ${skipped} skipped\n`);
   }

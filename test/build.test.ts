@@ -1,0 +1,265 @@
+/**
+ * oem build: every provider on both generations from the local release mirror, checked with oem
+ * inspect and independent tools. Builds use the mount backend when run as root (CI), else rootless.
+ */
+import { execa } from 'execa';
+import { createHash } from 'node:crypto';
+import { access, copyFile, mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parse as parseYaml } from 'yaml';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { startMirrorServer, type MirrorServer } from '../scripts/lib/mirror-server.js';
+import type { BuildResult } from '../src/build.js';
+import type { InspectReport } from '../src/image/inspect.js';
+import { checkCloudConfig, checkIgnition } from '../src/providers/validate.js';
+import { expectCleanError, oem, oemJson } from './helpers/cli.js';
+import { part, readTree } from './helpers/image-read.js';
+
+const fixtures = inject('fixtures');
+let work: string;
+let server: MirrorServer;
+let agent: string;
+let key: string;
+let n = 0;
+
+const PROVIDERS = ['azure', 'cloudsigma', 'cloudstack', 'digitalocean', 'ec2', 'exoscale', 'gce', 'hyperv', 'ipxe', 'niftycloud', 'openstack', 'pxe', 'qemu', 'rackspace', 'rackspace-onmetal', 'vagrant', 'vmware'];
+const exists = (p: string) => access(p).then(() => true, () => false);
+
+beforeAll(async () => {
+  work = await mkdtemp(join(tmpdir(), 'oem-build-test-'));
+  server = await startMirrorServer(fixtures.mirror);
+  // A real executable stands in for the agent (the agent issue builds the real one).
+  agent = join(work, 'oem-agent');
+  await copyFile('/bin/true', agent);
+  await execa('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-C', 'builder@example', '-f', join(work, 'k')]);
+  key = join(work, 'k.pub');
+});
+afterAll(async () => {
+  await server.close();
+  await rm(work, { recursive: true, force: true });
+});
+
+function mirrorArgs(distro: 'flatcar' | 'coreos'): string[] {
+  return ['--distro', distro, '--base-url', `${server.url}/${distro}/{channel}/{board}`, '--key', fixtures.key.publicKeyPath, '--cache-dir', join(work, 'cache')];
+}
+
+async function raw(bz2: string): Promise<string> {
+  const out = join(work, `raw-${n++}.bin`);
+  await execa('sh', ['-c', `bzip2 -dc "${bz2}" > "${out}"`]);
+  return out;
+}
+
+async function sha512(p: string): Promise<string> {
+  return createHash('sha512').update(await readFile(p)).digest('hex');
+}
+
+for (const gen of ['coreos', 'flatcar'] as const) {
+  describe(`oem build --all-providers, ${gen}-style release`, () => {
+    let result: BuildResult;
+    let out: string;
+    let baseRaw: string;
+
+    beforeAll(async () => {
+      out = join(work, `out-${gen}`);
+      const { result: r, json } = await oemJson<BuildResult>(['build', '--all-providers', ...mirrorArgs(gen), '--output-dir', out, '--agent', agent, '--ssh-key', key], { env: { OEM_TMPDIR: work } });
+      if (r.exitCode !== 0) throw new Error(`build failed: ${r.stderr}`);
+      result = json;
+      baseRaw = fixtures[gen].raw;
+    }, 600_000);
+
+    it('builds every provider, each in its own directory, and nothing else', async () => {
+      expect(result.builds.map((b) => b.provider).sort()).toEqual(PROVIDERS);
+      expect(result).toMatchObject({ distro: gen, version: fixtures[gen].version, generation: gen, base: { verified: true, insecure: false } });
+      expect((await readdir(out)).sort()).toEqual(PROVIDERS);
+      for (const p of PROVIDERS) {
+        expect((await readdir(join(out, p))).sort()).toEqual([`${gen}_production_${p}_image.bin.bz2`, `${gen}_production_${p}_image.bin.bz2.DIGESTS`, 'manifest.json', 'version.txt']);
+      }
+    });
+
+    it('writes manifest.json, version.txt and .DIGESTS that match the artifact', async () => {
+      for (const b of result.builds) {
+        const m = JSON.parse(await readFile(b.manifest, 'utf8'));
+        const sha = await sha512(b.image);
+        expect(m).toMatchObject({ provider: b.provider, distro: gen, version: fixtures[gen].version, agent: true, base: { sha512: await sha512(fixtures[gen].bz2), verified: true } });
+        expect(m.artifacts).toEqual([{ name: `${gen}_production_${b.provider}_image.bin.bz2`, format: 'raw', compression: 'bz2', size: (await readFile(b.image)).length, sha512: sha }]);
+        expect(await readFile(b.digests, 'utf8')).toContain(`# SHA512 HASH\n${sha}  ${gen}_production_${b.provider}_image.bin.bz2`);
+        const P = gen === 'coreos' ? 'COREOS' : 'FLATCAR';
+        const vt = await readFile(b.versionTxt, 'utf8');
+        expect(vt).toContain(`${P}_VERSION=${fixtures[gen].version}\n`);
+        expect(vt).toContain(`${P}_OEM_ID=${b.oemId}\n`);
+        expect(vt).toContain(`${P}_OEM_PROVIDER=${b.provider}\n`);
+        // bzip2 -t accepts it.
+        await execa('bzip2', ['-t', b.image]);
+      }
+    });
+
+    it('puts the provider content into OEM, checked by oem inspect and independent tools', async () => {
+      for (const b of result.builds) {
+        const { json: ins } = await oemJson<InspectReport>(['inspect', b.image]);
+        expect(ins.oem?.oemId).toBe(b.oemId);
+        expect(ins.oem?.oemRelease).toMatchObject({ ID: b.oemId, VERSION_ID: fixtures[gen].version });
+        const img = await raw(b.image);
+        const tree = await readTree(img, 6, gen === 'coreos' ? 'ext4' : 'btrfs');
+        const grub = tree.get('/grub.cfg')!;
+        expect(grub).toMatchObject({ type: 'file', mode: 0o644, uid: 0, gid: 0 });
+        for (const line of grub.content!.trim().split('\n')) expect(line).toMatch(/^(#.*|set [a-z_]+="[^"]*")$/);
+        expect(tree.get('/bin/oem-agent')).toMatchObject({ type: 'file', mode: 0o755, uid: 0, gid: 0 });
+        expect(tree.get('/system/oem.target')).toMatchObject({ type: 'file', mode: 0o644 });
+        expect(tree.get('/system/oem-agent-provision.service')).toBeDefined();
+        expect(tree.get('/config.yml')?.content).toBe('version: 1\n');
+        expect(tree.get('/authorized_keys')?.content).toBe(await readFile(key, 'utf8'));
+        expect(tree.has('/config.ign')).toBe(false);
+        for (const [path, node] of tree) {
+          if (path.startsWith('/system/') && path.endsWith('.service')) {
+            expect(node.content).toMatch(/WantedBy=oem\.target/);
+            if (path.includes('metadata')) expect(node.content).toMatch(/RequiredBy=coreos-metadata\.target/);
+          }
+        }
+        if (gen === 'coreos') {
+          const cc = tree.get('/cloud-config.yml')!.content!;
+          expect(checkCloudConfig(cc)).toEqual([]);
+          const doc = parseYaml(cc) as { coreos: { units: { name: string; command?: string }[]; oem: { id: string } } };
+          expect(doc.coreos.oem.id).toBe(b.oemId);
+          expect(doc.coreos.units.find((u) => u.name === 'oem.target')?.command).toBe('start');
+          expect(tree.get('/run')).toMatchObject({ mode: 0o755 });
+          expect(tree.get('/run')!.content).toContain('systemctl enable --runtime /usr/share/oem/system/*');
+          expect(tree.has('/base/base.ign')).toBe(false);
+        } else {
+          const ign = tree.get('/base/base.ign')!.content!;
+          expect(checkIgnition(ign)).toEqual([]);
+          const doc = JSON.parse(ign) as { ignition: { version: string }; systemd: { units: { name: string; enabled?: boolean }[] } };
+          expect(doc.ignition.version).toBe('3.3.0');
+          expect(doc.systemd.units.find((u) => u.name === 'oem.target')?.enabled).toBe(true);
+          expect(tree.has('/cloud-config.yml')).toBe(false);
+        }
+        // The keys for core on ROOT, as inject-key writes them.
+        const root = await readTree(img, 9, 'ext4');
+        expect(root.get('/home/core/.ssh/authorized_keys.d/oem')).toMatchObject({ mode: 0o600, uid: 1000, gid: 1000 });
+        await rm(img);
+      }
+    });
+
+    it('leaves USR-A, USR-B, the ESP, the other partitions, the attributes and the disk GUID byte-identical', async () => {
+      const b = result.builds.find((x) => x.provider === 'ec2')!;
+      const img = await raw(b.image);
+      for (const p of [1, 2, 3, 4, 7]) {
+        const { offset, size } = await part(img, p);
+        expect((await execa('cmp', ['-i', `${offset}:${offset}`, '-n', String(size), baseRaw, img], { reject: false })).exitCode).toBe(0);
+      }
+      // Both GPT copies (headers and entries) too.
+      expect((await execa('cmp', ['-n', String(34 * 512), baseRaw, img], { reject: false })).exitCode).toBe(0);
+      const sz = (await readFile(img)).length;
+      const tail = 33 * 512;
+      expect((await execa('cmp', ['-i', `${sz - tail}:${sz - tail}`, baseRaw, img], { reject: false })).exitCode).toBe(0);
+      const { json } = await oemJson<InspectReport>(['inspect', img]);
+      expect(json.diskGuid).toBe('00000000-0000-0000-0000-000000000001');
+      expect(json.partitions.find((p) => p.number === 3)!.attributes).toBe('0x0101000000000000');
+      await rm(img);
+    });
+  });
+}
+
+describe('oem build options and failures', () => {
+  it('lists providers, with --json', async () => {
+    const { json } = await oemJson<{ id: string; oemId: string; aliases: string[] }[]>(['providers']);
+    expect(json.map((p) => p.id)).toEqual(PROVIDERS);
+    expect(json.find((p) => p.id === 'ec2')!.aliases).toEqual(['ami', 'aws']);
+    expect(json.find((p) => p.id === 'gce')!.aliases).toEqual(['gcp']);
+  });
+
+  it('builds from a local image by alias, with a forced generation and the user config', async () => {
+    const out = join(work, `local-${n++}`);
+    const cfg = join(work, 'config.yml');
+    await writeFile(cfg, 'version: 1\nusers:\n  - name: ops\n');
+    const { result, json } = await oemJson<BuildResult>(
+      ['build', '--provider', 'aws', '--image', fixtures.flatcar.raw, '--insecure', '--generation', 'coreos', '--config', cfg, '--output-dir', out, '--agent', agent],
+      { env: { OEM_TMPDIR: work } },
+    );
+    expect(result.exitCode).toBe(0);
+    expect(json).toMatchObject({ generation: 'coreos', base: { verified: false, insecure: true } });
+    expect(result.stderr).toMatch(/WARNING: --insecure/);
+    const m = JSON.parse(await readFile(join(out, 'ec2', 'manifest.json'), 'utf8'));
+    expect(m).toMatchObject({ provider: 'ec2', generation: 'coreos', config: true, base: { insecure: true, verified: false } });
+    const img = await raw(json.builds[0]!.image);
+    const tree = await readTree(img, 6, 'btrfs');
+    expect(tree.get('/config.yml')!.content).toBe('version: 1\nusers:\n  - name: ops\n');
+    expect(tree.has('/cloud-config.yml')).toBe(true);
+  });
+
+  it('a local image needs a verifiable signature or --insecure', async () => {
+    const r = await oem(['build', '--provider', 'qemu', '--image', fixtures.flatcar.raw, '--output-dir', join(work, 'x'), '--agent', agent]);
+    expect(r.exitCode).toBe(4);
+    expect(expectCleanError(r)).toMatch(/has no signature to verify/);
+    const dir = join(fixtures.mirror, 'flatcar', 'stable', 'amd64-usr', fixtures.flatcar.version);
+    const ok = await oemJson<BuildResult>(
+      ['build', '--provider', 'qemu', '--image', join(dir, 'flatcar_production_image.bin.bz2'), '--key', fixtures.key.publicKeyPath, '--output-dir', join(work, `signed-${n++}`), '--agent', agent],
+      { env: { OEM_TMPDIR: work } },
+    );
+    expect(ok.result.exitCode).toBe(0);
+    expect(ok.json.base).toMatchObject({ verified: true, insecure: false });
+    expect(ok.json.version).toBe(fixtures.flatcar.version);
+  });
+
+  it('says the agent is missing rather than writing a placeholder; --no-agent builds without it', async () => {
+    const r = await oem(['build', '--provider', 'qemu', ...mirrorArgs('flatcar'), '--output-dir', join(work, 'noagent'), '--agent', join(work, 'nope')]);
+    expect(r.exitCode).toBe(2);
+    expect(expectCleanError(r)).toMatch(/^the runtime agent for amd64-usr is missing: /);
+    expect(r.stderr).toMatch(/hint: build it with `npm run build:agent`/);
+    const out = join(work, `noagent-${n++}`);
+    const ok = await oemJson<BuildResult>(['build', '--provider', 'qemu', ...mirrorArgs('flatcar'), '--output-dir', out, '--no-agent'], { env: { OEM_TMPDIR: work } });
+    expect(ok.result.exitCode).toBe(0);
+    const img = await raw(ok.json.builds[0]!.image);
+    const tree = await readTree(img, 6, 'btrfs');
+    expect(tree.has('/bin/oem-agent')).toBe(false);
+    expect([...tree.keys()].filter((p) => p.includes('oem-agent-'))).toEqual([]);
+    expect(tree.has('/system/oem.target')).toBe(true);
+  });
+
+  it('overlays a user template tree: a new provider and an overridden shared file', async () => {
+    const t = join(work, `tpl-${n++}`);
+    await mkdir(join(t, 'acme', 'files', 'etc'), { recursive: true });
+    await mkdir(join(t, '_common', 'system'), { recursive: true });
+    await writeFile(join(t, 'acme', 'provider.yml'), 'id: acme\nname: "ACME Cloud"\noem_id: acme\ngrub:\n  linux_append: "acme.debug=1"\nagent_units: [metadata]\n');
+    await writeFile(join(t, 'acme', 'files', 'etc', 'acme.conf'), 'provider={{provider}} version={{version}} channel={{channel}} id={{oem_id}}\n');
+    await writeFile(join(t, '_common', 'system', 'oem.target'), '[Unit]\nDescription=Custom {{name}} target\n\n[Install]\nWantedBy=multi-user.target\n');
+    const providers = await oemJson<{ id: string }[]>(['providers', '--templates', t]);
+    expect(providers.json.map((p) => p.id)).toContain('acme');
+    const out = join(work, `acme-${n++}`);
+    const { result, json } = await oemJson<BuildResult>(['build', '--provider', 'acme', '--templates', t, ...mirrorArgs('coreos'), '--output-dir', out, '--agent', agent], { env: { OEM_TMPDIR: work } });
+    expect(result.exitCode).toBe(0);
+    const tree = await readTree(await raw(json.builds[0]!.image), 6, 'ext4');
+    expect(tree.get('/etc/acme.conf')!.content).toBe(`provider=acme version=${fixtures.coreos.version} channel=stable id=acme\n`);
+    expect(tree.get('/system/oem.target')!.content).toContain('Description=Custom ACME Cloud target');
+    expect(tree.get('/grub.cfg')!.content).toContain('set linux_append="acme.debug=1"');
+    expect(tree.has('/system/oem-agent-metadata.service')).toBe(true);
+    expect(tree.has('/system/oem-agent-userdata.service')).toBe(false);
+  });
+
+  it('refuses unknown template variables and units that do not validate, leaving no output', async () => {
+    const t = join(work, `bad-${n++}`);
+    await mkdir(join(t, 'qemu', 'files', 'system'), { recursive: true });
+    await writeFile(join(t, 'qemu', 'files', 'motd'), 'hello {{user}}\n');
+    const out = join(work, `bad-out-${n++}`);
+    let r = await oem(['build', '--provider', 'qemu', '--templates', t, ...mirrorArgs('flatcar'), '--output-dir', out, '--agent', agent], { env: { OEM_TMPDIR: work } });
+    expect(r.exitCode).toBe(2);
+    expect(expectCleanError(r)).toMatch(/motd: unknown template variable \{\{user\}\} \(allowed: version, channel, provider, oem_id, name\)/);
+    await rm(join(t, 'qemu', 'files', 'motd'));
+    await writeFile(join(t, 'qemu', 'files', 'system', 'bad.service'), '[Unit]\nDescription=x\n[Service]\nExecStart=/bin/true\nBogusKey=1\n[Install]\nWantedBy=oem.target\n');
+    r = await oem(['build', '--provider', 'qemu', '--templates', t, ...mirrorArgs('flatcar'), '--output-dir', out, '--agent', agent], { env: { OEM_TMPDIR: work } });
+    expect(r.exitCode).toBe(2);
+    expect(expectCleanError(r)).toMatch(/provider qemu: generated content does not validate: \/system\/bad\.service: line 5: unknown key BogusKey in section \[Service\]/);
+    expect(await exists(join(out, 'qemu'))).toBe(false);
+    expect((await readdir(out).catch(() => [])).filter((f) => !f.startsWith('.') || f.includes('oem-'))).toEqual([]);
+  });
+
+  it('refuses unknown providers and a bad --config', async () => {
+    let r = await oem(['build', '--provider', 'nosuch', '--image', fixtures.flatcar.raw, '--insecure']);
+    expect(r.exitCode).toBe(2);
+    expect(expectCleanError(r)).toBe('unknown provider "nosuch"');
+    const cfg = join(work, 'bad.yml');
+    await writeFile(cfg, 'version: 2\n');
+    r = await oem(['build', '--provider', 'qemu', '--image', fixtures.flatcar.raw, '--insecure', '--config', cfg, '--agent', agent]);
+    expect(expectCleanError(r)).toMatch(/--config .*bad\.yml: version must be 1 \(found 2\)/);
+  });
+});
