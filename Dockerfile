@@ -11,6 +11,6 @@ RUN cp scripts-tmp/packages.txt . && bash scripts-tmp/install-deps.sh && rm -rf 
 COPY package.json package-lock.json tsconfig.json ./
 RUN npm ci --no-audit --no-fund
 COPY . .
-RUN npm run build && npm prune --omit=dev --no-audit --no-fund
+RUN npm run build && npm run build:agent && npm prune --omit=dev --no-audit --no-fund
 ENTRYPOINT ["/opt/oem/bin/run.js"]
 CMD ["--help"]

@@ -119,9 +119,10 @@ export function digestsText(entries: { name: string; md5: string; sha1: string; 
 
 const AGENT_ARCH: Record<string, string> = { 'amd64-usr': 'x64', 'arm64-usr': 'arm64' };
 
+/** The agent for the board, xz-compressed: the one `npm run build:agent` made, or --agent FILE. */
 async function loadAgent(opts: BuildOptions, board: string): Promise<Buffer | null> {
   if (opts.noAgent) return null;
-  const path = opts.agent ?? join(packageRoot(), 'dist', 'agent', `oem-agent-linux-${AGENT_ARCH[board] ?? board}`);
+  const path = opts.agent ?? join(packageRoot(), 'dist', 'agent', `oem-agent-linux-${AGENT_ARCH[board] ?? board}.xz`);
   const st = await stat(path).catch(() => null);
   if (!st?.isFile()) {
     throw new OemError(`the runtime agent for ${board} is missing: ${path}`, {
@@ -129,7 +130,11 @@ async function loadAgent(opts: BuildOptions, board: string): Promise<Buffer | nu
       hint: 'build it with `npm run build:agent`, give one with --agent FILE, or build without it with --no-agent',
     });
   }
-  return readFile(path);
+  const data = await readFile(path);
+  if (data.subarray(0, 6).equals(Buffer.from([0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00]))) return data;
+  if (data.subarray(0, 4).toString('latin1') !== '\x7fELF') throw new OemError(`--agent ${path} is neither an executable (ELF) nor .xz`, { code: 'usage' });
+  const r = await run('xz', ['-6', '-T0', '-c', path], 'compress the agent', { encoding: 'buffer' } as never);
+  return r.stdoutBytes;
 }
 
 async function loadConfig(path: string | undefined): Promise<Buffer> {

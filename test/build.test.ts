@@ -105,6 +105,8 @@ for (const gen of ['coreos', 'flatcar'] as const) {
         expect(grub).toMatchObject({ type: 'file', mode: 0o644, uid: 0, gid: 0 });
         for (const line of grub.content!.trim().split('\n')) expect(line).toMatch(/^(#.*|set [a-z_]+="[^"]*")$/);
         expect(tree.get('/bin/oem-agent')).toMatchObject({ type: 'file', mode: 0o755, uid: 0, gid: 0 });
+        expect(tree.get('/bin/oem-agent')!.content).toContain('xz -dc "$here/oem-agent.xz"');
+        expect(tree.get('/bin/oem-agent.xz')).toMatchObject({ type: 'file', mode: 0o644, uid: 0, gid: 0 });
         expect(tree.get('/system/oem.target')).toMatchObject({ type: 'file', mode: 0o644 });
         expect(tree.get('/system/oem-agent-provision.service')).toBeDefined();
         expect(tree.get('/config.yml')?.content).toBe('version: 1\n');
@@ -212,6 +214,7 @@ describe('oem build options and failures', () => {
     const img = await raw(ok.json.builds[0]!.image);
     const tree = await readTree(img, 6, 'btrfs');
     expect(tree.has('/bin/oem-agent')).toBe(false);
+    expect(tree.has('/bin/oem-agent.xz')).toBe(false);
     expect([...tree.keys()].filter((p) => p.includes('oem-agent-'))).toEqual([]);
     expect(tree.has('/system/oem.target')).toBe(true);
   });
@@ -262,4 +265,72 @@ describe('oem build options and failures', () => {
     r = await oem(['build', '--provider', 'qemu', '--image', fixtures.flatcar.raw, '--insecure', '--config', cfg, '--agent', agent]);
     expect(expectCleanError(r)).toMatch(/--config .*bad\.yml: version must be 1 \(found 2\)/);
   });
+});
+
+describe.runIf(process.getuid?.() === 0)('Ctrl-C during oem build [root]', () => {
+  it('removes the partial outputs and the work directory, and releases mounts and loop devices', async () => {
+    const { BIN } = await import('./helpers/cli.js');
+    const { leftovers } = await import('./helpers/image-read.js');
+    const out = join(work, `int-${n++}`);
+    const child = execa(process.execPath, [BIN, 'build', '--provider', 'qemu', '--provider', 'ec2', ...mirrorArgs('coreos'), '--output-dir', out, '--agent', agent, '--backend', 'mount'], {
+      reject: false,
+      env: { OEM_TMPDIR: work, OEM_DEBUG_PAUSE_AFTER_MOUNT_MS: '20000' },
+    });
+    const deadline = Date.now() + 30_000;
+    while (Date.now() < deadline && (await leftovers(out)).length < 2) await new Promise((r) => setTimeout(r, 50));
+    expect((await leftovers(out)).length).toBeGreaterThanOrEqual(2);
+    child.kill('SIGINT');
+    const r = await child;
+    expect(r.exitCode).toBe(130);
+    expect(await leftovers(out)).toEqual([]);
+    expect(await leftovers(work)).toEqual([]);
+    expect(await readdir(out)).toEqual([]);
+  });
+});
+
+describe('the built agent in images', () => {
+  const builtAgent = (arch: string) => join(__dirname, '..', 'dist', 'agent', `oem-agent-linux-${arch}.xz`);
+
+  for (const board of ['amd64-usr', 'arm64-usr'] as const) {
+    it(`${board}: embeds the agent built for the board, which unpacks to a standalone executable`, async () => {
+      // A release of the test image for this board, in a private mirror.
+      const { publishRelease } = await import('../scripts/lib/mirror.js');
+      const m = join(work, `board-${board}-${n++}`);
+      await publishRelease({ mirrorDir: m, distro: 'flatcar', channel: 'stable', board, version: fixtures.flatcar.version, imageBz2: fixtures.flatcar.bz2, armoredPrivateKey: fixtures.key.armoredPrivate, current: true });
+      const srv = await startMirrorServer(m);
+      try {
+        const out = join(work, `board-out-${n++}`);
+        const { result, json } = await oemJson<BuildResult>(
+          ['build', '--provider', 'qemu', '--board', board, '--base-url', `${srv.url}/{channel}/{board}`, '--key', fixtures.key.publicKeyPath, '--cache-dir', join(work, 'cache'), '--output-dir', out],
+          { env: { OEM_TMPDIR: work } },
+        );
+        expect(result.exitCode).toBe(0);
+        const img = await raw(json.builds[0]!.image);
+        const { offset } = await part(img, 6);
+        const xzFile = join(work, `agent-${n++}.xz`);
+        const tree = await readTree(img, 6, 'btrfs');
+        expect(tree.has('/bin/oem-agent.xz')).toBe(true);
+        // Read the embedded bytes back with btrfs restore and compare with the build output.
+        const dir = await mkdtemp(join(work, 'restore-'));
+        await execa('sh', ['-c', `dd if="${img}" of="${dir}/p.img" bs=1M iflag=skip_bytes,count_bytes skip=${offset} count=${128 * 1024 * 1024} status=none && mkdir "${dir}/r" && btrfs restore "${dir}/p.img" "${dir}/r"`]);
+        await copyFile(join(dir, 'r', 'bin', 'oem-agent.xz'), xzFile);
+        expect(await sha512(xzFile)).toBe(await sha512(builtAgent(board === 'amd64-usr' ? 'x64' : 'arm64')));
+        const exe = join(work, `agent-${n++}`);
+        await execa('sh', ['-c', `xz -dc "${xzFile}" > "${exe}" && chmod 0755 "${exe}"`]);
+        const elf = await readFile(exe);
+        expect(elf.subarray(0, 4).toString('latin1')).toBe('\x7fELF');
+        // e_machine: 0x3e x86-64, 0xb7 aarch64.
+        expect(elf.readUInt16LE(18)).toBe(board === 'amd64-usr' ? 0x3e : 0xb7);
+        if (board === 'amd64-usr') {
+          const v = await execa(exe, ['version'], { env: {}, extendEnv: false });
+          expect(v.stdout).toMatch(/^oem-agent \S+ \(node 22\.\d+\.\d+ x64\)$/);
+        }
+        const m2 = JSON.parse(await readFile(json.builds[0]!.manifest, 'utf8'));
+        expect(m2.agent).toBe(true);
+        expect(m2.board).toBe(board);
+      } finally {
+        await srv.close();
+      }
+    });
+  }
 });

@@ -22,7 +22,7 @@ export interface RenderContext {
   version: string;
   channel: string;
   generation: Generation;
-  /** The agent executable for the image's board, or null to build without it. */
+  /** The agent executable for the image's board, xz-compressed, or null to build without it. */
   agent: Buffer | null;
   sshKeys: SshKey[];
   /** The provisioning config the agent reads (already validated). */
@@ -115,6 +115,7 @@ export async function renderProvider(ctx: RenderContext): Promise<Rendered> {
     const unit = /^\/system\/oem-agent-([a-z-]+)\.service$/.exec(path);
     if (unit && (!ctx.agent || !p.agentUnits.includes(unit[1] as never))) continue;
     if (path === '/run' && ctx.generation !== 'coreos') continue;
+    if (path === '/bin/oem-agent' && !ctx.agent) continue;
     const raw = await readFile(file);
     const content = raw.includes(0) ? raw : Buffer.from(renderTemplate(raw.toString('utf8'), vars, file));
     files.set(path, { content, mode: modeOf(path) });
@@ -122,7 +123,8 @@ export async function renderProvider(ctx: RenderContext): Promise<Rendered> {
   files.set('/grub.cfg', { content: Buffer.from(grubCfg(p)), mode: 0o644 });
   files.set('/oem-release', { content: Buffer.from(oemRelease(p, ctx.version)), mode: 0o644 });
   if (ctx.config) files.set('/config.yml', { content: ctx.config, mode: 0o644 });
-  if (ctx.agent) files.set('/bin/oem-agent', { content: ctx.agent, mode: 0o755 });
+  // The agent is stored xz-compressed; bin/oem-agent (a template) unpacks it to /run and runs it.
+  if (ctx.agent) files.set('/bin/oem-agent.xz', { content: ctx.agent, mode: 0o644 });
   if (ctx.sshKeys.length) files.set('/authorized_keys', { content: Buffer.from(keySetContent(ctx.sshKeys)), mode: 0o644 });
 
   // How the units are started.
