@@ -10,9 +10,10 @@ import { createReadStream, readFileSync } from 'node:fs';
 import { mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
-import { parse as parseYaml } from 'yaml';
 import { acquire } from './cleanup.js';
-import { OemError, describe } from './errors.js';
+import { readAndValidateConfig } from '../oem/config/validate.js';
+import { formatProblem } from '../oem/config/types.js';
+import { OemError } from './errors.js';
 import { compressBzip2 } from './artifacts/compress.js';
 import { FileSource, SliceSource } from './image/byte-source.js';
 import { decompressToSparse, detectCompression } from './image/decompress.js';
@@ -137,20 +138,18 @@ async function loadAgent(opts: BuildOptions, board: string): Promise<Buffer | nu
   return r.stdoutBytes;
 }
 
+/** The user's provisioning config, validated by the agent's own validator; or the default one. */
 async function loadConfig(path: string | undefined): Promise<Buffer> {
   if (!path) return readFile(join(packageRoot(), 'templates', '_common', 'config.yml'));
-  const data = await readFile(path).catch(() => {
-    throw new OemError(`cannot read --config ${path}`, { code: 'usage' });
-  });
-  let doc: unknown;
-  try {
-    doc = parseYaml(data.toString('utf8'));
-  } catch (err) {
-    throw new OemError(`--config ${path} is not valid YAML: ${describe(err)}`, { code: 'usage' });
+  const r = await readAndValidateConfig(path);
+  const errors = r.problems.filter((p) => p.severity === 'error');
+  if (errors.length) {
+    throw new OemError(
+      `--config ${path} is not a valid provisioning config: ${formatProblem(errors[0]!)}${errors.length > 1 ? ` (and ${errors.length - 1} more)` : ''}`,
+      { code: 'usage', hint: `oem validate ${path} lists every problem` },
+    );
   }
-  const v = (doc as Record<string, unknown> | null)?.version;
-  if (v !== 1) throw new OemError(`--config ${path}: version must be 1 (found ${JSON.stringify(v)})`, { code: 'usage' });
-  return data;
+  return readFile(path);
 }
 
 interface Base {

@@ -263,7 +263,8 @@ describe('oem build options and failures', () => {
     const cfg = join(work, 'bad.yml');
     await writeFile(cfg, 'version: 2\n');
     r = await oem(['build', '--provider', 'qemu', '--image', fixtures.flatcar.raw, '--insecure', '--config', cfg, '--agent', agent]);
-    expect(expectCleanError(r)).toMatch(/--config .*bad\.yml: version must be 1 \(found 2\)/);
+    expect(expectCleanError(r)).toMatch(/--config .*bad\.yml is not a valid provisioning config: error at \$\.version \(line 1, col \d+\): version must be 1/);
+    expect(r.stderr).toMatch(/hint: oem validate .*bad\.yml lists every problem/);
   });
 });
 
