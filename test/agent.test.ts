@@ -1,0 +1,105 @@
+/**
+ * The built agent (npm run build:agent; part of npm test) as it runs in an image: a standalone x86-64
+ * executable, started with a clean environment and no node on PATH, provisioning a test root.
+ * Provisioning users needs root (useradd --root chroots): [root].
+ */
+import { execa } from 'execa';
+import { access, copyFile, mkdir, mkdtemp, readFile, readlink, rm, stat, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { REPO } from './helpers/cli.js';
+
+const AGENT = join(REPO, 'dist', 'agent', 'oem-agent-linux-x64');
+const PATH = '/usr/sbin:/sbin';
+let work: string;
+
+beforeAll(async () => {
+  work = await mkdtemp(join(tmpdir(), 'oem-agent-test-'));
+});
+afterAll(async () => {
+  await rm(work, { recursive: true, force: true });
+});
+
+const agent = (args: string[]) => execa(AGENT, args, { env: { PATH }, extendEnv: false, reject: false });
+
+describe('the built oem-agent executable', () => {
+  it('runs without node: a clean environment and no node on PATH', async () => {
+    expect((await execa('sh', ['-c', 'command -v node'], { env: { PATH }, extendEnv: false, reject: false })).exitCode).not.toBe(0);
+    const r = await agent(['version']);
+    expect(r.exitCode).toBe(0);
+    expect(r.stdout).toMatch(/^oem-agent \S+ \(node 22\.\d+\.\d+ x64\)$/);
+    expect((await stat(AGENT)).size).toBeGreaterThan(10_000_000);
+  });
+
+  it('validate reports every problem with path, line and column, exit 1', async () => {
+    const f = join(work, 'bad.yml');
+    await writeFile(f, 'version: 1\nsystemd:\n  units:\n    - name: foo\n      content: "[Service]\\nExecStart=/bin/true\\n"\nfiles:\n  - path: etc/motd\n    content: hi\n');
+    const r = await agent(['validate', f]);
+    expect(r.exitCode).toBe(1);
+    expect(r.stderr).toMatch(/error at \$\.systemd\.units\[0\]\.name \(line 4, col \d+\): unit name must end in \.service/);
+    expect(r.stderr).toMatch(/error at \$\.files\[0\]\.path \(line 7, col \d+\): /);
+    const ok = join(work, 'ok.yml');
+    await writeFile(ok, 'version: 1\n');
+    expect((await agent(['validate', ok])).exitCode).toBe(0);
+  });
+
+  it.runIf(process.getuid?.() === 0)('provisions a test root once, and does nothing on the next boot [root]', async () => {
+    const root = join(work, 'root');
+    await mkdir(join(root, 'etc'), { recursive: true });
+    for (const f of ['passwd', 'group', 'shadow', 'gshadow']) await copyFile(join('/etc', f), join(root, 'etc', f));
+    const cfg = join(work, 'config.yml');
+    await writeFile(
+      cfg,
+      [
+        'version: 1',
+        'groups:',
+        '  - name: ops',
+        '    gid: 1500',
+        'users:',
+        '  - name: ops',
+        '    uid: 1500',
+        '    primary_group: ops',
+        '    home_dir: /home/ops',
+        'files:',
+        '  - path: /etc/motd',
+        '    content: "hello\\n"',
+        '    mode: "0640"',
+        '    owner: ops',
+        '    group: ops',
+        'systemd:',
+        '  units:',
+        '    - name: hello.service',
+        '      enable: true',
+        '      content: |',
+        '        [Service]',
+        '        ExecStart=/usr/bin/echo hello',
+        '        [Install]',
+        '        WantedBy=multi-user.target',
+        'networkd:',
+        '  units:',
+        '    - name: 10-eth0.network',
+        '      content: |',
+        '        [Match]',
+        '        Name=eth0',
+        '        [Network]',
+        '        DHCP=yes',
+        '',
+      ].join('\n'),
+    );
+    const r = await agent(['provision', '--config', cfg, '--root', root]);
+    expect(r.stderr).toBe('');
+    expect(r.exitCode).toBe(0);
+    expect(r.stdout).toMatch(/^oem-agent: created group ops \(gid 1500\)$/m);
+    expect(r.stdout).toMatch(/^oem-agent: created user ops \(uid 1500/m);
+    expect(await readFile(join(root, 'etc', 'passwd'), 'utf8')).toMatch(/^ops:x:1500:1500:/m);
+    const motd = await stat(join(root, 'etc', 'motd'));
+    expect([motd.mode & 0o7777, motd.uid, motd.gid]).toEqual([0o640, 1500, 1500]);
+    expect(await readlink(join(root, 'etc', 'systemd', 'system', 'multi-user.target.wants', 'hello.service'))).toBe('/etc/systemd/system/hello.service');
+    expect(await readFile(join(root, 'etc', 'systemd', 'network', '10-eth0.network'), 'utf8')).toContain('DHCP=yes');
+    await access(join(root, 'var', 'lib', 'oem-agent', 'provisioned'));
+    const again = await agent(['provision', '--config', cfg, '--root', root]);
+    expect(again.exitCode).toBe(0);
+    expect(again.stdout).toMatch(/already provisioned/);
+  });
+});
