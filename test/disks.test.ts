@@ -715,7 +715,7 @@ async function appears(path: string, ms: number): Promise<boolean> {
   }
 }
 
-describe.runIf(loopsUsable)('real runs on loop devices', () => {
+describe.runIf(loopsUsable)('real runs on loop devices [root]', () => {
   let work: string;
   beforeAll(async () => {
     work = await mkdtemp(join(tmpdir(), 'oem-disks-real-'));
