@@ -1,5 +1,6 @@
 /** Flags shared by the commands that get releases (fetch, build). */
 import { Flags } from '@oclif/core';
+import type { Distro } from './release/verify.js';
 
 export const releaseFlags = {
   distro: Flags.string({ description: 'distribution', options: ['flatcar', 'coreos'], default: 'flatcar' }),
@@ -15,3 +16,24 @@ export const releaseFlags = {
   'cache-dir': Flags.string({ description: 'cache directory (default $XDG_CACHE_HOME/oem)', env: 'OEM_CACHE_DIR' }),
   insecure: Flags.boolean({ description: 'do NOT check the signature (prints a warning; never for published images)', default: false }),
 };
+
+/** Where a release comes from, as the release flags say (keys and --insecure are separate). */
+export function releaseSource(flags: {
+  distro: string;
+  channel: string;
+  board: string;
+  release: string;
+  'base-url'?: string | undefined;
+  'image-name'?: string | undefined;
+  'cache-dir'?: string | undefined;
+}): { distro: Distro; channel: string; board: string; release: string; baseUrl?: string; imageName?: string; cacheDir?: string } {
+  return {
+    distro: flags.distro as Distro,
+    channel: flags.channel,
+    board: flags.board,
+    release: flags.release,
+    ...(flags['base-url'] ? { baseUrl: flags['base-url'] } : {}),
+    ...(flags['image-name'] ? { imageName: flags['image-name'] } : {}),
+    ...(flags['cache-dir'] ? { cacheDir: flags['cache-dir'] } : {}),
+  };
+}

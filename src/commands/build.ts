@@ -1,10 +1,9 @@
 import { Flags } from '@oclif/core';
 import { OemCommand } from '../base-command.js';
 import { build, type BuildResult } from '../build.js';
-import { releaseFlags } from '../flags.js';
+import { releaseFlags, releaseSource } from '../flags.js';
 import { runWithProgress } from '../progress.js';
 import type { Generation } from '../providers/render.js';
-import type { Distro } from '../release/verify.js';
 import type { BackendChoice } from '../write/apply.js';
 
 export default class Build extends OemCommand {
@@ -49,15 +48,7 @@ export default class Build extends OemCommand {
         ...(flags.signature ? { signature: flags.signature } : {}),
         ...(flags.key ? { keyFiles: flags.key } : {}),
         insecure: flags.insecure,
-        fetch: {
-          distro: flags.distro as Distro,
-          channel: flags.channel,
-          board: flags.board,
-          release: flags.release,
-          ...(flags['base-url'] ? { baseUrl: flags['base-url'] } : {}),
-          ...(flags['image-name'] ? { imageName: flags['image-name'] } : {}),
-          ...(flags['cache-dir'] ? { cacheDir: flags['cache-dir'] } : {}),
-        },
+        fetch: releaseSource(flags),
         sshKeyFiles: flags['ssh-key'] ?? [],
         ...(flags.config ? { config: flags.config } : {}),
         ...(flags.templates ? { templates: flags.templates } : {}),

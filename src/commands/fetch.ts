@@ -1,8 +1,7 @@
 import { OemCommand } from '../base-command.js';
-import { releaseFlags } from '../flags.js';
+import { releaseFlags, releaseSource } from '../flags.js';
 import { runWithProgress } from '../progress.js';
 import { fetchRelease, type FetchResult } from '../release/fetch.js';
-import type { Distro } from '../release/verify.js';
 
 export default class Fetch extends OemCommand {
   static override summary = "Download a channel's release image and verify it before anything uses it.";
@@ -24,14 +23,8 @@ export default class Fetch extends OemCommand {
     const json = this.jsonEnabled();
     const r = await runWithProgress(`Fetching ${flags.distro} ${flags.channel} ${flags.release}`, json, (rep) =>
       fetchRelease({
-        distro: flags.distro as Distro,
-        channel: flags.channel,
-        board: flags.board,
-        release: flags.release,
-        ...(flags['base-url'] ? { baseUrl: flags['base-url'] } : {}),
-        ...(flags['image-name'] ? { imageName: flags['image-name'] } : {}),
+        ...releaseSource(flags),
         ...(flags.key ? { keyFiles: flags.key } : {}),
-        ...(flags['cache-dir'] ? { cacheDir: flags['cache-dir'] } : {}),
         insecure: flags.insecure,
         log: (l) => rep.log(l),
         onProgress: (d, t) => rep.progress(d, t),
