@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Installs the system packages of packages.txt (Debian 12) and checks Node.js. Run as root.
+# Installs the system packages of packages.txt (Debian 12) and checks Node.js. Needs root (uses sudo
+# when run as another user).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 mapfile -t pkgs < <(grep -vE '^\s*(#|$)' "$here/packages.txt")
 if [ "$(id -u)" -ne 0 ]; then
-  echo "install-deps: run as root (sudo $0)" >&2
+  if command -v sudo >/dev/null; then exec sudo "$0" "$@"; fi
+  echo "install-deps: run as root (apt-get needs it)" >&2
   exit 1
 fi
 export DEBIAN_FRONTEND=noninteractive
