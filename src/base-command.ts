@@ -37,6 +37,11 @@ export abstract class OemCommand extends Command {
       process.stderr.write(`oem: error: ${msg}\nhint: see 'oem ${this.id ?? ''} --help'\n`);
       this.exit(err.oclif?.exit ?? 2);
     }
-    return super.catch(err);
+    // Anything else is unexpected: still one line (the stack with OEM_DEBUG=1), and a non-zero exit.
+    if (process.env.OEM_DEBUG) process.stderr.write(`${err.stack ?? err}\n`);
+    const code = (err as NodeJS.ErrnoException).code;
+    process.stderr.write(`oem: error: ${err.message.split('\n')[0]}${code && !err.message.includes(code) ? ` (${code})` : ''}\n`);
+    if (code === 'ENOSPC') this.exit(7);
+    this.exit(1);
   }
 }

@@ -48,6 +48,12 @@ export async function prepareWorkingImage(
     return { path: input, finalPath: input, compression, method: 'in-place', commit: async () => {}, discard: async () => {} };
   }
   const finalPath = resolve(opts.output ?? input);
+  if ((await stat(finalPath).catch(() => null))?.isDirectory()) {
+    throw new OemError(`the output ${finalPath} is a directory; give a file name`, { code: 'usage' });
+  }
+  if (!(await stat(dirname(finalPath)).catch(() => null))?.isDirectory()) {
+    throw new OemError(`the output's directory ${dirname(finalPath)} does not exist`, { code: 'usage' });
+  }
   const inputReal = await realpath(input);
   const outReal = await realpath(finalPath).catch(() => finalPath);
   if (outReal === inputReal) {
