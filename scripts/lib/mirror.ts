@@ -10,13 +10,13 @@
  * Signatures are made with a throw-away key whose separate signing subkey does the signing, as
  * with the real Flatcar/CoreOS image signing keys. Everything streams, so 300 MB images are fine.
  */
-import { execa } from 'execa';
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { access, constants, copyFile, link, mkdir, rename, rm, writeFile } from 'node:fs/promises';
-import { basename, delimiter, dirname, join } from 'node:path';
+import { copyFile, link, mkdir, rename, rm, writeFile } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
 import { Readable } from 'node:stream';
 import * as openpgp from 'openpgp';
+import { compressBzip2 as compressWithBzip2 } from '../../src/artifacts/compress.js';
 
 export type Distro = 'flatcar' | 'coreos';
 
@@ -271,26 +271,15 @@ export async function publishRelease(opts: PublishOptions): Promise<PublishResul
   return { dir, currentDir, files };
 }
 
-async function onPath(cmd: string): Promise<boolean> {
-  for (const d of (process.env.PATH ?? '').split(delimiter)) {
-    if (!d) continue;
-    try {
-      await access(join(d, cmd), constants.X_OK);
-      return true;
-    } catch {
-      // not here
-    }
-  }
-  return false;
-}
 
 /** Compresses with `lbzip2 -9 -c` if available, else `bzip2 -9 -c`, into a temp file renamed to outPath. */
 export async function compressBzip2(rawPath: string, outPath: string): Promise<'lbzip2' | 'bzip2'> {
-  const tool = (await onPath('lbzip2')) ? 'lbzip2' : 'bzip2';
+  let tool = '';
   await atomically(outPath, async (tmp) => {
-    await execa(tool, ['-9', '-c', rawPath], { stdout: { file: tmp }, stderr: 'pipe' });
+    await rm(tmp, { force: true });
+    tool = await compressWithBzip2(rawPath, tmp);
   });
-  return tool;
+  return tool as 'lbzip2' | 'bzip2';
 }
 
 /**
