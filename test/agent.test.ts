@@ -44,6 +44,38 @@ describe('the built oem-agent executable', () => {
     expect((await agent(['validate', ok])).exitCode).toBe(0);
   });
 
+  it('fetches EC2 metadata from a mock service on 127.0.0.1 and writes /run/coreos/metadata', async () => {
+    const { createServer } = await import('node:http');
+    const answers: Record<string, string> = {
+      '/2009-04-04/meta-data/local-ipv4': '10.0.0.5',
+      '/2009-04-04/meta-data/public-ipv4': '203.0.113.7',
+      '/2009-04-04/meta-data/local-hostname': 'ip-10-0-0-5.example.internal',
+      '/2009-04-04/meta-data/instance-id': 'i-0123456789abcdef0',
+    };
+    const server = createServer((req, res) => {
+      const body = answers[req.url ?? ''];
+      if (body === undefined) {
+        res.writeHead(404).end();
+        return;
+      }
+      res.writeHead(200, { 'content-type': 'text/plain' }).end(body);
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const port = (server.address() as { port: number }).port;
+    try {
+      const root = join(work, 'mdroot');
+      await mkdir(root, { recursive: true });
+      const r = await agent(['metadata', '--provider', 'ec2', '--root', root, '--metadata-url', `http://127.0.0.1:${port}`, '--http-tries', '2', '--http-backoff-ms', '10']);
+      expect(r.exitCode).toBe(0);
+      const md = await readFile(join(root, 'run', 'coreos', 'metadata'), 'utf8');
+      expect(md).toMatch(/^COREOS_IPV4_PRIVATE=10\.0\.0\.5$/m);
+      expect(md).toMatch(/^COREOS_IPV4_PUBLIC=203\.0\.113\.7$/m);
+      expect(md).toMatch(/^COREOS_EC2_INSTANCE_ID=i-0123456789abcdef0$/m);
+    } finally {
+      server.close();
+    }
+  });
+
   it.runIf(process.getuid?.() === 0)('provisions a test root once, and does nothing on the next boot [root]', async () => {
     const root = join(work, 'root');
     await mkdir(join(root, 'etc'), { recursive: true });
