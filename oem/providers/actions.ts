@@ -17,13 +17,14 @@ import { posix } from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import { isMap, parseDocument } from 'yaml';
 import { OemError } from '../../src/errors.js';
-import { keySetContent, mergeKeySets, parseAuthorizedKeys, upgradeLegacyAuthorizedKeys, validKeySetName } from '../../src/ssh-keys.js';
+import { parseAuthorizedKeys, validKeySetName } from '../../src/ssh-keys.js';
 import { formatProblem } from '../config/types.js';
 import { validateConfig } from '../config/validate.js';
 import { Accounts, LOG_PREFIX, ROOT_ID, type Id, type ProvisionContext, type Verb } from '../provision/context.js';
-import { DEFAULT_FETCH, ensureDirectory, ensureFile } from '../provision/files.js';
+import { DEFAULT_FETCH, ensureFile } from '../provision/files.js';
 import { execaRunner, provision, type ProvisionOptions, type Runner } from '../provision/index.js';
 import { runChecked } from '../provision/runner.js';
+import { writeKeySet } from '../provision/users.js';
 import { cleanPath, RootFs } from '../provision/rootfs.js';
 import type { Metadata, MetadataProvider, ProviderEnv, Userdata } from './types.js';
 import { cleanHostname, cleanSshKeys, envFileContent, shown, staticHostname, validNetworkUnitName } from './values.js';
@@ -107,8 +108,6 @@ export async function metadataAction(o: ActionOptions & { attributesFile?: strin
 // ssh-keys
 
 const USER_NAME = /^[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?$/;
-const plural = (n: number, word: string) => `${n} ${word}${n === 1 ? '' : 's'}`;
-const countKeys = (text: string) => text.split('\n').filter((l) => l.trim() !== '' && !l.startsWith('#')).length;
 
 /**
  * Writes `keys` as the key set `setName` of `user` and regenerates the user's authorized_keys from
@@ -132,33 +131,7 @@ export async function writeSshKeys(ctx: ProvisionContext, keys: string[], user =
   const home = posix.normalize(entry.home);
   const uid: Id = { id: entry.uid, name: user };
   const gid: Id = { id: entry.gid, name: acc.groupById(entry.gid)?.name ?? String(entry.gid) };
-  const sshDir = `${home}/.ssh`;
-  const setsDir = `${sshDir}/authorized_keys.d`;
-  await ensureDirectory(ctx, home, { mode: 0o755, uid, gid, onlyIfMissing: true });
-  await ensureDirectory(ctx, sshDir, { mode: 0o700, uid, gid });
-  await ensureDirectory(ctx, setsDir, { mode: 0o700, uid, gid });
-
-  const existing: Record<string, string> = {};
-  for (const name of (await ctx.fs.readdir(setsDir)) ?? []) {
-    if (!validKeySetName(name)) continue;
-    const b = await ctx.fs.readFile(`${setsDir}/${name}`);
-    if (b) existing[name] = b.toString('utf8');
-  }
-  const ak = await ctx.fs.readFile(`${sshDir}/authorized_keys`);
-  const sets = upgradeLegacyAuthorizedKeys(ak ? ak.toString('utf8') : null, existing);
-  sets[setName] = keySetContent(parsed);
-  for (const [name, content] of Object.entries(sets).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) {
-    if (existing[name] !== undefined && name !== setName) continue;
-    await ensureFile(ctx, `${setsDir}/${name}`, { data: Buffer.from(content) }, { mode: 0o600, uid, gid, detail: plural(countKeys(content), 'key') });
-  }
-  const merged = mergeKeySets(sets);
-  const nonEmpty = Object.values(sets).filter((s) => countKeys(s) > 0).length;
-  await ensureFile(ctx, `${sshDir}/authorized_keys`, { data: Buffer.from(merged) }, {
-    mode: 0o600,
-    uid,
-    gid,
-    detail: `${plural(countKeys(merged), 'key')} from ${plural(nonEmpty, 'key set')}`,
-  });
+  await writeKeySet(ctx, home, uid, gid, setName, parsed);
   return parsed.length;
 }
 

@@ -7,7 +7,7 @@
  */
 import { posix } from 'node:path';
 import { OemError } from '../../src/errors.js';
-import { keySetContent, mergeKeySets, parseAuthorizedKeys, upgradeLegacyAuthorizedKeys, validKeySetName } from '../../src/ssh-keys.js';
+import { keySetContent, mergeKeySets, parseAuthorizedKeys, upgradeLegacyAuthorizedKeys, validKeySetName, type SshKey } from '../../src/ssh-keys.js';
 import type { Group, User } from '../config/types.js';
 import { requireAccounts, type Accounts, type Id, type ProvisionContext } from './context.js';
 import { ensureDirectory, ensureFile } from './files.js';
@@ -210,8 +210,8 @@ async function updateUser(ctx: ProvisionContext, acc: Accounts, u: User): Promis
   ctx.changed('updated', `user ${u.name} (${what.join(', ')})`);
 }
 
-const countKeys = (text: string) => text.split('\n').filter((l) => l.trim() !== '' && !l.startsWith('#')).length;
-const plural = (n: number, word: string) => `${n} ${word}${n === 1 ? '' : 's'}`;
+export const countKeys = (text: string) => text.split('\n').filter((l) => l.trim() !== '' && !l.startsWith('#')).length;
+export const plural = (n: number, word: string) => `${n} ${word}${n === 1 ? '' : 's'}`;
 
 /** The key set of the agent and the merged authorized_keys, keeping the user's other key sets. */
 async function writeKeys(ctx: ProvisionContext, u: User): Promise<void> {
@@ -237,6 +237,15 @@ async function writeKeys(ctx: ProvisionContext, u: User): Promise<void> {
   }
   if (!home.startsWith('/') || posix.normalize(home) === '/') throw new OemError(`user ${u.name}: cannot write SSH keys into the home directory ${JSON.stringify(home)}`);
   home = posix.normalize(home);
+  await writeKeySet(ctx, home, uid, gid, KEY_SET, parsed);
+}
+
+/**
+ * Writes a key set into a home in the update-ssh-keys layout: ~/.ssh/authorized_keys.d/<set> and the
+ * merged ~/.ssh/authorized_keys (other sets kept; a legacy authorized_keys becomes
+ * old_authorized_keys). Directories 0700, files 0600, owned by the user.
+ */
+export async function writeKeySet(ctx: ProvisionContext, home: string, uid: Id, gid: Id, setName: string, keys: SshKey[]): Promise<void> {
   const sshDir = `${home}/.ssh`;
   const setsDir = `${sshDir}/authorized_keys.d`;
   await ensureDirectory(ctx, home, { mode: 0o755, uid, gid, onlyIfMissing: true });
@@ -251,9 +260,9 @@ async function writeKeys(ctx: ProvisionContext, u: User): Promise<void> {
   }
   const ak = await ctx.fs.readFile(`${sshDir}/authorized_keys`);
   const sets = upgradeLegacyAuthorizedKeys(ak ? ak.toString('utf8') : null, existing);
-  sets[KEY_SET] = keySetContent(parsed);
+  sets[setName] = keySetContent(keys);
   for (const [name, content] of Object.entries(sets).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) {
-    if (existing[name] !== undefined && name !== KEY_SET) continue;
+    if (existing[name] !== undefined && name !== setName) continue;
     await ensureFile(ctx, `${setsDir}/${name}`, { data: Buffer.from(content) }, { mode: 0o600, uid, gid, detail: plural(countKeys(content), 'key') });
   }
   const merged = mergeKeySets(sets);
