@@ -1,0 +1,614 @@
+/**
+ * Conversion of a built raw disk image into the formats platforms import: qemu-img for the virtual
+ * disk formats, and a small streaming tar writer (GNU or ustar headers, below) for the archives
+ * (GCE tar.gz, Vagrant boxes, OVA). Nothing holds an image in memory.
+ *
+ * Every output is written to the path the caller gives only (callers use temporary names and rename
+ * when complete); on failure that path is removed. Intermediate files live in a work directory next
+ * to the output (same file system: renames, and the space is counted where the output goes).
+ *
+ * Reproducibility: the same raw image, name and mtime give the same bytes for raw, qcow2, vmdk, vhd,
+ * gce, both boxes and ova. qemu-img itself writes a random content ID into VMDK descriptors and a
+ * creation time and random unique ID into VHD footers; both are replaced here by values derived from
+ * the name, mtime and size (see `seeded`). VHDX is NOT reproducible: qemu-img writes random GUIDs into
+ * both VHDX headers (CRC-32C protected), the log and the metadata region, which are not patched.
+ */
+import { createHash, type Hash } from 'node:crypto';
+import { createReadStream, createWriteStream } from 'node:fs';
+import { lstat, mkdtemp, open, rename, rm, stat, statfs } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { createGzip } from 'node:zlib';
+import { OemError, describe } from '../errors.js';
+import { requireTool, run } from '../tools.js';
+
+export type Format = 'raw' | 'qcow2' | 'vmdk' | 'vhd' | 'vhdx' | 'gce' | 'vagrant-libvirt' | 'vagrant-virtualbox' | 'ova';
+
+export const FORMATS: readonly Format[] = ['raw', 'qcow2', 'vmdk', 'vhd', 'vhdx', 'gce', 'vagrant-libvirt', 'vagrant-virtualbox', 'ova'];
+
+/**
+ * File name extension of each format (without the compression suffix).
+ *
+ * Both Vagrant formats are `.box` files; their extensions name the Vagrant provider as well
+ * (`.libvirt.box`, `.virtualbox.box`), always, so the two never collide and an artifact's name does
+ * not depend on which other formats were requested. Vagrant does not look at the file name.
+ */
+export const FORMAT_EXTENSION: Record<Format, string> = {
+  raw: 'bin',
+  qcow2: 'qcow2',
+  vmdk: 'vmdk',
+  vhd: 'vhd',
+  vhdx: 'vhdx',
+  gce: 'tar.gz',
+  'vagrant-libvirt': 'libvirt.box',
+  'vagrant-virtualbox': 'virtualbox.box',
+  ova: 'ova',
+};
+
+/** Formats that get the build's compression suffix (.bz2, ...) added; archives are final as they are. */
+export const COMPRESSIBLE: Record<Format, boolean> = {
+  raw: true,
+  qcow2: true,
+  vmdk: true,
+  vhd: true,
+  vhdx: true,
+  gce: false,
+  'vagrant-libvirt': false,
+  'vagrant-virtualbox': false,
+  ova: false,
+};
+
+/** `{distro}_production_{provider}_image.{ext}`, e.g. flatcar_production_azure_image.vhd. */
+export function artifactName(distro: string, provider: string, format: Format): string {
+  return `${distro}_production_${provider}_image.${FORMAT_EXTENSION[format]}`;
+}
+
+export interface ConvertOptions {
+  /** Base name of files inside archives (the OVA's .ovf/.vmdk/.mf, the VM name) and of VMDK descriptors. */
+  name: string;
+  /** SOURCE_DATE_EPOCH: the mtime of every tar entry, and every other time written (VHD footer). */
+  mtime: Date;
+  signal?: AbortSignal;
+}
+
+const MiB = 1024 * 1024;
+const GiB = 1024 * MiB;
+
+/** Converts the raw image `raw` to `format`, writing exactly `out` (which must not exist yet). */
+export async function convert(raw: string, format: Format, out: string, opts: ConvertOptions): Promise<void> {
+  if (!FORMATS.includes(format)) throw new OemError(`unknown image format ${String(format)}`, { code: 'usage' });
+  if (!opts.name || /[/\0]/.test(opts.name)) throw new OemError(`invalid artifact base name ${JSON.stringify(opts.name)}`, { code: 'usage' });
+  const mtime = epochSeconds(opts.mtime);
+  if (format !== 'raw' && format !== 'gce') await requireTool('qemu-img', `convert images to ${format}`);
+  let size: number;
+  try {
+    const st = await stat(raw);
+    if (!st.isFile()) throw new OemError(`${raw} is not a regular file`);
+    size = st.size;
+  } catch (err) {
+    if (err instanceof OemError) throw err;
+    throw new OemError(`cannot read the raw image ${raw}: ${describe(err)}`);
+  }
+  if (await exists(out)) throw new OemError(`${out} already exists`);
+
+  const ctx: Ctx = { raw, size, out, name: opts.name, mtime, ...(opts.signal ? { signal: opts.signal } : {}), work: '' };
+  try {
+    opts.signal?.throwIfAborted();
+    ctx.work = await mkdtemp(join(dirname(out), `.${basename(out)}.work-`));
+    await CONVERTERS[format](ctx);
+    opts.signal?.throwIfAborted();
+  } catch (err) {
+    await rm(out, { force: true });
+    throw failure(err, ctx, format);
+  } finally {
+    if (ctx.work) await rm(ctx.work, { recursive: true, force: true });
+  }
+}
+
+interface Ctx {
+  raw: string;
+  size: number;
+  out: string;
+  name: string;
+  /** Seconds since the epoch. */
+  mtime: number;
+  signal?: AbortSignal;
+  /** An empty directory next to `out`, removed afterwards. */
+  work: string;
+}
+
+const CONVERTERS: Record<Format, (c: Ctx) => Promise<void>> = {
+  raw: async (c) => {
+    await tool('cp', ['--sparse=always', '--reflink=auto', '--', c.raw, c.out], `copy ${c.raw}`, c);
+  },
+  qcow2: (c) => qcow2(c, c.out),
+  vmdk: async (c) => {
+    // qemu-img writes the output's file name into the VMDK descriptor: convert under the final name.
+    const tmp = join(c.work, `${c.name}.vmdk`);
+    await vmdk(c, tmp);
+    await rename(tmp, c.out);
+  },
+  vhd: (c) => vhd(c),
+  vhdx: async (c) => {
+    await qemuImg(['convert', '-f', 'raw', '-O', 'vhdx', '-o', 'subformat=dynamic', c.raw, c.out], 'convert the image to VHDX', c);
+  },
+  gce: async (c) => {
+    // GCE imports a gzip'd tar in GNU format whose only member is disk.raw.
+    await writeTar(c, [{ name: 'disk.raw', path: c.raw }], 'gnu', true);
+  },
+  'vagrant-libvirt': async (c) => {
+    const img = join(c.work, 'box.img');
+    await qcow2(c, img);
+    const metadata = { provider: 'libvirt', format: 'qcow2', virtual_size: Math.max(1, Math.ceil(c.size / GiB)) };
+    await writeTar(
+      c,
+      sortEntries([
+        { name: 'metadata.json', data: Buffer.from(`${JSON.stringify(metadata, null, 2)}\n`) },
+        { name: 'box.img', path: img },
+        { name: 'Vagrantfile', data: Buffer.from(vagrantfile('libvirt')) },
+      ]),
+      'gnu',
+      true,
+    );
+  },
+  'vagrant-virtualbox': async (c) => {
+    const disk = join(c.work, 'box-disk1.vmdk');
+    const capacity = await vmdk(c, disk);
+    const ovf = ovfEnvelope({ name: c.name, disk: 'box-disk1.vmdk', diskSize: (await stat(disk)).size, capacity });
+    await writeTar(
+      c,
+      sortEntries([
+        { name: 'metadata.json', data: Buffer.from(`${JSON.stringify({ provider: 'virtualbox' }, null, 2)}\n`) },
+        { name: 'box.ovf', data: Buffer.from(ovf) },
+        { name: 'box-disk1.vmdk', path: disk },
+        { name: 'Vagrantfile', data: Buffer.from(vagrantfile('virtualbox')) },
+      ]),
+      'gnu',
+      true,
+    );
+  },
+  ova: async (c) => {
+    // OVF spec order: descriptor first, then the disk, then the manifest (hashed while streaming).
+    const diskName = `${c.name}-disk1.vmdk`;
+    const disk = join(c.work, diskName);
+    const capacity = await vmdk(c, disk);
+    const ovfName = `${c.name}.ovf`;
+    const ovf = Buffer.from(ovfEnvelope({ name: c.name, disk: diskName, diskSize: (await stat(disk)).size, capacity }));
+    const hashes = { ovf: createHash('sha256'), disk: createHash('sha256') };
+    await writeTar(
+      c,
+      [
+        { name: ovfName, data: ovf, hash: hashes.ovf },
+        { name: diskName, path: disk, hash: hashes.disk },
+        { name: `${c.name}.mf`, data: () => Buffer.from(`SHA256(${ovfName})= ${hashes.ovf.digest('hex')}\nSHA256(${diskName})= ${hashes.disk.digest('hex')}\n`) },
+      ],
+      'ustar',
+      false,
+    );
+  },
+};
+
+// ---------------------------------------------------------------------------------------------
+// qemu-img formats
+
+async function qcow2(c: Ctx, out: string): Promise<void> {
+  await qemuImg(['convert', '-f', 'raw', '-O', 'qcow2', '-o', 'compat=1.1', c.raw, out], 'convert the image to qcow2', c);
+}
+
+/** A streamOptimized VMDK (what EC2, VMware and VirtualBox import) with a reproducible CID; returns its virtual size. */
+async function vmdk(c: Ctx, out: string): Promise<number> {
+  await qemuImg(['convert', '-f', 'raw', '-O', 'vmdk', '-o', 'subformat=streamOptimized', c.raw, out], 'convert the image to VMDK', c);
+  await setVmdkCid(out, seeded('vmdk-cid', c).readUInt32BE(0));
+  return virtualSize(out, 'vmdk', c);
+}
+
+/**
+ * Azure: a fixed VHD whose virtual size is a whole number of MiB (rounded up, the padding zero). The
+ * VHD is created at the rounded size (sparse) and the raw image converted into it, which pads without
+ * copying the raw image first; force_size keeps qemu-img from rounding to a CHS geometry.
+ */
+async function vhd(c: Ctx): Promise<void> {
+  const rounded = Math.max(MiB, Math.ceil(c.size / MiB) * MiB);
+  await qemuImg(['create', '-q', '-f', 'vpc', '-o', 'subformat=fixed,force_size=on', c.out, String(rounded)], 'create the VHD', c);
+  await qemuImg(['convert', '-n', '--target-is-zero', '-f', 'raw', '-O', 'vpc', c.raw, c.out], 'convert the image to VHD', c);
+  await patchVhdFooter(c.out, c);
+  const vs = await virtualSize(c.out, 'vpc', c);
+  const fileSize = (await stat(c.out)).size;
+  if (vs !== rounded || vs % MiB !== 0 || fileSize !== vs + 512) {
+    throw new OemError(`qemu-img made a VHD of virtual size ${vs} in a file of ${fileSize} bytes; Azure needs a fixed VHD of ${rounded} + 512 bytes`);
+  }
+}
+
+/** Replaces the CID of a monolithic VMDK's embedded descriptor (qemu-img writes a random one). */
+async function setVmdkCid(path: string, cid: number): Promise<void> {
+  if (cid === 0xffffffff || cid === 0xfffffffe) cid = 0x7fffffff; // reserved meanings ("no parent")
+  const fh = await open(path, 'r+');
+  try {
+    const header = Buffer.alloc(512);
+    await fh.read(header, 0, 512, 0);
+    if (header.toString('latin1', 0, 4) !== 'KDMV') throw new OemError(`${path} is not a VMDK with an embedded descriptor`);
+    const offset = Number(header.readBigUInt64LE(28)) * 512;
+    const length = Number(header.readBigUInt64LE(36)) * 512;
+    if (offset === 0 || length === 0 || length > MiB) throw new OemError(`${path}: unexpected VMDK descriptor location`);
+    const area = Buffer.alloc(length);
+    await fh.read(area, 0, length, offset);
+    const end = area.indexOf(0);
+    const text = area.toString('latin1', 0, end < 0 ? length : end);
+    if (!/^CID=[0-9a-fA-F]+$/m.test(text)) throw new OemError(`${path}: no CID in the VMDK descriptor`);
+    const next = Buffer.from(text.replace(/^CID=[0-9a-fA-F]+$/m, `CID=${cid.toString(16).padStart(8, '0')}`), 'latin1');
+    if (next.length > length) throw new OemError(`${path}: the VMDK descriptor area is full`);
+    const updated = Buffer.alloc(length);
+    next.copy(updated);
+    await fh.write(updated, 0, length, offset);
+  } finally {
+    await fh.close();
+  }
+}
+
+/** VHD footer: sets the timestamp to mtime and the unique ID to a seeded one, and fixes the checksum. */
+async function patchVhdFooter(path: string, c: Ctx): Promise<void> {
+  const fh = await open(path, 'r+');
+  try {
+    const { size } = await fh.stat();
+    const f = Buffer.alloc(512);
+    await fh.read(f, 0, 512, size - 512);
+    if (f.toString('latin1', 0, 8) !== 'conectix' || f.readUInt32BE(60) !== 2) throw new OemError(`${path} does not end in a fixed VHD footer`);
+    const VHD_EPOCH = 946_684_800; // 2000-01-01T00:00:00Z
+    f.writeUInt32BE(Math.min(0xffffffff, Math.max(0, c.mtime - VHD_EPOCH)), 24);
+    uuidInto(seeded('vhd-id', c), f, 68);
+    f.writeUInt32BE(0, 64);
+    let sum = 0;
+    for (const b of f) sum += b;
+    f.writeUInt32BE(~sum >>> 0, 64);
+    await fh.write(f, 0, 512, size - 512);
+  } finally {
+    await fh.close();
+  }
+}
+
+/** 32 bytes derived from the conversion's inputs, for IDs that qemu-img would make random. */
+function seeded(purpose: string, c: Ctx): Buffer {
+  return createHash('sha256').update(`${purpose}\0${c.name}\0${c.mtime}\0${c.size}`).digest();
+}
+
+/** Writes the first 16 bytes of `seed` as an RFC 9562 version 8 (custom) UUID. */
+function uuidInto(seed: Buffer, to: Buffer, at: number): void {
+  const u = Buffer.from(seed.subarray(0, 16));
+  u[6] = (u[6]! & 0x0f) | 0x80;
+  u[8] = (u[8]! & 0x3f) | 0x80;
+  u.copy(to, at);
+}
+
+async function virtualSize(path: string, format: string, c: Ctx): Promise<number> {
+  const out = await qemuImg(['info', '-f', format, '--output', 'json', path], `read back ${basename(path)}`, c);
+  const vs = (JSON.parse(out) as { 'virtual-size'?: unknown })['virtual-size'];
+  if (typeof vs !== 'number') throw new OemError(`qemu-img info gave no virtual size for ${path}`);
+  return vs;
+}
+
+async function qemuImg(args: string[], why: string, c: Ctx): Promise<string> {
+  return tool('qemu-img', args, why, c);
+}
+
+/**
+ * Runs a tool; a failure for lack of space becomes a noSpace error naming the output. qemu-img does
+ * not always say so (its streamOptimized VMDK writer reports a full disk as "Invalid argument"), so
+ * a failure while the output's file system is (nearly) full counts as one too.
+ */
+async function tool(name: string, args: string[], why: string, c: Ctx): Promise<string> {
+  const r = await run(name, args, why, { allowFail: true, ...(c.signal ? { cancelSignal: c.signal } : {}) });
+  if (r.exitCode !== 0) {
+    const last = r.stderr.trim().split('\n').filter(Boolean).pop() ?? `exit code ${r.exitCode}`;
+    const err = new OemError(`${name} failed to ${why}: ${last}`);
+    if (/no space left on device/i.test(r.stderr) || (await nearlyFull(c.out))) throw noSpace(c.out, err);
+    throw err;
+  }
+  return r.stdout;
+}
+
+/** Whether the file system of `path` has less than 16 MiB left for this process. */
+async function nearlyFull(path: string): Promise<boolean> {
+  try {
+    const s = await statfs(dirname(path));
+    const blocks = process.getuid?.() === 0 ? s.bfree : s.bavail;
+    return blocks * s.bsize < 16 * MiB;
+  } catch {
+    return false;
+  }
+}
+
+function noSpace(out: string, cause?: unknown): OemError {
+  return new OemError(`no space left on the device while writing ${out}`, {
+    code: 'noSpace',
+    hint: `free space in ${dirname(out)} or write the artifacts elsewhere`,
+    ...(cause === undefined ? {} : { cause }),
+  });
+}
+
+function failure(err: unknown, c: Ctx, format: Format): unknown {
+  if (c.signal?.aborted) return new OemError(`interrupted while converting ${c.raw} to ${format}`, { code: 'interrupted' });
+  if (err instanceof OemError) return err;
+  const code = (err as NodeJS.ErrnoException).code;
+  if (code === 'ENOSPC' || code === 'EDQUOT') return noSpace(c.out, err);
+  return new OemError(`cannot convert ${c.raw} to ${format}: ${describe(err)}`, { cause: err });
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await lstat(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function epochSeconds(d: Date): number {
+  const t = d.getTime();
+  if (!Number.isFinite(t) || t < 0) throw new OemError(`invalid mtime ${String(d)}`, { code: 'usage' });
+  return Math.floor(t / 1000);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Vagrant and OVF descriptors
+
+/** The box's own Vagrantfile: defaults for Container Linux guests (user core, no guest additions). */
+function vagrantfile(provider: 'libvirt' | 'virtualbox'): string {
+  const providerBlock =
+    provider === 'libvirt'
+      ? ['  config.vm.provider :libvirt do |libvirt|', '    libvirt.driver = "kvm"', '  end']
+      : ['  config.vm.provider :virtualbox do |vb|', '    vb.check_guest_additions = false', '    vb.functional_vboxsf = false', '  end'];
+  return [
+    '# Defaults of machines made from this box; the Vagrantfile of a project overrides them.',
+    'Vagrant.configure("2") do |config|',
+    '  config.ssh.username = "core"',
+    '  config.vm.synced_folder ".", "/vagrant", disabled: true',
+    ...providerBlock,
+    'end',
+    '',
+  ].join('\n');
+}
+
+function xml(s: string): string {
+  return s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;').replace(/'/g, '&apos;');
+}
+
+/**
+ * An OVF 1.0 envelope: one VM (1 CPU, 1 GiB RAM, a SATA controller with the one disk, one NIC on
+ * NAT) and one streamOptimized VMDK. rasd elements are in schema (alphabetical) order.
+ */
+export function ovfEnvelope(o: { name: string; disk: string; diskSize: number; capacity: number }): string {
+  const n = xml(o.name);
+  const item = (fields: [string, string][]) =>
+    ['      <Item>', ...fields.sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([k, v]) => `        <rasd:${k}>${v}</rasd:${k}>`), '      </Item>'];
+  return [
+    '<?xml version="1.0" encoding="UTF-8"?>',
+    '<Envelope ovf:version="1.0" xml:lang="en-US" xmlns="http://schemas.dmtf.org/ovf/envelope/1" xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1" xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData" xmlns:vssd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_VirtualSystemSettingData" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">',
+    '  <References>',
+    `    <File ovf:href="${xml(o.disk)}" ovf:id="file1" ovf:size="${o.diskSize}"/>`,
+    '  </References>',
+    '  <DiskSection>',
+    '    <Info>List of the virtual disks used in the package</Info>',
+    `    <Disk ovf:capacity="${o.capacity}" ovf:diskId="vmdisk1" ovf:fileRef="file1" ovf:format="http://www.vmware.com/interfaces/specifications/vmdk.html#streamOptimized"/>`,
+    '  </DiskSection>',
+    '  <NetworkSection>',
+    '    <Info>Logical networks used in the package</Info>',
+    '    <Network ovf:name="NAT">',
+    '      <Description>Logical network used by this appliance.</Description>',
+    '    </Network>',
+    '  </NetworkSection>',
+    `  <VirtualSystem ovf:id="${n}">`,
+    '    <Info>A virtual machine</Info>',
+    `    <Name>${n}</Name>`,
+    '    <OperatingSystemSection ovf:id="101">',
+    '      <Info>The kind of installed guest operating system</Info>',
+    '      <Description>Linux 64-Bit</Description>',
+    '    </OperatingSystemSection>',
+    '    <VirtualHardwareSection>',
+    '      <Info>Virtual hardware requirements for a virtual machine</Info>',
+    '      <System>',
+    '        <vssd:ElementName>Virtual Hardware Family</vssd:ElementName>',
+    '        <vssd:InstanceID>0</vssd:InstanceID>',
+    `        <vssd:VirtualSystemIdentifier>${n}</vssd:VirtualSystemIdentifier>`,
+    '        <vssd:VirtualSystemType>virtualbox-2.2</vssd:VirtualSystemType>',
+    '      </System>',
+    ...item([
+      ['Caption', '1 virtual CPU'],
+      ['Description', 'Number of virtual CPUs'],
+      ['ElementName', '1 virtual CPU'],
+      ['InstanceID', '1'],
+      ['ResourceType', '3'],
+      ['VirtualQuantity', '1'],
+    ]),
+    ...item([
+      ['AllocationUnits', 'byte * 2^20'],
+      ['Caption', '1024 MB of memory'],
+      ['Description', 'Memory Size'],
+      ['ElementName', '1024 MB of memory'],
+      ['InstanceID', '2'],
+      ['ResourceType', '4'],
+      ['VirtualQuantity', '1024'],
+    ]),
+    ...item([
+      ['Address', '0'],
+      ['Caption', 'sataController0'],
+      ['Description', 'SATA Controller'],
+      ['ElementName', 'sataController0'],
+      ['InstanceID', '3'],
+      ['ResourceSubType', 'AHCI'],
+      ['ResourceType', '20'],
+    ]),
+    ...item([
+      ['AutomaticAllocation', 'true'],
+      ['Caption', "Ethernet adapter on 'NAT'"],
+      ['Connection', 'NAT'],
+      ['ElementName', "Ethernet adapter on 'NAT'"],
+      ['InstanceID', '4'],
+      ['ResourceSubType', 'E1000'],
+      ['ResourceType', '10'],
+    ]),
+    ...item([
+      ['AddressOnParent', '0'],
+      ['Caption', 'disk1'],
+      ['Description', 'Disk Image'],
+      ['ElementName', 'disk1'],
+      ['HostResource', '/disk/vmdisk1'],
+      ['InstanceID', '5'],
+      ['Parent', '3'],
+      ['ResourceType', '17'],
+    ]),
+    '    </VirtualHardwareSection>',
+    '  </VirtualSystem>',
+    '</Envelope>',
+    '',
+  ].join('\n');
+}
+
+// ---------------------------------------------------------------------------------------------
+// tar writer (POSIX ustar / GNU headers), streaming
+
+export type TarFormat = 'gnu' | 'ustar';
+
+type TarEntry = { name: string; mode?: number; hash?: Hash } & ({ path: string } | { data: Buffer | (() => Buffer) });
+
+const BLOCK = 512;
+/** GNU tar's default record: archives are padded to a multiple of it (as GNU tar pads). */
+const RECORD = 20 * BLOCK;
+const OCTAL11_MAX = 8 ** 11 - 1;
+
+function sortEntries(entries: TarEntry[]): TarEntry[] {
+  return entries.sort((a, b) => Buffer.compare(Buffer.from(a.name), Buffer.from(b.name)));
+}
+
+async function writeTar(c: Ctx, entries: TarEntry[], format: TarFormat, gzip: boolean): Promise<void> {
+  const source = Readable.from(tarChunks(entries, format, c.mtime));
+  const dest = createWriteStream(c.out, { flags: 'wx' });
+  const opts = c.signal ? { signal: c.signal } : {};
+  if (gzip) {
+    // node:zlib writes no file name and mtime 0 into the gzip header: the output depends on the data only.
+    await pipeline(source, createGzip({ level: 6 }), dest, opts);
+  } else {
+    await pipeline(source, dest, opts);
+  }
+}
+
+async function* tarChunks(entries: TarEntry[], format: TarFormat, mtime: number): AsyncGenerator<Buffer> {
+  let total = 0;
+  for (const e of entries) {
+    const mode = e.mode ?? 0o644;
+    if ('path' in e) {
+      const size = (await stat(e.path)).size;
+      const head = tarHeaders(e.name, size, { mtime, format, mode });
+      total += head.length;
+      yield head;
+      let n = 0;
+      if (size > 0) {
+        for await (const chunk of createReadStream(e.path, { end: size - 1, highWaterMark: MiB })) {
+          const b = chunk as Buffer;
+          n += b.length;
+          e.hash?.update(b);
+          yield b;
+        }
+      }
+      if (n !== size) throw new OemError(`${e.path} changed size while being archived`);
+      total += size;
+    } else {
+      const data = typeof e.data === 'function' ? e.data() : e.data;
+      const head = tarHeaders(e.name, data.length, { mtime, format, mode });
+      e.hash?.update(data);
+      yield Buffer.concat([head, data]);
+      total += head.length + data.length;
+    }
+    const pad = (BLOCK - (total % BLOCK)) % BLOCK;
+    if (pad) yield Buffer.alloc(pad);
+    total += pad;
+  }
+  // End of archive: two zero blocks, then up to the end of the record.
+  const end = 2 * BLOCK;
+  yield Buffer.alloc(end + ((RECORD - ((total + end) % RECORD)) % RECORD));
+}
+
+/**
+ * The header block(s) of a regular file: one 512-byte header, preceded by a GNU long-name entry
+ * (`././@LongLink`, gnu) or a pax extended header (ustar) when the name is longer than 100 bytes or
+ * (ustar only) the size does not fit 11 octal digits; GNU headers store such sizes in base-256.
+ * uid/gid 0, user/group root, as `tar --owner=root:0 --group=root:0` writes them.
+ */
+export function tarHeaders(name: string, size: number, o: { mtime: number; format: TarFormat; mode?: number }): Buffer {
+  const mode = o.mode ?? 0o644;
+  const nameBytes = Buffer.from(name, 'utf8');
+  const blocks: Buffer[] = [];
+  if (o.format === 'gnu') {
+    if (nameBytes.length > 100) {
+      const data = Buffer.concat([nameBytes, Buffer.alloc(1)]);
+      blocks.push(header('././@LongLink', data.length, o.mtime, mode, 'L', 'gnu'), padded(data));
+    }
+  } else {
+    const records: string[] = [];
+    if (nameBytes.length > 100) records.push(paxRecord('path', name));
+    if (size > OCTAL11_MAX) records.push(paxRecord('size', String(size)));
+    if (records.length) {
+      const data = Buffer.from(records.join(''), 'utf8');
+      blocks.push(header(`PaxHeaders/${name}`, data.length, o.mtime, mode, 'x', 'ustar'), padded(data));
+    }
+  }
+  blocks.push(header(name, size, o.mtime, mode, '0', o.format));
+  return Buffer.concat(blocks);
+}
+
+function header(name: string, size: number, mtime: number, mode: number, type: string, format: TarFormat): Buffer {
+  const h = Buffer.alloc(BLOCK);
+  Buffer.from(name, 'utf8').copy(h, 0, 0, 100);
+  octal(h, 100, 8, mode);
+  octal(h, 108, 8, 0);
+  octal(h, 116, 8, 0);
+  if (size <= OCTAL11_MAX) octal(h, 124, 12, size);
+  else if (format === 'gnu') base256(h, 124, 12, size);
+  else octal(h, 124, 12, 0); // the pax header carries the size
+  if (mtime > OCTAL11_MAX) throw new OemError(`mtime ${mtime} does not fit a tar header`, { code: 'usage' });
+  octal(h, 136, 12, mtime);
+  h.write(type, 156, 1, 'latin1');
+  if (format === 'gnu') {
+    h.write('ustar  \0', 257, 8, 'latin1');
+  } else {
+    h.write('ustar\0', 257, 6, 'latin1');
+    h.write('00', 263, 2, 'latin1');
+    octal(h, 329, 8, 0);
+    octal(h, 337, 8, 0);
+  }
+  h.write('root', 265, 32, 'latin1');
+  h.write('root', 297, 32, 'latin1');
+  h.fill(0x20, 148, 156);
+  let sum = 0;
+  for (const b of h) sum += b;
+  h.write(`${sum.toString(8).padStart(6, '0')}\0 `, 148, 8, 'latin1');
+  return h;
+}
+
+function octal(h: Buffer, off: number, len: number, v: number): void {
+  h.write(`${v.toString(8).padStart(len - 1, '0')}\0`, off, len, 'latin1');
+}
+
+/** GNU base-256: the high bit of the first byte set, then the value big-endian. */
+function base256(h: Buffer, off: number, len: number, v: number): void {
+  let x = BigInt(v);
+  for (let i = off + len - 1; i > off; i--) {
+    h[i] = Number(x & 0xffn);
+    x >>= 8n;
+  }
+  h[off] = 0x80;
+}
+
+/** A pax record `"%d %s=%s\n"`, whose length counts its own digits. */
+function paxRecord(key: string, value: string): string {
+  const body = ` ${key}=${value}\n`;
+  const bodyLen = Buffer.byteLength(body);
+  let len = bodyLen + 1;
+  while (String(len).length + bodyLen !== len) len = String(len).length + bodyLen;
+  return `${len}${body}`;
+}
+
+function padded(data: Buffer): Buffer {
+  const pad = (BLOCK - (data.length % BLOCK)) % BLOCK;
+  return pad ? Buffer.concat([data, Buffer.alloc(pad)]) : data;
+}

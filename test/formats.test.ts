@@ -1,0 +1,412 @@
+/**
+ * Artifact formats, each checked with an independent reader: qemu-img (info, compare, check), GNU tar
+ * (listing, extraction, and archives GNU tar itself writes from the extracted files, which must be
+ * byte-identical), sha256sum, python's XML parser for the OVF when python3 is installed.
+ */
+import { execa } from 'execa';
+import { createHash } from 'node:crypto';
+import { link, mkdir, mkdtemp, open, readFile, readdir, rm, stat, symlink, truncate, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { gunzipSync } from 'node:zlib';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { COMPRESSIBLE, FORMATS, FORMAT_EXTENSION, artifactName, convert, tarHeaders, type Format } from '../src/artifacts/formats.js';
+import { OemError } from '../src/errors.js';
+
+const MiB = 1024 * 1024;
+const MTIME = new Date('2024-01-02T03:04:05Z');
+const EPOCH = MTIME.getTime() / 1000;
+const NAME = 'flatcar_production_test_image';
+
+let dir: string;
+/** 40 MiB, GPT, random data at a few places. */
+let raw: string;
+/** 40 MiB + 3 sectors: not a whole number of MiB, with data in its last MiB. */
+let odd: string;
+let n = 0;
+const outPath = (ext: string) => join(dir, `out-${++n}.${ext}`);
+
+/** Deterministic pseudo-random bytes (SHA-256 in counter mode). */
+function noise(length: number, seed: string): Buffer {
+  const parts: Buffer[] = [];
+  for (let i = 0; parts.length * 32 < length; i++) parts.push(createHash('sha256').update(`${seed}:${i}`).digest());
+  return Buffer.concat(parts).subarray(0, length);
+}
+
+async function makeDisk(path: string, size: number, chunks: [offset: number, length: number][]): Promise<void> {
+  await writeFile(path, '');
+  await truncate(path, size);
+  await execa('sgdisk', ['-o', '-n', '1:2048:+16M', '-t', '1:ef00', '-c', '1:EFI-SYSTEM', '-n', '2:0:0', '-c', '2:ROOT', path]);
+  const fh = await open(path, 'r+');
+  for (const [offset, length] of chunks) await fh.write(noise(length, `${path}:${offset}`), 0, length, offset);
+  await fh.close();
+}
+
+async function qemuInfo(path: string, format?: string): Promise<Record<string, unknown> & { 'virtual-size': number; format: string }> {
+  const { stdout } = await execa('qemu-img', ['info', ...(format ? ['-f', format] : []), '--output', 'json', path]);
+  return JSON.parse(stdout) as Record<string, unknown> & { 'virtual-size': number; format: string };
+}
+
+/** qemu-img compare exits 0 when the guest-visible contents are identical (a larger image's extra area must be zero). */
+async function sameContents(rawPath: string, image: string, format?: string): Promise<void> {
+  const r = await execa('qemu-img', ['compare', '-f', 'raw', ...(format ? ['-F', format] : []), rawPath, image], { reject: false });
+  expect(r.stdout).toContain('Images are identical');
+  expect(r.exitCode).toBe(0);
+}
+
+async function sha256(path: string): Promise<string> {
+  return createHash('sha256').update(await readFile(path)).digest('hex');
+}
+
+async function extract(archive: string, gz: boolean): Promise<string> {
+  const to = await mkdtemp(join(dir, 'x-'));
+  await execa('tar', [gz ? '-xzf' : '-xf', archive, '-C', to]);
+  return to;
+}
+
+async function tarList(archive: string, gz: boolean): Promise<string[]> {
+  const { stdout } = await execa('tar', [gz ? '-tzf' : '-tf', archive]);
+  return stdout.split('\n').filter(Boolean);
+}
+
+/** What GNU tar writes for these files in this order, with our owner, mode and mtime. */
+async function gnuTar(from: string, names: string[], format: 'gnu' | 'ustar'): Promise<Buffer> {
+  const r = await execa('tar', [`--format=${format}`, '--owner=root:0', '--group=root:0', '--mode=0644', `--mtime=@${EPOCH}`, '-C', from, '-cf', '-', ...names], { encoding: 'buffer' });
+  return Buffer.from(r.stdout);
+}
+
+const done = new Map<string, string>();
+/** Converts once per (input, format) and remembers the output. */
+async function converted(input: string, format: Format): Promise<string> {
+  const key = `${input}:${format}`;
+  const have = done.get(key);
+  if (have) return have;
+  const out = outPath(FORMAT_EXTENSION[format]);
+  await convert(input, format, out, { name: NAME, mtime: MTIME });
+  done.set(key, out);
+  return out;
+}
+
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'oem-formats-'));
+  raw = join(dir, 'disk.bin');
+  odd = join(dir, 'odd.bin');
+  await makeDisk(raw, 40 * MiB, [
+    [MiB, 64 * 1024],
+    [20 * MiB, 256 * 1024],
+    [24 * MiB, 1536 * 1024],
+    [39 * MiB, 4096],
+  ]);
+  await makeDisk(odd, 40 * MiB + 3 * 512, [
+    [MiB, 4096],
+    [40 * MiB - 8192, 8192],
+  ]);
+});
+
+afterAll(async () => {
+  if (dir) await rm(dir, { recursive: true, force: true });
+});
+
+describe('names', () => {
+  it('{distro}_production_{provider}_image.{ext}; the two box formats never collide', () => {
+    expect(FORMATS.map((f) => artifactName('flatcar', 'vagrant', f))).toEqual([
+      'flatcar_production_vagrant_image.bin',
+      'flatcar_production_vagrant_image.qcow2',
+      'flatcar_production_vagrant_image.vmdk',
+      'flatcar_production_vagrant_image.vhd',
+      'flatcar_production_vagrant_image.vhdx',
+      'flatcar_production_vagrant_image.tar.gz',
+      'flatcar_production_vagrant_image.libvirt.box',
+      'flatcar_production_vagrant_image.virtualbox.box',
+      'flatcar_production_vagrant_image.ova',
+    ]);
+    expect(FORMATS.filter((f) => COMPRESSIBLE[f])).toEqual(['raw', 'qcow2', 'vmdk', 'vhd', 'vhdx']);
+  });
+});
+
+describe('disk formats (qemu-img as the reader)', () => {
+  it('raw: a sparse, identical copy', async () => {
+    const out = await converted(raw, 'raw');
+    expect((await readFile(out)).equals(await readFile(raw))).toBe(true);
+    const st = await stat(out);
+    expect(st.blocks * 512).toBeLessThan(st.size / 4);
+  });
+
+  it('qcow2: compat 1.1, same virtual size and contents', async () => {
+    const out = await converted(raw, 'qcow2');
+    const info = await qemuInfo(out);
+    expect(info.format).toBe('qcow2');
+    expect(info['virtual-size']).toBe(40 * MiB);
+    expect((info['format-specific'] as { data: { compat: string } }).data.compat).toBe('1.1');
+    await sameContents(raw, out);
+  });
+
+  it('vmdk: streamOptimized, descriptor names the artifact, reproducible CID', async () => {
+    const out = await converted(raw, 'vmdk');
+    const info = await qemuInfo(out);
+    expect(info.format).toBe('vmdk');
+    expect(info['virtual-size']).toBe(40 * MiB);
+    expect((info['format-specific'] as { data: { 'create-type': string } }).data['create-type']).toBe('streamOptimized');
+    await sameContents(raw, out);
+    expect((await execa('qemu-img', ['check', out])).exitCode).toBe(0);
+    const descriptor = (await readFile(out)).subarray(512, 2048).toString('latin1');
+    expect(descriptor).toContain(`SPARSE "${NAME}.vmdk"`);
+    expect(descriptor).toMatch(/^CID=[0-9a-f]{8}$/m);
+  });
+
+  it('vhd: fixed, virtual size rounded up to whole MiB, footer time = mtime, padding zero', async () => {
+    const out = await converted(odd, 'vhd');
+    const info = await qemuInfo(out, 'vpc'); // a fixed VHD has no header: qemu-img would probe it as raw
+    const vs = info['virtual-size'];
+    expect(vs % MiB).toBe(0);
+    expect(vs).toBe(41 * MiB);
+    expect((await stat(out)).size).toBe(vs + 512);
+    // The footer, read by hand (VHD spec): cookie, disk type 2 = fixed, current size, timestamp, checksum.
+    const f = (await readFile(out)).subarray(-512);
+    expect(f.toString('latin1', 0, 8)).toBe('conectix');
+    expect(f.readUInt32BE(60)).toBe(2);
+    expect(Number(f.readBigUInt64BE(48))).toBe(vs);
+    expect(f.readUInt32BE(24)).toBe(EPOCH - 946_684_800);
+    let sum = 0;
+    f.forEach((b, i) => (sum += i >= 64 && i < 68 ? 0 : b));
+    expect(f.readUInt32BE(64)).toBe(~sum >>> 0);
+    // Different sizes are allowed by compare when the larger image's extra area reads as zeros.
+    await sameContents(odd, out, 'vpc');
+    // An input that is already whole MiB keeps its size.
+    const aligned = await converted(raw, 'vhd');
+    expect((await qemuInfo(aligned, 'vpc'))['virtual-size']).toBe(40 * MiB);
+    await sameContents(raw, aligned, 'vpc');
+  });
+
+  it('vhdx: dynamic, same contents', async () => {
+    const out = await converted(raw, 'vhdx');
+    const info = await qemuInfo(out);
+    expect(info.format).toBe('vhdx');
+    expect(info['virtual-size']).toBe(40 * MiB);
+    await sameContents(raw, out);
+  });
+});
+
+describe('archives (GNU tar as the reader)', () => {
+  it('gce: a gzip with no timestamp, GNU tar with exactly disk.raw, as GNU tar writes it', async () => {
+    const out = await converted(raw, 'gce');
+    const { stdout } = await execa('tar', ['-tvzf', out]);
+    const lines = stdout.split('\n').filter(Boolean);
+    expect(lines).toHaveLength(1);
+    expect(lines[0]).toMatch(new RegExp(`^-rw-r--r-- root/root +${40 * MiB} 2024-01-02 0\\d:\\d\\d disk\\.raw$`));
+    const gz = await readFile(out);
+    expect([...gz.subarray(0, 4)]).toEqual([0x1f, 0x8b, 8, 0]); // deflate, no flags (no name, no comment)
+    expect(gz.readUInt32LE(4)).toBe(0); // no mtime in the gzip header
+    const tar = gunzipSync(gz);
+    expect(tar.toString('latin1', 257, 265)).toBe('ustar  \0'); // GNU magic
+    const same = await mkdtemp(join(dir, 'g-'));
+    await link(raw, join(same, 'disk.raw'));
+    expect(tar.equals(await gnuTar(same, ['disk.raw'], 'gnu'))).toBe(true);
+    const x = await extract(out, true);
+    expect(await readdir(x)).toEqual(['disk.raw']);
+    expect((await readFile(join(x, 'disk.raw'))).equals(await readFile(raw))).toBe(true);
+  });
+
+  it('vagrant-libvirt: metadata, qcow2 box.img, Vagrantfile', async () => {
+    const out = await converted(raw, 'vagrant-libvirt');
+    expect(await tarList(out, true)).toEqual(['Vagrantfile', 'box.img', 'metadata.json']);
+    const x = await extract(out, true);
+    expect(JSON.parse(await readFile(join(x, 'metadata.json'), 'utf8'))).toEqual({ provider: 'libvirt', format: 'qcow2', virtual_size: 1 });
+    expect(await readFile(join(x, 'Vagrantfile'), 'utf8')).toMatch(/config\.vm\.provider :libvirt do \|libvirt\|\n\s+libvirt\.driver = "kvm"\n\s+end/);
+    expect((await qemuInfo(join(x, 'box.img'))).format).toBe('qcow2');
+    await sameContents(raw, join(x, 'box.img'));
+    expect(gunzipSync(await readFile(out)).equals(await gnuTar(x, ['Vagrantfile', 'box.img', 'metadata.json'], 'gnu'))).toBe(true);
+  });
+
+  it('vagrant-virtualbox: metadata, OVF describing the streamOptimized disk, Vagrantfile', async () => {
+    const out = await converted(raw, 'vagrant-virtualbox');
+    const names = ['Vagrantfile', 'box-disk1.vmdk', 'box.ovf', 'metadata.json'];
+    expect(await tarList(out, true)).toEqual(names);
+    const x = await extract(out, true);
+    expect(JSON.parse(await readFile(join(x, 'metadata.json'), 'utf8'))).toEqual({ provider: 'virtualbox' });
+    expect(await readFile(join(x, 'Vagrantfile'), 'utf8')).toContain('config.vm.provider :virtualbox do |vb|');
+    const disk = join(x, 'box-disk1.vmdk');
+    expect((await qemuInfo(disk)).format).toBe('vmdk');
+    await sameContents(raw, disk);
+    await checkOvf(join(x, 'box.ovf'), 'box-disk1.vmdk', (await stat(disk)).size, 40 * MiB);
+    expect(gunzipSync(await readFile(out)).equals(await gnuTar(x, names, 'gnu'))).toBe(true);
+  });
+
+  it('ova: ustar, .ovf first, then the disk, then a SHA256 manifest that sha256sum agrees with', async () => {
+    const out = await converted(raw, 'ova');
+    const names = [`${NAME}.ovf`, `${NAME}-disk1.vmdk`, `${NAME}.mf`];
+    expect(await tarList(out, false)).toEqual(names);
+    const bytes = await readFile(out);
+    expect(bytes.toString('latin1', 257, 265)).toBe('ustar\u000000'); // POSIX magic and version
+    const x = await extract(out, false);
+    const { stdout } = await execa('sha256sum', [names[0]!, names[1]!], { cwd: x });
+    const expected = stdout
+      .split('\n')
+      .filter(Boolean)
+      .map((l) => {
+        const [hash, file] = l.split(/\s+\*?/);
+        return `SHA256(${file})= ${hash}`;
+      });
+    expect((await readFile(join(x, names[2]!), 'utf8')).split('\n').filter(Boolean)).toEqual(expected);
+    await sameContents(raw, join(x, names[1]!));
+    await checkOvf(join(x, names[0]!), names[1]!, (await stat(join(x, names[1]!))).size, 40 * MiB);
+    expect(bytes.equals(await gnuTar(x, names, 'ustar'))).toBe(true);
+  });
+
+  it('headers for sizes beyond 11 octal digits and names beyond 100 bytes, as GNU tar reads them', async () => {
+    const big = 9 * 1024 * MiB; // 9 GiB: over the 8 GiB octal limit
+    const long = `${'x'.repeat(120)}.raw`;
+    for (const format of ['gnu', 'ustar'] as const) {
+      for (const name of ['disk.raw', long]) {
+        // Just the headers: tar lists the entry, then reports the missing data.
+        const r = await execa('tar', ['-tvf', '-'], { input: tarHeaders(name, big, { mtime: EPOCH, format }), reject: false });
+        expect(r.stdout.trim()).toMatch(new RegExp(`^-rw-r--r-- root/root +${big} 2024-01-02 0\\d:\\d\\d ${name.replace('.', '\\.')}$`));
+      }
+    }
+    expect(tarHeaders('disk.raw', big, { mtime: EPOCH, format: 'gnu' })[124]).toBe(0x80); // base-256
+  });
+});
+
+/** The OVF parsed by an XML parser (python3, when installed), else checked textually. */
+async function checkOvf(path: string, disk: string, diskSize: number, capacity: number): Promise<void> {
+  const text = await readFile(path, 'utf8');
+  const py = await execa('python3', ['--version'], { reject: false }).catch(() => ({ exitCode: 1 }));
+  if (py.exitCode === 0) {
+    const script = [
+      'import sys, json, xml.etree.ElementTree as E',
+      'O = "{http://schemas.dmtf.org/ovf/envelope/1}"',
+      'R = "{http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData}"',
+      'root = E.parse(sys.argv[1]).getroot()',
+      'f = root.find(O + "References/" + O + "File")',
+      'd = root.find(O + "DiskSection/" + O + "Disk")',
+      'items = root.findall(".//" + O + "VirtualHardwareSection/" + O + "Item")',
+      'print(json.dumps({"href": f.get(O + "href"), "size": f.get(O + "size"), "capacity": d.get(O + "capacity"), "format": d.get(O + "format"),',
+      '  "items": {i.find(R + "ResourceType").text: (i.find(R + "VirtualQuantity").text if i.find(R + "VirtualQuantity") is not None else None) for i in items}}))',
+    ].join('\n');
+    const { stdout } = await execa('python3', ['-c', script, path]);
+    expect(JSON.parse(stdout)).toEqual({
+      href: disk,
+      size: String(diskSize),
+      capacity: String(capacity),
+      format: 'http://www.vmware.com/interfaces/specifications/vmdk.html#streamOptimized',
+      items: { '3': '1', '4': '1024', '20': null, '10': null, '17': null }, // 1 CPU, 1024 MiB, SATA, NIC, disk
+    });
+  } else {
+    expect(text).toContain(`ovf:href="${disk}" ovf:id="file1" ovf:size="${diskSize}"`);
+    expect(text).toContain(`ovf:capacity="${capacity}"`);
+  }
+  expect(text).toContain('<rasd:Connection>NAT</rasd:Connection>');
+  expect(text).toContain('<rasd:ResourceSubType>AHCI</rasd:ResourceSubType>');
+}
+
+describe('reproducibility', () => {
+  // Same input, name and mtime: same bytes. qemu-img's random VMDK CID and VHD footer time/ID are
+  // replaced by derived values in formats.ts, so vmdk, vhd and the boxes/OVA that contain VMDKs are
+  // reproducible too.
+  const reproducible: Format[] = ['raw', 'qcow2', 'vmdk', 'vhd', 'gce', 'vagrant-libvirt', 'vagrant-virtualbox', 'ova'];
+  for (const format of reproducible) {
+    it(`${format}: converting twice gives the same bytes`, async () => {
+      const a = outPath(FORMAT_EXTENSION[format]);
+      const b = outPath(FORMAT_EXTENSION[format]);
+      await convert(raw, format, a, { name: NAME, mtime: MTIME });
+      await new Promise((r) => setTimeout(r, 1100)); // a second later: anything clock-dependent would differ
+      await convert(raw, format, b, { name: NAME, mtime: MTIME });
+      expect(await sha256(a)).toBe(await sha256(b));
+    });
+  }
+
+  // Not asserted: qemu-img writes random GUIDs (file/data write GUIDs in both CRC-32C protected
+  // headers, the stale log entries' GUID, the Page83 disk ID) into every VHDX; formats.ts does not
+  // patch VHDX, so two conversions differ in those bytes.
+  it.skip('vhdx: NOT reproducible (qemu-img writes random GUIDs; see the comment above)', () => {});
+
+  it('a different mtime changes the archives and the VHD footer', async () => {
+    const later = new Date(MTIME.getTime() + 86_400_000);
+    for (const format of ['gce', 'vhd'] as const) {
+      const a = outPath(FORMAT_EXTENSION[format]);
+      await convert(raw, format, a, { name: NAME, mtime: later });
+      expect(await sha256(a)).not.toBe(await sha256(await converted(raw, format)));
+    }
+  });
+});
+
+describe('failures', () => {
+  it('without qemu-img on PATH: missingTool naming qemu-utils; raw and gce need no qemu-img', async () => {
+    const bin = await mkdtemp(join(dir, 'bin-'));
+    for (const t of ['cp', 'tar', 'gzip', 'sgdisk', 'sha256sum', 'rm', 'mv']) {
+      const { stdout } = await execa('sh', ['-c', `command -v ${t}`]);
+      await symlink(stdout.trim(), join(bin, t));
+    }
+    const savedPath = process.env.PATH;
+    process.env.PATH = bin;
+    try {
+      vi.resetModules(); // a fresh tools.js: its which() cache has seen qemu-img
+      const fresh = await import('../src/artifacts/formats.js');
+      for (const format of ['qcow2', 'vmdk', 'vhd', 'vhdx', 'vagrant-libvirt', 'vagrant-virtualbox', 'ova'] as const) {
+        const out = outPath(FORMAT_EXTENSION[format]);
+        const err = await fresh.convert(raw, format, out, { name: NAME, mtime: MTIME }).then(
+          () => undefined,
+          (e: unknown) => e,
+        );
+        expect(err).toMatchObject({ name: 'OemError', code: 'missingTool' });
+        expect((err as OemError).message).toContain('qemu-img');
+        expect((err as OemError).hint).toContain('qemu-utils');
+        await expect(stat(out)).rejects.toMatchObject({ code: 'ENOENT' });
+      }
+      for (const format of ['raw', 'gce'] as const) {
+        const out = outPath(FORMAT_EXTENSION[format]);
+        await fresh.convert(raw, format, out, { name: NAME, mtime: MTIME });
+        expect((await stat(out)).size).toBeGreaterThan(0);
+      }
+    } finally {
+      process.env.PATH = savedPath;
+      vi.resetModules();
+    }
+  });
+
+  it('an aborted conversion is interrupted and leaves no output', async () => {
+    const ctrl = new AbortController();
+    ctrl.abort();
+    for (const format of ['gce', 'qcow2'] as const) {
+      const out = outPath(FORMAT_EXTENSION[format]);
+      await expect(convert(raw, format, out, { name: NAME, mtime: MTIME, signal: ctrl.signal })).rejects.toMatchObject({ code: 'interrupted' });
+      await expect(stat(out)).rejects.toMatchObject({ code: 'ENOENT' });
+    }
+  });
+
+  it('refuses an existing output (and leaves it alone) and a missing input', async () => {
+    const out = outPath('qcow2');
+    await writeFile(out, 'keep');
+    await expect(convert(raw, 'qcow2', out, { name: NAME, mtime: MTIME })).rejects.toBeInstanceOf(OemError);
+    expect(await readFile(out, 'utf8')).toBe('keep');
+    await expect(convert(join(dir, 'missing.bin'), 'gce', outPath('tar.gz'), { name: NAME, mtime: MTIME })).rejects.toBeInstanceOf(OemError);
+  });
+
+  describe.runIf(process.getuid?.() === 0)('a full file system [root: mounts a 1 MiB tmpfs]', () => {
+    let mnt: string | undefined;
+    beforeAll(async () => {
+      const m = join(dir, 'small');
+      await mkdir(m);
+      const r = await execa('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', m], { reject: false });
+      if (r.exitCode === 0) mnt = m;
+    });
+    afterAll(async () => {
+      if (mnt) await execa('umount', [mnt], { reject: false });
+    });
+
+    for (const format of ['gce', 'qcow2', 'vmdk', 'vhd', 'ova'] as const) {
+      it(`${format}: noSpace naming the output, which is removed`, async (ctx) => {
+        if (!mnt) return ctx.skip(); // mount not permitted here (e.g. an unprivileged container)
+        const out = join(mnt, `out.${FORMAT_EXTENSION[format]}`);
+        const err = await convert(raw, format, out, { name: NAME, mtime: MTIME }).then(
+          () => undefined,
+          (e: unknown) => e,
+        );
+        expect(err).toBeInstanceOf(OemError);
+        expect(err).toMatchObject({ code: 'noSpace' });
+        expect((err as OemError).message).toContain(out);
+        expect(await readdir(mnt)).toEqual([]);
+      });
+    }
+  });
+});
