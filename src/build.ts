@@ -14,7 +14,9 @@ import { acquire } from './cleanup.js';
 import { readAndValidateConfig } from '../oem/config/validate.js';
 import { formatProblem } from '../oem/config/types.js';
 import { OemError } from './errors.js';
-import { compressBzip2 } from './artifacts/compress.js';
+import { compressFile, COMPRESSION_SUFFIX, type Compression } from './artifacts/compress.js';
+import { artifactName, COMPRESSIBLE, convert, type Format } from './artifacts/formats.js';
+import { clearsign, loadSigningKey, signFile, type SigningKey } from './artifacts/sign.js';
 import { FileSource, SliceSource } from './image/byte-source.js';
 import { decompressToSparse, detectCompression } from './image/decompress.js';
 import { detectFilesystem, type FsInfo } from './image/fs-detect.js';
@@ -51,6 +53,13 @@ export interface BuildOptions {
   /** Embed this agent executable instead of the one built for the board. */
   agent?: string;
   noAgent?: boolean;
+  /** Artifact formats (default: the provider's). */
+  formats?: Format[];
+  /** Compression of raw and disk-format artifacts (default bz2, like the releases). */
+  compress?: Compression;
+  /** Armored OpenPGP secret key to sign every artifact and its DIGESTS with. */
+  signKey?: string;
+  signPassphrase?: string;
   concurrency?: number;
   log?: (line: string) => void;
 }
@@ -241,6 +250,8 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
   for (const f of opts.sshKeyFiles ?? []) sshKeys.push(...(await readKeyFile(f)));
   const config = await loadConfig(opts.config);
   const backend = resolveBackend(opts.backend ?? 'auto');
+  // The signing key is checked before anything is fetched or built.
+  const signer = opts.signKey ? await loadSigningKey(opts.signKey, opts.signPassphrase) : null;
 
   // The base release: fetched and verified, or a local image (verified unless --insecure).
   let base: Base;
@@ -301,7 +312,7 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
     log(`base: ${base.distro} ${base.version} (${generation}-style image${opts.generation ? ', forced' : ''})`);
 
     const concurrency = opts.concurrency ?? Math.max(1, Math.min(availableParallelism(), 4));
-    const builds = await pool(wanted, concurrency, (p) => buildOne(p, { opts, base, baseRaw, generation, agent, sshKeys, config, backend, outputDir, work, log }));
+    const builds = await pool(wanted, concurrency, (p) => buildOne(p, { opts, signer, base, baseRaw, generation, agent, sshKeys, config, backend, outputDir, work, log }));
     return {
       distro: base.distro,
       channel: base.channel,
@@ -320,6 +331,7 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
 
 interface Ctx {
   opts: BuildOptions;
+  signer: SigningKey | null;
   base: Base;
   baseRaw: string;
   generation: Generation;
@@ -375,19 +387,44 @@ async function buildOne(p: Provider, c: Ctx): Promise<ProviderBuild> {
       }
     }
 
-    const name = `${base.distro}_production_${p.id}_image.bin.bz2`;
-    const out = join(tmpDir, name);
-    const tool = await compressBzip2(raw, out);
+    // Artifacts: each format converted from the written raw image, compressed where that applies,
+    // hashed, and signed when a key is given.
+    const formats = c.opts.formats?.length ? c.opts.formats : p.formats;
+    const compression = c.opts.compress ?? 'bz2';
+    const mtime = buildTime();
+    const artifacts: ArtifactInfo[] = [];
+    for (const format of formats) {
+      const plain = artifactName(base.distro, p.id, format);
+      const compress = COMPRESSIBLE[format] && compression !== 'none';
+      const name = compress ? plain + COMPRESSION_SUFFIX[compression] : plain;
+      const out = join(tmpDir, name);
+      let tool = '';
+      if (format === 'raw' && compress) {
+        tool = (await compressFile(raw, out, compression)).tool;
+      } else {
+        const converted = compress ? join(c.work, `${p.id}.${format}`) : out;
+        await convert(raw, format, converted, { name: plain.replace(/\.[^.]+$/, ''), mtime });
+        if (compress) {
+          tool = (await compressFile(converted, out, compression)).tool;
+          await rm(converted, { force: true });
+        }
+      }
+      const h = await hashes(out);
+      const digests = digestsText([{ name, ...h }]);
+      await writeFile(join(tmpDir, `${name}.DIGESTS`), digests);
+      if (c.signer) {
+        await writeFile(join(tmpDir, `${name}.sig`), await signFile(out, c.signer, mtime));
+        await writeFile(join(tmpDir, `${name}.DIGESTS.asc`), await clearsign(digests, c.signer, mtime));
+      }
+      c.log(`${p.id}: ${name} (${h.size} bytes${tool ? `, compressed with ${tool}` : ''}${c.signer ? ', signed' : ''})`);
+      artifacts.push({ name, path: name, format, compression: compress ? compression : 'none', size: h.size, sha512: h.sha512 });
+    }
     await rm(raw, { force: true });
-    const h = await hashes(out);
-    c.log(`${p.id}: ${name} (${h.size} bytes, compressed with ${tool})`);
 
     const P = base.distro === 'coreos' ? 'COREOS' : 'FLATCAR';
     const vt = { ...base.versionFields, [`${P}_OEM_ID`]: p.oemId, [`${P}_OEM_NAME`]: p.name, [`${P}_OEM_PROVIDER`]: p.id };
     const vtText = Object.entries(vt).map(([k, v]) => `${k}=${/^[A-Za-z0-9._-]*$/.test(v) && v !== '' ? v : JSON.stringify(v)}`).join('\n') + '\n';
     await writeFile(join(tmpDir, 'version.txt'), vtText);
-    await writeFile(join(tmpDir, `${name}.DIGESTS`), digestsText([{ name, ...h }]));
-    const artifacts: ArtifactInfo[] = [{ name, path: name, format: 'raw', compression: 'bz2', size: h.size, sha512: h.sha512 }];
     const manifest = {
       provider: p.id,
       oemId: p.oemId,
@@ -402,7 +439,8 @@ async function buildOne(p: Provider, c: Ctx): Promise<ProviderBuild> {
       agent: c.agent !== null,
       sshKeys: c.sshKeys.map((k) => k.fingerprint),
       config: c.opts.config !== undefined,
-      createdAt: buildTime().toISOString(),
+      createdAt: mtime.toISOString(),
+      signingKey: c.signer ? { fingerprint: c.signer.fingerprint, signingKeyFingerprint: c.signer.signingKeyFingerprint } : null,
       artifacts: artifacts.map(({ path: _p, ...a }) => a),
     };
     await writeFile(join(tmpDir, 'manifest.json'), JSON.stringify(manifest, null, 2) + '\n');
@@ -419,9 +457,10 @@ async function buildOne(p: Provider, c: Ctx): Promise<ProviderBuild> {
       provider: p.id,
       oemId: p.oemId,
       dir: finalDir,
-      image: join(finalDir, name),
+      // The raw image when there is one (what inspect and tools read), else the first artifact.
+      image: join(finalDir, (artifacts.find((a) => a.format === 'raw') ?? artifacts[0]!).name),
       versionTxt: join(finalDir, 'version.txt'),
-      digests: join(finalDir, `${name}.DIGESTS`),
+      digests: join(finalDir, `${(artifacts.find((a) => a.format === 'raw') ?? artifacts[0]!).name}.DIGESTS`),
       manifest: join(finalDir, 'manifest.json'),
       artifacts: artifacts.map((a) => ({ ...a, path: join(finalDir, a.name) })),
     };

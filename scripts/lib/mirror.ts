@@ -14,9 +14,9 @@ import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { copyFile, link, mkdir, rename, rm, writeFile } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
-import { Readable } from 'node:stream';
 import * as openpgp from 'openpgp';
 import { compressBzip2 as compressWithBzip2 } from '../../src/artifacts/compress.js';
+import { signFile } from '../../src/artifacts/sign.js';
 
 export type Distro = 'flatcar' | 'coreos';
 
@@ -72,27 +72,6 @@ export interface SignOptions {
   signingKeyID?: string;
 }
 
-async function collect(data: unknown): Promise<Buffer> {
-  if (data instanceof Uint8Array) return Buffer.from(data);
-  if (typeof data === 'string') return Buffer.from(data);
-  const chunks: Buffer[] = [];
-  const reader = (data as ReadableStream<Uint8Array>).getReader();
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) break;
-    chunks.push(Buffer.from(value));
-  }
-  return Buffer.concat(chunks);
-}
-
-async function drain(data: unknown): Promise<void> {
-  if (data === null || data instanceof Uint8Array || typeof data === 'string') return;
-  const reader = (data as ReadableStream<Uint8Array>).getReader();
-  while (!(await reader.read()).done) {
-    // discard
-  }
-}
-
 /** Detached binary signature of a file, made by the signing subkey; the file is streamed, not buffered. */
 export async function signDetached(filePath: string, armoredPrivateKey: string, opts: SignOptions = {}): Promise<Buffer> {
   const date = opts.date ?? new Date();
@@ -114,22 +93,14 @@ export async function signDetached(filePath: string, armoredPrivateKey: string, 
     }
     keyID = signing.getKeyID();
   }
-  const webStream = Readable.toWeb(createReadStream(filePath));
-  const message = await openpgp.createMessage({ binary: webStream as unknown as ReadableStream<Uint8Array> });
-  // Not format 'binary': for a detached signature of a stream, openpgp.sign() then drains the
-  // message with readToEnd(), holding the whole file in memory. With format 'object' we drive the
-  // data through the hash ourselves: the hash reads a passive clone of the literal data, which only
-  // advances as the literal data itself is read, so read and drop it alongside.
-  const signature = await openpgp.sign({
-    message,
-    signingKeys: privateKey,
-    signingKeyIDs: keyID,
-    detached: true,
-    format: 'object',
+  const signing = privateKey.getKeys(keyID)[0];
+  if (!signing) throw new Error(`key has no (sub)key with ID ${keyID.toHex()}`);
+  // Streams the file: see signFile.
+  return signFile(
+    filePath,
+    { key: privateKey, fingerprint: privateKey.getFingerprint().toUpperCase(), signingKeyFingerprint: signing.getFingerprint().toUpperCase() },
     date,
-  });
-  const [bytes] = await Promise.all([collect(signature.write()), drain(message.getLiteralData())]);
-  return bytes;
+  );
 }
 
 /** The `.DIGESTS` text of a file (MD5, SHA1, SHA512), hashed in one streaming pass. */

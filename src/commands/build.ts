@@ -1,5 +1,9 @@
 import { Flags } from '@oclif/core';
+import { readFile } from 'node:fs/promises';
 import { OemCommand } from '../base-command.js';
+import { COMPRESSIONS, type Compression } from '../artifacts/compress.js';
+import { FORMATS, type Format } from '../artifacts/formats.js';
+import { OemError } from '../errors.js';
 import { build, type BuildResult } from '../build.js';
 import { releaseFlags, releaseSource } from '../flags.js';
 import { runWithProgress } from '../progress.js';
@@ -34,12 +38,17 @@ export default class Build extends OemCommand {
     generation: Flags.string({ description: 'force the image generation (default: detected)', options: ['coreos', 'flatcar'] }),
     agent: Flags.string({ description: 'embed this oem-agent executable instead of the one built for the board' }),
     'no-agent': Flags.boolean({ description: 'build without the runtime agent and its units', default: false }),
+    format: Flags.string({ description: 'artifact format (repeatable; default: the provider\'s)', multiple: true, options: [...FORMATS] }),
+    compress: Flags.string({ description: 'compression of raw and disk-format artifacts', options: [...COMPRESSIONS], default: 'bz2' }),
+    'sign-key': Flags.string({ description: 'armored OpenPGP secret key: writes a detached .sig for each artifact and a clearsigned .DIGESTS.asc' }),
+    'sign-passphrase-file': Flags.string({ description: 'file holding the passphrase of --sign-key (or set OEM_SIGN_PASSPHRASE)' }),
     concurrency: Flags.integer({ description: 'providers built at once (default: cores, at most 4)', min: 1 }),
   };
 
   async run(): Promise<BuildResult> {
     const { flags } = await this.parse(Build);
     const json = this.jsonEnabled();
+    const pass = await passphrase(flags['sign-passphrase-file']);
     const r = await runWithProgress('Building', json, (rep) =>
       build({
         providers: flags.provider ?? [],
@@ -57,6 +66,10 @@ export default class Build extends OemCommand {
         ...(flags.generation ? { generation: flags.generation as Generation } : {}),
         ...(flags.agent ? { agent: flags.agent } : {}),
         noAgent: flags['no-agent'],
+        ...(flags.format ? { formats: flags.format as Format[] } : {}),
+        compress: flags.compress as Compression,
+        ...(flags['sign-key'] ? { signKey: flags['sign-key'] } : {}),
+        ...pass,
         ...(flags.concurrency ? { concurrency: flags.concurrency } : {}),
         log: (l) => rep.log(l),
       }),
@@ -68,4 +81,16 @@ export default class Build extends OemCommand {
     }
     return r;
   }
+}
+
+/** The signing key's passphrase: from --sign-passphrase-file, else OEM_SIGN_PASSPHRASE. */
+async function passphrase(file: string | undefined): Promise<{ signPassphrase?: string }> {
+  if (file) {
+    const text = await readFile(file, 'utf8').catch(() => {
+      throw new OemError(`cannot read --sign-passphrase-file ${file}`, { code: 'usage' });
+    });
+    return { signPassphrase: text.replace(/\r?\n$/, '') };
+  }
+  const env = process.env.OEM_SIGN_PASSPHRASE;
+  return env !== undefined ? { signPassphrase: env } : {};
 }

@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { parse } from 'yaml';
 import { OemError, describe } from '../errors.js';
 import { packageRoot } from '../paths.js';
+import { FORMATS, type Format } from '../artifacts/formats.js';
 
 export const AGENT_UNITS = ['provision', 'metadata', 'ssh-keys', 'userdata', 'hostname', 'network'] as const;
 export type AgentUnit = (typeof AGENT_UNITS)[number];
@@ -22,6 +23,8 @@ export interface Provider {
   grub: { linux_append?: string; linux_console?: string };
   sources: { userdata: string | null; metadata: string | null; ssh_keys: string | null; network: string | null };
   agentUnits: AgentUnit[];
+  /** Artifact formats built by default. */
+  formats: Format[];
   /** Template directories, lowest priority first: built-in _common, built-in provider, user's _common, user's provider. */
   dirs: string[];
 }
@@ -47,7 +50,7 @@ function str(v: unknown, key: string, file: string, optional = false): string {
   return s;
 }
 
-const KNOWN_KEYS = new Set(['id', 'name', 'oem_id', 'aliases', 'home_url', 'bug_report_url', 'grub', 'sources', 'agent_units']);
+const KNOWN_KEYS = new Set(['id', 'name', 'oem_id', 'aliases', 'home_url', 'bug_report_url', 'grub', 'sources', 'agent_units', 'formats']);
 
 function parseProvider(text: string, file: string, dirs: string[]): Provider {
   let d: Record<string, unknown>;
@@ -84,6 +87,10 @@ function parseProvider(text: string, file: string, dirs: string[]): Provider {
     grub,
     sources: { userdata: source('userdata'), metadata: source('metadata'), ssh_keys: source('ssh_keys'), network: source('network') },
     agentUnits: ['provision', ...units.filter((u) => u !== 'provision')],
+    formats: ((d.formats ?? ['raw']) as unknown[]).map((f) => {
+      if (!(FORMATS as readonly string[]).includes(f as string)) throw new OemError(`${file}: unknown format ${JSON.stringify(f)} (known: ${FORMATS.join(', ')})`, { code: 'usage' });
+      return f as Format;
+    }),
     dirs,
   };
 }
