@@ -141,13 +141,13 @@ describe('compressFile', () => {
     await expectDecompresses('xz -dc -T1', out, big);
     await execa('xz', ['-t', '-T1', out]);
     // And the same bytes as xz -T2 (-T0's output does not depend on the number of threads).
-    const t2 = await execa('xz', ['-6', '-T2', '-c', big], { encoding: 'buffer' });
+    const t2 = await execa('xz', ['-6', '-T2', '-c', big], { encoding: 'buffer', stripFinalNewline: false });
     expect(Buffer.compare(Buffer.from(t2.stdout), await readFile(out))).toBe(0);
     // Nor on the number of processors: with one, xz >= 5.4 still writes the multi-threaded format
     // (5.2 fell back to the single-threaded one, which differs).
     const one = `${small}.one-cpu.xz`;
     await compressFile(small, `${small}.all-cpus.xz`, 'xz');
-    const taskset = await execa('taskset', ['-c', '0', 'xz', '-6', '-T0', '-c', small], { encoding: 'buffer', reject: false });
+    const taskset = await execa('taskset', ['-c', '0', 'xz', '-6', '-T0', '-c', small], { encoding: 'buffer', stripFinalNewline: false, reject: false });
     if (taskset.exitCode === 0) {
       await writeFile(one, taskset.stdout);
       expect(await sameBytes(one, `${small}.all-cpus.xz`)).toBe(true);

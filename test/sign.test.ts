@@ -142,6 +142,8 @@ describe('loadSigningKey', () => {
     const r = await execa('gpg', ['--batch', '--pinentry-mode', 'loopback', '--passphrase', '', '--export-secret-keys', keys.ed.fingerprint], {
       env: { GNUPGHOME: home },
       encoding: 'buffer',
+      // execa strips a final 0x0a even from binary output; 1 key in 256 ends with one.
+      stripFinalNewline: false,
     });
     await writeFile(bin, r.stdout);
     expect((await loadSigningKey(bin)).fingerprint).toBe(keys.ed.fingerprint);
@@ -166,7 +168,7 @@ describe('loadSigningKey', () => {
     expect(pub.message).toBe(`${keys.ed.public} is a public key; --sign-key needs the secret key`);
     // A binary public key too.
     const binPub = join(work, 'ed.pub.gpg');
-    await writeFile(binPub, (await execa('gpg', ['--batch', '--export', keys.ed.fingerprint], { env: { GNUPGHOME: home }, encoding: 'buffer' })).stdout);
+    await writeFile(binPub, (await execa('gpg', ['--batch', '--export', keys.ed.fingerprint], { env: { GNUPGHOME: home }, encoding: 'buffer', stripFinalNewline: false })).stdout);
     expect((await refusal(loadSigningKey(binPub))).message).toBe(`${binPub} is a public key; --sign-key needs the secret key`);
 
     const garbage = join(work, 'garbage.asc');
