@@ -131,6 +131,19 @@ describe('oem inspect agrees with sgdisk and blkid', () => {
     }
   });
 
+  it('reads .gz, .xz and .zst images too, with the same result', async () => {
+    const raw = (await oemJson<InspectReport>(['inspect', fixtures.flatcar.raw])).json;
+    for (const [ext, cmd, compression] of [['gz', 'gzip -c', 'gzip'], ['xz', 'xz -T0 -c', 'xz'], ['zst', 'zstd -q -c', 'zstd']] as const) {
+      const p = join(work, `image.bin.${ext}`);
+      await execa('sh', ['-c', `${cmd} "${fixtures.flatcar.raw}" > "${p}"`]);
+      const { result, json } = await oemJson<InspectReport>(['inspect', p]);
+      expect(result.exitCode).toBe(0);
+      expect(json.compression).toBe(compression);
+      expect(json.partitions).toEqual(raw.partitions);
+      expect(json.oem).toEqual(raw.oem);
+    }
+  });
+
   it('falls back to the built-in bzip2 decoder (OEM_BZIP2=js), with the same result', async () => {
     const raw = (await oemJson<InspectReport>(['inspect', fixtures.coreos.raw])).json;
     const { result, json } = await oemJson<InspectReport>(['inspect', fixtures.coreos.bz2], { env: { OEM_BZIP2: 'js' } });
