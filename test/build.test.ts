@@ -416,3 +416,18 @@ describe('oem build artifacts: formats, compression, signatures', () => {
     expect(expectCleanError(bad)).toMatch(/is a public key/);
   });
 });
+
+describe('SOURCE_DATE_EPOCH', () => {
+  it('makes rootless builds of an ext4-OEM (CoreOS-style) image reproducible: same inputs, same artifacts', async () => {
+    const outs = [join(work, `rep-a-${n++}`), join(work, `rep-b-${n++}`)];
+    for (const out of outs) {
+      const r = await oem(['build', '--provider', 'openstack', '--format', 'raw', '--format', 'qcow2', '--format', 'gce', '--backend', 'rootless', ...mirrorArgs('coreos'), '--output-dir', out, '--agent', agent], {
+        env: { OEM_TMPDIR: work, SOURCE_DATE_EPOCH: '1700000000' },
+      });
+      expect(r.exitCode).toBe(0);
+    }
+    const files = (await readdir(join(outs[0]!, 'openstack'))).sort();
+    expect(files).toEqual((await readdir(join(outs[1]!, 'openstack'))).sort());
+    for (const f of files) expect(await sha512(join(outs[1]!, 'openstack', f)), f).toBe(await sha512(join(outs[0]!, 'openstack', f)));
+  });
+});

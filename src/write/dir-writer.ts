@@ -5,7 +5,7 @@
  * a temporary name with O_NOFOLLOW|O_EXCL, given their owner and mode, then renamed into place.
  */
 import { constants } from 'node:fs';
-import { chmod, lchown, lstat, mkdir, open, readdir, readlink, rename, rm, symlink } from 'node:fs/promises';
+import { chmod, lchown, lstat, lutimes, mkdir, open, readdir, readlink, rename, rm, symlink } from 'node:fs/promises';
 import { join, posix } from 'node:path';
 import { OemError } from '../errors.js';
 import { cleanPath, parents, type PlanEntry } from './plan.js';
@@ -38,6 +38,13 @@ export class DirWriter {
     private readonly target: PartitionTarget,
     private readonly mappedRoot = false,
   ) {}
+
+  /** SOURCE_DATE_EPOCH, when set: the time given to everything written (reproducible builds). */
+  private readonly epoch = /^\d+$/.test(process.env.SOURCE_DATE_EPOCH ?? '') ? Number(process.env.SOURCE_DATE_EPOCH) : undefined;
+
+  private async stamp(hp: string): Promise<void> {
+    if (this.epoch !== undefined) await lutimes(hp, this.epoch, this.epoch);
+  }
 
   private async own(hp: string, uid: number, gid: number): Promise<void> {
     if (this.mappedRoot && uid === 0 && gid === 0) return;
@@ -115,6 +122,7 @@ export class DirWriter {
         else if (e.ensureOnly) return;
         await this.own(hp, e.uid, e.gid);
         await chmod(hp, e.mode);
+        await this.stamp(hp);
         return;
       }
       case 'file': {
@@ -134,6 +142,7 @@ export class DirWriter {
           throw err;
         }
         await fh.close();
+        await this.stamp(tmp);
         await rename(tmp, hp);
         return;
       }
@@ -144,6 +153,7 @@ export class DirWriter {
         const tmp = join(posix.dirname(hp), `.oem-tmp-${process.pid}-${this.tmpCounter++}`);
         await symlink(e.target, tmp);
         await this.own(tmp, e.uid, e.gid);
+        await this.stamp(tmp);
         await rename(tmp, hp);
         return;
       }

@@ -40,8 +40,11 @@ export class RootlessExtSession implements PartitionSession {
   }
 
   private async debugfs(commands: string[], write: boolean): Promise<{ stdout: string; errors: string[] }> {
+    // SOURCE_DATE_EPOCH: the times debugfs gives new inodes and the superblock (reproducible builds).
+    const epoch = process.env.SOURCE_DATE_EPOCH;
     const r = await run('debugfs', [write ? '-w' : '-c', '-f', '-', this.device], `${write ? 'write' : 'read'} ${partName(this.target)}`, {
       input: commands.join('\n') + '\n',
+      ...(write && epoch && /^\d+$/.test(epoch) ? { env: { E2FSPROGS_FAKE_TIME: epoch } } : {}),
     });
     const errors = r.stderr
       .split('\n')
