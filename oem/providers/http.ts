@@ -12,6 +12,7 @@
  */
 import { describe, OemError } from '../../src/errors.js';
 import type { ProviderEnv } from './types.js';
+import { showUrl } from '../provision/files.js';
 
 export interface HttpOptions {
   headers?: Record<string, string>;
@@ -60,17 +61,8 @@ class Permanent extends Error {
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
-/** A URL for messages, without credentials. */
-export function showUrl(url: string): string {
-  try {
-    const u = new URL(url);
-    u.username = '';
-    u.password = '';
-    return u.toString();
-  } catch {
-    return url;
-  }
-}
+/** A URL for messages, without credentials (the one the file fetcher uses too). */
+export { showUrl };
 
 /** `base` + `path` with exactly one slash between them. */
 export function joinUrl(base: string, path: string): string {
