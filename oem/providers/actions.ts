@@ -20,7 +20,7 @@ import { OemError } from '../../src/errors.js';
 import { parseAuthorizedKeys, validKeySetName } from '../../src/ssh-keys.js';
 import { formatProblem } from '../config/types.js';
 import { validateConfig } from '../config/validate.js';
-import { Accounts, LOG_PREFIX, ROOT_ID, type Id, type ProvisionContext, type Verb } from '../provision/context.js';
+import { LOG_PREFIX, makeContext, ROOT_ID, type Id, type ProvisionContext, type Verb } from '../provision/context.js';
 import { DEFAULT_FETCH, ensureFile } from '../provision/files.js';
 import { execaRunner, provision, type ProvisionOptions, type Runner } from '../provision/index.js';
 import { runChecked } from '../provision/runner.js';
@@ -52,33 +52,16 @@ export interface ActionOptions {
 
 /** The writing context of the provisioning engine, for the helpers of oem/provision/files.ts. */
 export function writeContext(root: string, log: (line: string) => void, run: Runner = execaRunner): ProvisionContext {
-  const fs = new RootFs(root);
-  let accounts: Accounts | undefined;
-  return {
+  return makeContext({
     root,
-    fs,
+    fs: new RootFs(root),
     dryRun: false,
     run,
     fetch: { ...DEFAULT_FETCH },
     note: log,
-    changed(verb: Verb, what: string) {
-      log(`${verb} ${what}`);
-    },
-    unchanged(what: string) {
-      log(`unchanged ${what}`);
-    },
-    async accounts() {
-      accounts ??= await Accounts.read(fs);
-      return accounts;
-    },
-    invalidateAccounts() {
-      accounts = undefined;
-    },
-    virtualDirs: new Set(),
-    virtualFiles: new Set(),
-    plannedUsers: new Map(),
-    plannedGroups: new Map(),
-  };
+    changed: (verb: Verb, what: string) => log(`${verb} ${what}`),
+    unchanged: (what: string) => log(`unchanged ${what}`),
+  });
 }
 
 async function context(env: ProviderEnv, run?: Runner): Promise<ProvisionContext> {

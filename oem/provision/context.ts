@@ -40,6 +40,34 @@ export interface ProvisionContext {
   readonly plannedGroups: Map<string, { gid?: number }>;
 }
 
+/** A context from its parts; the account cache and the dry-run bookkeeping are filled in. */
+export function makeContext(
+  parts: Pick<ProvisionContext, 'root' | 'fs' | 'dryRun' | 'run' | 'fetch' | 'note' | 'changed' | 'unchanged'>,
+): ProvisionContext {
+  let accounts: Accounts | undefined;
+  return {
+    root: parts.root,
+    fs: parts.fs,
+    dryRun: parts.dryRun,
+    run: parts.run,
+    fetch: parts.fetch,
+    note: parts.note,
+    changed: parts.changed,
+    unchanged: parts.unchanged,
+    async accounts() {
+      accounts ??= await Accounts.read(parts.fs);
+      return accounts;
+    },
+    invalidateAccounts() {
+      accounts = undefined;
+    },
+    virtualDirs: new Set(),
+    virtualFiles: new Set(),
+    plannedUsers: new Map(),
+    plannedGroups: new Map(),
+  };
+}
+
 export interface PasswdEntry {
   name: string;
   password: string;

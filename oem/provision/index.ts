@@ -22,7 +22,7 @@ import { lstat, mkdir, open, readFile, rename, rm } from 'node:fs/promises';
 import { isAbsolute, join, relative, resolve } from 'node:path';
 import { describe, OemError } from '../../src/errors.js';
 import type { AgentConfig, Owner, Storage } from '../config/types.js';
-import { Accounts, BASE_FORM, LOG_PREFIX, requireAccounts, type ProvisionContext, type Verb } from './context.js';
+import { BASE_FORM, LOG_PREFIX, makeContext, requireAccounts, type ProvisionContext, type Verb } from './context.js';
 import { applyDirectories, applyFiles, applyLinks, DEFAULT_FETCH, type FetchOptions } from './files.js';
 import { RootFs } from './rootfs.js';
 import { execaRunner, type Runner } from './runner.js';
@@ -180,8 +180,7 @@ export async function provision(config: AgentConfig, opts: ProvisionOptions = {}
   const actions: string[] = [];
   let changed = 0;
   let unchanged = 0;
-  let accounts: Accounts | undefined;
-  const ctx: ProvisionContext = {
+  const ctx = makeContext({
     root,
     fs,
     dryRun,
@@ -200,18 +199,7 @@ export async function provision(config: AgentConfig, opts: ProvisionOptions = {}
       unchanged++;
       say(line);
     },
-    async accounts() {
-      accounts ??= await Accounts.read(fs);
-      return accounts;
-    },
-    invalidateAccounts() {
-      accounts = undefined;
-    },
-    virtualDirs: new Set(),
-    virtualFiles: new Set(),
-    plannedUsers: new Map(),
-    plannedGroups: new Map(),
-  };
+  });
 
   say(`${dryRun ? 'dry run: would provision' : 'provisioning'} ${root} (config sha256 ${sha.slice(0, 12)}${opts.force && before.exists ? ', forced' : ''})`);
   try {
