@@ -18,7 +18,7 @@ import { compressFile, COMPRESSION_SUFFIX, type Compression } from './artifacts/
 import { artifactName, COMPRESSIBLE, convert, type Format } from './artifacts/formats.js';
 import { clearsign, loadSigningKey, signFile, type SigningKey } from './artifacts/sign.js';
 import { FileSource, SliceSource } from './image/byte-source.js';
-import { decompressToSparse, detectCompression } from './image/decompress.js';
+import { prepareBase, type BaseIndex } from './image/base-cache.js';
 import { detectFilesystem, type FsInfo } from './image/fs-detect.js';
 import { detectGeneration, parseKeyValues } from './image/generation.js';
 import { readGpt } from './image/gpt.js';
@@ -28,7 +28,8 @@ import { packageRoot } from './paths.js';
 import { renderProvider, type Generation } from './providers/render.js';
 import { findProvider, loadProviders, type Provider } from './providers/registry.js';
 import { validateRendered } from './providers/validate.js';
-import { fetchRelease, type FetchOptions } from './release/fetch.js';
+import { defaultCacheDir, fetchRelease, type FetchOptions } from './release/fetch.js';
+import { compressReusing, type Region } from './artifacts/bzip2-reuse.js';
 import { loadTrustedKeys, verifyDetached, type Distro } from './release/verify.js';
 import { readKeyFile, type SshKey } from './ssh-keys.js';
 import { run } from './tools.js';
@@ -280,14 +281,10 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
   await mkdir(work);
   const releaseWork = acquire(`work directory ${work}`, () => rm(work, { recursive: true, force: true }));
   try {
-    // Decompress the base once; every provider starts from a sparse or reflinked copy of it.
-    const baseRaw = join(work, 'base.bin');
-    if ((await detectCompression(base.compressed)) === 'none') {
-      await run('cp', ['--sparse=always', '--reflink=auto', '--', base.compressed, baseRaw], 'copy the base image');
-    } else {
-      const d = await decompressToSparse(base.compressed, baseRaw);
-      log(`decompressed ${basename(base.compressed)} with ${d.tool}`);
-    }
+    // Decompress the base once (kept in the cache for the next build); every provider starts from a
+    // sparse or reflinked copy of it.
+    const prepared = await prepareBase(base.compressed, base.sha512, { cacheDir: opts.fetch?.cacheDir ?? defaultCacheDir(), workDir: work, log });
+    const baseRaw = prepared.raw;
 
     // What the base is: generation and version from the image itself where the release did not say.
     const src = await FileSource.open(baseRaw);
@@ -312,7 +309,7 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
     log(`base: ${base.distro} ${base.version} (${generation}-style image${opts.generation ? ', forced' : ''})`);
 
     const concurrency = opts.concurrency ?? Math.max(1, Math.min(availableParallelism(), 4));
-    const builds = await pool(wanted, concurrency, (p) => buildOne(p, { opts, signer, base, baseRaw, generation, agent, sshKeys, config, backend, outputDir, work, log }));
+    const builds = await pool(wanted, concurrency, (p) => buildOne(p, { opts, signer, base, baseRaw, baseIndex: prepared.index, generation, agent, sshKeys, config, backend, outputDir, work, log }));
     return {
       distro: base.distro,
       channel: base.channel,
@@ -334,6 +331,7 @@ interface Ctx {
   signer: SigningKey | null;
   base: Base;
   baseRaw: string;
+  baseIndex: BaseIndex | null;
   generation: Generation;
   agent: Buffer | null;
   sshKeys: SshKey[];
@@ -367,6 +365,7 @@ async function buildOne(p: Provider, c: Ctx): Promise<ProviderBuild> {
     await run('cp', ['--sparse=always', '--reflink=auto', '--', c.baseRaw, raw], `copy the base image for ${p.id}`);
     const targets = await partitionTargets(raw, c.sshKeys.length ? ['oem', 'root'] : ['oem']);
     const oemPlan = normalizePlan({ partitions: { oem: rendered.entries } }).partitions.oem!;
+    const written: Region[] = [targets.oem, ...(c.sshKeys.length ? [targets.root] : [])].map((t) => ({ offset: t.offset, size: t.size }));
     const s = await openSession(targets.oem, c.backend);
     let ok = false;
     try {
@@ -399,7 +398,13 @@ async function buildOne(p: Provider, c: Ctx): Promise<ProviderBuild> {
       const name = compress ? plain + COMPRESSION_SUFFIX[compression] : plain;
       const out = join(tmpDir, name);
       let tool = '';
-      if (format === 'raw' && compress) {
+      let h: { md5: string; sha1: string; sha512: string; size: number } | undefined;
+      if (format === 'raw' && compression === 'bz2' && c.baseIndex) {
+        // The release's own compressed blocks for everything this build did not change.
+        const r = await compressReusing(c.baseIndex, c.baseRaw, raw, out, written);
+        tool = `${r.tool} for ${(r.recompressed / 1048576).toFixed(1)} MiB, the release's bzip2 blocks for the rest (${r.reusedBlocks} of ${r.blocks})`;
+        h = r;
+      } else if (format === 'raw' && compress) {
         tool = (await compressFile(raw, out, compression)).tool;
       } else {
         const converted = compress ? join(c.work, `${p.id}.${format}`) : out;
@@ -409,7 +414,7 @@ async function buildOne(p: Provider, c: Ctx): Promise<ProviderBuild> {
           await rm(converted, { force: true });
         }
       }
-      const h = await hashes(out);
+      h ??= await hashes(out);
       const digests = digestsText([{ name, ...h }]);
       await writeFile(join(tmpDir, `${name}.DIGESTS`), digests);
       if (c.signer) {

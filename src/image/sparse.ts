@@ -84,6 +84,27 @@ export class SparseWriter {
     this.pendingLen = rest.length;
   }
 
+  /** Writes n zero bytes: whole aligned blocks of them are skipped without being built or compared. */
+  async writeZeros(n: number): Promise<void> {
+    const head = Math.min(n, (SPARSE_BLOCK - (this.position % SPARSE_BLOCK)) % SPARSE_BLOCK);
+    if (head) await this.write(ZERO.subarray(0, head));
+    n -= head;
+    if (n >= SPARSE_BLOCK && !this.overwriteZeros) {
+      await this.flush(false);
+      if (this.pendingLen === 0) {
+        const skip = n - (n % SPARSE_BLOCK);
+        this.pos += skip;
+        this.skipped += skip;
+        n -= skip;
+      }
+    }
+    while (n > 0) {
+      const k = Math.min(n, SPARSE_BLOCK);
+      await this.write(ZERO.subarray(0, k));
+      n -= k;
+    }
+  }
+
   /** Writes what is pending. */
   async end(): Promise<void> {
     await this.flush(true);

@@ -1,4 +1,6 @@
 import { execa } from 'execa';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 export const REPO = fileURLToPath(new URL('../..', import.meta.url));
@@ -14,7 +16,8 @@ export interface CliResult {
 export async function oem(args: string[], opts: { env?: Record<string, string>; cwd?: string; input?: string } = {}): Promise<CliResult> {
   const r = await execa(process.execPath, [BIN, ...args], {
     reject: false,
-    env: { ...opts.env, NO_COLOR: '1' },
+    // Decompressed bases are cached (src/image/base-cache.ts): in a temporary directory, not the home.
+    env: { OEM_CACHE_DIR: join(tmpdir(), 'oem-test-cache'), ...opts.env, NO_COLOR: '1' },
     ...(opts.cwd ? { cwd: opts.cwd } : {}),
     ...(opts.input !== undefined ? { input: opts.input } : { stdin: 'ignore' }),
   });

@@ -1,0 +1,151 @@
+/**
+ * Reusing a release's bzip2 blocks (src/image/bzip2-blocks.ts, src/image/base-cache.ts,
+ * src/artifacts/bzip2-reuse.ts): for releases compressed by bzip2 (-9 and -1), lbzip2 and pbzip2
+ * (concatenated streams), a changed image written through compressReusing decompresses with stock
+ * bzip2, lbzip2 and pbzip2 to exactly that image.
+ */
+import { execa } from 'execa';
+import { createHash, randomBytes } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { copyFile, mkdtemp, open, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { compressReusing } from '../src/artifacts/bzip2-reuse.js';
+import { prepareBase } from '../src/image/base-cache.js';
+import { Bzip2IndexError, indexBlocks } from '../src/image/bzip2-blocks.js';
+import { OemError } from '../src/errors.js';
+import { part } from './helpers/image-read.js';
+
+const fixtures = inject('fixtures');
+let work: string;
+let n = 0;
+
+beforeAll(async () => {
+  work = await mkdtemp(join(tmpdir(), 'oem-reuse-'));
+});
+afterAll(async () => {
+  await rm(work, { recursive: true, force: true });
+});
+
+async function sha512(path: string): Promise<string> {
+  const h = createHash('sha512');
+  for await (const c of createReadStream(path)) h.update(c as Buffer);
+  return h.digest('hex');
+}
+
+async function pokeAt(path: string, offset: number, data: Buffer): Promise<void> {
+  const fh = await open(path, 'r+');
+  try {
+    await fh.write(data, 0, data.length, offset);
+  } finally {
+    await fh.close();
+  }
+}
+
+const COMPRESSORS: [string, string[]][] = [
+  ['lbzip2', ['-9']],
+  ['bzip2', ['-9']],
+  ['bzip2', ['-1']],
+  ['pbzip2', ['-9']],
+];
+
+describe('a built image as .bz2 from the release\'s own blocks', () => {
+  for (const [tool, args] of COMPRESSORS) {
+    it(`release made by ${tool} ${args.join(' ')}: decodes with bzip2, lbzip2 and pbzip2 to exactly the built image`, async () => {
+      // The small fixture plus 3 MB of incompressible data in USR-A, so that there are data blocks too.
+      const base = join(work, `base-${n++}.bin`);
+      await copyFile(fixtures.flatcar.raw, base);
+      await pokeAt(base, (await part(base, 3)).offset + 512 * 1024, randomBytes(3 * 1024 * 1024));
+      const bz2 = join(work, `base-${n++}.bin.bz2`);
+      await execa('sh', ['-c', `${tool} ${args.join(' ')} -c "${base}" > "${bz2}"`]);
+      const cacheDir = join(work, `cache-${n++}`);
+      const prepared = await prepareBase(bz2, await sha512(bz2), { cacheDir, workDir: work });
+      expect(prepared.index).not.toBeNull();
+      expect(prepared.cached).toBe(false);
+      expect(await sha512(prepared.raw)).toBe(await sha512(base));
+      const index = prepared.index!;
+      expect(index.blocks.length).toBeGreaterThan(3);
+
+      // The build changed OEM (data in several places) and ROOT (a few bytes in a zero area, the end).
+      const oemPart = await part(base, 6);
+      const rootPart = await part(base, 9);
+      const built = join(work, `built-${n++}.bin`);
+      await copyFile(base, built);
+      await pokeAt(built, oemPart.offset + 4096, Buffer.alloc(200_000, 0x5a));
+      await pokeAt(built, oemPart.offset + oemPart.size - 3, Buffer.from('end'));
+      await pokeAt(built, rootPart.offset + Math.floor(rootPart.size / 2), Buffer.from('hello, root'));
+      await pokeAt(built, rootPart.offset + rootPart.size - 1, Buffer.from([1]));
+
+      const out = join(work, `out-${n++}.bin.bz2`);
+      const r = await compressReusing(index, prepared.raw, built, out, [oemPart, rootPart]);
+      expect(r.reusedBlocks).toBeGreaterThan(0);
+      expect(r.reusedBlocks).toBeLessThan(r.blocks);
+      expect(r.recompressed).toBeGreaterThan(0);
+      expect(r.recompressed).toBeLessThan(oemPart.size + rootPart.size);
+      expect(r.sha512).toBe(await sha512(out));
+
+      const want = await sha512(built);
+      for (const dec of ['bzip2', 'lbzip2', 'pbzip2']) {
+        const disk = join(work, `dec-${n++}.bin`);
+        await execa('sh', ['-c', `${dec} -dc "${out}" > "${disk}"`]);
+        expect(await sha512(disk), `${dec} -dc`).toBe(want);
+        await rm(disk);
+      }
+      // bzip2 -t checks every stream and block CRC.
+      expect((await execa('bzip2', ['-t', out], { reject: false })).exitCode).toBe(0);
+
+      // The chunks the build needed are now mapped block by block, in the cache.
+      const again = await prepareBase(bz2, await sha512(bz2), { cacheDir, workDir: work });
+      expect(again.cached).toBe(true);
+      expect(again.index!.blocks.some((b) => b.u !== undefined)).toBe(true);
+      // An unchanged image is the release's blocks only.
+      const same = join(work, `same-${n++}.bin.bz2`);
+      const s = await compressReusing(again.index!, again.raw, base, same, [oemPart, rootPart]);
+      expect(s.recompressed).toBe(0);
+      expect(s.reusedBlocks).toBe(s.blocks);
+      const disk = join(work, `dec-${n++}.bin`);
+      await execa('sh', ['-c', `bzip2 -dc "${same}" > "${disk}"`]);
+      expect(await sha512(disk)).toBe(await sha512(base));
+      await rm(disk);
+      await rm(built);
+      await rm(base);
+    });
+  }
+});
+
+describe('indexing a .bz2', () => {
+  it('refuses a stream whose CRC does not combine its blocks\' CRCs, and a truncated one', async () => {
+    const bz2 = join(work, `idx-${n++}.bz2`);
+    await execa('sh', ['-c', `head -c 3000000 /dev/urandom | bzip2 -9 > "${bz2}"`]);
+    const data = await readFile(bz2);
+    const index = async (buf: Buffer) => {
+      const p = join(work, `idx-${n++}.bz2`);
+      await writeFile(p, buf);
+      const fh = await open(p, 'r');
+      try {
+        return await indexBlocks(fh, buf.length);
+      } finally {
+        await fh.close();
+      }
+    };
+    expect((await index(data)).length).toBe(4);
+    // The first block's CRC sits right after its magic, at byte 10.
+    const bad = Buffer.from(data);
+    bad[12] = bad[12]! ^ 0x01;
+    await expect(index(bad)).rejects.toThrow(Bzip2IndexError);
+    await expect(index(data.subarray(0, data.length - 8))).rejects.toThrow(/no end|truncated/);
+  });
+
+  it('a truncated release: a clear badImage error, nothing left in the cache', async () => {
+    const bz2 = join(work, `trunc-${n++}.bin.bz2`);
+    const whole = await readFile(fixtures.coreos.bz2);
+    await writeFile(bz2, whole.subarray(0, Math.floor(whole.length / 2)));
+    const cacheDir = join(work, `cache-${n++}`);
+    const err = await prepareBase(bz2, 'ab'.repeat(64), { cacheDir, workDir: await mkdtemp(join(work, 'w-')) }).catch((e: unknown) => e);
+    expect(err, String(err)).toBeInstanceOf(OemError);
+    expect((err as OemError).code).toBe('badImage');
+    const left = await execa('sh', ['-c', `ls -A "${cacheDir}/bases" 2>/dev/null || true`]);
+    expect(left.stdout.trim()).toBe('');
+  });
+});
