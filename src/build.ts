@@ -7,7 +7,7 @@
  */
 import { createHash } from 'node:crypto';
 import { createReadStream, readFileSync } from 'node:fs';
-import { mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rename, rm, stat, truncate, writeFile } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
 import { acquire } from './cleanup.js';
@@ -22,6 +22,8 @@ import { prepareBase, type BaseIndex } from './image/base-cache.js';
 import { detectFilesystem, type FsInfo } from './image/fs-detect.js';
 import { detectGeneration, parseKeyValues } from './image/generation.js';
 import { readGpt } from './image/gpt.js';
+import { roleOf } from './image/layout.js';
+import { copyRanges } from './image/sparse.js';
 import { partitionReports } from './image/inspect.js';
 import { keyPlan } from './inject-key.js';
 import { packageRoot } from './paths.js';
@@ -29,10 +31,11 @@ import { renderProvider, type Generation } from './providers/render.js';
 import { findProvider, loadProviders, type Provider } from './providers/registry.js';
 import { validateRendered } from './providers/validate.js';
 import { defaultCacheDir, fetchRelease, type FetchOptions } from './release/fetch.js';
-import { compressReusing, type Region } from './artifacts/bzip2-reuse.js';
+import { compressReusing, type Region, type SharedPrefixes } from './artifacts/bzip2-reuse.js';
 import { loadTrustedKeys, verifyDetached, type Distro } from './release/verify.js';
 import { readKeyFile, type SshKey } from './ssh-keys.js';
 import { run } from './tools.js';
+import { sourceDateEpoch } from './source-date.js';
 import { openSession, partitionTargets, resolveBackend, type BackendChoice } from './write/apply.js';
 import { normalizePlan, type PlanEntry } from './write/plan.js';
 
@@ -103,9 +106,8 @@ function builderVersion(): string {
 
 /** The time written into manifests: SOURCE_DATE_EPOCH when set (reproducible builds), else now. */
 export function buildTime(): Date {
-  const e = process.env.SOURCE_DATE_EPOCH;
-  if (e !== undefined && /^\d+$/.test(e)) return new Date(Number(e) * 1000);
-  return new Date();
+  const e = sourceDateEpoch();
+  return e !== undefined ? new Date(e * 1000) : new Date();
 }
 
 async function hashes(path: string): Promise<{ md5: string; sha1: string; sha512: string; size: number }> {
@@ -289,8 +291,17 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
     // What the base is: generation and version from the image itself where the release did not say.
     const src = await FileSource.open(baseRaw);
     let gen;
+    let layout: Layout;
     try {
       const gpt = await readGpt(src);
+      const ss = gpt.sectorSize;
+      const part = (role: string): [number, number][] =>
+        gpt.partitions.filter((p) => roleOf(p.number, p.label, p.typeGuid) === role).map((p) => [p.offset, p.offset + p.size]);
+      layout = {
+        size: prepared.size,
+        gpt: [[0, gpt.firstUsableLba * ss], [(gpt.lastUsableLba + 1) * ss, prepared.size]],
+        written: [...part('oem'), ...part('root')],
+      };
       const fss = new Map<number, FsInfo>();
       for (const p of gpt.partitions) fss.set(p.number, await detectFilesystem(new SliceSource(src, p.offset, p.size)));
       gen = await detectGeneration(baseRaw, partitionReports(gpt, fss), Object.keys(base.versionFields).length ? base.versionFields : undefined);
@@ -308,8 +319,9 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
     }
     log(`base: ${base.distro} ${base.version} (${generation}-style image${opts.generation ? ', forced' : ''})`);
 
+    const prefixes: SharedPrefixes = { dir: work, made: new Map() };
     const concurrency = opts.concurrency ?? Math.max(1, Math.min(availableParallelism(), 4));
-    const builds = await pool(wanted, concurrency, (p) => buildOne(p, { opts, signer, base, baseRaw, baseIndex: prepared.index, generation, agent, sshKeys, config, backend, outputDir, work, log }));
+    const builds = await pool(wanted, concurrency, (p) => buildOne(p, { opts, signer, base, baseRaw, baseIndex: prepared.index, layout: layout!, prefixes, generation, agent, sshKeys, config, backend, outputDir, work, log }));
     return {
       distro: base.distro,
       channel: base.channel,
@@ -326,12 +338,21 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
   }
 }
 
+/** Where a build writes (OEM, ROOT) and the partition tables, as byte ranges of the image. */
+interface Layout {
+  size: number;
+  gpt: [number, number][];
+  written: [number, number][];
+}
+
 interface Ctx {
   opts: BuildOptions;
   signer: SigningKey | null;
   base: Base;
   baseRaw: string;
   baseIndex: BaseIndex | null;
+  layout: Layout;
+  prefixes: SharedPrefixes;
   generation: Generation;
   agent: Buffer | null;
   sshKeys: SshKey[];
@@ -361,8 +382,30 @@ async function buildOne(p: Provider, c: Ctx): Promise<ProviderBuild> {
   await mkdir(tmpDir);
   const releaseTmp = acquire(`temporary output ${tmpDir}`, () => rm(tmpDir, { recursive: true, force: true }));
   try {
+    const formats = c.opts.formats?.length ? c.opts.formats : p.formats;
+    const compression = c.opts.compress ?? 'bz2';
+    const reuse = c.baseIndex !== null && compression === 'bz2';
+    // Only raw .bz2 from the release's blocks: the working image needs the partition tables and the
+    // partitions the build writes, nothing else. Otherwise a whole copy.
     const raw = join(c.work, `${p.id}.bin`);
-    await run('cp', ['--sparse=always', '--reflink=auto', '--', c.baseRaw, raw], `copy the base image for ${p.id}`);
+    let whole = false;
+    const wholeImage = async () => {
+      if (whole) return;
+      const inside = [...c.layout.gpt, ...c.layout.written].sort((a, b) => a[0] - b[0]);
+      const rest: [number, number][] = [];
+      let at = 0;
+      for (const [a, b] of inside) {
+        if (a > at) rest.push([at, a]);
+        at = Math.max(at, b);
+      }
+      if (at < c.layout.size) rest.push([at, c.layout.size]);
+      await copyRanges(c.baseRaw, raw, rest);
+      whole = true;
+    };
+    await writeFile(raw, '', { flag: 'wx' });
+    await truncate(raw, c.layout.size);
+    await copyRanges(c.baseRaw, raw, [...c.layout.gpt, ...c.layout.written]);
+    if (!(reuse && formats.every((f) => f === 'raw'))) await wholeImage();
     const targets = await partitionTargets(raw, c.sshKeys.length ? ['oem', 'root'] : ['oem']);
     const oemPlan = normalizePlan({ partitions: { oem: rendered.entries } }).partitions.oem!;
     const written: Region[] = [targets.oem, ...(c.sshKeys.length ? [targets.root] : [])].map((t) => ({ offset: t.offset, size: t.size }));
@@ -388,8 +431,6 @@ async function buildOne(p: Provider, c: Ctx): Promise<ProviderBuild> {
 
     // Artifacts: each format converted from the written raw image, compressed where that applies,
     // hashed, and signed when a key is given.
-    const formats = c.opts.formats?.length ? c.opts.formats : p.formats;
-    const compression = c.opts.compress ?? 'bz2';
     const mtime = buildTime();
     const artifacts: ArtifactInfo[] = [];
     for (const format of formats) {
@@ -399,12 +440,14 @@ async function buildOne(p: Provider, c: Ctx): Promise<ProviderBuild> {
       const out = join(tmpDir, name);
       let tool = '';
       let h: { md5: string; sha1: string; sha512: string; size: number } | undefined;
-      if (format === 'raw' && compression === 'bz2' && c.baseIndex) {
+      if (format === 'raw' && reuse && c.baseIndex) {
         // The release's own compressed blocks for everything this build did not change.
-        const r = await compressReusing(c.baseIndex, c.baseRaw, raw, out, written);
-        tool = `${r.tool} for ${(r.recompressed / 1048576).toFixed(1)} MiB, the release's bzip2 blocks for the rest (${r.reusedBlocks} of ${r.blocks})`;
+        const r = await compressReusing(c.baseIndex, c.baseRaw, raw, out, written, { pieceCache: join(dirname(c.baseIndex.file), 'pieces'), shared: c.prefixes });
+        const mib = (n: number) => `${(n / 1048576).toFixed(1)} MiB`;
+        tool = `${r.tool} for ${mib(r.recompressed)} (of ${mib(r.changed)} changed; the rest from the piece cache), the release's bzip2 blocks for the rest (${r.reusedBlocks} of ${r.blocks})`;
         h = r;
       } else if (format === 'raw' && compress) {
+        await wholeImage();
         tool = (await compressFile(raw, out, compression)).tool;
       } else {
         const converted = compress ? join(c.work, `${p.id}.${format}`) : out;

@@ -14,7 +14,7 @@ import type { BuildResult } from '../src/build.js';
 import type { InspectReport } from '../src/image/inspect.js';
 import { checkCloudConfig, checkIgnition } from '../src/providers/validate.js';
 import { expectCleanError, oem, oemJson } from './helpers/cli.js';
-import { part, readTree } from './helpers/image-read.js';
+import { fsck, part, readTree } from './helpers/image-read.js';
 
 const fixtures = inject('fixtures');
 let work: string;
@@ -393,6 +393,33 @@ describe('oem build artifacts: formats, compression, signatures', () => {
     });
   }
 
+  it('the .bz2 made from the release\'s own blocks decodes with stock bzip2, lbzip2 and pbzip2 to exactly the built raw image', async () => {
+    // Rootless with SOURCE_DATE_EPOCH is reproducible, so --compress none gives the very image the
+    // .bz2 stands for. OEM and ROOT (--ssh-key) are both written; two providers in one run share the
+    // output's first part.
+    const env = { OEM_TMPDIR: work, SOURCE_DATE_EPOCH: '1700000000' };
+    const common = ['build', '--provider', 'qemu', '--provider', 'gce', '--format', 'raw', '--backend', 'rootless', '--ssh-key', key, ...mirrorArgs('coreos'), '--agent', agent];
+    const plain = join(work, `plain-${n++}`);
+    expect((await oem([...common, '--compress', 'none', '--output-dir', plain], { env })).exitCode).toBe(0);
+    const packed = join(work, `packed-${n++}`);
+    const r = await oem([...common, '--output-dir', packed], { env });
+    expect(r.exitCode).toBe(0);
+    expect(r.stderr).toMatch(/the release's bzip2 blocks for the rest/);
+    for (const provider of ['qemu', 'gce']) {
+      const want = await sha512(join(plain, provider, `coreos_production_${provider}_image.bin`));
+      const bz2 = join(packed, provider, `coreos_production_${provider}_image.bin.bz2`);
+      for (const tool of ['bzip2', 'lbzip2', 'pbzip2']) {
+        const disk = join(work, `reuse-${tool}-${n++}.bin`);
+        await execa('sh', ['-c', `${tool} -dc "${bz2}" > "${disk}"`]);
+        expect(await sha512(disk), `${provider}: ${tool}`).toBe(want);
+        await rm(disk);
+      }
+      // The DIGESTS and manifest describe the file as written.
+      const digests = await readFile(join(packed, provider, `coreos_production_${provider}_image.bin.bz2.DIGESTS`), 'utf8');
+      expect(digests).toContain(`${await sha512(bz2)}  coreos_production_${provider}_image.bin.bz2`);
+    }
+  });
+
   it('--sign-key: a detached .sig per artifact (gpg and oem verify accept it) and a clearsigned .DIGESTS.asc', async () => {
     const gnupg = await mkdtemp(join(work, 'gpg-'));
     const env = { GNUPGHOME: gnupg };
@@ -429,5 +456,24 @@ describe('SOURCE_DATE_EPOCH', () => {
     const files = (await readdir(join(outs[0]!, 'openstack'))).sort();
     expect(files).toEqual((await readdir(join(outs[1]!, 'openstack'))).sort());
     for (const f of files) expect(await sha512(join(outs[1]!, 'openstack', f)), f).toBe(await sha512(join(outs[0]!, 'openstack', f)));
+  });
+
+  it('makes default builds of a btrfs-OEM (Flatcar-style) image reproducible, with keys and every disk format; the filesystems stay valid', async () => {
+    const outs = [join(work, `rep-f-${n++}`), join(work, `rep-g-${n++}`)];
+    for (const out of outs) {
+      const r = await oem(['build', '--provider', 'azure', '--format', 'raw', '--format', 'vhd', '--format', 'vhdx', '--ssh-key', key, ...mirrorArgs('flatcar'), '--output-dir', out, '--agent', agent], {
+        env: { OEM_TMPDIR: work, SOURCE_DATE_EPOCH: '1700000000' },
+      });
+      expect(r.exitCode, r.stderr).toBe(0);
+      await new Promise((ok) => setTimeout(ok, 1100)); // anything clock-dependent would differ
+    }
+    const files = (await readdir(join(outs[0]!, 'azure'))).sort();
+    expect(files).toEqual((await readdir(join(outs[1]!, 'azure'))).sort());
+    for (const f of files) expect(await sha512(join(outs[1]!, 'azure', f)), f).toBe(await sha512(join(outs[0]!, 'azure', f)));
+    const disk = await raw(join(outs[0]!, 'azure', 'flatcar_production_azure_image.bin.bz2'));
+    await fsck(disk, 6, 'btrfs');
+    await fsck(disk, 9, 'ext4');
+    const tree = await readTree(disk, 6, 'btrfs');
+    expect(tree.get('/grub.cfg')?.content).toContain('oem_id="azure"');
   });
 });

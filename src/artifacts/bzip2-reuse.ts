@@ -4,17 +4,21 @@
  * Only the partitions a build writes (OEM, ROOT) can differ from the base. For every block of the
  * release's .bz2 whose decoded range is unchanged (compared with the cached base image, over the data
  * extents of both files), the release's own compressed bits are copied (src/image/bzip2-blocks.ts
- * makes runs of them standalone streams); only the ranges of changed blocks go through `lbzip2 -9`
- * (or `bzip2 -9`). The output is a concatenation of standard bzip2 streams, which stock bzip2, lbzip2
- * and pbzip2 decode to exactly the built image.
+ * makes runs of them standalone streams); only the ranges of changed blocks are compressed, in pieces
+ * of at most 1 MiB (aligned in the image), each by its own `lbzip2 -n1 -9` (or `bzip2 -9`), as many at
+ * once as there are cores. Compressed pieces are kept in the base's cache entry by the SHA-256 of their
+ * bytes, so what several providers or later builds share (the agent, runs of zeros) is compressed
+ * once. The output is a concatenation of standard bzip2 streams, which stock bzip2, lbzip2 and pbzip2
+ * decode to exactly the built image.
  */
 import { spawn } from 'node:child_process';
-import { createHash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
-import { open, rm, type FileHandle } from 'node:fs/promises';
-import { pipeline } from 'node:stream/promises';
+import { createHash, randomBytes, type Hash } from 'node:crypto';
+import { constants } from 'node:fs';
+import { copyFile, mkdir, open, readFile, rename, rm, writeFile, type FileHandle } from 'node:fs/promises';
+import { availableParallelism } from 'node:os';
+import { join } from 'node:path';
 import { OemError } from '../errors.js';
-import { run, which } from '../tools.js';
+import { dataExtents } from '../image/sparse.js';
 import { refineChunk, type BaseIndex } from '../image/base-cache.js';
 import { runStream } from '../image/bzip2-blocks.js';
 import { bzip2Tool } from './compress.js';
@@ -28,7 +32,8 @@ export interface ReuseResult {
   tool: string;
   blocks: number;
   reusedBlocks: number;
-  /** Bytes of the image that were compressed anew. */
+  /** Bytes of the image in changed blocks, and of those, compressed now (the rest from the piece cache). */
+  changed: number;
   recompressed: number;
   size: number;
   md5: string;
@@ -37,27 +42,6 @@ export interface ReuseResult {
 }
 
 type Extent = [number, number];
-
-/** The data extents of a file within [start, end) (lseek SEEK_DATA/SEEK_HOLE through xfs_io), or null. */
-export async function dataExtents(path: string, start: number, end: number): Promise<Extent[] | null> {
-  if (!(await which('xfs_io'))) return null;
-  const r = await run('xfs_io', ['-r', '-c', `seek -a -r ${start}`, path], `map the data of ${path}`, { allowFail: true });
-  if (r.exitCode !== 0) return null;
-  const out: Extent[] = [];
-  let dataAt = -1;
-  for (const line of r.stdout.split('\n')) {
-    const m = /^(DATA|HOLE)\s+(\d+|EOF)/.exec(line.trim());
-    if (!m) continue;
-    const at = m[2] === 'EOF' ? Infinity : Number(m[2]);
-    if (m[1] === 'DATA') dataAt = at;
-    else if (dataAt >= 0) {
-      out.push([dataAt, at]);
-      dataAt = -1;
-    }
-  }
-  if (dataAt >= 0) out.push([dataAt, Infinity]);
-  return out.map(([a, b]): Extent => [Math.max(a, start), Math.min(b, end)]).filter(([a, b]) => a < b);
-}
 
 function unionExtents(a: Extent[], b: Extent[]): Extent[] {
   const all = [...a, ...b].sort((x, y) => x[0] - y[0]);
@@ -154,11 +138,58 @@ async function planUnits(index: BaseIndex, d: Differ, regions: Region[]): Promis
   return units;
 }
 
+type Hashes = { md5: Hash; sha1: Hash; sha512: Hash };
+
+function newHashes(): Hashes {
+  return { md5: createHash('md5'), sha1: createHash('sha1'), sha512: createHash('sha512') };
+}
+
+interface Prefix {
+  path: string;
+  size: number;
+  /** The hashes over it, to be copied (never digested). */
+  h: Hashes;
+}
+
+/** Output prefixes (the release's blocks up to the first changed one) shared by the builds of one run. */
+export interface SharedPrefixes {
+  dir: string;
+  made: Map<number, Promise<Prefix>>;
+}
+
+async function makePrefix(index: BaseIndex, src: FileHandle, last: number, dir: string): Promise<Prefix> {
+  const path = join(dir, `prefix-${last}-${randomBytes(4).toString('hex')}.bz2`);
+  const h = newHashes();
+  const fh = await open(path, 'wx');
+  let size = 0;
+  try {
+    const blocks = index.blocks.slice(0, last + 1);
+    for await (const piece of runStream(src, blocks[0]!.bit, blocks[last]!.end, blocks.map((b) => b.crc))) {
+      for (const x of Object.values(h)) x.update(piece);
+      let done = 0;
+      while (done < piece.length) done += (await fh.write(piece, done, piece.length - done)).bytesWritten;
+      size += piece.length;
+    }
+  } finally {
+    await fh.close();
+  }
+  return { path, size, h };
+}
+
 /**
- * Writes `raw` (the base with `regions` rewritten) to a new file `out` as bzip2, reusing the base's
- * compressed blocks. Hashes the output as it goes. `out` is removed on failure.
+ * Writes the built image (the base, with `regions` taken from `raw`: only those need to be valid in
+ * `raw`) to a new file `out` as bzip2, reusing the base's compressed blocks. Hashes the output as it
+ * goes. `out` is removed on failure.
  */
-export async function compressReusing(index: BaseIndex, baseRaw: string, raw: string, out: string, regions: Region[], signal?: AbortSignal): Promise<ReuseResult> {
+export async function compressReusing(
+  index: BaseIndex,
+  baseRaw: string,
+  raw: string,
+  out: string,
+  regions: Region[],
+  opts: { pieceCache?: string; shared?: SharedPrefixes; signal?: AbortSignal } = {},
+): Promise<ReuseResult> {
+  const signal = opts.signal;
   const tool = await bzip2Tool();
   const d = await Differ.open(baseRaw, raw, regions);
   let units: Unit[];
@@ -167,10 +198,39 @@ export async function compressReusing(index: BaseIndex, baseRaw: string, raw: st
   } finally {
     await d.close();
   }
-  const h = { md5: createHash('md5'), sha1: createHash('sha1'), sha512: createHash('sha512') };
-  const fh = await open(out, 'wx');
   const src = await open(index.bz2, 'r');
+  let h = newHashes();
   let size = 0;
+  let reusedBlocks = 0;
+  // The output up to the first changed block is the same for every build of a run: made once.
+  // It ends at the last chunk before the first region, the same for all, whatever each changed.
+  const regionStart = Math.min(...regions.map((r) => r.offset));
+  let shareUpTo = -1;
+  for (const c of index.chunks) if (c.u + c.len <= regionStart) shareUpTo = c.last;
+  const first = units[0];
+  if (opts.shared && first?.kind === 'reuse' && shareUpTo >= 0 && first.last >= shareUpTo) {
+    if (first.last > shareUpTo) units.splice(1, 0, { kind: 'reuse', first: shareUpTo + 1, last: first.last });
+    first.last = shareUpTo;
+    let made = opts.shared.made.get(first.last);
+    if (!made) {
+      made = makePrefix(index, src, first.last, opts.shared.dir);
+      opts.shared.made.set(first.last, made);
+      made.catch(() => opts.shared!.made.delete(first.last));
+    }
+    let prefix: Prefix;
+    try {
+      prefix = await made;
+    } catch (err) {
+      await src.close();
+      throw err;
+    }
+    await copyFile(prefix.path, out, constants.COPYFILE_EXCL);
+    h = { md5: prefix.h.md5.copy(), sha1: prefix.h.sha1.copy(), sha512: prefix.h.sha512.copy() };
+    size = prefix.size;
+    reusedBlocks = first.last + 1;
+    units.shift();
+  }
+  const fh = await open(out, size ? 'a' : 'wx');
   let ok = false;
   const sink = async (buf: Buffer) => {
     for (const x of Object.values(h)) x.update(buf);
@@ -179,7 +239,9 @@ export async function compressReusing(index: BaseIndex, baseRaw: string, raw: st
     size += buf.length;
   };
   let recompressed = 0;
-  let reusedBlocks = 0;
+  let changed = 0;
+  const rawFh = await open(raw, 'r');
+  const baseFh = await open(baseRaw, 'r');
   try {
     for (const unit of units) {
       if (signal?.aborted) throw new OemError('interrupted while compressing', { code: 'interrupted' });
@@ -188,8 +250,8 @@ export async function compressReusing(index: BaseIndex, baseRaw: string, raw: st
         reusedBlocks += blocks.length;
         for await (const piece of runStream(src, blocks[0]!.bit, blocks[blocks.length - 1]!.end, blocks.map((b) => b.crc))) await sink(piece);
       } else {
-        recompressed += unit.end - unit.start;
-        await compressRange(tool, raw, unit.start, unit.end, sink, signal);
+        changed += unit.end - unit.start;
+        recompressed += await compressPieces(tool, { base: baseFh, raw: rawFh, regions }, unit.start, unit.end, sink, opts.pieceCache, signal);
       }
     }
     ok = true;
@@ -197,11 +259,13 @@ export async function compressReusing(index: BaseIndex, baseRaw: string, raw: st
     if ((err as NodeJS.ErrnoException).code === 'ENOSPC') throw new OemError(`no space left on the device while writing ${out}`, { code: 'noSpace', hint: 'free some space or write the output elsewhere' });
     throw err;
   } finally {
+    await rawFh.close();
+    await baseFh.close();
     await src.close();
     await fh.close();
     if (!ok) await rm(out, { force: true });
   }
-  return { tool, blocks: index.blocks.length, reusedBlocks, recompressed, size, md5: h.md5.digest('hex'), sha1: h.sha1.digest('hex'), sha512: h.sha512.digest('hex') };
+  return { tool, blocks: index.blocks.length, reusedBlocks, changed, recompressed, size, md5: h.md5.digest('hex'), sha1: h.sha1.digest('hex'), sha512: h.sha512.digest('hex') };
 }
 
 /** The environment without variables that add options to bzip2 and lbzip2. */
@@ -211,19 +275,93 @@ function toolEnv(): NodeJS.ProcessEnv {
   return env;
 }
 
-async function compressRange(tool: string, raw: string, start: number, end: number, sink: (b: Buffer) => Promise<void>, signal?: AbortSignal): Promise<void> {
-  const child = spawn(tool, ['-9', '-c'], { stdio: ['pipe', 'pipe', 'pipe'], env: toolEnv(), ...(signal ? { signal } : {}) });
-  const err: Buffer[] = [];
-  child.stderr.on('data', (c: Buffer) => err.push(c));
-  const exited = new Promise<number | null>((resolve, reject) => {
-    child.on('error', reject);
-    child.on('close', resolve);
+const PIECE = 1024 * 1024;
+
+/**
+ * Compresses [start, end) of the image in pieces (from the cache where it has them); writes them in
+ * order through `sink`. Returns the bytes compressed now.
+ */
+async function compressPieces(
+  tool: string,
+  image: { base: FileHandle; raw: FileHandle; regions: Region[] },
+  start: number,
+  end: number,
+  sink: (b: Buffer) => Promise<void>,
+  cacheDir: string | undefined,
+  signal?: AbortSignal,
+): Promise<number> {
+  const bounds: Extent[] = [];
+  for (let a = start; a < end; ) {
+    const b = Math.min(end, (Math.floor(a / PIECE) + 1) * PIECE);
+    bounds.push([a, b]);
+    a = b;
+  }
+  if (cacheDir) await mkdir(cacheDir, { recursive: true });
+  let compressed = 0;
+  const piece = async ([a, b]: Extent): Promise<Buffer> => {
+    // The built image: the base, with the regions the build wrote taken from `raw`.
+    const data = Buffer.alloc(b - a);
+    await readInto(image.base, data, 0, b - a, a);
+    for (const r of image.regions) {
+      const from = Math.max(a, r.offset);
+      const to = Math.min(b, r.offset + r.size);
+      if (from < to) await readInto(image.raw, data, from - a, to - from, from);
+    }
+    const file = cacheDir ? join(cacheDir, `${createHash('sha256').update(data).digest('hex')}.bz2`) : null;
+    const hit = file ? await readFile(file).catch(() => null) : null;
+    if (hit) return hit;
+    const out = await compressBuffer(tool, data, signal);
+    compressed += data.length;
+    if (file) {
+      const tmp = `${file}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
+      await writeFile(tmp, out)
+        .then(() => rename(tmp, file))
+        .catch(() => rm(tmp, { force: true }));
+    }
+    return out;
+  };
+  const parallel = Math.max(1, availableParallelism());
+  const inFlight = new Map<number, Promise<Buffer>>();
+  let next = 0;
+  try {
+    for (let i = 0; i < bounds.length; i++) {
+      while (next < bounds.length && next <= i + parallel) {
+        const p = piece(bounds[next]!);
+        p.catch(() => {});
+        inFlight.set(next++, p);
+      }
+      const buf = await inFlight.get(i)!;
+      inFlight.delete(i);
+      await sink(buf);
+    }
+  } finally {
+    await Promise.allSettled(inFlight.values());
+  }
+  return compressed;
+}
+
+async function readInto(fh: FileHandle, buf: Buffer, at: number, n: number, pos: number): Promise<void> {
+  let got = 0;
+  while (got < n) {
+    const { bytesRead } = await fh.read(buf, at + got, n - got, pos + got);
+    if (!bytesRead) break;
+    got += bytesRead;
+  }
+}
+
+function compressBuffer(tool: string, data: Buffer, signal?: AbortSignal): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(tool, tool === 'lbzip2' ? ['-n1', '-9', '-c'] : ['-9', '-c'], { stdio: ['pipe', 'pipe', 'pipe'], env: toolEnv(), ...(signal ? { signal } : {}) });
+    const out: Buffer[] = [];
+    const err: Buffer[] = [];
+    child.stdout.on('data', (c: Buffer) => out.push(c));
+    child.stderr.on('data', (c: Buffer) => err.push(c));
+    child.stdin.on('error', () => {});
+    child.on('error', (e) => reject(signal?.aborted ? new OemError('interrupted while compressing', { code: 'interrupted' }) : e));
+    child.on('close', (code) => {
+      if (code === 0) resolve(Buffer.concat(out));
+      else reject(new OemError(`${tool} failed to compress: ${Buffer.concat(err).toString().trim().split('\n').pop() || `exit code ${code}`}`));
+    });
+    child.stdin.end(data);
   });
-  exited.catch(() => {});
-  const feed = pipeline(createReadStream(raw, { start, end: end - 1, highWaterMark: 1024 * 1024 }), child.stdin);
-  feed.catch(() => {});
-  for await (const c of child.stdout) await sink(c as Buffer);
-  await feed;
-  const code = await exited;
-  if (code !== 0) throw new OemError(`${tool} failed to compress bytes ${start}-${end} of ${raw}: ${Buffer.concat(err).toString().trim().split('\n').pop() || `exit code ${code}`}`);
 }

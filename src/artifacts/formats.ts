@@ -10,10 +10,11 @@
  * Reproducibility: the same raw image, name and mtime give the same bytes for raw, qcow2, vmdk, vhd,
  * gce, both boxes and ova. qemu-img itself writes a random content ID into VMDK descriptors and a
  * creation time and random unique ID into VHD footers; both are replaced here by values derived from
- * the name, mtime and size (see `seeded`). VHDX is NOT reproducible: qemu-img writes random GUIDs into
- * both VHDX headers (CRC-32C protected), the log and the metadata region, which are not patched.
+ * the name, mtime and size (see `seeded`). Likewise for VHDX (`fixVhdx`): qemu-img's random sequence
+ * numbers and GUIDs in both headers (CRC-32C protected), the log entry and the disk ID (Page83Data).
  */
 import { createHash, type Hash } from 'node:crypto';
+import { crc32c } from '../image/crc32c.js';
 import { createReadStream, createWriteStream } from 'node:fs';
 import { lstat, mkdtemp, open, rename, rm, stat, statfs } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
@@ -132,6 +133,7 @@ const CONVERTERS: Record<Format, (c: Ctx) => Promise<void>> = {
   vhd: (c) => vhd(c),
   vhdx: async (c) => {
     await qemuImg(['convert', '-f', 'raw', '-O', 'vhdx', '-o', 'subformat=dynamic', c.raw, c.out], 'convert the image to VHDX', c);
+    await fixVhdx(c);
   },
   gce: async (c) => {
     // GCE imports a gzip'd tar in GNU format whose only member is disk.raw.
@@ -268,6 +270,71 @@ async function patchVhdFooter(path: string, c: Ctx): Promise<void> {
 }
 
 /** 32 bytes derived from the conversion's inputs, for IDs that qemu-img would make random. */
+const KiB = 1024;
+/** GUIDs as stored on disk (the first three fields little-endian). */
+const VHDX_METADATA_REGION = Buffer.from('06a27c8b90479a4bb8fe575f050f886e', 'hex');
+const VHDX_PAGE83 = Buffer.from('ab12cabee6b2234593efc309e000c746', 'hex');
+
+/** Replaces what qemu-img draws at random in a VHDX (see the top of this file) with seeded values. */
+async function fixVhdx(c: Ctx): Promise<void> {
+  const fh = await open(c.out, 'r+');
+  try {
+    const read = async (at: number, n: number) => {
+      const b = Buffer.alloc(n);
+      await fh.read(b, 0, n, at);
+      return b;
+    };
+    const headers = [await read(64 * KiB, 4 * KiB), await read(128 * KiB, 4 * KiB)];
+    if (!headers.every((h) => h.toString('latin1', 0, 4) === 'head')) throw new OemError(`qemu-img wrote a VHDX without the two headers: ${c.out}`);
+    const current = headers[0]!.readBigUInt64LE(8) > headers[1]!.readBigUInt64LE(8) ? 0 : 1;
+    const logOffset = Number(headers[current]!.readBigUInt64LE(72));
+    const logLength = headers[current]!.readUInt32LE(68);
+    const logGuid = Buffer.from(headers[current]!.subarray(48, 64));
+    headers.forEach((h, i) => {
+      h.writeBigUInt64LE(i === current ? 2n : 1n, 8);
+      uuidInto(seeded('vhdx file write', c), h, 16);
+      uuidInto(seeded('vhdx data write', c), h, 32);
+      if (h.subarray(48, 64).some((x) => x !== 0)) uuidInto(seeded('vhdx log', c), h, 48);
+      h.writeUInt32LE(0, 4);
+      h.writeUInt32LE(crc32c(h), 4);
+    });
+    await fh.write(headers[0]!, 0, 4 * KiB, 64 * KiB);
+    await fh.write(headers[1]!, 0, 4 * KiB, 128 * KiB);
+    // Log entries (replayed or empty, but still carrying the GUID they were written with).
+    for (let at = 0; at + 4 * KiB <= logLength; ) {
+      const head = await read(logOffset + at, 64);
+      if (head.toString('latin1', 0, 4) !== 'loge') break;
+      const len = head.readUInt32LE(8);
+      if (len < 4 * KiB || len % (4 * KiB) || at + len > logLength) break;
+      const entry = await read(logOffset + at, len);
+      if (entry.subarray(32, 48).some((x) => x !== 0) && (logGuid.every((x) => x === 0) || entry.subarray(32, 48).equals(logGuid))) uuidInto(seeded('vhdx log', c), entry, 32);
+      entry.writeUInt32LE(0, 4);
+      entry.writeUInt32LE(crc32c(entry), 4);
+      await fh.write(entry, 0, len, logOffset + at);
+      at += len;
+    }
+    // The disk ID, in the metadata region.
+    const regions = await read(192 * KiB, 64 * KiB);
+    if (regions.toString('latin1', 0, 4) !== 'regi') return;
+    for (let i = 0; i < regions.readUInt32LE(8); i++) {
+      const e = 16 + i * 32;
+      if (!regions.subarray(e, e + 16).equals(VHDX_METADATA_REGION)) continue;
+      const metaAt = Number(regions.readBigUInt64LE(e + 16));
+      const table = await read(metaAt, 64 * KiB);
+      if (table.toString('latin1', 0, 8) !== 'metadata') return;
+      for (let j = 0; j < table.readUInt16LE(10); j++) {
+        const m = 32 + j * 32;
+        if (!table.subarray(m, m + 16).equals(VHDX_PAGE83)) continue;
+        const id = Buffer.alloc(16);
+        uuidInto(seeded('vhdx disk id', c), id, 0);
+        await fh.write(id, 0, 16, metaAt + table.readUInt32LE(m + 16));
+      }
+    }
+  } finally {
+    await fh.close();
+  }
+}
+
 function seeded(purpose: string, c: Ctx): Buffer {
   return createHash('sha256').update(`${purpose}\0${c.name}\0${c.mtime}\0${c.size}`).digest();
 }

@@ -21,6 +21,7 @@ import { join } from 'node:path';
 import { acquire } from '../cleanup.js';
 import { OemError } from '../errors.js';
 import { run } from '../tools.js';
+import { bunzip2Stream } from './bzip2.js';
 import { blocksToStream, Bzip2IndexError, indexBlocks, type Bzip2Block } from './bzip2-blocks.js';
 import { decompressorFor, decompressToSparse, detectCompression } from './decompress.js';
 import { isZero, SparseWriter } from './sparse.js';
@@ -177,7 +178,7 @@ async function saveIndex(file: string, source: IndexFile['source'], size: number
     blocks: blocks.map((b) => (b.u === undefined ? [b.bit, b.end, b.crc] : [b.bit, b.end, b.crc, b.u, b.len!])),
     chunks: chunks.map((c) => [c.first, c.last, c.u, c.len]),
   };
-  const tmp = `${file}.tmp-${process.pid}`;
+  const tmp = `${file}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
   await writeFile(tmp, JSON.stringify(e));
   await rename(tmp, file);
 }
@@ -205,13 +206,36 @@ async function loadEntry(dir: string, compressed: string): Promise<PreparedBase 
  * Gives every block of a chunk its own range, by decoding the blocks one by one (done once per chunk
  * and base, and saved in the cache).
  */
-export async function refineChunk(index: BaseIndex, c: Chunk): Promise<void> {
-  if (index.blocks[c.first]!.u !== undefined) return;
+export function refineChunk(index: BaseIndex, c: Chunk): Promise<void> {
+  if (index.blocks[c.first]!.u !== undefined) return Promise.resolve();
+  let pending = refining.get(index);
+  if (!pending) refining.set(index, (pending = new Map()));
+  let p = pending.get(c.first);
+  if (!p) {
+    p = refine(index, c);
+    pending.set(c.first, p);
+    p.catch(() => pending.delete(c.first));
+  }
+  return p;
+}
+
+const refining = new WeakMap<BaseIndex, Map<number, Promise<void>>>();
+/** Blocks up to this compressed size are decoded in-process (mostly runs of zeros: a process costs more). */
+const SMALL_BLOCK = 16 * 1024;
+
+async function refine(index: BaseIndex, c: Chunk): Promise<void> {
   const tool = await decompressorFor('bzip2');
   const fh = await open(index.bz2, 'r');
   try {
     const lens = await mapLimit(range(c.first, c.last + 1), availableParallelism(), async (i) => {
-      const pieces = await decodeStream(tool, await blocksToStream(fh, [index.blocks[i]!]), `${index.bz2} (block ${i + 1})`);
+      const b = index.blocks[i]!;
+      const stream = await blocksToStream(fh, [b]);
+      if (b.end - b.bit <= SMALL_BLOCK * 8) {
+        let n = 0;
+        for await (const out of bunzip2Stream((async function* () { yield stream; })())) n += out.length;
+        return n;
+      }
+      const pieces = await decodeStream(tool, stream, `${index.bz2} (block ${i + 1})`);
       return pieces.reduce<number>((a, p) => a + (typeof p === 'number' ? p : p.length), 0);
     });
     if (lens.reduce((a, b) => a + b, 0) !== c.len) throw new OemError(`the blocks of ${index.bz2} decode to other lengths than before; is the cache at ${index.file} damaged?`);

@@ -1,5 +1,6 @@
 import { open, type FileHandle } from 'node:fs/promises';
 import { createReadStream } from 'node:fs';
+import { run, which } from '../tools.js';
 
 /** Size of the blocks checked for zeros; all-zero blocks are skipped (left as holes). */
 export const SPARSE_BLOCK = 64 * 1024;
@@ -138,6 +139,49 @@ export async function sparseCopyRange(srcPath: string, srcOffset: number, length
       }
     }
     await w.end();
+  } finally {
+    await fh.close();
+  }
+}
+
+/** The data extents of a file within [start, end) (lseek SEEK_DATA/SEEK_HOLE through xfs_io), or null. */
+export async function dataExtents(path: string, start: number, end: number): Promise<[number, number][] | null> {
+  if (!(await which('xfs_io'))) return null;
+  const r = await run('xfs_io', ['-r', '-c', `seek -a -r ${start}`, path], `map the data of ${path}`, { allowFail: true });
+  if (r.exitCode !== 0) return null;
+  const out: [number, number][] = [];
+  let dataAt = -1;
+  for (const line of r.stdout.split('\n')) {
+    const m = /^(DATA|HOLE)\s+(\d+|EOF)/.exec(line.trim());
+    if (!m) continue;
+    const at = m[2] === 'EOF' ? Infinity : Number(m[2]);
+    if (m[1] === 'DATA') dataAt = at;
+    else if (dataAt >= 0) {
+      out.push([dataAt, at]);
+      dataAt = -1;
+    }
+  }
+  if (dataAt >= 0) out.push([dataAt, Infinity]);
+  return out.map(([a, b]): [number, number] => [Math.max(a, start), Math.min(b, end)]).filter(([a, b]) => a < b);
+}
+
+/**
+ * Copies the ranges of `srcPath` into `dstPath` at the same offsets, only where the source has data
+ * (the destination must be holes or zeros there). Without xfs_io, every byte is read and zero blocks
+ * are skipped.
+ */
+export async function copyRanges(srcPath: string, dstPath: string, ranges: [number, number][]): Promise<void> {
+  const fh = await open(dstPath, 'r+');
+  try {
+    for (const [start, end] of ranges) {
+      const extents = (await dataExtents(srcPath, start, end)) ?? [[start, end]];
+      for (const [a, b] of extents) {
+        if (b <= a) continue;
+        const w = new SparseWriter(fh, a);
+        for await (const chunk of createReadStream(srcPath, { start: a, end: b - 1, highWaterMark: 1024 * 1024 })) await w.write(chunk as Buffer);
+        await w.end();
+      }
+    }
   } finally {
     await fh.close();
   }

@@ -3,6 +3,7 @@
  * clean, not larger than its partition) and applies plans with the chosen backend.
  */
 import { OemError } from '../errors.js';
+import { sourceDateEpoch } from '../source-date.js';
 import { FileSource, SliceSource } from '../image/byte-source.js';
 import { detectFilesystem } from '../image/fs-detect.js';
 import { readGpt } from '../image/gpt.js';
@@ -18,7 +19,8 @@ export type BackendChoice = BackendName | 'auto';
 const isRoot = () => process.getuid?.() === 0;
 
 export function resolveBackend(choice: BackendChoice): BackendName {
-  if (choice === 'auto') return isRoot() ? 'mount' : 'rootless';
+  // With SOURCE_DATE_EPOCH, rootless: the kernel stamps what it writes with the real time.
+  if (choice === 'auto') return isRoot() && sourceDateEpoch() === undefined ? 'mount' : 'rootless';
   if (choice === 'mount' && !isRoot()) {
     throw new OemError('the mount backend needs root (loop devices and mount)', { code: 'usage', hint: 'run as root, or use --backend rootless' });
   }

@@ -4,6 +4,7 @@
  * component with lstat: a symlink on the way is never followed but refused, and files are written to
  * a temporary name with O_NOFOLLOW|O_EXCL, given their owner and mode, then renamed into place.
  */
+import { sourceDateEpoch } from '../source-date.js';
 import { constants } from 'node:fs';
 import { chmod, lchown, lstat, lutimes, mkdir, open, readdir, readlink, rename, rm, symlink } from 'node:fs/promises';
 import { join, posix } from 'node:path';
@@ -40,7 +41,7 @@ export class DirWriter {
   ) {}
 
   /** SOURCE_DATE_EPOCH, when set: the time given to everything written (reproducible builds). */
-  private readonly epoch = /^\d+$/.test(process.env.SOURCE_DATE_EPOCH ?? '') ? Number(process.env.SOURCE_DATE_EPOCH) : undefined;
+  private readonly epoch = sourceDateEpoch();
 
   private async stamp(hp: string): Promise<void> {
     if (this.epoch !== undefined) await lutimes(hp, this.epoch, this.epoch);

@@ -7,14 +7,21 @@
  * Without root, the staging copy belongs to the invoking user and mkfs.btrfs runs in a user namespace
  * where that user is root (`unshare --user --map-root-user`), so root-owned files stay root-owned.
  *
+ * With SOURCE_DATE_EPOCH the result is reproducible: mkfs.btrfs takes inode numbers from the staging
+ * files, so as root the staging directory is a fresh tmpfs (whose inode numbers follow the order files
+ * are made in), and src/write/btrfs-normalize.ts replaces what mkfs.btrfs draws at random or from the
+ * clock. Without root the inode numbers come from the host's filesystem and differ between runs.
+ *
  * What it cannot do: keep hard links, snapshots and subvolumes, special files, or the original
  * on-disk layout and compression (files are stored uncompressed); and without root it cannot give a
  * file an owner other than root (all files come out root-owned), so such plans are refused.
  */
+import { sourceDateEpoch } from '../source-date.js';
+import { normalizeBtrfs } from './btrfs-normalize.js';
 import { execa } from 'execa';
-import { mkdir, open, rm } from 'node:fs/promises';
+import { mkdir, open, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { tempDir } from '../cleanup.js';
+import { acquire, tempDir } from '../cleanup.js';
 import { OemError } from '../errors.js';
 import { sparseCopyInto, sparseCopyRange } from '../image/sparse.js';
 import { run, which } from '../tools.js';
@@ -24,6 +31,15 @@ import { noSpace, partName, type PartitionSession, type PartitionTarget } from '
 
 const isRoot = () => process.getuid?.() === 0;
 
+/** Mounts a fresh tmpfs on `dir` (room for twice the partition); returns its release. */
+async function stagingTmpfs(dir: string, size: number): Promise<() => Promise<void>> {
+  await run('mount', ['-t', 'tmpfs', '-o', `mode=755,nosuid,nodev,size=${2 * size}`, 'oem-staging', dir], 'mount a staging tmpfs');
+  return acquire(`staging tmpfs ${dir}`, async () => {
+    const u = await run('umount', [dir], 'unmount the staging tmpfs', { allowFail: true });
+    if (u.exitCode !== 0) await run('umount', ['-l', dir], 'unmount the staging tmpfs', { allowFail: true });
+  });
+}
+
 export class RootlessBtrfsSession implements PartitionSession {
   private changed = false;
   private constructor(
@@ -31,15 +47,18 @@ export class RootlessBtrfsSession implements PartitionSession {
     private readonly work: { path: string; release: () => Promise<void> },
     private readonly root: string,
     private readonly writer: DirWriter,
+    private readonly unmount: (() => Promise<void>) | null,
   ) {}
 
   static async open(target: PartitionTarget): Promise<RootlessBtrfsSession> {
     const work = await tempDir('btrfs');
+    let unmount: (() => Promise<void>) | null = null;
     try {
       const img = join(work.path, 'part.img');
       await sparseCopyRange(target.imagePath, target.offset, target.size, img);
       const root = join(work.path, 'root');
       await mkdir(root, { mode: 0o755 });
+      if (isRoot() && sourceDateEpoch() !== undefined) unmount = await stagingTmpfs(root, target.size);
       // Not root: restore in a user namespace where we are root, so owners and modes restore cleanly.
       const r = isRoot()
         ? await run('btrfs', ['restore', '-S', '-m', '-x', img, root], `extract the btrfs filesystem of ${partName(target)}`, { allowFail: true })
@@ -48,8 +67,9 @@ export class RootlessBtrfsSession implements PartitionSession {
         throw new OemError(`cannot read the btrfs filesystem of ${partName(target)}: ${r.stderr.trim().split('\n').pop() ?? ''}`, { code: 'badImage' });
       }
       await rm(img);
-      return new RootlessBtrfsSession(target, work, root, new DirWriter(root, target, !isRoot()));
+      return new RootlessBtrfsSession(target, work, root, new DirWriter(root, target, !isRoot()), unmount);
     } catch (err) {
+      await unmount?.();
       await work.release();
       throw err;
     }
@@ -77,28 +97,45 @@ export class RootlessBtrfsSession implements PartitionSession {
     this.changed = true;
   }
 
+  private async mkfs(fresh: string, extra: string[]): Promise<void> {
+    const t = this.target;
+    await rm(fresh, { force: true });
+    const fh = await open(fresh, 'wx');
+    await fh.truncate(t.size);
+    await fh.close();
+    const args = ['-q', '-f', ...extra, '--rootdir', this.root, ...(t.fs.label ? ['-L', t.fs.label] : []), ...(t.fs.uuid ? ['-U', t.fs.uuid] : []), fresh];
+    const mkfsBin = (await which('mkfs.btrfs')) ?? 'mkfs.btrfs';
+    // Not root: in a user namespace the invoking user's files are root's, as they should be in OEM.
+    const mkfs = isRoot()
+      ? await execa(mkfsBin, args, { reject: false })
+      : await execa((await which('unshare')) ?? 'unshare', ['--user', '--map-root-user', mkfsBin, ...args], { reject: false });
+    if (mkfs.exitCode !== 0) {
+      const why = String(mkfs.stderr).trim().split('\n').filter((l) => /ERROR|error/.test(l)).pop() ?? String(mkfs.stderr).trim().split('\n').pop() ?? '';
+      if (/no space|too small|ENOSPC|not enough/i.test(why)) {
+        const { stdout } = await execa('du', ['-sb', this.root]);
+        throw noSpace(t, Number(stdout.split('\t')[0]), undefined);
+      }
+      throw new OemError(`cannot rebuild the btrfs filesystem of ${partName(t)}: ${why}`);
+    }
+  }
+
   async close(commit: boolean): Promise<void> {
     try {
       if (!commit || !this.changed) return;
       const t = this.target;
       const fresh = join(this.work.path, 'new.img');
-      const fh = await open(fresh, 'wx');
-      await fh.truncate(t.size);
-      await fh.close();
-      const args = ['-q', '-f', '--rootdir', this.root, ...(t.fs.label ? ['-L', t.fs.label] : []), ...(t.fs.uuid ? ['-U', t.fs.uuid] : []), fresh];
-      const mkfsBin = (await which('mkfs.btrfs')) ?? 'mkfs.btrfs';
-      // Not root: in a user namespace the invoking user's files are root's, as they should be in OEM.
-      const mkfs = isRoot()
-        ? await execa(mkfsBin, args, { reject: false })
-        : await execa((await which('unshare')) ?? 'unshare', ['--user', '--map-root-user', mkfsBin, ...args], { reject: false });
-      if (mkfs.exitCode !== 0) {
-        const why = String(mkfs.stderr).trim().split('\n').filter((l) => /ERROR|error/.test(l)).pop() ?? String(mkfs.stderr).trim().split('\n').pop() ?? '';
-        if (/no space|too small|ENOSPC|not enough/i.test(why)) {
-          const { stdout } = await execa('du', ['-sb', this.root]);
-          throw noSpace(t, Number(stdout.split('\t')[0]), undefined);
-        }
-        throw new OemError(`cannot rebuild the btrfs filesystem of ${partName(t)}: ${why}`);
+      // mkfs.btrfs 6.2 with --rootdir can make a filesystem larger than the file it is given (with DUP
+      // metadata); it must never spill past the partition, so then it is made again with single
+      // metadata, and refused if that does not fit either.
+      await this.mkfs(fresh, []);
+      if ((await stat(fresh)).size > t.size) await this.mkfs(fresh, ['-m', 'single']);
+      const made = (await stat(fresh)).size;
+      if (made > t.size) {
+        const { stdout } = await execa('du', ['-sb', this.root]);
+        throw noSpace(t, Number(stdout.split('\t')[0]), undefined);
       }
+      const epoch = sourceDateEpoch();
+      if (epoch !== undefined) await normalizeBtrfs(fresh, 0, t.size, epoch);
       // Replace the partition's bytes: zero the range (as holes), then copy the new filesystem in.
       const punch = await run('fallocate', ['--punch-hole', '--keep-size', '--offset', String(t.offset), '--length', String(t.size), t.imagePath], 'clear the old filesystem', { allowFail: true });
       if (punch.exitCode !== 0) {
@@ -112,6 +149,7 @@ export class RootlessBtrfsSession implements PartitionSession {
       }
       await sparseCopyInto(fresh, t.imagePath, t.offset);
     } finally {
+      await this.unmount?.();
       await this.work.release();
     }
   }
