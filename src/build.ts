@@ -253,6 +253,9 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
   for (const f of opts.sshKeyFiles ?? []) sshKeys.push(...(await readKeyFile(f)));
   const config = await loadConfig(opts.config);
   const backend = resolveBackend(opts.backend ?? 'auto');
+  if (backend === 'mount' && sourceDateEpoch() !== undefined) {
+    log('WARNING: SOURCE_DATE_EPOCH with --backend mount: the kernel stamps what it writes with the real time, so the images are not byte-reproducible (--backend auto or rootless are)');
+  }
   // The signing key is checked before anything is fetched or built.
   const signer = opts.signKey ? await loadSigningKey(opts.signKey, opts.signPassphrase) : null;
 
@@ -321,7 +324,14 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
 
     const prefixes: SharedPrefixes = { dir: work, made: new Map() };
     const concurrency = opts.concurrency ?? Math.max(1, Math.min(availableParallelism(), 4));
-    const builds = await pool(wanted, concurrency, (p) => buildOne(p, { opts, signer, base, baseRaw, baseIndex: prepared.index, layout: layout!, prefixes, generation, agent, sshKeys, config, backend, outputDir, work, log }));
+    const builds = await pool(wanted, concurrency, (p) => buildOne(p, { opts, signer, base, baseRaw, baseIndex: prepared.index, layout: layout!, prefixes, generation, agent, sshKeys, config, backend, outputDir, work, log })).catch(
+      (err: unknown) => {
+        if (!(err instanceof OemError) && (err as NodeJS.ErrnoException).code === 'ENOSPC') {
+          throw new OemError(`no space left on the device of ${outputDir} (the working images and the artifacts are written there)`, { code: 'noSpace', hint: 'free some space, or use another --output-dir' });
+        }
+        throw err;
+      },
+    );
     return {
       distro: base.distro,
       channel: base.channel,

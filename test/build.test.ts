@@ -289,6 +289,29 @@ describe.runIf(process.getuid?.() === 0)('Ctrl-C during oem build [root]', () =>
   });
 });
 
+describe.runIf(process.getuid?.() === 0)('a full disk during oem build [root]', () => {
+  for (const backend of ['mount', 'rootless'] as const) {
+    it(`${backend} backend: a clear error, no artifact under a final name, nothing left mounted or behind`, async () => {
+      const { leftovers } = await import('./helpers/image-read.js');
+      // The output directory on a 12 MiB tmpfs: the working image's OEM (the 26 MB agent) cannot fit.
+      const out = join(work, `full-${backend}-${n++}`);
+      await mkdir(out);
+      await execa('mount', ['-t', 'tmpfs', '-o', 'size=12m', 'oem-test-full', out]);
+      try {
+        const bigAgent = join(__dirname, '..', 'dist', 'agent', 'oem-agent-linux-x64.xz');
+        const r = await oem(['build', '--provider', 'qemu', '--format', 'raw', ...mirrorArgs('flatcar'), '--output-dir', out, '--agent', bigAgent, '--backend', backend], { env: { OEM_TMPDIR: work } });
+        const line = expectCleanError(r);
+        expect(line).toMatch(/^no space left on the device (holding|of) /);
+        expect(await readdir(out)).toEqual([]);
+        // Nothing but the test's own tmpfs.
+        expect((await leftovers(out)).filter((l) => !l.startsWith('oem-test-full '))).toEqual([]);
+      } finally {
+        await execa('umount', [out]);
+      }
+    });
+  }
+});
+
 describe('the built agent in images', () => {
   const builtAgent = (arch: string) => join(__dirname, '..', 'dist', 'agent', `oem-agent-linux-${arch}.xz`);
 

@@ -6,11 +6,11 @@
  */
 import { sourceDateEpoch } from '../source-date.js';
 import { constants } from 'node:fs';
-import { chmod, lchown, lstat, lutimes, mkdir, open, readdir, readlink, rename, rm, symlink } from 'node:fs/promises';
+import { chmod, lchown, lstat, lutimes, mkdir, open, readdir, readlink, rename, rm, statfs, symlink } from 'node:fs/promises';
 import { join, posix } from 'node:path';
 import { OemError } from '../errors.js';
 import { cleanPath, parents, type PlanEntry } from './plan.js';
-import { noSpace, notADirectory, symlinkRefusal, type PartitionTarget } from './session.js';
+import { noSpace, notADirectory, partName, symlinkRefusal, type PartitionTarget } from './session.js';
 
 type Kind = 'dir' | 'file' | 'symlink' | 'other' | null;
 
@@ -38,6 +38,8 @@ export class DirWriter {
     private readonly root: string,
     private readonly target: PartitionTarget,
     private readonly mappedRoot = false,
+    /** Whether `root` is a staging copy on the host (a full disk there is not a full partition). */
+    private readonly staging = false,
   ) {}
 
   /** SOURCE_DATE_EPOCH, when set: the time given to everything written (reproducible builds). */
@@ -90,8 +92,16 @@ export class DirWriter {
     return (await readdir(this.host(p))).sort();
   }
 
-  private wrapSpace(err: unknown, needed: number): never {
+  private async wrapSpace(err: unknown, needed: number): Promise<never> {
     if ((err as NodeJS.ErrnoException).code === 'ENOSPC' || (err as NodeJS.ErrnoException).code === 'EDQUOT') {
+      // A mounted partition with room left: it is the disk holding the image (behind the loop device) that is full.
+      const st = this.staging ? null : await statfs(this.root).catch(() => null);
+      if (this.staging || (st && st.bavail * st.bsize >= needed)) {
+        throw new OemError(`no space left on the device holding ${this.staging ? `the staging copy of ${partName(this.target)} (${this.root})` : this.target.imagePath} while writing ${partName(this.target)}`, {
+          code: 'noSpace',
+          hint: 'free some space there, or write elsewhere (--output-dir, OEM_TMPDIR)',
+        });
+      }
       throw noSpace(this.target, needed, undefined);
     }
     throw err;
@@ -103,7 +113,7 @@ export class DirWriter {
         await this.applyOne(e);
       } catch (err) {
         if (err instanceof OemError) throw err;
-        this.wrapSpace(err, needed);
+        await this.wrapSpace(err, needed);
       }
     }
   }

@@ -8,9 +8,8 @@
  * where that user is root (`unshare --user --map-root-user`), so root-owned files stay root-owned.
  *
  * With SOURCE_DATE_EPOCH the result is reproducible: mkfs.btrfs takes inode numbers from the staging
- * files, so as root the staging directory is a fresh tmpfs (whose inode numbers follow the order files
- * are made in), and src/write/btrfs-normalize.ts replaces what mkfs.btrfs draws at random or from the
- * clock. Without root the inode numbers come from the host's filesystem and differ between runs.
+ * files, so it is given a copy on a fresh tmpfs in a private mount namespace (REPRODUCIBLE_MKFS), and
+ * src/write/btrfs-normalize.ts replaces what mkfs.btrfs draws at random or from the clock.
  *
  * What it cannot do: keep hard links, snapshots and subvolumes, special files, or the original
  * on-disk layout and compression (files are stored uncompressed); and without root it cannot give a
@@ -21,7 +20,7 @@ import { normalizeBtrfs } from './btrfs-normalize.js';
 import { execa } from 'execa';
 import { mkdir, open, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { acquire, tempDir } from '../cleanup.js';
+import { tempDir } from '../cleanup.js';
 import { OemError } from '../errors.js';
 import { sparseCopyInto, sparseCopyRange } from '../image/sparse.js';
 import { run, which } from '../tools.js';
@@ -31,14 +30,12 @@ import { noSpace, partName, type PartitionSession, type PartitionTarget } from '
 
 const isRoot = () => process.getuid?.() === 0;
 
-/** Mounts a fresh tmpfs on `dir` (room for twice the partition); returns its release. */
-async function stagingTmpfs(dir: string, size: number): Promise<() => Promise<void>> {
-  await run('mount', ['-t', 'tmpfs', '-o', `mode=755,nosuid,nodev,size=${2 * size}`, 'oem-staging', dir], 'mount a staging tmpfs');
-  return acquire(`staging tmpfs ${dir}`, async () => {
-    const u = await run('umount', [dir], 'unmount the staging tmpfs', { allowFail: true });
-    if (u.exitCode !== 0) await run('umount', ['-l', dir], 'unmount the staging tmpfs', { allowFail: true });
-  });
-}
+/**
+ * With SOURCE_DATE_EPOCH, mkfs.btrfs runs in a private mount namespace on a copy of the staging tree
+ * in a fresh tmpfs, whose inode numbers (which mkfs.btrfs keeps) follow the copy's order: the same
+ * tree gives the same filesystem. The tmpfs goes away with the namespace.
+ */
+const REPRODUCIBLE_MKFS = 'set -e; mount -t tmpfs -o "mode=755,size=$1" oem-staging "$2"; cp -a "$3/." "$2/"; shift 3; exec "$@"';
 
 export class RootlessBtrfsSession implements PartitionSession {
   private changed = false;
@@ -47,18 +44,15 @@ export class RootlessBtrfsSession implements PartitionSession {
     private readonly work: { path: string; release: () => Promise<void> },
     private readonly root: string,
     private readonly writer: DirWriter,
-    private readonly unmount: (() => Promise<void>) | null,
   ) {}
 
   static async open(target: PartitionTarget): Promise<RootlessBtrfsSession> {
     const work = await tempDir('btrfs');
-    let unmount: (() => Promise<void>) | null = null;
     try {
       const img = join(work.path, 'part.img');
       await sparseCopyRange(target.imagePath, target.offset, target.size, img);
       const root = join(work.path, 'root');
       await mkdir(root, { mode: 0o755 });
-      if (isRoot() && sourceDateEpoch() !== undefined) unmount = await stagingTmpfs(root, target.size);
       // Not root: restore in a user namespace where we are root, so owners and modes restore cleanly.
       const r = isRoot()
         ? await run('btrfs', ['restore', '-S', '-m', '-x', img, root], `extract the btrfs filesystem of ${partName(target)}`, { allowFail: true })
@@ -67,9 +61,8 @@ export class RootlessBtrfsSession implements PartitionSession {
         throw new OemError(`cannot read the btrfs filesystem of ${partName(target)}: ${r.stderr.trim().split('\n').pop() ?? ''}`, { code: 'badImage' });
       }
       await rm(img);
-      return new RootlessBtrfsSession(target, work, root, new DirWriter(root, target, !isRoot()), unmount);
+      return new RootlessBtrfsSession(target, work, root, new DirWriter(root, target, !isRoot(), true));
     } catch (err) {
-      await unmount?.();
       await work.release();
       throw err;
     }
@@ -103,12 +96,19 @@ export class RootlessBtrfsSession implements PartitionSession {
     const fh = await open(fresh, 'wx');
     await fh.truncate(t.size);
     await fh.close();
-    const args = ['-q', '-f', ...extra, '--rootdir', this.root, ...(t.fs.label ? ['-L', t.fs.label] : []), ...(t.fs.uuid ? ['-U', t.fs.uuid] : []), fresh];
+    const reproducible = sourceDateEpoch() !== undefined;
+    const stage = join(this.work.path, 'stage');
+    if (reproducible) await mkdir(stage, { recursive: true });
+    const args = ['-q', '-f', ...extra, '--rootdir', reproducible ? stage : this.root, ...(t.fs.label ? ['-L', t.fs.label] : []), ...(t.fs.uuid ? ['-U', t.fs.uuid] : []), fresh];
     const mkfsBin = (await which('mkfs.btrfs')) ?? 'mkfs.btrfs';
+    const cmd = reproducible ? ['--mount', (await which('sh')) ?? 'sh', '-c', REPRODUCIBLE_MKFS, 'sh', String(2 * t.size), stage, this.root, mkfsBin, ...args] : [mkfsBin, ...args];
     // Not root: in a user namespace the invoking user's files are root's, as they should be in OEM.
+    const unshare = (await which('unshare')) ?? 'unshare';
     const mkfs = isRoot()
-      ? await execa(mkfsBin, args, { reject: false })
-      : await execa((await which('unshare')) ?? 'unshare', ['--user', '--map-root-user', mkfsBin, ...args], { reject: false });
+      ? reproducible
+        ? await execa(unshare, cmd, { reject: false })
+        : await execa(mkfsBin, args, { reject: false })
+      : await execa(unshare, ['--user', '--map-root-user', ...cmd], { reject: false });
     if (mkfs.exitCode !== 0) {
       const why = String(mkfs.stderr).trim().split('\n').filter((l) => /ERROR|error/.test(l)).pop() ?? String(mkfs.stderr).trim().split('\n').pop() ?? '';
       if (/no space|too small|ENOSPC|not enough/i.test(why)) {
@@ -149,7 +149,6 @@ export class RootlessBtrfsSession implements PartitionSession {
       }
       await sparseCopyInto(fresh, t.imagePath, t.offset);
     } finally {
-      await this.unmount?.();
       await this.work.release();
     }
   }
