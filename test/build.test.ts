@@ -494,6 +494,29 @@ describe('SOURCE_DATE_EPOCH', () => {
     expect(files).toEqual((await readdir(join(outs[1]!, 'azure'))).sort());
     for (const f of files) expect(await sha512(join(outs[1]!, 'azure', f)), f).toBe(await sha512(join(outs[0]!, 'azure', f)));
     const disk = await raw(join(outs[0]!, 'azure', 'flatcar_production_azure_image.bin.bz2'));
+    // Without root too (the rootless backend, mkfs.btrfs in user and mount namespaces).
+    if (process.getuid?.() === 0) {
+      const { BIN } = await import('./helpers/cli.js');
+      const shared = await mkdtemp(join(tmpdir(), 'oem-nobody-'));
+      try {
+        await execa('chmod', ['0777', shared]);
+        for (const f of [fixtures.key.publicKeyPath, agent, key]) await copyFile(f, join(shared, f.split('/').pop()!));
+        await execa('chmod', ['-R', 'a+rX', shared]);
+        const digests: string[] = [];
+        for (const side of ['x', 'y']) {
+          const out = join(shared, side);
+          const args = ['build', '--provider', 'azure', '--format', 'raw', '--compress', 'none', '--ssh-key', join(shared, key.split('/').pop()!), '--distro', 'flatcar', '--base-url', `${server.url}/flatcar/{channel}/{board}`, '--key', join(shared, fixtures.key.publicKeyPath.split('/').pop()!), '--cache-dir', join(shared, 'cache'), '--output-dir', out, '--agent', join(shared, agent.split('/').pop()!)];
+          const r = await execa('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', process.execPath, BIN, ...args], { reject: false, env: { HOME: shared, SOURCE_DATE_EPOCH: '1700000000', OEM_TMPDIR: shared, TMPDIR: shared } });
+          expect(r.exitCode, String(r.stderr)).toBe(0);
+          expect(String(r.stdout)).toContain('rootless backend');
+          digests.push(await sha512(join(out, 'azure', 'flatcar_production_azure_image.bin')));
+          await new Promise((ok) => setTimeout(ok, 1100));
+        }
+        expect(digests[1]).toBe(digests[0]);
+      } finally {
+        await rm(shared, { recursive: true, force: true });
+      }
+    }
     await fsck(disk, 6, 'btrfs');
     await fsck(disk, 9, 'ext4');
     const tree = await readTree(disk, 6, 'btrfs');
