@@ -32,10 +32,13 @@ const isRoot = () => process.getuid?.() === 0;
 
 /**
  * With SOURCE_DATE_EPOCH, mkfs.btrfs runs in a private mount namespace on a copy of the staging tree
- * in a fresh tmpfs, whose inode numbers (which mkfs.btrfs keeps) follow the copy's order: the same
- * tree gives the same filesystem. The tmpfs goes away with the namespace.
+ * in a fresh tmpfs, whose inode numbers (which mkfs.btrfs keeps) follow the copy's order (by name):
+ * the same tree gives the same filesystem. The tmpfs goes away with the namespace.
  */
-const REPRODUCIBLE_MKFS = 'set -e; mount -t tmpfs -o "mode=755,size=$1" oem-staging "$2"; cp -a "$3/." "$2/"; shift 3; exec "$@"';
+const REPRODUCIBLE_MKFS =
+  'set -e; mount -t tmpfs -o "mode=755,size=$1" oem-staging "$2"; ' +
+  // Copied in name order (not the host directory's order, which depends on its history).
+  'tar -C "$3" --sort=name --xattrs --numeric-owner -cf - . | tar -C "$2" --xattrs --numeric-owner -xpf -; shift 3; exec "$@"';
 
 export class RootlessBtrfsSession implements PartitionSession {
   private changed = false;
