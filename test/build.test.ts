@@ -457,7 +457,20 @@ describe('oem build artifacts: formats, compression, signatures', () => {
     const img = r.json.builds[0]!.image;
     await execa('gpg', ['--batch', '--verify', `${img}.sig`, img], { env });
     await execa('gpg', ['--batch', '--verify', `${img}.DIGESTS.asc`], { env });
+    const checked = await oemJson<{ verified: boolean; digests: string; signedDigests: string }>(['verify', img, '--key', pub]);
+    expect(checked.result.exitCode).toBe(0);
+    expect(checked.json).toMatchObject({ verified: true, digests: `${img}.DIGESTS`, signedDigests: `${img}.DIGESTS.asc` });
+    // A .DIGESTS.asc that gpg --clearsign made reads the same way.
+    const asc = await readFile(`${img}.DIGESTS.asc`, 'utf8');
+    await execa('gpg', ['--batch', '--yes', '--clearsign', '--output', `${img}.DIGESTS.asc`, `${img}.DIGESTS`], { env });
     expect((await oem(['verify', img, '--key', pub])).exitCode).toBe(0);
+    // One changed digit in the signed text: refused, whatever the detached .sig says.
+    const sha = (await sha512(img)).slice(0, 8);
+    await writeFile(`${img}.DIGESTS.asc`, asc.replace(sha, `${sha.slice(0, 7)}${sha[7] === '0' ? '1' : '0'}`));
+    const tampered = await oem(['verify', img, '--key', pub]);
+    expect(tampered.exitCode).toBe(4);
+    expect(expectCleanError(tampered)).toMatch(/DIGESTS\.asc: BAD signature/);
+    await writeFile(`${img}.DIGESTS.asc`, asc);
     const m = JSON.parse(await readFile(join(out, 'qemu', 'manifest.json'), 'utf8'));
     expect(m.signingKey.fingerprint).toMatch(/^[0-9A-F]{40}$/);
     // A public key is not a signing key: refused before anything is built.

@@ -197,6 +197,59 @@ export async function verifyDetached(
   };
 }
 
+export interface CleartextVerification {
+  /** The signed text, as signed (what the signature covers). */
+  text: string;
+  key: string;
+  signingKeyFingerprint: string;
+  signedAt: string;
+}
+
+/**
+ * Verifies a cleartext-signed message (a release's `.DIGESTS.asc`, as `gpg --clearsign` writes it)
+ * with the trusted keys and gives back the signed text; only that text may be used afterwards.
+ */
+export async function verifyCleartext(armored: string, name: string, trusted: TrustedKeys): Promise<CleartextVerification> {
+  let message: openpgp.CleartextMessage;
+  try {
+    message = await openpgp.readCleartextMessage({ cleartextMessage: armored });
+  } catch (err) {
+    throw new OemError(`${name} is not a cleartext-signed message: ${describe(err)}`, { code: 'verification' });
+  }
+  const result = await openpgp.verify({ message, verificationKeys: trusted.keys, expectSigned: false });
+  const v = result.signatures[0];
+  if (!v) throw new OemError(`${name} holds no signature`, { code: 'verification' });
+  const issuer = v.keyID.toHex().toUpperCase();
+  let found: { owner: openpgp.PublicKey; signer: openpgp.PublicKey | openpgp.Subkey } | undefined;
+  for (const k of trusted.keys) {
+    for (const candidate of [k, ...k.subkeys]) if (candidate.getKeyID().toHex().toUpperCase() === issuer) found ??= { owner: k, signer: candidate };
+  }
+  if (!found) {
+    throw new OemError(`${name}: signed by unknown key ${issuer}, not by ${trusted.source}`, {
+      code: 'verification',
+      hint: 'pass the right public key with --key',
+    });
+  }
+  await checkNotRevoked(name, found.owner, found.signer);
+  try {
+    await v.verified;
+  } catch (err) {
+    const why = describe(err);
+    throw new OemError(
+      /digest did not match|signature did not match/i.test(why)
+        ? `${name}: BAD signature from ${keyName(found.owner)}: the signed text was changed`
+        : `${name}: signature by ${found.signer.getFingerprint().toUpperCase()} of ${keyName(found.owner)} does not verify: ${why}`,
+      { code: 'verification' },
+    );
+  }
+  return {
+    text: result.data as string,
+    key: keyName(found.owner),
+    signingKeyFingerprint: found.signer.getFingerprint().toUpperCase(),
+    signedAt: ((await v.signature).packets[0]?.created ?? new Date(0)).toISOString(),
+  };
+}
+
 /** Parses a .DIGESTS file: algorithm (md5, sha1, sha512, ...) -> file name -> hex digest. */
 export function parseDigests(text: string): Record<string, Record<string, string>> {
   const out: Record<string, Record<string, string>> = {};
