@@ -106,12 +106,21 @@ export async function precheckSignature(signature: Buffer, sigName: string, trus
   const sig = await readSignature(signature, sigName);
   const packet = sig.packets[0];
   if (!packet) throw new OemError(`${sigName} holds no signature`, { code: 'verification' });
-  const issuer = packet.issuerKeyID.toHex().toUpperCase();
+  return { sig, packet, ...(await trustedSigner(packet.issuerKeyID, trusted, name)) };
+}
+
+/** The trusted key (and its subkey) that made a signature with this issuer, if neither is revoked. */
+async function trustedSigner(
+  issuerKeyID: openpgp.KeyID,
+  trusted: TrustedKeys,
+  name: string,
+): Promise<{ owner: openpgp.PublicKey; signer: openpgp.PublicKey | openpgp.Subkey }> {
+  const issuer = issuerKeyID.toHex().toUpperCase();
   for (const k of trusted.keys) {
     for (const candidate of [k, ...k.subkeys]) {
       if (candidate.getKeyID().toHex().toUpperCase() === issuer) {
         await checkNotRevoked(name, k, candidate);
-        return { sig, packet, owner: k, signer: candidate };
+        return { owner: k, signer: candidate };
       }
     }
   }
@@ -219,18 +228,7 @@ export async function verifyCleartext(armored: string, name: string, trusted: Tr
   const result = await openpgp.verify({ message, verificationKeys: trusted.keys, expectSigned: false });
   const v = result.signatures[0];
   if (!v) throw new OemError(`${name} holds no signature`, { code: 'verification' });
-  const issuer = v.keyID.toHex().toUpperCase();
-  let found: { owner: openpgp.PublicKey; signer: openpgp.PublicKey | openpgp.Subkey } | undefined;
-  for (const k of trusted.keys) {
-    for (const candidate of [k, ...k.subkeys]) if (candidate.getKeyID().toHex().toUpperCase() === issuer) found ??= { owner: k, signer: candidate };
-  }
-  if (!found) {
-    throw new OemError(`${name}: signed by unknown key ${issuer}, not by ${trusted.source}`, {
-      code: 'verification',
-      hint: 'pass the right public key with --key',
-    });
-  }
-  await checkNotRevoked(name, found.owner, found.signer);
+  const found = await trustedSigner(v.keyID, trusted, name);
   try {
     await v.verified;
   } catch (err) {
