@@ -470,6 +470,20 @@ describe('oem build artifacts: formats, compression, signatures', () => {
     const tampered = await oem(['verify', img, '--key', pub]);
     expect(tampered.exitCode).toBe(4);
     expect(expectCleanError(tampered)).toMatch(/DIGESTS\.asc: BAD signature/);
+    // Well signed, but for other bytes: refused on the SHA512 line.
+    const wrongDigests = join(work, `wrong-${n++}.DIGESTS`);
+    await writeFile(wrongDigests, (await readFile(`${img}.DIGESTS`, 'utf8')).replace(sha, `${sha.slice(0, 7)}${sha[7] === '0' ? '1' : '0'}`));
+    await execa('gpg', ['--batch', '--yes', '--clearsign', '--output', `${img}.DIGESTS.asc`, wrongDigests], { env });
+    const mismatch = await oem(['verify', img, '--key', pub]);
+    expect(mismatch.exitCode).toBe(4);
+    expect(expectCleanError(mismatch)).toMatch(/SHA512 .* does not match .*DIGESTS\.asc/);
+    // Signed by a key that is not trusted: refused, naming the key.
+    const other = await mkdtemp(join(work, 'gpg-'));
+    await execa('gpg', ['--batch', '--pinentry-mode', 'loopback', '--passphrase', '', '--quick-gen-key', 'Other <other@example.org>', 'ed25519', 'sign', 'never'], { env: { GNUPGHOME: other } });
+    await execa('gpg', ['--batch', '--yes', '--clearsign', '--output', `${img}.DIGESTS.asc`, `${img}.DIGESTS`], { env: { GNUPGHOME: other } });
+    const untrusted = await oem(['verify', img, '--key', pub]);
+    expect(untrusted.exitCode).toBe(4);
+    expect(expectCleanError(untrusted)).toMatch(/DIGESTS\.asc: signed by unknown key/);
     await writeFile(`${img}.DIGESTS.asc`, asc);
     const m = JSON.parse(await readFile(join(out, 'qemu', 'manifest.json'), 'utf8'));
     expect(m.signingKey.fingerprint).toMatch(/^[0-9A-F]{40}$/);

@@ -54,7 +54,7 @@ export default class Verify extends OemCommand {
       }
       if (data.includes('-----BEGIN PGP SIGNED MESSAGE-----')) {
         const signed = await verifyCleartext(data, basename(path), trusted);
-        checkDigests(signed.text, basename(path), basename(file), v.sha512);
+        checkDigests(signed, basename(path), basename(file), v.sha512);
         signedDigests = path;
       } else {
         checkDigests(data, basename(path), basename(file), v.sha512);

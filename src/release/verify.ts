@@ -206,19 +206,11 @@ export async function verifyDetached(
   };
 }
 
-export interface CleartextVerification {
-  /** The signed text, as signed (what the signature covers). */
-  text: string;
-  key: string;
-  signingKeyFingerprint: string;
-  signedAt: string;
-}
-
 /**
  * Verifies a cleartext-signed message (a release's `.DIGESTS.asc`, as `gpg --clearsign` writes it)
  * with the trusted keys and gives back the signed text; only that text may be used afterwards.
  */
-export async function verifyCleartext(armored: string, name: string, trusted: TrustedKeys): Promise<CleartextVerification> {
+export async function verifyCleartext(armored: string, name: string, trusted: TrustedKeys): Promise<string> {
   let message: openpgp.CleartextMessage;
   try {
     message = await openpgp.readCleartextMessage({ cleartextMessage: armored });
@@ -240,12 +232,7 @@ export async function verifyCleartext(armored: string, name: string, trusted: Tr
       { code: 'verification' },
     );
   }
-  return {
-    text: result.data as string,
-    key: keyName(found.owner),
-    signingKeyFingerprint: found.signer.getFingerprint().toUpperCase(),
-    signedAt: ((await v.signature).packets[0]?.created ?? new Date(0)).toISOString(),
-  };
+  return result.data as string;
 }
 
 /** Parses a .DIGESTS file: algorithm (md5, sha1, sha512, ...) -> file name -> hex digest. */
