@@ -10,8 +10,9 @@
  * Reproducibility: the same raw image, name and mtime give the same bytes for raw, qcow2, vmdk, vhd,
  * gce, both boxes and ova. qemu-img itself writes a random content ID into VMDK descriptors and a
  * creation time and random unique ID into VHD footers; both are replaced here by values derived from
- * the name, mtime and size (see `seeded`). Likewise for VHDX (`fixVhdx`): qemu-img's random sequence
- * numbers and GUIDs in both headers (CRC-32C protected), the log entry and the disk ID (Page83Data).
+ * the name, mtime and size (see `seeded`). Likewise for VHDX (`normalizeVhdx`): qemu-img's random
+ * sequence numbers and GUIDs in both headers, the disk ID, and the replayed log, which also holds
+ * uninitialized memory.
  */
 import { createHash, type Hash } from 'node:crypto';
 import { crc32c } from '../image/crc32c.js';
@@ -133,7 +134,7 @@ const CONVERTERS: Record<Format, (c: Ctx) => Promise<void>> = {
   vhd: (c) => vhd(c),
   vhdx: async (c) => {
     await qemuImg(['convert', '-f', 'raw', '-O', 'vhdx', '-o', 'subformat=dynamic', c.raw, c.out], 'convert the image to VHDX', c);
-    await fixVhdx(c);
+    await normalizeVhdx(c.out, (purpose) => seeded(purpose, c));
   },
   gce: async (c) => {
     // GCE imports a gzip'd tar in GNU format whose only member is disk.raw.
@@ -275,9 +276,18 @@ const KiB = 1024;
 const VHDX_METADATA_REGION = Buffer.from('06a27c8b90479a4bb8fe575f050f886e', 'hex');
 const VHDX_PAGE83 = Buffer.from('ab12cabee6b2234593efc309e000c746', 'hex');
 
-/** Replaces what qemu-img draws at random in a VHDX (see the top of this file) with seeded values. */
-async function fixVhdx(c: Ctx): Promise<void> {
-  const fh = await open(c.out, 'r+');
+/**
+ * Replaces what qemu-img leaves random or history-dependent in a VHDX with seeded values: the
+ * sequence numbers and GUIDs of both headers (CRC-32C protected), the disk ID (Page83Data), and the
+ * log. qemu-img writes one log entry per block it allocates and replays it at once, so on a cleanly
+ * closed image the log is inactive (LogGuid zero) and what is left in the log region is history:
+ * GUIDs, sequence numbers and, in each entry's descriptor sector, bytes of uninitialized memory
+ * (qemu does not clear that buffer, so its content depends on what the process did before, and
+ * differs between runs on a busy machine). An inactive log is never read (VHDX 1.0, 2.3.3), so the
+ * whole region is zeroed. An image whose log is still active is refused.
+ */
+export async function normalizeVhdx(path: string, seed: (purpose: string) => Buffer): Promise<void> {
+  const fh = await open(path, 'r+');
   try {
     const read = async (at: number, n: number) => {
       const b = Buffer.alloc(n);
@@ -285,48 +295,38 @@ async function fixVhdx(c: Ctx): Promise<void> {
       return b;
     };
     const headers = [await read(64 * KiB, 4 * KiB), await read(128 * KiB, 4 * KiB)];
-    if (!headers.every((h) => h.toString('latin1', 0, 4) === 'head')) throw new OemError(`qemu-img wrote a VHDX without the two headers: ${c.out}`);
+    if (!headers.every((h) => h.toString('latin1', 0, 4) === 'head')) throw new OemError(`qemu-img wrote a VHDX without the two headers: ${path}`);
     const current = headers[0]!.readBigUInt64LE(8) > headers[1]!.readBigUInt64LE(8) ? 0 : 1;
+    if (headers[current]!.subarray(48, 64).some((x) => x !== 0)) throw new OemError(`qemu-img left an active log in the VHDX ${path}`);
     const logOffset = Number(headers[current]!.readBigUInt64LE(72));
     const logLength = headers[current]!.readUInt32LE(68);
-    const logGuid = Buffer.from(headers[current]!.subarray(48, 64));
+    if (logOffset < MiB || logOffset % MiB || logLength % MiB || logLength > 256 * MiB) throw new OemError(`unexpected VHDX log location in ${path}`);
     headers.forEach((h, i) => {
       h.writeBigUInt64LE(i === current ? 2n : 1n, 8);
-      uuidInto(seeded('vhdx file write', c), h, 16);
-      uuidInto(seeded('vhdx data write', c), h, 32);
-      if (h.subarray(48, 64).some((x) => x !== 0)) uuidInto(seeded('vhdx log', c), h, 48);
+      uuidInto(seed('vhdx file write'), h, 16);
+      uuidInto(seed('vhdx data write'), h, 32);
+      h.fill(0, 48, 64);
       h.writeUInt32LE(0, 4);
       h.writeUInt32LE(crc32c(h), 4);
     });
     await fh.write(headers[0]!, 0, 4 * KiB, 64 * KiB);
     await fh.write(headers[1]!, 0, 4 * KiB, 128 * KiB);
-    // Log entries (replayed or empty, but still carrying the GUID they were written with).
-    for (let at = 0; at + 4 * KiB <= logLength; ) {
-      const head = await read(logOffset + at, 64);
-      if (head.toString('latin1', 0, 4) !== 'loge') break;
-      const len = head.readUInt32LE(8);
-      if (len < 4 * KiB || len % (4 * KiB) || at + len > logLength) break;
-      const entry = await read(logOffset + at, len);
-      if (entry.subarray(32, 48).some((x) => x !== 0) && (logGuid.every((x) => x === 0) || entry.subarray(32, 48).equals(logGuid))) uuidInto(seeded('vhdx log', c), entry, 32);
-      entry.writeUInt32LE(0, 4);
-      entry.writeUInt32LE(crc32c(entry), 4);
-      await fh.write(entry, 0, len, logOffset + at);
-      at += len;
-    }
+    const zeros = Buffer.alloc(MiB);
+    for (let at = 0; at < logLength; at += MiB) await fh.write(zeros, 0, MiB, logOffset + at);
     // The disk ID, in the metadata region.
     const regions = await read(192 * KiB, 64 * KiB);
-    if (regions.toString('latin1', 0, 4) !== 'regi') return;
+    if (regions.toString('latin1', 0, 4) !== 'regi') throw new OemError(`qemu-img wrote a VHDX without a region table: ${path}`);
     for (let i = 0; i < regions.readUInt32LE(8); i++) {
       const e = 16 + i * 32;
       if (!regions.subarray(e, e + 16).equals(VHDX_METADATA_REGION)) continue;
       const metaAt = Number(regions.readBigUInt64LE(e + 16));
       const table = await read(metaAt, 64 * KiB);
-      if (table.toString('latin1', 0, 8) !== 'metadata') return;
+      if (table.toString('latin1', 0, 8) !== 'metadata') throw new OemError(`qemu-img wrote a VHDX without a metadata table: ${path}`);
       for (let j = 0; j < table.readUInt16LE(10); j++) {
         const m = 32 + j * 32;
         if (!table.subarray(m, m + 16).equals(VHDX_PAGE83)) continue;
         const id = Buffer.alloc(16);
-        uuidInto(seeded('vhdx disk id', c), id, 0);
+        uuidInto(seed('vhdx disk id'), id, 0);
         await fh.write(id, 0, 16, metaAt + table.readUInt32LE(m + 16));
       }
     }
