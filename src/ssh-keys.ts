@@ -2,11 +2,14 @@
  * SSH public keys for Container Linux images, in the update-ssh-keys layout: each key set is a file
  * `~/.ssh/authorized_keys.d/<set name>`, and `~/.ssh/authorized_keys` is generated from all of them.
  *
- * Everything here is pure except `readKeyFile`. Keys are validated the way sshd would read them: a
- * known key type, base64 key data that decodes to an SSH wire-format public key blob of that type,
- * and an optional options prefix and comment.
+ * Everything here is pure except `readKeyFile`. Keys are validated the way OpenSSH reads them (the
+ * tests check every accepted and refused case against `ssh-keygen -l`): a key type OpenSSH knows,
+ * base64 key data that decodes to an SSH wire-format public key blob of that type, and key material
+ * OpenSSH accepts: RSA moduli of 1024 to 16384 bits, non-negative integers, ECDSA points that are
+ * uncompressed, on their curve (loaded with Node's crypto) and pass OpenSSH's range checks, EdDSA
+ * keys of 32 bytes. An optional options prefix and comment may surround the key.
  */
-import { createHash } from 'node:crypto';
+import { createHash, createPublicKey, verify, type KeyObject } from 'node:crypto';
 import { constants as fsConstants } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { OemError } from './errors.js';
@@ -46,7 +49,6 @@ const PLAIN_KEY_TYPES: Record<string, KeyLayout> = {
   'ssh-rsa': { fields: 2 }, // e, n
   'ssh-dss': { fields: 4 }, // p, q, g, y
   'ssh-ed25519': { fields: 1, fixed: { 0: 32 } },
-  'ssh-ed448': { fields: 1, fixed: { 0: 57 } },
   'ecdsa-sha2-nistp256': { fields: 2, curve: 'nistp256' }, // curve, Q
   'ecdsa-sha2-nistp384': { fields: 2, curve: 'nistp384' },
   'ecdsa-sha2-nistp521': { fields: 2, curve: 'nistp521' },
@@ -96,6 +98,11 @@ class WireReader {
     return out;
   }
 
+  /** The bytes from `start` to the current position. */
+  bufferFrom(start: number): Buffer {
+    return this.buf.subarray(start, this.pos);
+  }
+
   skip(bytes: number): void {
     if (this.buf.length - this.pos < bytes) throw this.truncated();
     this.pos += bytes;
@@ -120,7 +127,8 @@ function showType(raw: Buffer): string {
 }
 
 /**
- * Checks that the key data is a well-formed public key blob of `type`; returns the blob of the
+ * Checks that the key data is a well-formed public key blob of `type` with key material OpenSSH
+ * accepts; returns the blob of the
  * plain public key (for a certificate, the certified key), which is what fingerprints hash.
  */
 function checkBlob(type: string, plainType: string, blob: Buffer): Buffer {
@@ -135,20 +143,9 @@ function checkBlob(type: string, plainType: string, blob: Buffer): Buffer {
   if (inner !== type) {
     throw new LineError(`the key data holds a ${showType(innerRaw)} key, but the line says '${type}'`);
   }
-  const layout = PLAIN_KEY_TYPES[plainType];
-  if (layout === undefined) throw new LineError(`unsupported key type '${type}'`);
   const isCert = type !== plainType;
   if (isCert) reader.string(); // nonce
-  const fieldsStart = reader.offset;
-  for (let i = 0; i < layout.fields; i++) {
-    const field = reader.string();
-    const want = layout.fixed?.[i];
-    if (want !== undefined && field.length !== want) throw reader.truncated();
-    if (i === 0 && layout.curve !== undefined && field.toString('latin1') !== layout.curve) {
-      throw new LineError(`the ${type} key data names curve ${showType(field)}, not '${layout.curve}'`);
-    }
-  }
-  const fields = blob.subarray(fieldsStart, reader.offset);
+  const key = readPlainKey(plainType, reader, type);
   if (isCert) {
     reader.skip(8 + 4); // serial (uint64), cert type (uint32)
     reader.string(); // key id
@@ -157,11 +154,208 @@ function checkBlob(type: string, plainType: string, blob: Buffer): Buffer {
     reader.string(); // critical options
     reader.string(); // extensions
     reader.string(); // reserved
-    reader.string(); // signature key
-    reader.string(); // signature
+    const caBlob = reader.string();
+    const signed = blob.subarray(0, reader.offset);
+    const signature = reader.string();
+    verifyCertificate(type, caBlob, signed, signature);
   }
   if (!reader.done) throw reader.truncated();
-  return isCert ? Buffer.concat([sshString(Buffer.from(plainType, 'latin1')), fields]) : blob;
+  return Buffer.concat([sshString(Buffer.from(plainType, 'latin1')), key.fields]);
+}
+
+interface PlainKey {
+  type: string;
+  /** The wire strings after the type, as given. */
+  strings: Buffer[];
+  /** The same, as OpenSSH writes them back. */
+  fields: Buffer;
+}
+
+/** Reads and checks the fields of a plain key of `plainType` (the type string already read). */
+function readPlainKey(plainType: string, reader: WireReader, what: string): PlainKey {
+  const layout = PLAIN_KEY_TYPES[plainType];
+  if (layout === undefined) throw new LineError(`unsupported key type '${what}'`);
+  const start = reader.offset;
+  const strings: Buffer[] = [];
+  for (let i = 0; i < layout.fields; i++) {
+    const field = reader.string();
+    const want = layout.fixed?.[i];
+    if (want !== undefined && field.length !== want) throw reader.truncated();
+    if (i === 0 && layout.curve !== undefined && field.toString('latin1') !== layout.curve) {
+      throw new LineError(`the ${what} key data names curve ${showType(field)}, not '${layout.curve}'`);
+    }
+    strings.push(field);
+  }
+  return { type: plainType, strings, fields: canonicalFields(plainType, reader.bufferFrom(start)) };
+}
+
+/**
+ * Verifies a certificate's signature by its CA key, as ssh-keygen and sshd do when they read one.
+ * Certificates signed by a security-key (sk-) CA are refused: OpenSSH reads them, this does not.
+ */
+function verifyCertificate(type: string, caBlob: Buffer, signed: Buffer, signature: Buffer): void {
+  const ca = new WireReader(caBlob, `${type} CA`);
+  const caType = ca.string().toString('latin1');
+  if (!Object.hasOwn(PLAIN_KEY_TYPES, caType)) throw new LineError(`the ${type} is signed by an unsupported CA key type ${showType(Buffer.from(caType, 'latin1'))}`);
+  if (caType.startsWith('sk-')) throw new LineError(`the ${type} is signed by a security-key CA (${caType}), which is not supported`);
+  const key = readPlainKey(caType, ca, `${type} CA`);
+  if (!ca.done) throw ca.truncated();
+  const sig = new WireReader(signature, `${type} signature`);
+  const sigType = sig.string().toString('latin1');
+  const sigBlob = sig.string();
+  if (!sig.done) throw sig.truncated();
+  const bad = () => new LineError(`the ${type} has a signature its CA key did not make`);
+  let ok = false;
+  try {
+    switch (caType) {
+      case 'ssh-ed25519':
+        ok = sigType === caType && verify(null, signed, publicKeyOf(key), sigBlob);
+        break;
+      case 'ssh-rsa': {
+        const hash = { 'ssh-rsa': 'sha1', 'rsa-sha2-256': 'sha256', 'rsa-sha2-512': 'sha512' }[sigType];
+        ok = hash !== undefined && verify(hash, signed, publicKeyOf(key), sigBlob);
+        break;
+      }
+      case 'ssh-dss':
+        ok = sigType === caType && sigBlob.length === 40 && verify('sha1', signed, { key: publicKeyOf(key), dsaEncoding: 'ieee-p1363' }, sigBlob);
+        break;
+      default: {
+        // ECDSA: the signature is two mpints, r and s.
+        const curve = CURVES[key.strings[0]!.toString('latin1')]!;
+        const rs = new WireReader(sigBlob, `${type} signature`);
+        const [r, s] = [mpint(rs.string(), type), mpint(rs.string(), type)];
+        if (!rs.done || sigType !== caType || bitLength(r) > curve.bytes * 8 || bitLength(s) > curve.bytes * 8) break;
+        const p1363 = Buffer.concat([fixed(r, curve.bytes), fixed(s, curve.bytes)]);
+        ok = verify(curve.hash, signed, { key: publicKeyOf(key), dsaEncoding: 'ieee-p1363' }, p1363);
+      }
+    }
+  } catch {
+    ok = false;
+  }
+  if (!ok) throw bad();
+}
+
+function fixed(value: bigint, bytes: number): Buffer {
+  return Buffer.from(value.toString(16).padStart(bytes * 2, '0'), 'hex');
+}
+
+/** A checked plain key as a Node KeyObject (for verifying certificate signatures). */
+function publicKeyOf(key: PlainKey): KeyObject {
+  const url = (b: Buffer) => b.toString('base64url');
+  const unsigned = (b: Buffer) => fixed(bigintOf(b), Math.max(1, Math.ceil(bitLength(bigintOf(b)) / 8)));
+  switch (key.type) {
+    case 'ssh-rsa':
+      return createPublicKey({ key: { kty: 'RSA', e: url(unsigned(key.strings[0]!)), n: url(unsigned(key.strings[1]!)) }, format: 'jwk' });
+    case 'ssh-ed25519':
+      return createPublicKey({ key: { kty: 'OKP', crv: 'Ed25519', x: url(key.strings[0]!) }, format: 'jwk' });
+    case 'ssh-dss':
+      return createPublicKey({ key: dsaSpki(key.strings.map((b) => bigintOf(b))), format: 'der', type: 'spki' });
+    default: {
+      const curve = CURVES[key.strings[0]!.toString('latin1')]!;
+      const q = key.strings[1]!;
+      return createPublicKey({ key: { kty: 'EC', crv: curve.jwk, x: url(q.subarray(1, 1 + curve.bytes)), y: url(q.subarray(1 + curve.bytes)) }, format: 'jwk' });
+    }
+  }
+}
+
+/** The DER SubjectPublicKeyInfo of a DSA key (p, q, g, y); JWK has no DSA. */
+function dsaSpki([p, q, g, y]: bigint[]): Buffer {
+  const der = (tag: number, body: Buffer): Buffer => {
+    const n = body.length;
+    const len = n < 0x80 ? Buffer.from([n]) : n < 0x100 ? Buffer.from([0x81, n]) : Buffer.from([0x82, n >> 8, n & 0xff]);
+    return Buffer.concat([Buffer.from([tag]), len, body]);
+  };
+  const int = (v: bigint) => der(0x02, v === 0n ? Buffer.from([0]) : mpintBytes(v));
+  const seq = (...parts: Buffer[]) => der(0x30, Buffer.concat(parts));
+  const dsaOid = Buffer.from('06072a8648ce380401', 'hex'); // 1.2.840.10040.4.1
+  return seq(seq(dsaOid, seq(int(p!), int(q!), int(g!))), der(0x03, Buffer.concat([Buffer.from([0]), int(y!)])));
+}
+
+/** The order of each curve's base point (big-endian), for OpenSSH's public point checks. */
+const CURVES: Record<string, { jwk: string; bytes: number; hash: string; order: bigint }> = {
+  nistp256: { jwk: 'P-256', bytes: 32, hash: 'sha256', order: 0xffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632551n },
+  nistp384: { jwk: 'P-384', bytes: 48, hash: 'sha384', order: 0xffffffffffffffffffffffffffffffffffffffffffffffffc7634d81f4372ddf581a0db248b0a77aecec196accc52973n },
+  nistp521: {
+    jwk: 'P-521',
+    bytes: 66,
+    hash: 'sha512',
+    order: 0x1fffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffa51868783bf2f966b7fcc0148f709a5d03bb5c9b8899c47aebb6fb71e91386409n,
+  },
+};
+
+const MAX_BIGNUM_BYTES = 16384 / 8;
+
+function bigintOf(bytes: Buffer): bigint {
+  return bytes.length === 0 ? 0n : BigInt(`0x${bytes.toString('hex')}`);
+}
+
+function bitLength(n: bigint): number {
+  return n === 0n ? 0 : n.toString(2).length;
+}
+
+/** An SSH mpint's value; refuses negative and oversized ones, as OpenSSH does. */
+function mpint(raw: Buffer, type: string): bigint {
+  if (raw.length > 0 && raw[0]! & 0x80) throw new LineError(`the ${type} key data holds a negative number`);
+  const value = bigintOf(raw);
+  if (bitLength(value) > MAX_BIGNUM_BYTES * 8) throw new LineError(`the ${type} key data holds a number larger than 16384 bits`);
+  return value;
+}
+
+/** The shortest mpint encoding of a non-negative value (what OpenSSH writes, and fingerprints). */
+function mpintBytes(value: bigint): Buffer {
+  if (value === 0n) return Buffer.alloc(0);
+  let hex = value.toString(16);
+  if (hex.length % 2) hex = `0${hex}`;
+  const b = Buffer.from(hex, 'hex');
+  return b[0]! & 0x80 ? Buffer.concat([Buffer.from([0]), b]) : b;
+}
+
+/**
+ * Checks the key material of a plain key's fields (the wire strings after the type) and returns
+ * them as OpenSSH would write them back (integers in their shortest form): ssh-keygen fingerprints
+ * that form, not the bytes given.
+ */
+function canonicalFields(plainType: string, raw: Buffer): Buffer {
+  const reader = new WireReader(raw, plainType);
+  const strings: Buffer[] = [];
+  while (!reader.done) strings.push(reader.string());
+  const out = (parts: Buffer[]) => Buffer.concat(parts.map(sshString));
+  switch (plainType) {
+    case 'ssh-rsa': {
+      const [e, n] = strings.map((x) => mpint(x, plainType)) as [bigint, bigint];
+      const bits = bitLength(n);
+      if (bits < 1024) throw new LineError(`the ssh-rsa key is ${bits} bits; OpenSSH needs at least 1024`);
+      return out([mpintBytes(e), mpintBytes(n)]);
+    }
+    case 'ssh-dss':
+      return out(strings.map((x) => mpintBytes(mpint(x, plainType))));
+    case 'ecdsa-sha2-nistp256':
+    case 'ecdsa-sha2-nistp384':
+    case 'ecdsa-sha2-nistp521':
+    case 'sk-ecdsa-sha2-nistp256@openssh.com':
+      checkEcPoint(plainType, strings[0]!.toString('latin1'), strings[1]!);
+      return raw;
+    default:
+      // EdDSA: 32 bytes, checked by the layout (OpenSSH checks nothing more).
+      return raw;
+  }
+}
+
+/** OpenSSH's checks of an ECDSA public point (sshkey_ec_validate_public), the curve by Node's crypto. */
+function checkEcPoint(type: string, curveName: string, q: Buffer): void {
+  const curve = CURVES[curveName]!;
+  const invalid = () => new LineError(`the ${type} key data is not a valid point on ${curveName}`);
+  if (q.length !== 1 + 2 * curve.bytes || q[0] !== 4) throw invalid();
+  const xb = q.subarray(1, 1 + curve.bytes);
+  const yb = q.subarray(1 + curve.bytes);
+  try {
+    createPublicKey({ key: { kty: 'EC', crv: curve.jwk, x: xb.toString('base64url'), y: yb.toString('base64url') }, format: 'jwk' });
+  } catch {
+    throw invalid();
+  }
+  const [x, y] = [bigintOf(xb), bigintOf(yb)];
+  const half = Math.floor(bitLength(curve.order) / 2);
+  if (bitLength(x) <= half || bitLength(y) <= half || x >= curve.order - 1n || y >= curve.order - 1n) throw invalid();
 }
 
 function fingerprintOf(plainBlob: Buffer): string {

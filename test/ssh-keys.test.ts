@@ -1,4 +1,5 @@
 import { execFileSync, spawnSync } from 'node:child_process';
+import { generateKeyPairSync } from 'node:crypto';
 import { mkdir, mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -69,6 +70,20 @@ async function rejection(p: Promise<unknown>): Promise<OemError> {
     return err as OemError;
   }
   throw new Error('expected an OemError, the promise resolved');
+}
+
+/** A valid public point of a NIST curve as SSH carries it (uncompressed), or compressed. */
+function ecPoint(crv: 'P-256' | 'P-384' | 'P-521', form: 'uncompressed' | 'compressed' = 'uncompressed'): Buffer {
+  const jwk = generateKeyPairSync('ec', { namedCurve: crv }).publicKey.export({ format: 'jwk' });
+  const x = Buffer.from(jwk.x!, 'base64url');
+  const y = Buffer.from(jwk.y!, 'base64url');
+  return form === 'uncompressed' ? Buffer.concat([Buffer.from([4]), x, y]) : Buffer.concat([Buffer.from([2 + (y[y.length - 1]! & 1)]), x]);
+}
+
+/** An RSA modulus of `bits` bits as an SSH mpint (with its leading zero byte). */
+function rsaModulus(bits: number): Buffer {
+  const jwk = generateKeyPairSync('rsa', { modulusLength: bits }).publicKey.export({ format: 'jwk' });
+  return Buffer.concat([Buffer.from([0]), Buffer.from(jwk.n!, 'base64url')]);
 }
 
 function b64(parts: (string | Buffer)[]): string {
@@ -182,19 +197,26 @@ describe('parseAuthorizedKeys', () => {
     );
   });
 
-  it('accepts the other key types when the blob is well formed', () => {
+  it('accepts the other key types when the blob is well formed and the key material valid', () => {
     const cases: [string, (string | Buffer)[]][] = [
       ['ssh-dss', ['ssh-dss', Buffer.alloc(129, 1), Buffer.alloc(21, 1), Buffer.alloc(128, 1), Buffer.alloc(128, 1)]],
-      ['ssh-ed448', ['ssh-ed448', Buffer.alloc(57, 1)]],
-      ['ecdsa-sha2-nistp521', ['ecdsa-sha2-nistp521', 'nistp521', Buffer.alloc(133, 4)]],
+      ['ecdsa-sha2-nistp521', ['ecdsa-sha2-nistp521', 'nistp521', ecPoint('P-521')]],
       ['sk-ssh-ed25519@openssh.com', ['sk-ssh-ed25519@openssh.com', Buffer.alloc(32, 1), 'ssh:']],
-      ['sk-ecdsa-sha2-nistp256@openssh.com', ['sk-ecdsa-sha2-nistp256@openssh.com', 'nistp256', Buffer.alloc(65, 4), 'ssh:']],
+      ['sk-ecdsa-sha2-nistp256@openssh.com', ['sk-ecdsa-sha2-nistp256@openssh.com', 'nistp256', ecPoint('P-256'), 'ssh:']],
     ];
     for (const [type, parts] of cases) {
       const [key] = parseAuthorizedKeys(`${type} ${b64(parts)} x`, 'k');
       expect(key?.type).toBe(type);
       expect(key?.fingerprint).toMatch(/^SHA256:[A-Za-z0-9+/]{43}$/);
     }
+  });
+
+  it('refuses key material OpenSSH refuses: ssh-ed448, points off the curve or compressed, short RSA moduli, negative numbers', () => {
+    expectUsage(() => parseAuthorizedKeys(`ssh-ed448 ${b64(['ssh-ed448', Buffer.alloc(57, 1)])}`, 'k'), "k line 1: unsupported key type 'ssh-ed448'");
+    expectUsage(() => parseAuthorizedKeys(`ecdsa-sha2-nistp521 ${b64(['ecdsa-sha2-nistp521', 'nistp521', Buffer.alloc(133, 4)])}`, 'k'), 'k line 1: the ecdsa-sha2-nistp521 key data is not a valid point on nistp521');
+    expectUsage(() => parseAuthorizedKeys(`ecdsa-sha2-nistp256 ${b64(['ecdsa-sha2-nistp256', 'nistp256', ecPoint('P-256', 'compressed')])}`, 'k'), /not a valid point on nistp256/);
+    expectUsage(() => parseAuthorizedKeys(`ssh-rsa ${b64(['ssh-rsa', Buffer.from([1, 0, 1]), rsaModulus(768)])}`, 'k'), 'k line 1: the ssh-rsa key is 768 bits; OpenSSH needs at least 1024');
+    expectUsage(() => parseAuthorizedKeys(`ssh-rsa ${b64(['ssh-rsa', Buffer.from([1, 0, 1]), rsaModulus(1024).subarray(1)])}`, 'k'), 'k line 1: the ssh-rsa key data holds a negative number');
   });
 
   it('rejects private keys', () => {
@@ -394,9 +416,8 @@ describe('readKeyFile', () => {
   });
 });
 
-const HAS_SSH_KEYGEN = spawnSync('which', ['ssh-keygen']).status === 0;
-
-describe.runIf(HAS_SSH_KEYGEN)('against ssh-keygen', () => {
+// ssh-keygen comes with openssh-client (packages.txt): without it these fail, they are not skipped.
+describe('against ssh-keygen', () => {
   let dir: string;
   const keygen = (...args: string[]) => execFileSync('ssh-keygen', args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
   /** The SHA-256 fingerprints `ssh-keygen -lf` prints for a file, one per key. */
@@ -419,6 +440,73 @@ describe.runIf(HAS_SSH_KEYGEN)('against ssh-keygen', () => {
     gen('rsa-pkcs8', '-t', 'rsa', '-b', '2048', '-m', 'PKCS8');
     gen('ca', '-t', 'ed25519');
     keygen('-q', '-s', join(dir, 'ca'), '-I', 'test', '-n', 'core', join(dir, 'rsa.pub'));
+    // A certificate of the ed25519 key from a CA of every type ssh-keygen makes.
+    for (const [ca, ...args] of [['ca-rsa', '-t', 'rsa', '-b', '2048'], ['ca-ecdsa256', '-t', 'ecdsa', '-b', '256'], ['ca-ecdsa384', '-t', 'ecdsa', '-b', '384'], ['ca-ecdsa521', '-t', 'ecdsa', '-b', '521'], ['ca-dsa', '-t', 'dsa'], ['ca-ed25519', '-t', 'ed25519']] as const) {
+      gen(ca, ...args);
+      await mkdir(join(dir, ca + '.d'));
+      await writeFile(join(dir, `${ca}.d`, 'user.pub'), await readFile(join(dir, 'ed25519.pub')));
+      keygen('-q', '-s', join(dir, ca), ...(ca === 'ca-rsa' ? ['-t', 'rsa-sha2-256'] : []), '-I', 'test', '-n', 'core', join(dir, `${ca}.d`, 'user.pub'));
+    }
+  });
+
+  /** ssh-keygen's verdict on one line: its fingerprint, or null when it refuses the key. */
+  let probe = 0;
+  const keygenVerdict = async (line: string): Promise<string | null> => {
+    const path = join(dir, `probe-${probe++}.pub`);
+    await writeFile(path, `${line}\n`);
+    const r = spawnSync('ssh-keygen', ['-l', '-E', 'sha256', '-f', path], { encoding: 'utf8' });
+    return r.status === 0 ? field(r.stdout.trim(), 1) : null;
+  };
+  const ourVerdict = (line: string): string | null => {
+    try {
+      return parseAuthorizedKeys(line, 'k')[0]!.fingerprint;
+    } catch (err) {
+      expect(err).toBeInstanceOf(OemError);
+      return null;
+    }
+  };
+
+  it('accepts and refuses exactly the keys ssh-keygen -l does, with its fingerprints', async () => {
+    const certs = await Promise.all(['ca-rsa', 'ca-ecdsa256', 'ca-ecdsa384', 'ca-ecdsa521', 'ca-dsa', 'ca-ed25519'].map(async (ca) => (await readFile(join(dir, `${ca}.d`, 'user-cert.pub'), 'utf8')).trim()));
+    /** The same line with one byte of its key data flipped (`at` < 0: counted from the end). */
+    const flip = (line: string, at: number) => {
+      const [type, data, ...rest] = line.split(' ');
+      const b = Buffer.from(data!, 'base64');
+      b[at < 0 ? b.length + at : at]! ^= 1;
+      return [type, b.toString('base64'), ...rest].join(' ');
+    };
+    const rsa1024 = rsaModulus(1024);
+    const e = Buffer.from([1, 0, 1]);
+    const p256 = ecPoint('P-256');
+    const offCurve = Buffer.from(ecPoint('P-521'));
+    offCurve[offCurve.length - 1]! ^= 1;
+    const cases: [string, string, boolean][] = [
+      ...PUBLIC.map((name): [string, string, boolean] => [name, '', true]),
+      ...certs.map((c, i): [string, string, boolean] => [`certificate ${i}`, c, true]),
+      ...certs.map((c, i): [string, string, boolean] => [`certificate ${i}, signature changed`, flip(c, -5), false]),
+      ...certs.map((c, i): [string, string, boolean] => [`certificate ${i}, nonce changed`, flip(c, 50), false]),
+      ['ssh-ed448', `ssh-ed448 ${b64(['ssh-ed448', Buffer.alloc(57, 1)])}`, false],
+      ['ed25519, any 32 bytes', `ssh-ed25519 ${b64(['ssh-ed25519', Buffer.alloc(32, 0xff)])}`, true],
+      ['nistp521 off the curve', `ecdsa-sha2-nistp521 ${b64(['ecdsa-sha2-nistp521', 'nistp521', offCurve])}`, false],
+      ['nistp521 filler', `ecdsa-sha2-nistp521 ${b64(['ecdsa-sha2-nistp521', 'nistp521', Buffer.alloc(133, 4)])}`, false],
+      ['nistp256 compressed', `ecdsa-sha2-nistp256 ${b64(['ecdsa-sha2-nistp256', 'nistp256', ecPoint('P-256', 'compressed')])}`, false],
+      ['nistp384 valid', `ecdsa-sha2-nistp384 ${b64(['ecdsa-sha2-nistp384', 'nistp384', ecPoint('P-384')])}`, true],
+      ['sk-ecdsa valid', `sk-ecdsa-sha2-nistp256@openssh.com ${b64(['sk-ecdsa-sha2-nistp256@openssh.com', 'nistp256', p256, 'ssh:'])}`, true],
+      ['sk-ecdsa filler', `sk-ecdsa-sha2-nistp256@openssh.com ${b64(['sk-ecdsa-sha2-nistp256@openssh.com', 'nistp256', Buffer.alloc(65, 4), 'ssh:'])}`, false],
+      ['sk-ed25519', `sk-ssh-ed25519@openssh.com ${b64(['sk-ssh-ed25519@openssh.com', Buffer.alloc(32, 1), 'ssh:'])}`, true],
+      ['rsa 768', `ssh-rsa ${b64(['ssh-rsa', e, rsaModulus(768)])}`, false],
+      ['rsa 1024', `ssh-rsa ${b64(['ssh-rsa', e, rsa1024])}`, true],
+      ['rsa, negative modulus', `ssh-rsa ${b64(['ssh-rsa', e, rsa1024.subarray(1)])}`, false],
+      ['rsa, exponent with a needless zero byte', `ssh-rsa ${b64(['ssh-rsa', Buffer.concat([Buffer.from([0]), e]), rsa1024])}`, true],
+      ['dsa filler', `ssh-dss ${b64(['ssh-dss', Buffer.alloc(129, 1), Buffer.alloc(21, 1), Buffer.alloc(128, 1), Buffer.alloc(128, 1)])}`, true],
+      ['dsa, negative', `ssh-dss ${b64(['ssh-dss', Buffer.alloc(129, 0x81), Buffer.alloc(21, 1), Buffer.alloc(128, 1), Buffer.alloc(128, 1)])}`, false],
+    ];
+    for (const [name, given, accepted] of cases) {
+      const line = given || (await readFile(join(dir, name), 'utf8')).trim();
+      const theirs = await keygenVerdict(line);
+      expect(theirs !== null, `ssh-keygen on ${name}`).toBe(accepted);
+      expect(ourVerdict(line), name).toBe(theirs);
+    }
   });
   afterAll(async () => {
     if (dir !== undefined) await rm(dir, { recursive: true, force: true });
