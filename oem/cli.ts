@@ -16,6 +16,75 @@ import type { ProviderEnv } from './providers/types.js';
 
 export const AGENT_VERSION = '0.1.0';
 
+const PROVIDER_OPTIONS = `options:
+  --root DIR                        the system's root (default /)
+  --provider ID                     the platform (default: flatcar.oem.id= or coreos.oem.id=
+                                    on the kernel command line); one of:
+                                    ${PROVIDER_IDS.join(', ')}
+  --metadata-url URL  --config-drive DIR  --serial-device PATH  --vmtoolsd CMD
+  --dhcp-server ADDR  --azure-dvd DIR  --cmdline TEXT
+  --http-tries N  --http-timeout-ms N  --http-backoff-ms N  --http-max-backoff-ms N
+                                    where to find the platform's data, and how to ask
+  -h, --help                        show this help
+`;
+
+/** Each subcommand's usage line(s) and description, as `oem-agent <command> --help` prints them. */
+const COMMAND_HELP = {
+  validate: `usage: oem-agent validate FILE
+
+Checks a provisioning config and prints every problem with its path, line and column.
+Exit 0 when valid, 1 otherwise.
+`,
+  provision: `usage: oem-agent provision [--config FILE] [--root DIR] [--dry-run] [--force]
+
+Applies the provisioning config once (first boot): storage, users, groups, files, links, systemd
+and networkd units. A stamp under the root records success; a failed run leaves none.
+
+options:
+  --config FILE                     the config (default /usr/share/oem/config.yml)
+  --root DIR                        the system's root (default /)
+  --dry-run                         print what would be done, change nothing
+  --force                           apply again even when the stamp says it was done
+  -h, --help                        show this help
+`,
+  metadata: `usage: oem-agent metadata [--attributes FILE] [options]
+
+Writes the platform's attributes as KEY=VALUE lines (default ${METADATA_FILE}).
+
+  --attributes FILE                 where to write them
+${PROVIDER_OPTIONS}`,
+  'ssh-keys': `usage: oem-agent ssh-keys [--user USER] [options]
+
+Writes the platform's SSH keys for USER (default core) as the key set coreos-metadata of
+~USER/.ssh/authorized_keys.d, then regenerates ~USER/.ssh/authorized_keys.
+
+  --user USER                       whose keys
+${PROVIDER_OPTIONS}`,
+  hostname: `usage: oem-agent hostname [options]
+
+Writes the platform's hostname to /etc/hostname.
+
+${PROVIDER_OPTIONS}`,
+  network: `usage: oem-agent network [options]
+
+Writes the platform's network configuration as networkd units to /etc/systemd/network.
+
+${PROVIDER_OPTIONS}`,
+  userdata: `usage: oem-agent userdata [--stamp-dir DIR] [options]
+
+Applies the platform's userdata: an agent config (version: 1) once, a #cloud-config with
+coreos-cloudinit; anything else is saved.
+
+  --stamp-dir DIR                   where the once-only stamp is kept
+${PROVIDER_OPTIONS}`,
+  version: `usage: oem-agent version
+
+Prints the agent's version.
+`,
+} as const;
+
+type Command = keyof typeof COMMAND_HELP;
+
 const USAGE = `usage: oem-agent <command> [options]
 
 commands:
@@ -33,16 +102,10 @@ commands:
                                     a #cloud-config with coreos-cloudinit; else save it
   version                           print the version
 
+\`oem-agent <command> --help\` shows a command's options.
+
 options of metadata, ssh-keys, hostname, network and userdata:
-  --root DIR                        the system's root (default /)
-  --provider ID                     the platform (default: flatcar.oem.id= or coreos.oem.id=
-                                    on the kernel command line); one of:
-                                    ${PROVIDER_IDS.join(', ')}
-  --metadata-url URL  --config-drive DIR  --serial-device PATH  --vmtoolsd CMD
-  --dhcp-server ADDR  --azure-dvd DIR  --cmdline TEXT
-  --http-tries N  --http-timeout-ms N  --http-backoff-ms N  --http-max-backoff-ms N
-                                    where to find the platform's data, and how to ask
-`;
+${PROVIDER_OPTIONS.replace(/^options:\n/, '')}`;
 
 /** Where the program's output goes (default: the process's stdout and stderr). */
 export interface CliIo {
@@ -62,6 +125,10 @@ const storageHook: StorageHook = async (storage, ctx) => {
 /** Runs oem-agent with these arguments; resolves to the exit code. */
 export async function run(argv: string[], io: CliIo = PROCESS_IO): Promise<number> {
   const [cmd, ...rest] = argv;
+  if (cmd !== undefined && Object.hasOwn(COMMAND_HELP, cmd) && (rest.includes('--help') || rest.includes('-h'))) {
+    io.stdout(COMMAND_HELP[cmd as Command]);
+    return 0;
+  }
   try {
     switch (cmd) {
       case 'version':
@@ -103,9 +170,15 @@ async function load(path: string, io: CliIo): Promise<Awaited<ReturnType<typeof 
 }
 
 async function validate(args: string[], io: CliIo): Promise<number> {
-  const { positionals } = parseArgs({ args, allowPositionals: true, options: {} });
+  let positionals: string[];
+  try {
+    positionals = parseArgs({ args, allowPositionals: true, options: {} }).positionals;
+  } catch (err) {
+    io.stderr(`oem-agent validate: ${describe(err)}\n${COMMAND_HELP.validate}`);
+    return 2;
+  }
   if (positionals.length !== 1) {
-    io.stderr('usage: oem-agent validate FILE\n');
+    io.stderr(COMMAND_HELP.validate);
     return 2;
   }
   const config = await load(positionals[0]!, io);
@@ -115,15 +188,21 @@ async function validate(args: string[], io: CliIo): Promise<number> {
 }
 
 async function runProvision(args: string[], io: CliIo): Promise<number> {
-  const { values } = parseArgs({
-    args,
-    options: {
-      config: { type: 'string', default: '/usr/share/oem/config.yml' },
-      root: { type: 'string', default: '/' },
-      'dry-run': { type: 'boolean', default: false },
-      force: { type: 'boolean', default: false },
-    },
-  });
+  let values: { config: string; root: string; 'dry-run': boolean; force: boolean };
+  try {
+    values = parseArgs({
+      args,
+      options: {
+        config: { type: 'string', default: '/usr/share/oem/config.yml' },
+        root: { type: 'string', default: '/' },
+        'dry-run': { type: 'boolean', default: false },
+        force: { type: 'boolean', default: false },
+      },
+    }).values;
+  } catch (err) {
+    io.stderr(`oem-agent provision: ${describe(err)}\n${COMMAND_HELP.provision}`);
+    return 2;
+  }
   const config = await load(values.config, io);
   if (!config) {
     io.stderr(`oem-agent: ${values.config} is not a valid config; nothing applied\n`);
@@ -233,7 +312,7 @@ async function providerCommand(cmd: ProviderCommand, args: string[], io: CliIo):
     const parsed = parseArgs({ args, options: { ...COMMON_OPTIONS, ...EXTRA_OPTIONS[cmd] }, strict: true, allowPositionals: false });
     values = parsed.values as unknown as Record<string, string | boolean | undefined>;
   } catch (err) {
-    io.stderr(`oem-agent ${cmd}: ${describe(err)}\n${USAGE}`);
+    io.stderr(`oem-agent ${cmd}: ${describe(err)}\n${COMMAND_HELP[cmd]}`);
     return 2;
   }
   const env = envFromOptions(values, (line) => io.stdout(`oem-agent: ${line}\n`));

@@ -32,6 +32,25 @@ describe('the built oem-agent executable', () => {
     expect((await stat(AGENT)).size).toBeGreaterThan(10_000_000);
   });
 
+  it('--help and -h on every subcommand print its usage and exit 0; a bad option prints it and exits 2', async () => {
+    for (const cmd of ['validate', 'provision', 'metadata', 'ssh-keys', 'hostname', 'network', 'userdata', 'version']) {
+      for (const flag of ['--help', '-h']) {
+        const r = await agent([cmd, flag]);
+        expect(r.exitCode, `${cmd} ${flag}: ${r.stderr}`).toBe(0);
+        expect(r.stdout, `${cmd} ${flag}`).toMatch(new RegExp(`^usage: oem-agent ${cmd}\\b`));
+        expect(r.stderr).toBe('');
+      }
+    }
+    expect((await agent(['metadata', '--help'])).stdout).toContain('--attributes FILE');
+    expect((await agent(['provision', '-h'])).stdout).toContain('--dry-run');
+    const bad = await agent(['hostname', '--bogus']);
+    expect(bad.exitCode).toBe(2);
+    expect(bad.stderr).toMatch(/^oem-agent hostname: .*--bogus.*\nusage: oem-agent hostname/);
+    const top = await agent(['--help']);
+    expect(top.exitCode).toBe(0);
+    expect(top.stdout).toContain('oem-agent <command> --help');
+  });
+
   it('validate reports every problem with path, line and column, exit 1', async () => {
     const f = join(work, 'bad.yml');
     await writeFile(f, 'version: 1\nsystemd:\n  units:\n    - name: foo\n      content: "[Service]\\nExecStart=/bin/true\\n"\nfiles:\n  - path: etc/motd\n    content: hi\n');
