@@ -12,8 +12,8 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
-if ! command -v node >/dev/null || [ "$(node -p 'process.versions.node.split(".")[0]')" -lt 20 ]; then
-  echo "install-deps: Node.js 20 or newer is needed (found: $(node --version 2>/dev/null || echo none))." >&2
+if ! command -v node >/dev/null || ! node -e 'const [a, b] = process.versions.node.split(".").map(Number); process.exit(a > 20 || (a === 20 && b >= 15) ? 0 : 1)'; then
+  echo "install-deps: Node.js 20.15 or newer is needed (found: $(node --version 2>/dev/null || echo none))." >&2
   echo "install-deps: Debian 12's own nodejs is 18; install Node.js 20 LTS from nodejs.org or NodeSource." >&2
   exit 1
 fi
