@@ -15,6 +15,7 @@ import { readAndValidateConfig } from '../oem/config/validate.js';
 import { formatProblem } from '../oem/config/types.js';
 import { OemError } from './errors.js';
 import { compressFile, COMPRESSION_SUFFIX, type Compression } from './artifacts/compress.js';
+import type { ProgressSink, ProgressUnit } from './progress.js';
 import { artifactName, COMPRESSIBLE, convert, type Format } from './artifacts/formats.js';
 import { clearsign, loadSigningKey, signFile, type SigningKey } from './artifacts/sign.js';
 import { FileSource, SliceSource } from './image/byte-source.js';
@@ -66,6 +67,8 @@ export interface BuildOptions {
   signPassphrase?: string;
   concurrency?: number;
   log?: (line: string) => void;
+  /** Steps and their progress (downloading, decoding, each provider's artifacts). */
+  progress?: ProgressSink;
 }
 
 export interface ArtifactInfo {
@@ -245,6 +248,8 @@ async function pool<T, R>(items: T[], n: number, fn: (item: T) => Promise<R>): P
 
 export async function build(opts: BuildOptions): Promise<BuildResult> {
   const log = opts.log ?? (() => {});
+  const step = opts.progress?.step ?? (() => {});
+  const progress = opts.progress?.progress ?? (() => {});
   const all = await loadProviders(opts.templates);
   const wanted: Provider[] = opts.allProviders ? all : [...new Map(opts.providers.map((n) => findProvider(all, n)).map((p) => [p.id, p])).values()];
   if (!wanted.length) throw new OemError('no provider given: use --provider P (repeatable) or --all-providers', { code: 'usage', hint: 'see oem providers' });
@@ -265,7 +270,14 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
     const lb = await localBase(opts, log);
     base = { ...lb, distro: 'flatcar', version: '', versionFields: lb.versionTxt ?? {} };
   } else {
-    const f = await fetchRelease({ ...(opts.fetch as FetchOptions), ...(opts.keyFiles?.length ? { keyFiles: opts.keyFiles } : {}), insecure: opts.insecure ?? false, log });
+    step(`fetching the ${opts.fetch?.distro ?? 'flatcar'} ${opts.fetch?.channel ?? 'stable'} release`);
+    const f = await fetchRelease({
+      ...(opts.fetch as FetchOptions),
+      ...(opts.keyFiles?.length ? { keyFiles: opts.keyFiles } : {}),
+      insecure: opts.insecure ?? false,
+      log,
+      onProgress: (d, t) => progress(d, t, 'bytes'),
+    });
     base = {
       compressed: f.image,
       distro: f.distro,
@@ -288,7 +300,13 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
   try {
     // Decompress the base once (kept in the cache for the next build); every provider starts from a
     // sparse or reflinked copy of it.
-    const prepared = await prepareBase(base.compressed, base.sha512, { cacheDir: opts.fetch?.cacheDir ?? defaultCacheDir(), workDir: work, log });
+    step('preparing the base image');
+    const prepared = await prepareBase(base.compressed, base.sha512, {
+      cacheDir: opts.fetch?.cacheDir ?? defaultCacheDir(),
+      workDir: work,
+      log,
+      onProgress: (done, total) => progress(done, total, 'percent'),
+    });
     const baseRaw = prepared.raw;
 
     // What the base is: generation and version from the image itself where the release did not say.
@@ -324,7 +342,7 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
 
     const prefixes: SharedPrefixes = { dir: work, made: new Map() };
     const concurrency = opts.concurrency ?? Math.max(1, Math.min(availableParallelism(), 4));
-    const builds = await pool(wanted, concurrency, (p) => buildOne(p, { opts, signer, base, baseRaw, baseIndex: prepared.index, layout: layout!, prefixes, generation, agent, sshKeys, config, backend, outputDir, work, log })).catch(
+    const builds = await pool(wanted, concurrency, (p) => buildOne(p, { opts, signer, base, baseRaw, baseIndex: prepared.index, layout: layout!, prefixes, generation, agent, sshKeys, config, backend, outputDir, work, log, step, progress })).catch(
       (err: unknown) => {
         if (!(err instanceof OemError) && (err as NodeJS.ErrnoException).code === 'ENOSPC') {
           throw new OemError(`no space left on the device of ${outputDir} (the working images and the artifacts are written there)`, { code: 'noSpace', hint: 'free some space, or use another --output-dir' });
@@ -371,6 +389,8 @@ interface Ctx {
   outputDir: string;
   work: string;
   log: (l: string) => void;
+  step: (title: string) => void;
+  progress: (done: number, total: number | undefined, unit?: ProgressUnit) => void;
 }
 
 async function buildOne(p: Provider, c: Ctx): Promise<ProviderBuild> {
@@ -419,6 +439,7 @@ async function buildOne(p: Provider, c: Ctx): Promise<ProviderBuild> {
     const targets = await partitionTargets(raw, c.sshKeys.length ? ['oem', 'root'] : ['oem']);
     const oemPlan = normalizePlan({ partitions: { oem: rendered.entries } }).partitions.oem!;
     const written: Region[] = [targets.oem, ...(c.sshKeys.length ? [targets.root] : [])].map((t) => ({ offset: t.offset, size: t.size }));
+    c.step(`${p.id}: writing the OEM partition${c.sshKeys.length ? ' and the keys into ROOT' : ''}`);
     const s = await openSession(targets.oem, c.backend);
     let ok = false;
     try {
@@ -448,6 +469,8 @@ async function buildOne(p: Provider, c: Ctx): Promise<ProviderBuild> {
       const compress = COMPRESSIBLE[format] && compression !== 'none';
       const name = compress ? plain + COMPRESSION_SUFFIX[compression] : plain;
       const out = join(tmpDir, name);
+      c.step(`${p.id}: ${name}`);
+      const onCompress = (done: number, total: number) => c.progress(done, total, 'percent');
       let tool = '';
       let h: { md5: string; sha1: string; sha512: string; size: number } | undefined;
       if (format === 'raw' && reuse && c.baseIndex) {
@@ -458,12 +481,12 @@ async function buildOne(p: Provider, c: Ctx): Promise<ProviderBuild> {
         h = r;
       } else if (format === 'raw' && compress) {
         await wholeImage();
-        tool = (await compressFile(raw, out, compression)).tool;
+        tool = (await compressFile(raw, out, compression, undefined, onCompress)).tool;
       } else {
         const converted = compress ? join(c.work, `${p.id}.${format}`) : out;
         await convert(raw, format, converted, { name: plain.replace(/\.[^.]+$/, ''), mtime });
         if (compress) {
-          tool = (await compressFile(converted, out, compression)).tool;
+          tool = (await compressFile(converted, out, compression, undefined, onCompress)).tool;
           await rm(converted, { force: true });
         }
       }
@@ -471,8 +494,8 @@ async function buildOne(p: Provider, c: Ctx): Promise<ProviderBuild> {
       const digests = digestsText([{ name, ...h }]);
       await writeFile(join(tmpDir, `${name}.DIGESTS`), digests);
       if (c.signer) {
-        await writeFile(join(tmpDir, `${name}.sig`), await signFile(out, c.signer, mtime));
-        await writeFile(join(tmpDir, `${name}.DIGESTS.asc`), await clearsign(digests, c.signer, mtime));
+        await writeFile(join(tmpDir, `${name}.sig`), await signFile(out, c.signer));
+        await writeFile(join(tmpDir, `${name}.DIGESTS.asc`), await clearsign(digests, c.signer));
       }
       c.log(`${p.id}: ${name} (${h.size} bytes${tool ? `, compressed with ${tool}` : ''}${c.signer ? ', signed' : ''})`);
       artifacts.push({ name, path: name, format, compression: compress ? compression : 'none', size: h.size, sha512: h.sha512 });

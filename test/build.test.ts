@@ -170,6 +170,44 @@ describe('oem build options and failures', () => {
     expect(json.find((p) => p.id === 'gce')!.aliases).toEqual(['gcp']);
   });
 
+  it('shows each step: plain oem: lines without a terminal, listr2 on one, nothing but the result on stdout with --json', async () => {
+    // A cache of its own: the release is downloaded and the base decoded, as on a first run.
+    const args = (tag: string) => ['build', '--provider', 'qemu', '--format', 'raw', '--format', 'qcow2', '--distro', 'flatcar', '--base-url', `${server.url}/flatcar/{channel}/{board}`, '--key', fixtures.key.publicKeyPath, '--cache-dir', join(work, `steps-cache-${tag}`), '--output-dir', join(work, `steps-${tag}`), '--no-agent'];
+    const steps = [
+      'oem: fetching the flatcar stable release',
+      'oem: preparing the base image',
+      'oem: qemu: writing the OEM partition',
+      'oem: qemu: flatcar_production_qemu_image.bin.bz2',
+      'oem: qemu: flatcar_production_qemu_image.qcow2.bz2',
+    ];
+    const plain = await oem(args('plain'));
+    expect(plain.exitCode, plain.stderr).toBe(0);
+    const lines = plain.stderr.split('\n');
+    let at = -1;
+    for (const step of steps) {
+      const i = lines.indexOf(step);
+      expect(i, `${step} in order in:\n${plain.stderr}`).toBeGreaterThan(at);
+      at = i;
+    }
+    expect(plain.stderr).toMatch(/^oem: qemu: flatcar_production_qemu_image\.qcow2\.bz2 \(\d+ bytes, compressed with l?bzip2\)$/m);
+    const json = await oemJson<BuildResult>(args('json'));
+    expect(json.result.exitCode).toBe(0);
+    expect(json.result.stdout.trim().startsWith('{')).toBe(true);
+    for (const step of steps) expect(json.result.stderr.split('\n')).toContain(step);
+    // On a terminal (a pty from script(1)); not under CI, which always gets plain lines.
+    const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => k !== 'CI')) as Record<string, string>;
+    const { BIN } = await import('./helpers/cli.js');
+    const cmd = [process.execPath, BIN, ...args('tty')].map((a) => `'${a.replace(/'/g, "'\\''")}'`).join(' ');
+    const tty = await execa('script', ['-qfec', `stty cols 200 rows 50; ${cmd}`, '/dev/null'], { env: { ...env, TERM: 'xterm', NO_COLOR: '1' }, extendEnv: false, reject: false, stdin: 'ignore' });
+    expect(tty.exitCode, String(tty.stdout)).toBe(0);
+    const screen = String(tty.stdout);
+    // Step titles come and go with the renderer's frames; the task and the milestone lines stay.
+    // eslint-disable-next-line no-control-regex
+    expect(screen).toMatch(/✔(?:\x1b\[[0-9;]*m)* Building/);
+    expect(screen).toMatch(/qemu: flatcar_production_qemu_image\.qcow2\.bz2 \(\d+ bytes/);
+    expect(screen).not.toMatch(/^oem: /m);
+  });
+
   it('builds from a local image by alias, with a forced generation and the user config', async () => {
     const out = join(work, `local-${n++}`);
     const cfg = join(work, 'config.yml');
@@ -452,11 +490,19 @@ describe('oem build artifacts: formats, compression, signatures', () => {
     const pub = join(work, `public-${n++}.asc`);
     await writeFile(pub, (await execa('gpg', ['--batch', '--export', '--armor'], { env })).stdout);
     const out = join(work, `signed-${n++}`);
-    const r = await oemJson<BuildResult>(['build', '--provider', 'qemu', '--sign-key', secret, ...mirrorArgs('flatcar'), '--output-dir', out, '--no-agent'], { env: { OEM_TMPDIR: work } });
-    expect(r.result.exitCode).toBe(0);
+    // A release pipeline's SOURCE_DATE_EPOCH (its last commit) is older than its signing key: the
+    // signatures carry the key's creation time instead, the one deterministic time the key can sign at.
+    const r = await oemJson<BuildResult>(['build', '--provider', 'qemu', '--sign-key', secret, ...mirrorArgs('flatcar'), '--output-dir', out, '--no-agent'], { env: { OEM_TMPDIR: work, SOURCE_DATE_EPOCH: '1700000000' } });
+    expect(r.result.exitCode, r.result.stderr).toBe(0);
     const img = r.json.builds[0]!.image;
     await execa('gpg', ['--batch', '--verify', `${img}.sig`, img], { env });
     await execa('gpg', ['--batch', '--verify', `${img}.DIGESTS.asc`], { env });
+    const keyCreated = (await execa('gpg', ['--batch', '--with-colons', '--list-keys'], { env })).stdout.split('\n').find((l) => l.startsWith('pub:'))!.split(':')[5]!;
+    expect(Number(keyCreated)).toBeGreaterThan(1700000000);
+    for (const f of [`${img}.sig`, `${img}.DIGESTS.asc`]) {
+      const packets = (await execa('gpg', ['--batch', '--list-packets', f], { env, reject: false })).stdout;
+      expect(packets, f).toContain(`created ${keyCreated}`);
+    }
     const checked = await oemJson<{ verified: boolean; digests: string; signedDigests: string }>(['verify', img, '--key', pub]);
     expect(checked.result.exitCode).toBe(0);
     expect(checked.json).toMatchObject({ verified: true, digests: `${img}.DIGESTS`, signedDigests: `${img}.DIGESTS.asc` });

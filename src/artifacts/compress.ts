@@ -20,7 +20,7 @@
  */
 import { execa, type Options } from 'execa';
 import { createReadStream, createWriteStream } from 'node:fs';
-import { open, rm, type FileHandle } from 'node:fs/promises';
+import { open, readFile, rm, type FileHandle } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { constants as zlibConstants, createGzip } from 'node:zlib';
@@ -90,6 +90,32 @@ function toolEnv(): Record<string, string> {
   return env;
 }
 
+/**
+ * How far a filter has read its input: the tool reads the file description we opened (its stdin),
+ * so the file offset in /proc/self/fdinfo is its position. Polled twice a second; nothing on
+ * systems without /proc.
+ */
+function watchReads(src: FileHandle, onProgress: (done: number, total: number) => void): { stop(): void } {
+  let total = 0;
+  let busy = false;
+  const timer = setInterval(() => {
+    if (busy) return;
+    busy = true;
+    void (async () => {
+      try {
+        total ||= (await src.stat()).size;
+        const m = /^pos:\s*(\d+)/m.exec(await readFile(`/proc/self/fdinfo/${src.fd}`, 'utf8'));
+        if (m && total) onProgress(Math.min(Number(m[1]), total), total);
+      } catch {
+        // No /proc, or the file closed: no progress to report.
+      } finally {
+        busy = false;
+      }
+    })();
+  }, 500);
+  return { stop: () => clearInterval(timer) };
+}
+
 /** zstd records the size in its frame header when told it (as it does when given a file name). */
 async function extraArgs(tool: string, src: FileHandle): Promise<string[]> {
   if (tool !== 'zstd') return [];
@@ -119,7 +145,13 @@ function lastLine(stderr: unknown, exitCode: number | undefined): string {
  * OemError 'missingTool' naming the Debian package, a full disk an OemError 'noSpace', an abort
  * through `signal` an OemError 'interrupted'.
  */
-export async function compressFile(input: string, output: string, kind: Compression, signal?: AbortSignal): Promise<{ tool: string }> {
+export async function compressFile(
+  input: string,
+  output: string,
+  kind: Compression,
+  signal?: AbortSignal,
+  onProgress?: (done: number, total: number) => void,
+): Promise<{ tool: string }> {
   const plan = await planFor(kind);
   if (signal?.aborted) throw new OemError('interrupted while compressing', { code: 'interrupted' });
   let src: FileHandle;
@@ -154,11 +186,12 @@ export async function compressFile(input: string, output: string, kind: Compress
       const common: Options = { stderr: 'pipe', reject: false, env: toolEnv(), extendEnv: false, ...(signal ? { cancelSignal: signal } : {}) };
       // File descriptors as stdin/stdout: execa passes them to spawn() as they are (its types only
       // list 3 to 9): the tool reads the input and writes the output itself.
-      const r =
-        plan.kind === 'copy'
+      const watch = plan.kind === 'filter' && onProgress ? watchReads(src, onProgress) : undefined;
+      const r = await (plan.kind === 'copy'
           ? // cp writes the file we created (O_TRUNC, no O_EXCL); it seeks over runs of zeros.
-            await execa(plan.tool, ['--sparse=always', '--', resolve(input), resolve(output)], { ...common, stdin: 'ignore', stdout: 'ignore' })
-          : await execa(plan.tool, [...plan.args, ...(await extraArgs(plan.tool, src))], { ...common, stdin: src.fd, stdout: dst.fd } as Options);
+            execa(plan.tool, ['--sparse=always', '--', resolve(input), resolve(output)], { ...common, stdin: 'ignore', stdout: 'ignore' })
+          : execa(plan.tool, [...plan.args, ...(await extraArgs(plan.tool, src))], { ...common, stdin: src.fd, stdout: dst.fd } as Options)
+      ).finally(() => watch?.stop());
       if (r.isCanceled || signal?.aborted) throw new OemError('interrupted while compressing', { code: 'interrupted' });
       if (r.exitCode !== 0) {
         const stderr = String(r.stderr ?? '');

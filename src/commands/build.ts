@@ -72,6 +72,7 @@ export default class Build extends OemCommand {
         ...pass,
         ...(flags.concurrency ? { concurrency: flags.concurrency } : {}),
         log: (l) => rep.log(l),
+        progress: rep,
       }),
     );
     if (r.base.insecure) process.stderr.write('oem: WARNING: --insecure: the base image was NOT verified (recorded in each manifest)\n');
