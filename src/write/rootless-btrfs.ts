@@ -31,14 +31,23 @@ import { noSpace, partName, type PartitionSession, type PartitionTarget } from '
 const isRoot = () => process.getuid?.() === 0;
 
 /**
- * With SOURCE_DATE_EPOCH, mkfs.btrfs runs in a private mount namespace on a copy of the staging tree
- * in a fresh tmpfs, whose inode numbers (which mkfs.btrfs keeps) follow the copy's order (by name):
- * the same tree gives the same filesystem. The tmpfs goes away with the namespace.
+ * mkfs.btrfs runs in a private mount namespace that hides the machine's block devices
+ * (/proc/partitions and /sys/block, and no blkid cache): it refuses a UUID that a device in the
+ * system already carries, and the OEM filesystem keeps the UUID it has in the image, which every
+ * other copy of the release (a loop device of a concurrent build, say) has too.
+ *
+ * With SOURCE_DATE_EPOCH it is also given a copy of the staging tree in a fresh tmpfs, whose inode
+ * numbers (which mkfs.btrfs keeps) follow the copy's order (by name): the same tree gives the same
+ * filesystem. The tmpfs goes away with the namespace.
+ *
+ * Arguments: the tmpfs size, the tmpfs mount point and the staging tree (empty strings without
+ * SOURCE_DATE_EPOCH), then the mkfs.btrfs command.
  */
-const REPRODUCIBLE_MKFS =
-  'set -e; mount -t tmpfs -o "mode=755,size=$1" oem-staging "$2"; ' +
+const MKFS_IN_NAMESPACE =
+  'set -e; mount --bind /dev/null /proc/partitions; mount -t tmpfs -o size=64k oem-no-devices /sys/block; ' +
+  'if [ -n "$1" ]; then mount -t tmpfs -o "mode=755,size=$1" oem-staging "$2"; ' +
   // Copied in name order (not the host directory's order, which depends on its history).
-  'tar -C "$3" --sort=name --xattrs --numeric-owner -cf - . | tar -C "$2" --xattrs --numeric-owner -xpf -; shift 3; exec "$@"';
+  'tar -C "$3" --sort=name --xattrs --numeric-owner -cf - . | tar -C "$2" --xattrs --numeric-owner -xpf -; fi; shift 3; exec "$@"';
 
 export class RootlessBtrfsSession implements PartitionSession {
   private changed = false;
@@ -104,14 +113,12 @@ export class RootlessBtrfsSession implements PartitionSession {
     if (reproducible) await mkdir(stage, { recursive: true });
     const args = ['-q', '-f', ...extra, '--rootdir', reproducible ? stage : this.root, ...(t.fs.label ? ['-L', t.fs.label] : []), ...(t.fs.uuid ? ['-U', t.fs.uuid] : []), fresh];
     const mkfsBin = (await which('mkfs.btrfs')) ?? 'mkfs.btrfs';
-    const cmd = reproducible ? ['--mount', (await which('sh')) ?? 'sh', '-c', REPRODUCIBLE_MKFS, 'sh', String(2 * t.size), stage, this.root, mkfsBin, ...args] : [mkfsBin, ...args];
+    const sh = (await which('sh')) ?? 'sh';
+    const cmd = ['--mount', sh, '-c', MKFS_IN_NAMESPACE, 'sh', ...(reproducible ? [String(2 * t.size), stage, this.root] : ['', '', '']), mkfsBin, ...args];
     // Not root: in a user namespace the invoking user's files are root's, as they should be in OEM.
     const unshare = (await which('unshare')) ?? 'unshare';
-    const mkfs = isRoot()
-      ? reproducible
-        ? await execa(unshare, cmd, { reject: false })
-        : await execa(mkfsBin, args, { reject: false })
-      : await execa(unshare, ['--user', '--map-root-user', ...cmd], { reject: false });
+    const env = { BLKID_FILE: '/dev/null' };
+    const mkfs = await execa(unshare, isRoot() ? cmd : ['--user', '--map-root-user', ...cmd], { reject: false, env });
     if (mkfs.exitCode !== 0) {
       const why = String(mkfs.stderr).trim().split('\n').filter((l) => /ERROR|error/.test(l)).pop() ?? String(mkfs.stderr).trim().split('\n').pop() ?? '';
       if (/no space|too small|ENOSPC|not enough/i.test(why)) {
