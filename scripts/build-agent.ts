@@ -90,8 +90,10 @@ async function main(): Promise<void> {
   await writeFile(seaConfig, JSON.stringify({ main: bundle, output: blob, disableExperimentalSEAWarning: true, useSnapshot: false, useCodeCache: false }));
   await execa(x64, ['--experimental-sea-config', seaConfig], { cwd: out });
 
-  for (const arch of ARCHES) {
-    const node = arch === 'x64' ? x64 : await nodeBinary(arch);
+  // Both boards at once: the xz -9e of each (single-threaded at that level) gets its own core.
+  const arm64 = await nodeBinary('arm64');
+  await Promise.all(ARCHES.map(async (arch) => {
+    const node = arch === 'x64' ? x64 : arm64;
     const target = join(out, `oem-agent-linux-${arch}`);
     const tmp = `${target}.tmp`;
     await copyFile(node, tmp);
@@ -103,7 +105,7 @@ async function main(): Promise<void> {
     log(`built ${target} (${((await stat(target)).size / 1048576).toFixed(1)} MiB)`);
     await execa('sh', ['-c', `xz -9e -T0 -c "${target}" > "${target}.xz.tmp" && mv "${target}.xz.tmp" "${target}.xz"`]);
     log(`compressed ${target}.xz (${((await stat(`${target}.xz`)).size / 1048576).toFixed(1)} MiB)`);
-  }
+  }));
   await rm(blob, { force: true });
   await rm(seaConfig, { force: true });
   await writeFile(stampFile, inputs);

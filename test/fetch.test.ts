@@ -1,6 +1,7 @@
 import { access, mkdtemp, readFile, readdir, rm, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { existsSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import * as openpgp from 'openpgp';
@@ -412,11 +413,20 @@ describe('bundled official keys', () => {
     expect(OFFICIAL_KEYS.coreos.fingerprint).toBe('04127D0BFABEC8871FFB2CCE50E0885593D2DCB4');
   });
 
-  it('are the same bytes as the official keys in shared/', async () => {
+  it('are the official key files, byte for byte (SHA-256 pinned from shared/keys/)', async () => {
+    const pinned: Record<string, string> = {
+      'flatcar-image-signing-key.asc': '74a1ecbc274577853f4e50596289eb7bcbb70737941df0135dc91ac79ae2c331',
+      'coreos-image-signing-key.asc': '4177fe3f761494dce1b021841b670766d4250472e4f77dc2faba2a5b8e91c0ff',
+    };
+    for (const [f, sha] of Object.entries(pinned)) {
+      expect(createHash('sha256').update(await readFile(join(__dirname, '..', 'keys', f))).digest('hex'), f).toBe(sha);
+    }
+  });
+
+  // shared/ sits beside the checkout in CI and on the team's machines, not in a user's clone.
+  it.runIf(existsSync(join(__dirname, '..', '..', 'shared', 'keys')))('are the same bytes as the keys in ../shared/keys/ [where shared/ is beside the checkout]', async () => {
     for (const f of ['flatcar-image-signing-key.asc', 'coreos-image-signing-key.asc']) {
-      const shared = join(__dirname, '..', '..', 'shared', 'keys', f);
-      if (!(await exists(shared))) continue; // shared/ sits beside the checkout in CI and on developer machines
-      expect(await readFile(join(__dirname, '..', 'keys', f), 'utf8')).toBe(await readFile(shared, 'utf8'));
+      expect(await readFile(join(__dirname, '..', 'keys', f), 'utf8')).toBe(await readFile(join(__dirname, '..', '..', 'shared', 'keys', f), 'utf8'));
     }
   });
 });

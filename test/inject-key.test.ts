@@ -72,13 +72,16 @@ for (const b of backends) {
         expect(json.keys.map((k) => k.comment)).toEqual(['alice@example', 'bob@example']);
         await expectKeys(o, keyLines);
         expect(await sha(input)).toBe(before);
-        // Only ROOT changed: the OEM partition and the rest of the disk are as they were.
+        // Only ROOT changed: everything else (OEM, the other partitions, both GPTs) is as it was.
         const st = await stat(o);
         expect(st.size).toBe((await stat(input)).size);
         expect(st.blocks * 512).toBeLessThan(st.size / 2);
-        const oemPart = await part(o, 6);
-        const a = await execa('cmp', ['-n', String(oemPart.offset + oemPart.size), input, o], { reject: false });
-        expect(a.exitCode).toBe(0);
+        const rootPart = await part(o, 9);
+        for (const [from, to] of [[0, rootPart.offset], [rootPart.offset + rootPart.size, st.size]] as const) {
+          const a = await execa('cmp', ['-i', String(from), '-n', String(to - from), input, o], { reject: false });
+          expect(a.exitCode, `bytes ${from}-${to}: ${a.stdout}`).toBe(0);
+        }
+        expect(st.size - (rootPart.offset + rootPart.size)).toBeGreaterThanOrEqual(33 * 512); // the backup GPT was compared
         expect(await leftovers(work)).toEqual([]);
       });
     }

@@ -1,0 +1,185 @@
+/** oem build artifacts: formats read back by independent tools, compressions, block reuse, signatures. */
+import { execa } from 'execa';
+import { copyFile, mkdtemp, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import type { BuildResult } from '../src/build.js';
+import type { InspectReport } from '../src/image/inspect.js';
+import { expectCleanError, oem, oemJson } from './helpers/cli.js';
+import { agent, key, mirrorArgs, next, raw, sha512, useBuildEnv, work } from './helpers/build-env.js';
+
+useBuildEnv();
+
+describe('oem build artifacts: formats, compression, signatures', () => {
+  it('builds each provider\'s default formats, readable by independent tools', async () => {
+    const out = join(work, `formats-${next()}`);
+    const { result } = await oemJson<BuildResult>(
+      ['build', '--provider', 'ec2', '--provider', 'azure', '--provider', 'gce', '--provider', 'openstack', '--provider', 'vmware', '--provider', 'vagrant', ...mirrorArgs('flatcar'), '--output-dir', out, '--no-agent'],
+      { env: { OEM_TMPDIR: work } },
+    );
+    expect(result.exitCode).toBe(0);
+    const names = (p: string) => readdir(join(out, p)).then((l) => l.filter((f) => !/\.(DIGESTS|json|txt)$/.test(f)).sort());
+    expect(await names('ec2')).toEqual(['flatcar_production_ec2_image.bin.bz2', 'flatcar_production_ec2_image.vmdk.bz2']);
+    expect(await names('azure')).toEqual(['flatcar_production_azure_image.vhd.bz2']);
+    expect(await names('gce')).toEqual(['flatcar_production_gce_image.tar.gz']);
+    expect(await names('openstack')).toEqual(['flatcar_production_openstack_image.qcow2.bz2']);
+    expect(await names('vmware')).toEqual(['flatcar_production_vmware_image.ova', 'flatcar_production_vmware_image.vmdk.bz2']);
+    expect(await names('vagrant')).toEqual(['flatcar_production_vagrant_image.libvirt.box', 'flatcar_production_vagrant_image.virtualbox.box']);
+    // Every disk format holds the same disk as the raw artifact: for ec2 exactly (qemu-img compare with
+    // its own raw), for the other providers everywhere but their OEM partition (their own content,
+    // read back by oem inspect), byte for byte with cmp over the disks qemu-img reads out of them.
+    const ec2Raw = await raw(join(out, 'ec2', 'flatcar_production_ec2_image.bin.bz2'));
+    const ec2Report = (await oemJson<InspectReport>(['inspect', ec2Raw])).json;
+    const oemPart = ec2Report.partitions.find((x) => x.number === 6)!;
+    const [oemStart, oemEnd] = [oemPart.firstLba * 512, (oemPart.lastLba + 1) * 512];
+    const cases = [['ec2', 'vmdk.bz2', 'vmdk'], ['azure', 'vhd.bz2', 'vpc'], ['openstack', 'qcow2.bz2', 'qcow2'], ['vmware', 'vmdk.bz2', 'vmdk'], ['gce', 'tar.gz', 'raw']] as const;
+    for (const [p, f, fmt] of cases) {
+      const artifact = join(out, p, `flatcar_production_${p}_image.${f}`);
+      let disk = join(work, `disk-${next()}.${fmt}`);
+      if (f === 'tar.gz') {
+        const x = await mkdtemp(join(work, 'gce-'));
+        await execa('tar', ['-xzf', artifact, '-C', x]);
+        disk = join(x, 'disk.raw');
+      } else {
+        await execa('sh', ['-c', `bzip2 -dc "${artifact}" > "${disk}"`]);
+      }
+      // A fixed VHD is raw data plus a footer: qemu-img only reads it as vpc when told to.
+      const info = JSON.parse((await execa('qemu-img', ['info', '--output', 'json', '-f', fmt, disk])).stdout) as { format: string; 'virtual-size': number };
+      expect(info.format).toBe(fmt);
+      if (fmt === 'vpc') expect(info['virtual-size'] % (1024 * 1024)).toBe(0);
+      if (p === 'ec2') {
+        const cmp = await execa('qemu-img', ['compare', '-f', 'raw', '-F', fmt, ec2Raw, disk], { reject: false });
+        expect(cmp.exitCode, `${p} ${f}: ${cmp.stdout}`).toBe(0);
+        continue;
+      }
+      const flat = join(work, `flat-${next()}.bin`);
+      await execa('qemu-img', ['convert', '-f', fmt, '-O', 'raw', disk, flat]);
+      // The VHD is padded to whole MiB with zeros; the rest is the disk.
+      const size = ec2Report.size;
+      expect((await stat(flat)).size - size, `${p} ${f}: size`).toBeLessThan(1024 * 1024);
+      for (const [from, to] of [[0, oemStart], [oemEnd, size]] as const) {
+        const cmp = await execa('cmp', ['-i', String(from), '-n', String(to - from), ec2Raw, flat], { reject: false });
+        expect(cmp.exitCode, `${p} ${f}: bytes ${from}-${to} differ: ${cmp.stdout}`).toBe(0);
+      }
+      const ins = (await oemJson<InspectReport>(['inspect', flat])).json;
+      expect(ins.oem?.oemId, `${p} ${f}`).toBe(p);
+      await rm(flat);
+    }
+    // ec2's disk is the provider's own; compare the layout and the OEM content through inspect of each raw.
+    const ins = (await oemJson<InspectReport>(['inspect', ec2Raw])).json;
+    expect(ins.oem?.oemId).toBe('ec2');
+    const list = (await execa('tar', ['-tvzf', join(out, 'gce', 'flatcar_production_gce_image.tar.gz')])).stdout.trim().split('\n');
+    expect(list).toHaveLength(1);
+    expect(list[0]).toMatch(/ disk\.raw$/);
+    const box = (await execa('tar', ['-tzf', join(out, 'vagrant', 'flatcar_production_vagrant_image.libvirt.box')])).stdout.split('\n').sort();
+    expect(box).toEqual(['Vagrantfile', 'box.img', 'metadata.json']);
+    const ova = (await execa('tar', ['-tf', join(out, 'vmware', 'flatcar_production_vmware_image.ova')])).stdout.split('\n');
+    expect(ova[0]).toMatch(/\.ovf$/);
+    const m = JSON.parse(await readFile(join(out, 'ec2', 'manifest.json'), 'utf8'));
+    expect(m.artifacts.map((a: { format: string; compression: string }) => `${a.format}/${a.compression}`)).toEqual(['vmdk/bz2', 'raw/bz2']);
+  });
+
+  for (const [kind, tool] of [['gz', 'gzip'], ['xz', 'xz'], ['zst', 'zstd'], ['none', '']] as const) {
+    it(`--compress ${kind}: the raw image decompresses with stock ${tool || 'nothing'} to the same disk as bz2`, async () => {
+      const out = join(work, `c-${kind}-${next()}`);
+      const r = await oemJson<BuildResult>(['build', '--provider', 'qemu', '--compress', kind, ...mirrorArgs('coreos'), '--output-dir', out, '--no-agent'], { env: { OEM_TMPDIR: work, SOURCE_DATE_EPOCH: '1700000000' } });
+      expect(r.result.exitCode).toBe(0);
+      const name = `coreos_production_qemu_image.bin${kind === 'none' ? '' : `.${kind}`}`;
+      expect(r.json.builds[0]!.image).toBe(join(out, 'qemu', name));
+      const disk = join(work, `d-${kind}-${next()}.bin`);
+      if (kind === 'none') await copyFile(join(out, 'qemu', name), disk);
+      else await execa('sh', ['-c', `${tool} -dc "${join(out, 'qemu', name)}" > "${disk}"`]);
+      const ins = (await oemJson<InspectReport>(['inspect', disk])).json;
+      expect(ins.oem?.oemId).toBe('qemu');
+      const m = JSON.parse(await readFile(join(out, 'qemu', 'manifest.json'), 'utf8'));
+      expect(m.createdAt).toBe('2023-11-14T22:13:20.000Z');
+      expect(m.artifacts[0].compression).toBe(kind);
+    });
+  }
+
+  it('the .bz2 made from the release\'s own blocks decodes with stock bzip2, lbzip2 and pbzip2 to exactly the built raw image', async () => {
+    // Rootless with SOURCE_DATE_EPOCH is reproducible, so --compress none gives the very image the
+    // .bz2 stands for. OEM and ROOT (--ssh-key) are both written; two providers in one run share the
+    // output's first part.
+    const env = { OEM_TMPDIR: work, SOURCE_DATE_EPOCH: '1700000000' };
+    const common = ['build', '--provider', 'qemu', '--provider', 'gce', '--format', 'raw', '--backend', 'rootless', '--ssh-key', key, ...mirrorArgs('coreos'), '--agent', agent];
+    const plain = join(work, `plain-${next()}`);
+    expect((await oem([...common, '--compress', 'none', '--output-dir', plain], { env })).exitCode).toBe(0);
+    const packed = join(work, `packed-${next()}`);
+    const r = await oem([...common, '--output-dir', packed], { env });
+    expect(r.exitCode).toBe(0);
+    expect(r.stderr).toMatch(/the release's bzip2 blocks for the rest/);
+    for (const provider of ['qemu', 'gce']) {
+      const want = await sha512(join(plain, provider, `coreos_production_${provider}_image.bin`));
+      const bz2 = join(packed, provider, `coreos_production_${provider}_image.bin.bz2`);
+      for (const tool of ['bzip2', 'lbzip2', 'pbzip2']) {
+        const disk = join(work, `reuse-${tool}-${next()}.bin`);
+        await execa('sh', ['-c', `${tool} -dc "${bz2}" > "${disk}"`]);
+        expect(await sha512(disk), `${provider}: ${tool}`).toBe(want);
+        await rm(disk);
+      }
+      // The DIGESTS and manifest describe the file as written.
+      const digests = await readFile(join(packed, provider, `coreos_production_${provider}_image.bin.bz2.DIGESTS`), 'utf8');
+      expect(digests).toContain(`${await sha512(bz2)}  coreos_production_${provider}_image.bin.bz2`);
+    }
+  });
+
+  it('--sign-key: a detached .sig per artifact (gpg and oem verify accept it) and a clearsigned .DIGESTS.asc', async () => {
+    const gnupg = await mkdtemp(join(work, 'gpg-'));
+    const env = { GNUPGHOME: gnupg };
+    await execa('gpg', ['--batch', '--pinentry-mode', 'loopback', '--passphrase', '', '--quick-gen-key', 'Builder <builder@example.org>', 'ed25519', 'sign', 'never'], { env });
+    const secret = join(work, `secret-${next()}.asc`);
+    await writeFile(secret, (await execa('gpg', ['--batch', '--pinentry-mode', 'loopback', '--passphrase', '', '--export-secret-keys', '--armor'], { env })).stdout);
+    const pub = join(work, `public-${next()}.asc`);
+    await writeFile(pub, (await execa('gpg', ['--batch', '--export', '--armor'], { env })).stdout);
+    const out = join(work, `signed-${next()}`);
+    // A release pipeline's SOURCE_DATE_EPOCH (its last commit) is older than its signing key: the
+    // signatures carry the key's creation time instead, the one deterministic time the key can sign at.
+    const r = await oemJson<BuildResult>(['build', '--provider', 'qemu', '--sign-key', secret, ...mirrorArgs('flatcar'), '--output-dir', out, '--no-agent'], { env: { OEM_TMPDIR: work, SOURCE_DATE_EPOCH: '1700000000' } });
+    expect(r.result.exitCode, r.result.stderr).toBe(0);
+    const img = r.json.builds[0]!.image;
+    await execa('gpg', ['--batch', '--verify', `${img}.sig`, img], { env });
+    await execa('gpg', ['--batch', '--verify', `${img}.DIGESTS.asc`], { env });
+    const keyCreated = (await execa('gpg', ['--batch', '--with-colons', '--list-keys'], { env })).stdout.split('\n').find((l) => l.startsWith('pub:'))!.split(':')[5]!;
+    expect(Number(keyCreated)).toBeGreaterThan(1700000000);
+    for (const args of [[`${img}.sig`, img], [`${img}.DIGESTS.asc`]]) {
+      // VALIDSIG <fingerprint> <date> <signature timestamp> ...
+      const status = (await execa('gpg', ['--batch', '--status-fd', '1', '--verify', ...args], { env })).stdout;
+      expect(/^\[GNUPG:\] VALIDSIG \S+ \S+ (\d+) /m.exec(status)?.[1], args[0]).toBe(keyCreated);
+    }
+    const checked = await oemJson<{ verified: boolean; digests: string; signedDigests: string }>(['verify', img, '--key', pub]);
+    expect(checked.result.exitCode).toBe(0);
+    expect(checked.json).toMatchObject({ verified: true, digests: `${img}.DIGESTS`, signedDigests: `${img}.DIGESTS.asc` });
+    // A .DIGESTS.asc that gpg --clearsign made reads the same way.
+    const asc = await readFile(`${img}.DIGESTS.asc`, 'utf8');
+    await execa('gpg', ['--batch', '--yes', '--clearsign', '--output', `${img}.DIGESTS.asc`, `${img}.DIGESTS`], { env });
+    expect((await oem(['verify', img, '--key', pub])).exitCode).toBe(0);
+    // One changed digit in the signed text: refused, whatever the detached .sig says.
+    const sha = (await sha512(img)).slice(0, 8);
+    await writeFile(`${img}.DIGESTS.asc`, asc.replace(sha, `${sha.slice(0, 7)}${sha[7] === '0' ? '1' : '0'}`));
+    const tampered = await oem(['verify', img, '--key', pub]);
+    expect(tampered.exitCode).toBe(4);
+    expect(expectCleanError(tampered)).toMatch(/DIGESTS\.asc: BAD signature/);
+    // Well signed, but for other bytes: refused on the SHA512 line.
+    const wrongDigests = join(work, `wrong-${next()}.DIGESTS`);
+    await writeFile(wrongDigests, (await readFile(`${img}.DIGESTS`, 'utf8')).replace(sha, `${sha.slice(0, 7)}${sha[7] === '0' ? '1' : '0'}`));
+    await execa('gpg', ['--batch', '--yes', '--clearsign', '--output', `${img}.DIGESTS.asc`, wrongDigests], { env });
+    const mismatch = await oem(['verify', img, '--key', pub]);
+    expect(mismatch.exitCode).toBe(4);
+    expect(expectCleanError(mismatch)).toMatch(/SHA512 .* does not match .*DIGESTS\.asc/);
+    // Signed by a key that is not trusted: refused, naming the key.
+    const other = await mkdtemp(join(work, 'gpg-'));
+    await execa('gpg', ['--batch', '--pinentry-mode', 'loopback', '--passphrase', '', '--quick-gen-key', 'Other <other@example.org>', 'ed25519', 'sign', 'never'], { env: { GNUPGHOME: other } });
+    await execa('gpg', ['--batch', '--yes', '--clearsign', '--output', `${img}.DIGESTS.asc`, `${img}.DIGESTS`], { env: { GNUPGHOME: other } });
+    const untrusted = await oem(['verify', img, '--key', pub]);
+    expect(untrusted.exitCode).toBe(4);
+    expect(expectCleanError(untrusted)).toMatch(/DIGESTS\.asc: signed by unknown key/);
+    await writeFile(`${img}.DIGESTS.asc`, asc);
+    const m = JSON.parse(await readFile(join(out, 'qemu', 'manifest.json'), 'utf8'));
+    expect(m.signingKey.fingerprint).toMatch(/^[0-9A-F]{40}$/);
+    // A public key is not a signing key: refused before anything is built.
+    const bad = await oem(['build', '--provider', 'qemu', '--sign-key', pub, ...mirrorArgs('flatcar'), '--output-dir', join(work, `bad-${next()}`), '--no-agent']);
+    expect(bad.exitCode).toBe(2);
+    expect(expectCleanError(bad)).toMatch(/is a public key/);
+  });
+});
