@@ -267,6 +267,7 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
   // The base release: fetched and verified, or a local image (verified unless --insecure).
   let base: Base;
   if (opts.image) {
+    step(`checking the local image ${basename(opts.image)}`);
     const lb = await localBase(opts, log);
     base = { ...lb, distro: 'flatcar', version: '', versionFields: lb.versionTxt ?? {} };
   } else {
@@ -470,7 +471,7 @@ async function buildOne(p: Provider, c: Ctx): Promise<ProviderBuild> {
       const name = compress ? plain + COMPRESSION_SUFFIX[compression] : plain;
       const out = join(tmpDir, name);
       c.step(`${p.id}: ${name}`);
-      const onCompress = (done: number, total: number) => c.progress(done, total, 'percent');
+      const onProgress = (done: number, total: number) => c.progress(done, total, 'percent');
       let tool = '';
       let h: { md5: string; sha1: string; sha512: string; size: number } | undefined;
       if (format === 'raw' && reuse && c.baseIndex) {
@@ -481,12 +482,12 @@ async function buildOne(p: Provider, c: Ctx): Promise<ProviderBuild> {
         h = r;
       } else if (format === 'raw' && compress) {
         await wholeImage();
-        tool = (await compressFile(raw, out, compression, undefined, onCompress)).tool;
+        tool = (await compressFile(raw, out, compression, undefined, onProgress)).tool;
       } else {
         const converted = compress ? join(c.work, `${p.id}.${format}`) : out;
-        await convert(raw, format, converted, { name: plain.replace(/\.[^.]+$/, ''), mtime });
+        await convert(raw, format, converted, { name: plain.replace(/\.[^.]+$/, ''), mtime, onProgress });
         if (compress) {
-          tool = (await compressFile(converted, out, compression, undefined, onCompress)).tool;
+          tool = (await compressFile(converted, out, compression, undefined, onProgress)).tool;
           await rm(converted, { force: true });
         }
       }

@@ -69,11 +69,13 @@ export async function run(
   name: string,
   args: string[],
   why: string,
-  opts: Options & { allowFail?: boolean; input?: string } = {},
+  opts: Options & { allowFail?: boolean; input?: string; onStdout?: (text: string) => void } = {},
 ): Promise<RunResult> {
   const bin = await requireTool(name, why);
-  const { allowFail, ...rest } = opts;
-  const r = await execa(bin, args, { reject: false, stripFinalNewline: false, encoding: 'utf8', ...rest } as Options);
+  const { allowFail, onStdout, ...rest } = opts;
+  const sub = execa(bin, args, { reject: false, stripFinalNewline: false, encoding: 'utf8', ...rest } as Options);
+  if (onStdout) sub.stdout?.on('data', (d: Buffer | string) => onStdout(String(d)));
+  const r = await sub;
   const bytes = (v: unknown): Buffer => (v instanceof Uint8Array ? Buffer.from(v) : Buffer.from(String(v ?? ''), 'utf8'));
   const stdoutBytes = bytes(r.stdout);
   const res = { stdout: stdoutBytes.toString('utf8'), stdoutBytes, stderr: bytes(r.stderr).toString('utf8'), exitCode: r.exitCode ?? -1 };

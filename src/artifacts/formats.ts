@@ -72,6 +72,8 @@ export interface ConvertOptions {
   /** SOURCE_DATE_EPOCH: the mtime of every tar entry, and every other time written (VHD footer). */
   mtime: Date;
   signal?: AbortSignal;
+  /** How far the running step of the conversion is (qemu-img's own progress, or bytes archived). */
+  onProgress?: (done: number, total: number) => void;
 }
 
 const MiB = 1024 * 1024;
@@ -94,7 +96,7 @@ export async function convert(raw: string, format: Format, out: string, opts: Co
   }
   if (await exists(out)) throw new OemError(`${out} already exists`);
 
-  const ctx: Ctx = { raw, size, out, name: opts.name, mtime, ...(opts.signal ? { signal: opts.signal } : {}), work: '' };
+  const ctx: Ctx = { raw, size, out, name: opts.name, mtime, ...(opts.signal ? { signal: opts.signal } : {}), ...(opts.onProgress ? { onProgress: opts.onProgress } : {}), work: '' };
   try {
     opts.signal?.throwIfAborted();
     ctx.work = await mkdtemp(join(dirname(out), `.${basename(out)}.work-`));
@@ -116,6 +118,7 @@ interface Ctx {
   /** Seconds since the epoch. */
   mtime: number;
   signal?: AbortSignal;
+  onProgress?: (done: number, total: number) => void;
   /** An empty directory next to `out`, removed afterwards. */
   work: string;
 }
@@ -354,8 +357,15 @@ async function virtualSize(path: string, format: string, c: Ctx): Promise<number
   return vs;
 }
 
+/** qemu-img; a conversion reports its progress (`-p`: "(42.00/100%)" on stdout) to the context. */
 async function qemuImg(args: string[], why: string, c: Ctx): Promise<string> {
-  return tool('qemu-img', args, why, c);
+  if (args[0] !== 'convert' || !c.onProgress) return tool('qemu-img', args, why, c);
+  const report = c.onProgress;
+  const onStdout = (text: string) => {
+    const all = [...text.matchAll(/\((\d+(?:\.\d+)?)\/100%\)/g)];
+    if (all.length) report(Number(all[all.length - 1]![1]), 100);
+  };
+  return tool('qemu-img', ['convert', '-p', ...args.slice(1)], why, c, onStdout);
 }
 
 /**
@@ -363,8 +373,8 @@ async function qemuImg(args: string[], why: string, c: Ctx): Promise<string> {
  * not always say so (its streamOptimized VMDK writer reports a full disk as "Invalid argument"), so
  * a failure while the output's file system is (nearly) full counts as one too.
  */
-async function tool(name: string, args: string[], why: string, c: Ctx): Promise<string> {
-  const r = await run(name, args, why, { allowFail: true, ...(c.signal ? { cancelSignal: c.signal } : {}) });
+async function tool(name: string, args: string[], why: string, c: Ctx, onStdout?: (text: string) => void): Promise<string> {
+  const r = await run(name, args, why, { allowFail: true, ...(c.signal ? { cancelSignal: c.signal } : {}), ...(onStdout ? { onStdout } : {}) });
   if (r.exitCode !== 0) {
     const last = r.stderr.trim().split('\n').filter(Boolean).pop() ?? `exit code ${r.exitCode}`;
     const err = new OemError(`${name} failed to ${why}: ${last}`);
@@ -548,7 +558,9 @@ function sortEntries(entries: TarEntry[]): TarEntry[] {
 }
 
 async function writeTar(c: Ctx, entries: TarEntry[], format: TarFormat, gzip: boolean): Promise<void> {
-  const source = Readable.from(tarChunks(entries, format, c.mtime));
+  const files = await Promise.all(entries.map(async (e) => ('path' in e ? (await stat(e.path)).size : 0)));
+  const total = files.reduce((a, b) => a + b, 0);
+  const source = Readable.from(tarChunks(entries, format, c.mtime, c.onProgress && total ? (done) => c.onProgress!(done, total) : undefined));
   const dest = createWriteStream(c.out, { flags: 'wx' });
   const opts = c.signal ? { signal: c.signal } : {};
   if (gzip) {
@@ -559,8 +571,9 @@ async function writeTar(c: Ctx, entries: TarEntry[], format: TarFormat, gzip: bo
   }
 }
 
-async function* tarChunks(entries: TarEntry[], format: TarFormat, mtime: number): AsyncGenerator<Buffer> {
+async function* tarChunks(entries: TarEntry[], format: TarFormat, mtime: number, onBytes?: (filesDone: number) => void): AsyncGenerator<Buffer> {
   let total = 0;
+  let filesDone = 0;
   for (const e of entries) {
     const mode = e.mode ?? 0o644;
     if ('path' in e) {
@@ -573,6 +586,8 @@ async function* tarChunks(entries: TarEntry[], format: TarFormat, mtime: number)
         for await (const chunk of createReadStream(e.path, { end: size - 1, highWaterMark: MiB })) {
           const b = chunk as Buffer;
           n += b.length;
+          filesDone += b.length;
+          onBytes?.(filesDone);
           e.hash?.update(b);
           yield b;
         }
