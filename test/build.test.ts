@@ -112,7 +112,14 @@ describe('oem build options and failures', () => {
     const t = join(work, `tpl-${next()}`);
     await mkdir(join(t, 'acme', 'files', 'etc'), { recursive: true });
     await mkdir(join(t, '_common', 'system'), { recursive: true });
+    // A platform of its own for the agent's units: refused, since the agent does not serve it.
     await writeFile(join(t, 'acme', 'provider.yml'), 'id: acme\nname: "ACME Cloud"\noem_id: acme\ngrub:\n  linux_append: "acme.debug=1"\nagent_units: [metadata]\n');
+    const refused = await oem(['build', '--provider', 'acme', '--templates', t, ...mirrorArgs('coreos'), '--output-dir', join(work, `acme-${next()}`), '--agent', agent]);
+    expect(refused.exitCode).toBe(2);
+    expect(expectCleanError(refused)).toBe('provider acme: its units run the agent for "acme", a platform the agent does not serve');
+    expect(refused.stderr).toMatch(/hint: set oem_id to one it serves \(azure, .*\) or leave agent_units out of provider\.yml/);
+    // A platform the agent serves (as Flatcar's STACKIT image uses openstack's).
+    await writeFile(join(t, 'acme', 'provider.yml'), 'id: acme\nname: "ACME Cloud"\noem_id: openstack\ngrub:\n  linux_append: "acme.debug=1"\nagent_units: [metadata]\n');
     await writeFile(join(t, 'acme', 'files', 'etc', 'acme.conf'), 'provider={{provider}} version={{version}} channel={{channel}} id={{oem_id}}\n');
     await writeFile(join(t, '_common', 'system', 'oem.target'), '[Unit]\nDescription=Custom {{name}} target\n\n[Install]\nWantedBy=multi-user.target\n');
     const providers = await oemJson<{ id: string }[]>(['providers', '--templates', t]);
@@ -121,7 +128,8 @@ describe('oem build options and failures', () => {
     const { result, json } = await oemJson<BuildResult>(['build', '--provider', 'acme', '--templates', t, ...mirrorArgs('coreos'), '--output-dir', out, '--agent', agent], { env: { OEM_TMPDIR: work } });
     expect(result.exitCode).toBe(0);
     const tree = await readTree(await raw(json.builds[0]!.image), 6, 'ext4');
-    expect(tree.get('/etc/acme.conf')!.content).toBe(`provider=acme version=${fixtures.coreos.version} channel=stable id=acme\n`);
+    expect(tree.get('/etc/acme.conf')!.content).toBe(`provider=acme version=${fixtures.coreos.version} channel=stable id=openstack\n`);
+    expect(tree.get('/system/oem-agent-metadata.service')!.content).toContain('oem-agent metadata --provider openstack');
     expect(tree.get('/system/oem.target')!.content).toContain('Description=Custom ACME Cloud target');
     expect(tree.get('/grub.cfg')!.content).toContain('set linux_append="acme.debug=1"');
     expect(tree.has('/system/oem-agent-metadata.service')).toBe(true);

@@ -21,7 +21,6 @@ export interface Provider {
   homeUrl: string;
   bugReportUrl: string;
   grub: { linux_append?: string; linux_console?: string };
-  sources: { userdata: string | null; metadata: string | null; ssh_keys: string | null; network: string | null };
   agentUnits: AgentUnit[];
   /** Artifact formats built by default. */
   formats: Format[];
@@ -50,7 +49,7 @@ function str(v: unknown, key: string, file: string, optional = false): string {
   return s;
 }
 
-const KNOWN_KEYS = new Set(['id', 'name', 'oem_id', 'aliases', 'home_url', 'bug_report_url', 'grub', 'sources', 'agent_units', 'formats']);
+const KNOWN_KEYS = new Set(['id', 'name', 'oem_id', 'aliases', 'home_url', 'bug_report_url', 'grub', 'agent_units', 'formats']);
 
 function parseProvider(text: string, file: string, dirs: string[]): Provider {
   let d: Record<string, unknown>;
@@ -71,8 +70,6 @@ function parseProvider(text: string, file: string, dirs: string[]): Provider {
     if (k !== 'linux_append' && k !== 'linux_console') throw new OemError(`${file}: grub.${k} is not a GRUB setting oem writes (linux_append, linux_console)`, { code: 'usage' });
     grub[k] = str(grubIn[k], `grub.${k}`, file);
   }
-  const src = (d.sources ?? {}) as Record<string, unknown>;
-  const source = (k: string) => (src[k] === null || src[k] === undefined ? null : str(src[k], `sources.${k}`, file));
   const units = ((d.agent_units ?? []) as unknown[]).map((u) => {
     if (!AGENT_UNITS.includes(u as AgentUnit)) throw new OemError(`${file}: unknown agent unit ${JSON.stringify(u)} (known: ${AGENT_UNITS.join(', ')})`, { code: 'usage' });
     return u as AgentUnit;
@@ -85,7 +82,6 @@ function parseProvider(text: string, file: string, dirs: string[]): Provider {
     homeUrl: str(d.home_url, 'home_url', file, true),
     bugReportUrl: str(d.bug_report_url, 'bug_report_url', file, true),
     grub,
-    sources: { userdata: source('userdata'), metadata: source('metadata'), ssh_keys: source('ssh_keys'), network: source('network') },
     agentUnits: ['provision', ...units.filter((u) => u !== 'provision')],
     formats: ((d.formats ?? ['raw']) as unknown[]).map((f) => {
       if (!(FORMATS as readonly string[]).includes(f as string)) throw new OemError(`${file}: unknown format ${JSON.stringify(f)} (known: ${FORMATS.join(', ')})`, { code: 'usage' });

@@ -1,7 +1,9 @@
 /**
  * Checks everything a build generates before it is written: systemd units (our strict checker, then
  * `systemd-analyze verify` when systemd is installed), cloud-config.yml (YAML, known keys only),
- * Ignition configs (JSON, a supported ignition.version), grub.cfg (only `set` lines).
+ * Ignition configs (JSON, a supported ignition.version), grub.cfg (only `set` lines), and that every
+ * unit that runs the agent for a platform (`oem-agent ... --provider ID`) names one the agent serves:
+ * otherwise the image builds and the unit fails on every boot.
  */
 import { execa } from 'execa';
 import { chmod, mkdir, writeFile } from 'node:fs/promises';
@@ -11,6 +13,7 @@ import { tempDir } from '../cleanup.js';
 import { OemError, describe } from '../errors.js';
 import { which } from '../tools.js';
 import { checkUnit } from '../units.js';
+import { PROVIDER_IDS } from '../../oem/providers/index.js';
 import type { Rendered } from './render.js';
 
 export const SUPPORTED_IGNITION = ['2.0.0', '2.1.0', '2.2.0', '2.3.0', '3.0.0', '3.1.0', '3.2.0', '3.3.0', '3.4.0'];
@@ -121,9 +124,28 @@ async function systemdAnalyze(units: { name: string; content: string }[]): Promi
 }
 
 /** Validates all generated files of a rendered provider; throws one OemError listing the problems. */
+/** The platform ids that units run the agent for (`oem-agent CMD ... --provider ID` in Exec lines). */
+export function agentPlatforms(unit: string): string[] {
+  const ids: string[] = [];
+  for (const line of unit.split('\n')) {
+    if (!/^\s*Exec[A-Za-z]*\s*=.*\boem-agent\b/.test(line)) continue;
+    for (const m of line.matchAll(/--provider(?:=|\s+)(\S+)/g)) ids.push(m[1]!.replace(/^["']|["']$/g, ''));
+  }
+  return ids;
+}
+
 export async function validateRendered(providerId: string, r: Rendered): Promise<void> {
   const problems: string[] = [];
   const units: { name: string; content: string }[] = [];
+  const unserved = new Set<string>();
+  for (const f of r.files) if (f.kind === 'unit') for (const id of agentPlatforms(f.content)) if (!PROVIDER_IDS.includes(id)) unserved.add(id);
+  if (unserved.size) {
+    const ids = [...unserved].map((id) => JSON.stringify(id)).join(', ');
+    throw new OemError(`provider ${providerId}: its units run the agent for ${ids}, a platform the agent does not serve`, {
+      code: 'usage',
+      hint: `set oem_id to one it serves (${PROVIDER_IDS.join(', ')}) or leave agent_units out of provider.yml`,
+    });
+  }
   for (const f of r.files) {
     const at = (msgs: string[]) => problems.push(...msgs.map((m) => `${f.path}: ${m}`));
     if (f.kind === 'unit') {
