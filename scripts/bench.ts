@@ -14,7 +14,7 @@
  *   3. oem build --provider ec2 --format raw, cache cold (release downloaded, not yet decoded), warm;
  *   4. oem build for 4 providers and for all providers, cold, one run each.
  * All oem runs write the same as the recipes: the raw image as .bin.bz2, OEM content and an SSH key.
- * Prints a table with ratios and the targets of issue 9, and writes bench/results/<time>.json and
+ * Prints a table with ratios and the targets (the oem runs against the lbzip2 recipe), and writes bench/results/<time>.json and
  * bench/results/latest.json.
  */
 import { execa } from 'execa';

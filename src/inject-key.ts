@@ -1,5 +1,6 @@
 /**
- * `oem inject-key`: the seed's manual recipe as one command. Writes SSH public keys for a user on the
+ * `oem inject-key`: the distributor notes' manual recipe (decompress, loop-mount ROOT, write the key,
+ * unmount) as one command. Writes SSH public keys for a user on the
  * ROOT partition in the update-ssh-keys layout: the key set `~/.ssh/authorized_keys.d/oem` and the
  * merged `~/.ssh/authorized_keys` (directories 0700, files 0600, owned by the user). Other key sets are
  * kept; running it again replaces the `oem` set, so keys are never duplicated.

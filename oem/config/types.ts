@@ -4,7 +4,7 @@
  * (oem/config/validate.ts), the provisioning engine (oem/provision/) and the builder (`oem validate`,
  * `oem build --config`).
  *
- * Example:
+ * Example (test/config.test.ts checks that `oem validate` accepts it):
  *
  *   version: 1
  *   groups:
@@ -15,7 +15,8 @@
  *       uid: 1500
  *       primary_group: ops
  *       groups: [docker, sudo]
- *       ssh_authorized_keys: ["ssh-ed25519 AAAA... ops@example"]
+ *       ssh_authorized_keys:
+ *         - ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIENQF7ZfEWz/nirY09uAuYtaLzkukGx70zg/7N+Yf5/f ops@example
  *       password_hash: "$6$..."
  *   storage:
  *     disks:
