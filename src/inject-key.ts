@@ -8,7 +8,7 @@
 import { OemError } from './errors.js';
 import { prepareWorkingImage, defaultOutputName } from './image/working.js';
 import { keySetContent, mergeKeySets, readKeyFile, upgradeLegacyAuthorizedKeys, validKeySetName, type SshKey } from './ssh-keys.js';
-import { openSession, partitionTargets, resolveBackend, type BackendChoice } from './write/apply.js';
+import { partitionTargets, resolveBackend, withSession, type BackendChoice } from './write/apply.js';
 import { describePlan, normalizePlan, planSummary, type PlanEntry, type WritePlan } from './write/plan.js';
 import type { PartitionSession } from './write/session.js';
 
@@ -103,20 +103,18 @@ export async function injectKey(opts: InjectKeyOptions): Promise<InjectKeyResult
   let sets: string[];
   try {
     const { root } = await partitionTargets(work.path, ['root']);
-    // A dry run reads the image without a loop device or mount.
-    const session = await openSession(root, opts.dryRun ? 'rootless' : backend);
-    let ok = false;
-    try {
-      const kp = await keyPlan(session, keys, user, uid, gid, setName);
-      sets = kp.sets;
-      plan = normalizePlan({ partitions: { root: kp.entries } });
-      if (!opts.dryRun) {
-        await session.apply(plan.partitions.root!);
-        ok = true;
-      }
-    } finally {
-      await session.close(ok);
-    }
+    // A dry run reads the image without a loop device or mount, and writes nothing.
+    ({ sets, plan } = await withSession(
+      root,
+      opts.dryRun ? 'rootless' : backend,
+      async (session) => {
+        const kp = await keyPlan(session, keys, user, uid, gid, setName);
+        const p = normalizePlan({ partitions: { root: kp.entries } });
+        if (!opts.dryRun) await session.apply(p.partitions.root!);
+        return { sets: kp.sets, plan: p };
+      },
+      { commit: !opts.dryRun },
+    ));
     if (!opts.dryRun) {
       await work.commit();
       log(`wrote ${keys.length} key(s) for ${user} to ${work.finalPath}`);

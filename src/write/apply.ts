@@ -74,19 +74,26 @@ export async function openSession(t: PartitionTarget, backend: BackendName): Pro
   return RootlessExtSession.open(t);
 }
 
+/**
+ * Opens a session on a partition, runs `fn` with it and closes it: what `fn` wrote is kept when it
+ * succeeds (unless `commit` is false, as for a dry run), dropped when it throws.
+ */
+export async function withSession<T>(t: PartitionTarget, backend: BackendName, fn: (s: PartitionSession) => Promise<T>, opts: { commit?: boolean } = {}): Promise<T> {
+  const session = await openSession(t, backend);
+  let ok = false;
+  try {
+    const result = await fn(session);
+    ok = opts.commit ?? true;
+    return result;
+  } finally {
+    await session.close(ok);
+  }
+}
+
 /** Applies a whole plan to an image, partition by partition. */
 export async function applyPlan(imagePath: string, plan: WritePlan, backend: BackendName): Promise<void> {
   const norm = normalizePlan(plan);
   const roles = Object.keys(norm.partitions) as PartitionRole[];
   const targets = await partitionTargets(imagePath, roles);
-  for (const role of roles) {
-    const session = await openSession(targets[role], backend);
-    let ok = false;
-    try {
-      await session.apply(norm.partitions[role]!);
-      ok = true;
-    } finally {
-      await session.close(ok);
-    }
-  }
+  for (const role of roles) await withSession(targets[role], backend, (s) => s.apply(norm.partitions[role]!));
 }

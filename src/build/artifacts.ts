@@ -1,0 +1,78 @@
+/**
+ * The third stage, per provider: its artifacts, one per format, from the written working image.
+ * The raw `.bz2` is made from the release's own bzip2 blocks for everything the build did not change
+ * (src/artifacts/bzip2-reuse.ts); other formats are converted (src/artifacts/formats.ts) and
+ * compressed where that applies (src/artifacts/compress.ts). Each is hashed and described as it is
+ * made (publish.ts).
+ */
+import { rm } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import { compressReusing, type SharedPrefixes } from '../artifacts/bzip2-reuse.js';
+import { COMPRESSION_SUFFIX, compressFile, type Compression } from '../artifacts/compress.js';
+import { artifactName, COMPRESSIBLE, convert, type Format } from '../artifacts/formats.js';
+import type { SigningKey } from '../artifacts/sign.js';
+import type { BaseIndex } from '../image/base-cache.js';
+import type { Distro } from '../release/verify.js';
+import type { WorkingImage } from './assemble.js';
+import { describeArtifact, hashes, type ArtifactInfo, type Hashes } from './publish.js';
+
+export interface ArtifactJob {
+  providerId: string;
+  distro: Distro;
+  formats: Format[];
+  compression: Compression;
+  /** The decoded base and its block map, for the raw .bz2 from the release's blocks (null: compress whole). */
+  base: { raw: string; index: BaseIndex | null };
+  prefixes: SharedPrefixes;
+  signer: SigningKey | null;
+  /** The time written into archives and descriptors (SOURCE_DATE_EPOCH or now). */
+  mtime: Date;
+  /** Where artifacts are written (the provider's temporary output) and where intermediates go. */
+  outDir: string;
+  work: string;
+  log: (line: string) => void;
+  step: (title: string) => void;
+  progress: (done: number, total: number) => void;
+}
+
+/** Whether the raw .bz2 is made from the release's own blocks (a bzip2 base and bz2 output). */
+export function reusesBlocks(job: Pick<ArtifactJob, 'base' | 'compression'>): boolean {
+  return job.base.index !== null && job.compression === 'bz2';
+}
+
+export async function makeArtifacts(img: WorkingImage, job: ArtifactJob): Promise<ArtifactInfo[]> {
+  const artifacts: ArtifactInfo[] = [];
+  const p = job.providerId;
+  for (const format of job.formats) {
+    const plain = artifactName(job.distro, p, format);
+    const compress = COMPRESSIBLE[format] && job.compression !== 'none';
+    const name = compress ? plain + COMPRESSION_SUFFIX[job.compression] : plain;
+    const out = join(job.outDir, name);
+    job.step(`${p}: ${name}`);
+    let tool = '';
+    let h: Hashes | undefined;
+    if (format === 'raw' && reusesBlocks(job) && job.base.index) {
+      // The release's own compressed blocks for everything this build did not change.
+      const r = await compressReusing(job.base.index, job.base.raw, img.path, out, img.written, { pieceCache: join(dirname(job.base.index.file), 'pieces'), shared: job.prefixes });
+      const mib = (n: number) => `${(n / 1048576).toFixed(1)} MiB`;
+      tool = `${r.tool} for ${mib(r.recompressed)} (of ${mib(r.changed)} changed; the rest from the piece cache), the release's bzip2 blocks for the rest (${r.reusedBlocks} of ${r.blocks})`;
+      h = r;
+    } else if (format === 'raw' && compress) {
+      await img.whole();
+      tool = (await compressFile(img.path, out, job.compression, undefined, job.progress)).tool;
+    } else {
+      await img.whole();
+      const converted = compress ? join(job.work, `${p}.${format}`) : out;
+      await convert(img.path, format, converted, { name: plain.replace(/\.[^.]+$/, ''), mtime: job.mtime, onProgress: job.progress });
+      if (compress) {
+        tool = (await compressFile(converted, out, job.compression, undefined, job.progress)).tool;
+        await rm(converted, { force: true });
+      }
+    }
+    h ??= await hashes(out);
+    await describeArtifact(job.outDir, name, h, job.signer);
+    job.log(`${p}: ${name} (${h.size} bytes${tool ? `, compressed with ${tool}` : ''}${job.signer ? ', signed' : ''})`);
+    artifacts.push({ name, path: name, format, compression: compress ? job.compression : 'none', size: h.size, sha512: h.sha512 });
+  }
+  return artifacts;
+}

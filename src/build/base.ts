@@ -1,0 +1,181 @@
+/**
+ * The first stage of a build: the base image. A channel release is fetched and verified (or a local
+ * image is verified, unless --insecure), decoded once into the cache (src/image/base-cache.ts), and
+ * read: where the partition tables and the partitions a build writes (OEM, ROOT) lie, the image's
+ * generation, and for a local image its distribution and version.
+ */
+import { readFile, stat } from 'node:fs/promises';
+import { basename, dirname, join, resolve } from 'node:path';
+import { OemError } from '../errors.js';
+import { prepareBase, type BaseIndex } from '../image/base-cache.js';
+import { FileSource, SliceSource } from '../image/byte-source.js';
+import { detectFilesystem, type FsInfo } from '../image/fs-detect.js';
+import { detectGeneration, parseKeyValues } from '../image/generation.js';
+import { readGpt } from '../image/gpt.js';
+import { partitionReports } from '../image/inspect.js';
+import { roleOf } from '../image/layout.js';
+import type { ProgressUnit } from '../progress.js';
+import type { Generation } from '../providers/render.js';
+import { defaultCacheDir, fetchRelease, type FetchOptions } from '../release/fetch.js';
+import { loadTrustedKeys, verifyDetached, type Distro } from '../release/verify.js';
+import { hashes } from './publish.js';
+
+export interface Base {
+  compressed: string;
+  distro: Distro;
+  channel: string;
+  board: string;
+  version: string;
+  versionFields: Record<string, string>;
+  sha512: string;
+  verified: boolean;
+  signedBy: string | null;
+}
+
+/** Where a build writes (OEM, ROOT) and the partition tables, as byte ranges of the image. */
+export interface Layout {
+  size: number;
+  gpt: [number, number][];
+  written: [number, number][];
+}
+
+export interface PreparedImage {
+  /** The decoded base (sparse, in the cache; never written). */
+  raw: string;
+  /** The release's bzip2 block map, for reusing its blocks. */
+  index: BaseIndex | null;
+  layout: Layout;
+  generation: Generation;
+}
+
+export interface BaseSource {
+  image?: string;
+  signature?: string;
+  keyFiles?: string[];
+  insecure?: boolean;
+  fetch?: Omit<FetchOptions, 'keyFiles' | 'insecure' | 'log' | 'onProgress'>;
+}
+
+interface Report {
+  log: (line: string) => void;
+  step: (title: string) => void;
+  progress: (done: number, total: number | undefined, unit?: ProgressUnit) => void;
+}
+
+/** The base release: fetched and verified, or a local image (verified unless --insecure). */
+export async function resolveBase(src: BaseSource, r: Report): Promise<Base> {
+  if (src.image) {
+    r.step(`checking the local image ${basename(src.image)}`);
+    const lb = await localBase(src, r.log);
+    return { ...lb, distro: 'flatcar', version: '', versionFields: lb.versionTxt ?? {} };
+  }
+  r.step(`fetching the ${src.fetch?.distro ?? 'flatcar'} ${src.fetch?.channel ?? 'stable'} release`);
+  const f = await fetchRelease({
+    ...(src.fetch as FetchOptions),
+    ...(src.keyFiles?.length ? { keyFiles: src.keyFiles } : {}),
+    insecure: src.insecure ?? false,
+    log: r.log,
+    onProgress: (d, t) => r.progress(d, t, 'bytes'),
+  });
+  return {
+    compressed: f.image,
+    distro: f.distro,
+    channel: f.channel,
+    board: f.board,
+    version: f.version,
+    versionFields: parseKeyValues(await readFile(f.versionTxt, 'utf8')),
+    sha512: f.sha512,
+    verified: f.verified !== null,
+    signedBy: f.verified?.signingKeyFingerprint ?? null,
+  };
+}
+
+async function localBase(src: BaseSource, log: (l: string) => void): Promise<Omit<Base, 'distro' | 'version' | 'versionFields'> & { versionTxt?: Record<string, string> }> {
+  const image = resolve(src.image!);
+  if (!(await stat(image).catch(() => null))?.isFile()) throw new OemError(`no such image: ${src.image}`, { code: 'usage' });
+  const sigPath = src.signature ?? `${image}.sig`;
+  const sig = await readFile(sigPath).catch(() => null);
+  let verified = false;
+  let signedBy: string | null = null;
+  let sha512: string;
+  if (sig && !src.insecure) {
+    const trusted = src.keyFiles?.length
+      ? await loadTrustedKeys('flatcar', src.keyFiles)
+      : await Promise.all([loadTrustedKeys('flatcar'), loadTrustedKeys('coreos')]).then((t) => ({ keys: t.flatMap((x) => x.keys), source: 'the bundled Flatcar and CoreOS image signing keys' }));
+    const v = await verifyDetached(image, sig, basename(sigPath), trusted);
+    verified = true;
+    signedBy = v.signingKeyFingerprint;
+    sha512 = v.sha512;
+    log(`verified ${basename(image)}: good signature by subkey ${v.signingKeyFingerprint} of ${v.key}`);
+  } else {
+    if (!src.insecure) {
+      throw new OemError(`${src.image} has no signature to verify (${sigPath} is missing)`, {
+        code: 'verification',
+        hint: 'give it with --signature FILE, or build from an unverified image with --insecure (recorded in the manifest)',
+      });
+    }
+    log(`WARNING: --insecure: ${basename(image)} is NOT verified`);
+    sha512 = (await hashes(image)).sha512;
+  }
+  const stem = basename(image).replace(/(\.bin)?(\.bz2|\.gz|\.xz|\.zst)?$/, '');
+  let versionTxt: Record<string, string> | undefined;
+  for (const p of [join(dirname(image), `${stem}.version.txt`), join(dirname(image), 'version.txt')]) {
+    const t = await readFile(p, 'utf8').catch(() => null);
+    if (t) {
+      versionTxt = parseKeyValues(t);
+      break;
+    }
+  }
+  return {
+    compressed: image,
+    channel: src.fetch?.channel ?? 'stable',
+    board: src.fetch?.board ?? 'amd64-usr',
+    sha512,
+    verified,
+    signedBy,
+    ...(versionTxt ? { versionTxt } : {}),
+  };
+}
+
+/**
+ * Decodes the base once (kept in the cache for the next build) and reads what it is. For a local
+ * image, `base` gets its distribution and version from the image itself where no version.txt said.
+ */
+export async function prepareImage(base: Base, opts: { cacheDir?: string; work: string; generation?: Generation }, r: Report): Promise<PreparedImage> {
+  r.step('preparing the base image');
+  const prepared = await prepareBase(base.compressed, base.sha512, {
+    cacheDir: opts.cacheDir ?? defaultCacheDir(),
+    workDir: opts.work,
+    log: r.log,
+    onProgress: (done, total) => r.progress(done, total, 'percent'),
+  });
+  const src = await FileSource.open(prepared.raw);
+  let gen;
+  let layout: Layout;
+  try {
+    const gpt = await readGpt(src);
+    const ss = gpt.sectorSize;
+    const part = (role: string): [number, number][] => gpt.partitions.filter((p) => roleOf(p.number, p.label, p.typeGuid) === role).map((p) => [p.offset, p.offset + p.size]);
+    layout = {
+      size: prepared.size,
+      gpt: [[0, gpt.firstUsableLba * ss], [(gpt.lastUsableLba + 1) * ss, prepared.size]],
+      written: [...part('oem'), ...part('root')],
+    };
+    const fss = new Map<number, FsInfo>();
+    for (const p of gpt.partitions) fss.set(p.number, await detectFilesystem(new SliceSource(src, p.offset, p.size)));
+    gen = await detectGeneration(prepared.raw, partitionReports(gpt, fss), Object.keys(base.versionFields).length ? base.versionFields : undefined);
+  } finally {
+    await src.close();
+  }
+  const generation: Generation = opts.generation ?? (gen.name === 'unknown' ? 'flatcar' : gen.name);
+  if (!base.version) {
+    base.distro = gen.name === 'coreos' ? 'coreos' : 'flatcar';
+    base.version = base.versionFields.FLATCAR_VERSION ?? base.versionFields.COREOS_VERSION ?? gen.version ?? '0.0.0';
+    if (!Object.keys(base.versionFields).length) {
+      const P = base.distro === 'coreos' ? 'COREOS' : 'FLATCAR';
+      base.versionFields = { [`${P}_VERSION`]: base.version, [`${P}_VERSION_ID`]: base.version };
+    }
+  }
+  r.log(`base: ${base.distro} ${base.version} (${generation}-style image${opts.generation ? ', forced' : ''})`);
+  return { raw: prepared.raw, index: prepared.index, layout, generation };
+}
