@@ -1,24 +1,24 @@
 /**
- * oem build --all-providers on both generations: every provider's content, checked with oem inspect
- * and independent tools. Builds use the mount backend when run as root (CI), else rootless.
+ * The oem build --all-providers suite, run per generation by test/build-providers-*.test.ts: every
+ * provider's content, checked with oem inspect and independent tools. Builds use the mount backend
+ * when run as root (CI), else rootless.
  */
 import { execa } from 'execa';
 import { readFile, readdir, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { beforeAll, describe, expect, it } from 'vitest';
-import type { BuildResult } from '../src/build.js';
-import type { InspectReport } from '../src/image/inspect.js';
-import { checkCloudConfig, checkIgnition } from '../src/providers/validate.js';
-import { oemJson } from './helpers/cli.js';
-import { part, readTree } from './helpers/image-read.js';
-import { agent, fixtures, key, mirrorArgs, PROVIDERS, raw, sha512, useBuildEnv, work } from './helpers/build-env.js';
-
-useBuildEnv();
+import type { BuildResult } from '../../src/build.js';
+import type { InspectReport } from '../../src/image/inspect.js';
+import { checkCloudConfig, checkIgnition } from '../../src/providers/validate.js';
+import { oemJson } from './cli.js';
+import { part, readTree } from './image-read.js';
+import { agent, fixtures, key, mirrorArgs, PROVIDERS, raw, sha512, work } from './build-env.js';
 
 // CoreOS-style uncompressed (--compress none), Flatcar-style with the default bz2: the content checks
 // read the first as built, the second through stock lbzip2.
-for (const gen of ['coreos', 'flatcar'] as const) {
+/** The --all-providers suite for one generation (one test file each, so that the two run at once). */
+export function allProvidersSuite(gen: 'coreos' | 'flatcar'): void {
   const compress = gen === 'coreos' ? 'none' : 'bz2';
   const suffix = compress === 'none' ? '' : '.bz2';
   describe(`oem build --all-providers, ${gen}-style release (--compress ${compress})`, () => {

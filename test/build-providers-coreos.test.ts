@@ -1,0 +1,6 @@
+/** oem build --all-providers on a CoreOS-style release (test/helpers/all-providers.ts). */
+import { allProvidersSuite } from './helpers/all-providers.js';
+import { useBuildEnv } from './helpers/build-env.js';
+
+useBuildEnv();
+allProvidersSuite('coreos');
