@@ -871,6 +871,12 @@ describe('oem-agent subcommands on a temporary root', () => {
     expect(classifyUserdata(Buffer.from('{"ignition": {"version": "3.4.0"}}')).kind).toBe('ignition');
     expect(classifyUserdata(Buffer.from('{"version": 1}')).kind).toBe('agent-config');
     expect(classifyUserdata(Buffer.from('version: 2\n')).kind).toBe('other');
+    // One limit for userdata, fetched or unpacked: 16 MiB. A gzip that unpacks beyond it is kept as it came.
+    const limit = 16 * 1024 * 1024;
+    const atLimit = gzipSync(Buffer.concat([Buffer.from('version: 1\n#'), Buffer.alloc(limit - 12, 0x20)]));
+    expect(classifyUserdata(atLimit)).toMatchObject({ kind: 'agent-config' });
+    const bomb = gzipSync(Buffer.alloc(limit + 1, 0x20));
+    expect(classifyUserdata(bomb)).toMatchObject({ kind: 'other', bytes: bomb });
   });
 
   it('userdata: the stamp directory can be moved; coreos-cloudinit is only announced for another root', async () => {

@@ -26,6 +26,7 @@ import { execaRunner, provision, type ProvisionOptions, type Runner } from '../p
 import { runChecked } from '../provision/runner.js';
 import { writeKeySet } from '../provision/users.js';
 import { cleanPath, RootFs } from '../provision/rootfs.js';
+import { MAX_USERDATA_BYTES } from './local-io.js';
 import type { Metadata, MetadataProvider, ProviderEnv, Userdata } from './types.js';
 import { cleanHostname, cleanSshKeys, envFileContent, shown, staticHostname, validNetworkUnitName } from './values.js';
 
@@ -42,8 +43,6 @@ export const COREOS_CLOUDINIT = '/usr/bin/coreos-cloudinit';
 export const HOSTS_ENTRIES: Record<string, { address: string; name: string }[]> = {
   gce: [{ address: '169.254.169.254', name: 'metadata' }],
 };
-/** Userdata larger than this after gunzip is refused. */
-export const MAX_USERDATA_BYTES = 64 * 1024 * 1024;
 
 export interface ActionOptions {
   provider: MetadataProvider;

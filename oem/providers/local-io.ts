@@ -17,7 +17,7 @@ import { describe, OemError } from '../../src/errors.js';
 import { RootFs } from '../provision/rootfs.js';
 import type { ProviderEnv } from './types.js';
 
-/** Largest userdata accepted from any source. */
+/** Largest userdata accepted from any source, as fetched and after gunzip (the one limit). */
 export const MAX_USERDATA_BYTES = 16 * 1024 * 1024;
 /** Largest small metadata file (lease files, the kernel command line, a hostname...). */
 export const MAX_SMALL_BYTES = 256 * 1024;

@@ -16,10 +16,10 @@ import { isIP, isIPv4, isIPv6 } from 'node:net';
 import { posix } from 'node:path';
 import { describe, OemError } from '../../src/errors.js';
 import { HttpError, httpGet, joinUrl, showUrl } from './http.js';
+import { MAX_USERDATA_BYTES } from './local-io.js';
 import type { Metadata, ProviderEnv, Userdata } from './types.js';
 import { cleanHostname, cleanMac, cleanSshKeys, netmaskToPrefix, shown } from './values.js';
 
-export const MAX_USERDATA_BYTES = 16 * 1024 * 1024;
 export const MAX_JSON_BYTES = 1024 * 1024;
 /** Symlinks followed while resolving one path (Linux's MAXSYMLINKS). */
 const MAX_SYMLINKS = 40;
