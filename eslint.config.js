@@ -12,4 +12,17 @@ export default tseslint.config(
       'no-constant-condition': ['error', { checkLoops: false }],
     },
   },
+  // The builder (src/) and the agent (oem/) share src/shared/ and nothing else.
+  {
+    files: ['oem/**/*.ts'],
+    rules: { 'no-restricted-imports': ['error', { patterns: [{ regex: '^(\\.\\./)+src/(?!shared/)', message: 'the agent imports only the shared layer of src/ (src/shared/)' }] }] },
+  },
+  {
+    files: ['src/**/*.ts'],
+    rules: { 'no-restricted-imports': ['error', { patterns: [{ regex: '^(\\.\\./)+oem/', message: 'the builder does not import the agent; share through src/shared/' }] }] },
+  },
+  {
+    files: ['src/shared/**/*.ts'],
+    rules: { 'no-restricted-imports': ['error', { patterns: [{ regex: '^(\\.\\./)+(artifacts|build|commands|image|providers|release|write)/|^\\.\\./\\.\\./', message: 'the shared layer imports nothing of the builder or the agent' }] }] },
+  },
 );

@@ -5,9 +5,9 @@
  */
 import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
-import { describe, OemError } from '../src/errors.js';
-import { formatProblem } from './config/types.js';
-import { readAndValidateConfig } from './config/validate.js';
+import { describe, OemError } from '../src/shared/errors.js';
+import { formatProblem } from '../src/shared/config/types.js';
+import { readAndValidateConfig } from '../src/shared/config/validate.js';
 import { applyStorage } from './provision/disks.js';
 import { provision, type StorageHook } from './provision/index.js';
 import { hostnameAction, metadataAction, METADATA_FILE, networkAction, sshKeysAction, userdataAction } from './providers/actions.js';

@@ -1,6 +1,6 @@
 import { Command, Errors } from '@oclif/core';
 import { installSignalHandlers, releaseAll } from './cleanup.js';
-import { OemError } from './errors.js';
+import { OemError } from './shared/errors.js';
 
 /**
  * Base of every command: expected failures (OemError) end with one line on stderr, an optional hint,

@@ -24,14 +24,14 @@ import { prepareImage, resolveBase, type Base, type BaseSource, type PreparedIma
 import { loadAgent, loadConfig } from './build/inputs.js';
 import { buildTime, publishProvider, type ProviderBuild } from './build/publish.js';
 import { acquire } from './cleanup.js';
-import { OemError } from './errors.js';
+import { OemError } from './shared/errors.js';
 import type { ProgressSink, ProgressUnit } from './progress.js';
 import { findProvider, loadProviders, type Provider } from './providers/registry.js';
 import { renderProvider, type Generation } from './providers/render.js';
 import { validateRendered } from './providers/validate.js';
 import type { Distro } from './release/verify.js';
 import { sourceDateEpoch } from './source-date.js';
-import { readKeyFile, type SshKey } from './ssh-keys.js';
+import { readKeyFile, type SshKey } from './shared/ssh-keys.js';
 import { resolveBackend, type BackendChoice } from './write/apply.js';
 
 export type { ArtifactInfo, ProviderBuild } from './build/publish.js';

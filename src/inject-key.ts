@@ -5,9 +5,9 @@
  * merged `~/.ssh/authorized_keys` (directories 0700, files 0600, owned by the user). Other key sets are
  * kept; running it again replaces the `oem` set, so keys are never duplicated.
  */
-import { OemError } from './errors.js';
+import { OemError } from './shared/errors.js';
 import { prepareWorkingImage, defaultOutputName } from './image/working.js';
-import { keySetContent, mergeKeySets, readKeyFile, upgradeLegacyAuthorizedKeys, validKeySetName, type SshKey } from './ssh-keys.js';
+import { keySetContent, mergeKeySets, readKeyFile, upgradeLegacyAuthorizedKeys, validKeySetName, type SshKey } from './shared/ssh-keys.js';
 import { partitionTargets, resolveBackend, withSession, type BackendChoice } from './write/apply.js';
 import { describePlan, normalizePlan, planSummary, type PlanEntry, type WritePlan } from './write/plan.js';
 import type { PartitionSession } from './write/session.js';

@@ -1,7 +1,7 @@
 import { execa, type Options } from 'execa';
 import { access, constants } from 'node:fs/promises';
 import { delimiter, join } from 'node:path';
-import { OemError } from './errors.js';
+import { OemError } from './shared/errors.js';
 
 /** Which Debian package provides each external tool, for hints. */
 const PACKAGE_OF: Record<string, string> = {

@@ -14,7 +14,7 @@ import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { compressReusing } from '../src/artifacts/bzip2-reuse.js';
 import { prepareBase } from '../src/image/base-cache.js';
 import { Bzip2IndexError, indexBlocks } from '../src/image/bzip2-blocks.js';
-import { OemError } from '../src/errors.js';
+import { OemError } from '../src/shared/errors.js';
 import { part } from './helpers/image-read.js';
 
 const fixtures = inject('fixtures');

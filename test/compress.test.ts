@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { COMPRESSION_SUFFIX, COMPRESSIONS, compressBzip2, compressFile, type Compression } from '../src/artifacts/compress.js';
-import { OemError } from '../src/errors.js';
+import { OemError } from '../src/shared/errors.js';
 
 const MiB = 1024 * 1024;
 // Four of xz -6's 24 MiB blocks, and more than lbzip2 and zstd cut in one piece.

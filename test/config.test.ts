@@ -1,5 +1,5 @@
 /**
- * The provisioning config validator (oem/config/validate.ts): valid configs (every feature, the
+ * The provisioning config validator (src/shared/config/validate.ts): valid configs (every feature, the
  * example of types.ts, JSON), one or more negative cases per rule as a data table, positions and
  * formatting, all problems at once, warnings-only configs, and reading files.
  */
@@ -7,8 +7,8 @@ import { mkdtemp, readFile, rm, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { formatProblem, type AgentConfig, type Problem } from '../oem/config/types.js';
-import { MAX_CONFIG_BYTES, readAndValidateConfig, validateConfig } from '../oem/config/validate.js';
+import { formatProblem, type AgentConfig, type Problem } from '../src/shared/config/types.js';
+import { MAX_CONFIG_BYTES, readAndValidateConfig, validateConfig } from '../src/shared/config/validate.js';
 import { oem } from './helpers/cli.js';
 
 // A real public key (from test/ssh-keys.test.ts).
@@ -255,9 +255,9 @@ const FULL_EXPECTED: AgentConfig = {
   },
 };
 
-/** The example in the doc comment of oem/config/types.ts, as written there. */
+/** The example in the doc comment of src/shared/config/types.ts, as written there. */
 async function typesExample(): Promise<string> {
-  const src = await readFile(new URL('../oem/config/types.ts', import.meta.url), 'utf8');
+  const src = await readFile(new URL('../src/shared/config/types.ts', import.meta.url), 'utf8');
   const m = /\* Example[^\n]*:\n \*\n([\s\S]*?)\n \*\//.exec(src);
   if (!m?.[1]) throw new Error('no example in types.ts');
   return m[1]

@@ -3,7 +3,7 @@ import { access, lstat, mkdtemp, readFile, readlink, rm, stat, truncate, writeFi
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { Storage } from '../oem/config/types.js';
+import type { Storage } from '../src/shared/config/types.js';
 import {
   applyStorage,
   commandLine,
@@ -18,8 +18,8 @@ import {
   type RunResult,
   type StoragePlan,
 } from '../oem/provision/disks.js';
-import { OemError } from '../src/errors.js';
-import { checkUnit } from '../src/units.js';
+import { OemError } from '../src/shared/errors.js';
+import { checkUnit } from '../src/shared/units.js';
 import { which } from '../src/tools.js';
 
 const EFI = 'C12A7328-F81F-11D2-BA4B-00A0C93EC93B';

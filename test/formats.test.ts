@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { COMPRESSIBLE, FORMATS, FORMAT_EXTENSION, artifactName, convert, normalizeVhdx, tarHeaders, type Format } from '../src/artifacts/formats.js';
-import { OemError } from '../src/errors.js';
+import { OemError } from '../src/shared/errors.js';
 
 const MiB = 1024 * 1024;
 const MTIME = new Date('2024-01-02T03:04:05Z');

@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { FileSource } from '../src/image/byte-source.js';
 import { formatGuid, parseGuid, readGpt, type Gpt } from '../src/image/gpt.js';
 import { LAYOUT, roleOf } from '../src/image/layout.js';
-import { OemError } from '../src/errors.js';
+import { OemError } from '../src/shared/errors.js';
 import { patchGpt, readCopy, setEntryLbas, writeAt } from './helpers/gpt-patch.js';
 
 const fixtures = inject('fixtures');

@@ -644,7 +644,7 @@ describe('the registry', () => {
     expect(Object.keys(PROVIDERS).sort()).toEqual(
       ['azure', 'cloudsigma', 'cloudstack', 'digitalocean', 'ec2', 'exoscale', 'gce', 'hyperv', 'ipxe', 'niftycloud', 'openstack', 'pxe', 'rackspace', 'rackspace-onmetal', 'vagrant', 'vmware'].sort(),
     );
-    for (const id of ['ec2', 'gce', 'digitalocean']) expect((await PROVIDERS[id]!()).id).toBe(id);
+    for (const id of ['ec2', 'gce', 'digitalocean'] as const) expect((await PROVIDERS[id]()).id).toBe(id);
   });
 
   it('finds the provider: explicit, else flatcar.oem.id= / coreos.oem.id= (the last one wins)', async () => {

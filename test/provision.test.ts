@@ -12,7 +12,7 @@ import { copyFile, lstat, mkdir, mkdtemp, readdir, readFile, readlink, rm, stat,
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { AgentConfig } from '../oem/config/types.js';
+import type { AgentConfig } from '../src/shared/config/types.js';
 import { provision, recordingRunner, type ProvisionOptions } from '../oem/provision/index.js';
 import { parseInstall } from '../oem/provision/units.js';
 import { fetchVerified } from '../oem/provision/files.js';

@@ -12,7 +12,7 @@ import { join, resolve } from 'node:path';
 import * as openpgp from 'openpgp';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { clearsign, loadSigningKey, signFile, type SigningKey } from '../src/artifacts/sign.js';
-import { OemError } from '../src/errors.js';
+import { OemError } from '../src/shared/errors.js';
 import { loadTrustedKeys, verifyDetached } from '../src/release/verify.js';
 import { generateTestKey } from '../scripts/lib/mirror.js';
 

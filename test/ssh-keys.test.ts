@@ -4,7 +4,7 @@ import { mkdir, mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs/promis
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { OemError } from '../src/errors.js';
+import { OemError } from '../src/shared/errors.js';
 import {
   AUTHORIZED_KEYS_HEADER,
   keySetContent,
@@ -13,7 +13,7 @@ import {
   readKeyFile,
   upgradeLegacyAuthorizedKeys,
   validKeySetName,
-} from '../src/ssh-keys.js';
+} from '../src/shared/ssh-keys.js';
 
 // Real public keys made with OpenSSH 9.2 `ssh-keygen`, with the fingerprints `ssh-keygen -lf` printed.
 const ED = {

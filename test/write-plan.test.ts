@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { releaseAll } from '../src/cleanup.js';
-import { OemError } from '../src/errors.js';
+import { OemError } from '../src/shared/errors.js';
 import { applyPlan, partitionTargets } from '../src/write/apply.js';
 import { normalizePlan, type WritePlan } from '../src/write/plan.js';
 import { buildTestImage } from '../scripts/lib/test-image.js';

@@ -16,10 +16,10 @@
 import { posix } from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import { isMap, parseDocument } from 'yaml';
-import { OemError } from '../../src/errors.js';
-import { parseAuthorizedKeys, validKeySetName } from '../../src/ssh-keys.js';
-import { formatProblem } from '../config/types.js';
-import { validateConfig } from '../config/validate.js';
+import { OemError } from '../../src/shared/errors.js';
+import { parseAuthorizedKeys, validKeySetName } from '../../src/shared/ssh-keys.js';
+import { formatProblem } from '../../src/shared/config/types.js';
+import { validateConfig } from '../../src/shared/config/validate.js';
 import { LOG_PREFIX, makeContext, ROOT_ID, type Id, type ProvisionContext, type Verb } from '../provision/context.js';
 import { DEFAULT_FETCH, ensureFile } from '../provision/files.js';
 import { execaRunner, provision, type ProvisionOptions, type Runner } from '../provision/index.js';

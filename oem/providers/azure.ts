@@ -18,7 +18,7 @@
  * strict scanner: no DOCTYPE, no entity declarations, only the predefined and numeric character
  * references, balanced tags; anything else is an error.
  */
-import { OemError } from '../../src/errors.js';
+import { OemError } from '../../src/shared/errors.js';
 import { decodeBase64, MAX_ENVELOPE_BYTES, readFileBelow, userdataOrNull } from './local-io.js';
 import type { Metadata, MetadataProvider, ProviderEnv, Userdata } from './types.js';
 import { cleanHostname, cleanSshKeys } from './values.js';

@@ -14,7 +14,7 @@
 import { execFile } from 'node:child_process';
 import { closeSync, constants, openSync, writeSync } from 'node:fs';
 import { isatty, ReadStream } from 'node:tty';
-import { describe, OemError } from '../../src/errors.js';
+import { describe, OemError } from '../../src/shared/errors.js';
 import { decodeBase64, MAX_ENVELOPE_BYTES, userdataOrNull } from './local-io.js';
 import type { Metadata, MetadataProvider, ProviderEnv, Userdata } from './types.js';
 import { cleanHostname, cleanIp, cleanSshKeys, shown } from './values.js';

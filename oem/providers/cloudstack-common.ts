@@ -12,7 +12,7 @@
  */
 import { readdir } from 'node:fs/promises';
 import { isIP, isIPv4 } from 'node:net';
-import { OemError } from '../../src/errors.js';
+import { OemError } from '../../src/shared/errors.js';
 import { httpGet, joinUrl } from './http.js';
 import { MAX_SMALL_BYTES, readFileIn, resolveIn, userdataOrNull } from './local-io.js';
 import type { Metadata, MetadataProvider, ProviderEnv, Userdata } from './types.js';

@@ -20,7 +20,7 @@
  * COREOS_HOSTNAME, and COREOS_DIGITALOCEAN_{HOSTNAME, DROPLET_ID, REGION, IPV4_PUBLIC_<n>,
  * IPV4_PRIVATE_<n>, IPV4_ANCHOR_<n>, IPV6_PUBLIC_<n>, IPV6_PRIVATE_<n>}.
  */
-import { OemError } from '../../src/errors.js';
+import { OemError } from '../../src/shared/errors.js';
 import { httpGet, joinUrl, showUrl } from './http.js';
 import type { Metadata, MetadataProvider, ProviderEnv, Userdata } from './types.js';
 import { cleanHostname, cleanIp, cleanMac, cleanPrefix, cleanSshKeys, netmaskToPrefix, networkUnitName, shown } from './values.js';

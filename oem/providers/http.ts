@@ -10,7 +10,7 @@
  *
  * Bodies larger than MAX_BODY_BYTES are refused. Each retry is logged through env.log.
  */
-import { describe, OemError } from '../../src/errors.js';
+import { describe, OemError } from '../../src/shared/errors.js';
 import type { ProviderEnv } from './types.js';
 import { showUrl } from '../provision/files.js';
 

@@ -4,7 +4,8 @@
  */
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { OemError } from '../../src/errors.js';
+import { OemError } from '../../src/shared/errors.js';
+import { AGENT_PLATFORMS, type AgentPlatform } from '../../src/shared/platforms.js';
 import type { MetadataProvider, ProviderEnv } from './types.js';
 
 type ProviderModule = { provider: MetadataProvider };
@@ -18,8 +19,8 @@ async function load(id: string, mod: Promise<ProviderModule>): Promise<MetadataP
   return p;
 }
 
-/** oem id -> the provider that serves it. */
-export const PROVIDERS: Record<string, () => Promise<MetadataProvider>> = {
+/** oem id -> the provider that serves it (exactly the platforms of src/shared/platforms.ts). */
+export const PROVIDERS: Record<AgentPlatform, () => Promise<MetadataProvider>> = {
   azure: () => load('azure', import('./azure.js')),
   cloudsigma: () => load('cloudsigma', import('./cloudsigma.js')),
   cloudstack: () => load('cloudstack', import('./cloudstack.js')),
@@ -38,7 +39,7 @@ export const PROVIDERS: Record<string, () => Promise<MetadataProvider>> = {
   vmware: () => load('vmware', import('./vmware.js')),
 };
 
-export const PROVIDER_IDS: readonly string[] = Object.keys(PROVIDERS).sort();
+export const PROVIDER_IDS: readonly string[] = [...AGENT_PLATFORMS].sort();
 
 export const DEFAULT_HTTP: ProviderEnv['http'] = { tries: 10, backoffMs: 1000, maxBackoffMs: 5000, timeoutMs: 10_000 };
 
@@ -107,5 +108,5 @@ export async function detectProviderId(explicit: string | undefined, env: Pick<P
 /** The provider for `explicit`, else for the kernel command line's oem id. */
 export async function detectProvider(explicit: string | undefined, env: Pick<ProviderEnv, 'root' | 'cmdline'>): Promise<MetadataProvider> {
   const id = await detectProviderId(explicit, env);
-  return PROVIDERS[id]!();
+  return PROVIDERS[id as AgentPlatform]();
 }

@@ -13,7 +13,7 @@ import { execFile } from 'node:child_process';
 import { constants } from 'node:fs';
 import { open, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { describe, OemError } from '../../src/errors.js';
+import { describe, OemError } from '../../src/shared/errors.js';
 import { RootFs } from '../provision/rootfs.js';
 import type { ProviderEnv } from './types.js';
 

@@ -10,7 +10,7 @@
  * missing, hanging or failing otherwise is an error. Nothing is written back (the old scripts reset
  * the flags with info-set; the agent only reads).
  */
-import { OemError } from '../../src/errors.js';
+import { OemError } from '../../src/shared/errors.js';
 import { decodeBase64, MAX_ENVELOPE_BYTES, runCommand, userdataOrNull } from './local-io.js';
 import type { Metadata, MetadataProvider, ProviderEnv, Userdata } from './types.js';
 import { cleanSshKeys, shown } from './values.js';

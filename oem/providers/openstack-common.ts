@@ -14,7 +14,7 @@ import { constants as fsConstants } from 'node:fs';
 import { lstat, open, readdir, readlink } from 'node:fs/promises';
 import { isIP, isIPv4, isIPv6 } from 'node:net';
 import { posix } from 'node:path';
-import { describe, OemError } from '../../src/errors.js';
+import { describe, OemError } from '../../src/shared/errors.js';
 import { HttpError, httpGet, joinUrl, showUrl } from './http.js';
 import { MAX_USERDATA_BYTES } from './local-io.js';
 import type { Metadata, ProviderEnv, Userdata } from './types.js';

@@ -7,8 +7,8 @@
  * bad value never fails the whole run.
  */
 import { isIP } from 'node:net';
-import { describe } from '../../src/errors.js';
-import { parseAuthorizedKeys } from '../../src/ssh-keys.js';
+import { describe } from '../../src/shared/errors.js';
+import { parseAuthorizedKeys } from '../../src/shared/ssh-keys.js';
 
 type Log = (line: string) => void;
 

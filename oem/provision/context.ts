@@ -3,9 +3,8 @@
  * action, counted as changed or unchanged), and the account database of the tree (ROOT/etc/passwd,
  * group, shadow, gshadow) for resolving owners by name.
  */
-import { OemError } from '../../src/errors.js';
-import type { Owner } from '../config/types.js';
-import type { FetchOptions } from './files.js';
+import { OemError } from '../../src/shared/errors.js';
+import type { Owner } from '../../src/shared/config/types.js';
 import type { RootFs } from './rootfs.js';
 import type { Runner } from './runner.js';
 
@@ -15,6 +14,18 @@ const BASE_FORM: Record<Verb, string> = { created: 'create', updated: 'update', 
 
 /** Log lines start with this (the journal adds time and host; systemd's SyslogIdentifier is separate). */
 export const LOG_PREFIX = 'oem-agent: ';
+
+/** How remote file sources are fetched. */
+export interface FetchOptions {
+  /** Attempts in all (default 10). */
+  tries: number;
+  /** Wait before the second attempt, doubled after each failure (default 1000 ms)... */
+  initialDelayMs: number;
+  /** ...up to this (default 5000 ms). */
+  maxDelayMs: number;
+  /** Limit for one request, body included (default 60 s). */
+  timeoutMs: number;
+}
 
 export interface ProvisionContext {
   /** The host directory that is the tree's root ('/' on a booted system). */

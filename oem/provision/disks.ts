@@ -14,8 +14,8 @@
  */
 import { lstat, mkdir, readFile, readlink, rename, stat, symlink, unlink, writeFile } from 'node:fs/promises';
 import { basename, join } from 'node:path';
-import type { Filesystem, FilesystemFormat, Partition, Raid, Storage, VolumeGroup } from '../config/types.js';
-import { OemError, describe } from '../../src/errors.js';
+import type { Filesystem, FilesystemFormat, Partition, Raid, Storage, VolumeGroup } from '../../src/shared/config/types.js';
+import { OemError, describe } from '../../src/shared/errors.js';
 
 /** One command of a plan. allowFail: a failure is logged and ignored. waitFor: device nodes to wait for first. */
 export type Command = { cmd: string; args: string[]; why: string; allowFail?: boolean; waitFor?: string[] };

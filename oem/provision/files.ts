@@ -9,21 +9,11 @@
  */
 import { createHash } from 'node:crypto';
 import { posix } from 'node:path';
-import { describe, OemError } from '../../src/errors.js';
-import type { DirectoryEntry, FileEntry, LinkEntry } from '../config/types.js';
-import { fmtMode, fmtOwner, parseMode, resolveOwner, type Id, type ProvisionContext } from './context.js';
+import { describe, OemError } from '../../src/shared/errors.js';
+import type { DirectoryEntry, FileEntry, LinkEntry } from '../../src/shared/config/types.js';
+import { fmtMode, fmtOwner, parseMode, resolveOwner, type FetchOptions, type Id, type ProvisionContext } from './context.js';
 import { cleanPath, kindName } from './rootfs.js';
 
-export interface FetchOptions {
-  /** Attempts in all (default 10). */
-  tries: number;
-  /** Wait before the second attempt, doubled after each failure (default 1000 ms)... */
-  initialDelayMs: number;
-  /** ...up to this (default 5000 ms). */
-  maxDelayMs: number;
-  /** Limit for one request, body included (default 60 s). */
-  timeoutMs: number;
-}
 
 export const DEFAULT_FETCH: FetchOptions = { tries: 10, initialDelayMs: 1000, maxDelayMs: 5000, timeoutMs: 60_000 };
 

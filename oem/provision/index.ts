@@ -20,17 +20,18 @@ import { createHash } from 'node:crypto';
 import { constants } from 'node:fs';
 import { lstat, mkdir, open, readFile, rename, rm } from 'node:fs/promises';
 import { isAbsolute, join, relative, resolve } from 'node:path';
-import { describe, OemError } from '../../src/errors.js';
-import type { AgentConfig, Owner, Storage } from '../config/types.js';
+import { describe, OemError } from '../../src/shared/errors.js';
+import type { AgentConfig, Owner, Storage } from '../../src/shared/config/types.js';
 import { BASE_FORM, LOG_PREFIX, makeContext, requireAccounts, type ProvisionContext, type Verb } from './context.js';
-import { applyDirectories, applyFiles, applyLinks, DEFAULT_FETCH, type FetchOptions } from './files.js';
+import type { FetchOptions } from './context.js';
+import { applyDirectories, applyFiles, applyLinks, DEFAULT_FETCH } from './files.js';
 import { RootFs } from './rootfs.js';
 import { execaRunner, type Runner } from './runner.js';
 import { applySystemdUnits, applyNetworkdUnits } from './units.js';
 import { applyGroups, applyUsers } from './users.js';
 
 export type { ProvisionContext } from './context.js';
-export type { FetchOptions } from './files.js';
+export type { FetchOptions } from './context.js';
 export { execaRunner, recordingRunner, type RecordingRunner, type Runner, type RunOptions, type RunResult } from './runner.js';
 
 export type StorageHook = (storage: Storage, ctx: ProvisionContext) => Promise<void>;

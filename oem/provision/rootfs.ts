@@ -14,7 +14,7 @@
 import { constants } from 'node:fs';
 import { lchown, link, lstat, mkdir, open, readdir, readlink, rename, rm, stat, symlink } from 'node:fs/promises';
 import { join, posix } from 'node:path';
-import { OemError } from '../../src/errors.js';
+import { OemError } from '../../src/shared/errors.js';
 
 export type Kind = 'dir' | 'file' | 'symlink' | 'other';
 

@@ -4,7 +4,7 @@
  * OemError naming the command and its stderr.
  */
 import { execa } from 'execa';
-import { OemError } from '../../src/errors.js';
+import { OemError } from '../../src/shared/errors.js';
 
 export interface RunOptions {
   /** Text for the program's stdin (default: none). */

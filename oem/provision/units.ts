@@ -10,8 +10,8 @@
  * `mask` links NAME to /dev/null.
  */
 import { posix } from 'node:path';
-import { OemError } from '../../src/errors.js';
-import type { NetworkdUnit, SystemdUnit } from '../config/types.js';
+import { OemError } from '../../src/shared/errors.js';
+import type { NetworkdUnit, SystemdUnit } from '../../src/shared/config/types.js';
 import { ROOT_ID, type ProvisionContext } from './context.js';
 import { ensureFile, ensureSymlink } from './files.js';
 

@@ -6,9 +6,9 @@
  * owned by the user).
  */
 import { posix } from 'node:path';
-import { OemError } from '../../src/errors.js';
-import { keySetContent, mergeKeySets, parseAuthorizedKeys, upgradeLegacyAuthorizedKeys, validKeySetName, type SshKey } from '../../src/ssh-keys.js';
-import type { Group, User } from '../config/types.js';
+import { OemError } from '../../src/shared/errors.js';
+import { keySetContent, mergeKeySets, parseAuthorizedKeys, upgradeLegacyAuthorizedKeys, validKeySetName, type SshKey } from '../../src/shared/ssh-keys.js';
+import type { Group, User } from '../../src/shared/config/types.js';
 import { requireAccounts, type Accounts, type Id, type ProvisionContext } from './context.js';
 import { ensureDirectory, ensureFile } from './files.js';
 import { runChecked } from './runner.js';

@@ -17,7 +17,7 @@ import { constants } from 'node:fs';
 import { copyFile, mkdir, open, readFile, rename, rm, writeFile, type FileHandle } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
-import { OemError } from '../errors.js';
+import { OemError } from '../shared/errors.js';
 import { dataExtents } from '../image/sparse.js';
 import { refineChunk, type BaseIndex } from '../image/base-cache.js';
 import { runStream } from '../image/bzip2-blocks.js';

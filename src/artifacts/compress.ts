@@ -24,7 +24,7 @@ import { open, readFile, rm, type FileHandle } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { constants as zlibConstants, createGzip } from 'node:zlib';
-import { OemError, describe } from '../errors.js';
+import { OemError, describe } from '../shared/errors.js';
 import { requireTool, which } from '../tools.js';
 
 export type Compression = 'bz2' | 'gz' | 'xz' | 'zst' | 'none';

@@ -22,7 +22,7 @@ import { basename, dirname, join } from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createGzip } from 'node:zlib';
-import { OemError, describe } from '../errors.js';
+import { OemError, describe } from '../shared/errors.js';
 import { requireTool, run } from '../tools.js';
 
 export type Format = 'raw' | 'qcow2' | 'vmdk' | 'vhd' | 'vhdx' | 'gce' | 'vagrant-libvirt' | 'vagrant-virtualbox' | 'ova';

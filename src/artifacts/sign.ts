@@ -15,7 +15,7 @@
 import { open, readFile } from 'node:fs/promises';
 import { Readable } from 'node:stream';
 import * as openpgp from 'openpgp';
-import { OemError, describe } from '../errors.js';
+import { OemError, describe } from '../shared/errors.js';
 
 export interface SigningKey {
   /** The decrypted secret key. */

@@ -9,7 +9,7 @@ import { rm, truncate, writeFile } from 'node:fs/promises';
 import type { Region } from '../artifacts/bzip2-reuse.js';
 import { copyRanges } from '../image/sparse.js';
 import { keyPlan } from '../inject-key.js';
-import type { SshKey } from '../ssh-keys.js';
+import type { SshKey } from '../shared/ssh-keys.js';
 import { partitionTargets, withSession } from '../write/apply.js';
 import { normalizePlan, type PlanEntry } from '../write/plan.js';
 import type { BackendName } from '../write/session.js';

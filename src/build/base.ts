@@ -6,7 +6,7 @@
  */
 import { readFile, stat } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
-import { OemError } from '../errors.js';
+import { OemError } from '../shared/errors.js';
 import { prepareBase, type BaseIndex } from '../image/base-cache.js';
 import { FileSource, SliceSource } from '../image/byte-source.js';
 import { detectFilesystem, type FsInfo } from '../image/fs-detect.js';

@@ -4,9 +4,9 @@
  */
 import { readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { formatProblem } from '../../oem/config/types.js';
-import { readAndValidateConfig } from '../../oem/config/validate.js';
-import { OemError } from '../errors.js';
+import { formatProblem } from '../shared/config/types.js';
+import { readAndValidateConfig } from '../shared/config/validate.js';
+import { OemError } from '../shared/errors.js';
 import { packageRoot } from '../paths.js';
 import { run } from '../tools.js';
 

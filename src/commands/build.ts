@@ -3,7 +3,7 @@ import { readFile } from 'node:fs/promises';
 import { OemCommand } from '../base-command.js';
 import { COMPRESSIONS, type Compression } from '../artifacts/compress.js';
 import { FORMATS, type Format } from '../artifacts/formats.js';
-import { OemError } from '../errors.js';
+import { OemError } from '../shared/errors.js';
 import { build, type BuildResult } from '../build.js';
 import { releaseFlags, releaseSource } from '../flags.js';
 import { runWithProgress } from '../progress.js';

@@ -1,8 +1,8 @@
 import { Args, Flags } from '@oclif/core';
 import { OemCommand } from '../base-command.js';
-import { OemError } from '../errors.js';
-import { readAndValidateConfig } from '../../oem/config/validate.js';
-import { formatProblem, type Problem } from '../../oem/config/types.js';
+import { OemError } from '../shared/errors.js';
+import { readAndValidateConfig } from '../shared/config/validate.js';
+import { formatProblem, type Problem } from '../shared/config/types.js';
 
 export default class Validate extends OemCommand {
   static override summary = 'Check a provisioning config (the one the agent applies on first boot).';

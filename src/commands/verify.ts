@@ -2,7 +2,7 @@ import { Args, Flags } from '@oclif/core';
 import { readFile, stat } from 'node:fs/promises';
 import { basename } from 'node:path';
 import { OemCommand } from '../base-command.js';
-import { OemError } from '../errors.js';
+import { OemError } from '../shared/errors.js';
 import { checkDigests, loadTrustedKeys, verifyCleartext, verifyDetached, type Distro } from '../release/verify.js';
 
 export default class Verify extends OemCommand {

@@ -19,7 +19,7 @@ import { mkdir, open, readdir, type FileHandle, readFile, rename, rm, stat, utim
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { acquire } from '../cleanup.js';
-import { OemError } from '../errors.js';
+import { OemError } from '../shared/errors.js';
 import { run } from '../tools.js';
 import { bunzip2Stream } from './bzip2.js';
 import { blocksToStream, Bzip2IndexError, indexBlocks, type Bzip2Block } from './bzip2-blocks.js';

@@ -9,7 +9,7 @@ import { open, rm } from 'node:fs/promises';
 import { createGunzip } from 'node:zlib';
 import { Readable } from 'node:stream';
 import { bunzip2Stream } from './bzip2.js';
-import { OemError } from '../errors.js';
+import { OemError } from '../shared/errors.js';
 import { requireTool, which } from '../tools.js';
 import { SparseWriter } from './sparse.js';
 

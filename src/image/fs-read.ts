@@ -7,7 +7,7 @@
 import { lstat, mkdir, mkdtemp, readFile, readdir, readlink, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, posix } from 'node:path';
-import { OemError } from '../errors.js';
+import { OemError } from '../shared/errors.js';
 import { run } from '../tools.js';
 import type { FsType } from './fs-detect.js';
 import { sparseCopyRange } from './sparse.js';

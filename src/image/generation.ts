@@ -4,7 +4,7 @@
  * os-release on USR-A, version.txt beside the image, the ESP's first_boot directory, the OEM filesystem.
  */
 import { openFsReader } from './fs-read.js';
-import type { PartitionReport } from './inspect.js';
+import type { PartitionReport } from './layout.js';
 
 export type GenerationName = 'coreos' | 'flatcar' | 'unknown';
 

@@ -1,5 +1,5 @@
 import { crc32 } from 'node:zlib';
-import { badImage } from '../errors.js';
+import { badImage } from '../shared/errors.js';
 import type { ByteSource } from './byte-source.js';
 
 /**

@@ -5,28 +5,16 @@
 import { readFile, stat } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { tempDir } from '../cleanup.js';
-import { OemError, describe } from '../errors.js';
+import { OemError, describe } from '../shared/errors.js';
 import { FileSource, SliceSource } from './byte-source.js';
 import { decompressToSparse, detectCompression, type Compression } from './decompress.js';
 import { detectFilesystem, type FsInfo } from './fs-detect.js';
 import { openFsReader, type FsEntry } from './fs-read.js';
-import { readGpt, type Gpt, type GptPartition } from './gpt.js';
-import { decodeUsrAttributes, roleOf, type Role, type UsrAttributes } from './layout.js';
+import { readGpt } from './gpt.js';
+import { partitionReports, type PartitionReport } from './layout.js';
+export { partitionReports, type PartitionReport } from './layout.js';
 import { detectGeneration, parseKeyValues, type GenerationInfo } from './generation.js';
 
-export interface PartitionReport {
-  number: number;
-  label: string;
-  role: Role;
-  typeGuid: string;
-  uniqueGuid: string;
-  firstLba: number;
-  lastLba: number;
-  size: number;
-  attributes: string;
-  usr?: UsrAttributes;
-  filesystem: FsInfo;
-}
 
 export interface OemReport {
   readable: boolean;
@@ -75,25 +63,6 @@ async function readVersionTxt(image: string): Promise<Record<string, string> | u
   return undefined;
 }
 
-export function partitionReports(gpt: Gpt, fss: Map<number, FsInfo>): PartitionReport[] {
-  return gpt.partitions.map((p: GptPartition) => {
-    const role = roleOf(p.number, p.label, p.typeGuid);
-    const r: PartitionReport = {
-      number: p.number,
-      label: p.label,
-      role,
-      typeGuid: p.typeGuid,
-      uniqueGuid: p.uniqueGuid,
-      firstLba: p.firstLba,
-      lastLba: p.lastLba,
-      size: p.size,
-      attributes: '0x' + p.attributes.toString(16).padStart(16, '0'),
-      filesystem: fss.get(p.number) ?? { type: 'none' },
-    };
-    if (role === 'usr-a' || role === 'usr-b') r.usr = decodeUsrAttributes(p.attributes);
-    return r;
-  });
-}
 
 async function inspectOem(imagePath: string, p: PartitionReport | undefined): Promise<OemReport | null> {
   if (!p) return null;

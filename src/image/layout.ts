@@ -1,4 +1,6 @@
 /** The Container Linux disk layout: partition roles, type GUIDs and labels. */
+import type { FsInfo } from './fs-detect.js';
+import type { Gpt, GptPartition } from './gpt.js';
 
 export const TYPE = {
   esp: 'C12A7328-F81F-11D2-BA4B-00A0C93EC93B',
@@ -51,4 +53,39 @@ export function decodeUsrAttributes(attrs: bigint): UsrAttributes {
     tries: Number((attrs >> 52n) & 0xfn),
     successful: ((attrs >> 56n) & 1n) === 1n,
   };
+}
+
+/** A partition as inspect reports it (and generation detection reads it). */
+export interface PartitionReport {
+  number: number;
+  label: string;
+  role: Role;
+  typeGuid: string;
+  uniqueGuid: string;
+  firstLba: number;
+  lastLba: number;
+  size: number;
+  attributes: string;
+  usr?: UsrAttributes;
+  filesystem: FsInfo;
+}
+
+export function partitionReports(gpt: Gpt, fss: Map<number, FsInfo>): PartitionReport[] {
+  return gpt.partitions.map((p: GptPartition) => {
+    const role = roleOf(p.number, p.label, p.typeGuid);
+    const r: PartitionReport = {
+      number: p.number,
+      label: p.label,
+      role,
+      typeGuid: p.typeGuid,
+      uniqueGuid: p.uniqueGuid,
+      firstLba: p.firstLba,
+      lastLba: p.lastLba,
+      size: p.size,
+      attributes: '0x' + p.attributes.toString(16).padStart(16, '0'),
+      filesystem: fss.get(p.number) ?? { type: 'none' },
+    };
+    if (role === 'usr-a' || role === 'usr-b') r.usr = decodeUsrAttributes(p.attributes);
+    return r;
+  });
 }

@@ -6,7 +6,7 @@
 import { realpath, rename, rm, stat } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { acquire } from '../cleanup.js';
-import { OemError, describe } from '../errors.js';
+import { OemError, describe } from '../shared/errors.js';
 import { run } from '../tools.js';
 import { decompressToSparse, detectCompression, type Compression } from './decompress.js';
 

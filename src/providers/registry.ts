@@ -6,7 +6,7 @@
 import { readFile, readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { parse } from 'yaml';
-import { OemError, describe } from '../errors.js';
+import { OemError, describe } from '../shared/errors.js';
 import { packageRoot } from '../paths.js';
 import { FORMATS, type Format } from '../artifacts/formats.js';
 

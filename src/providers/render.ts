@@ -7,10 +7,10 @@
 import { readFile, readdir, lstat } from 'node:fs/promises';
 import { join, posix } from 'node:path';
 import { stringify } from 'yaml';
-import { OemError } from '../errors.js';
+import { OemError } from '../shared/errors.js';
 import { compareVersions } from '../image/generation.js';
-import type { SshKey } from '../ssh-keys.js';
-import { keySetContent } from '../ssh-keys.js';
+import type { SshKey } from '../shared/ssh-keys.js';
+import { keySetContent } from '../shared/ssh-keys.js';
 import type { PlanEntry } from '../write/plan.js';
 import type { Provider } from './registry.js';
 

@@ -10,10 +10,10 @@ import { chmod, mkdir, writeFile } from 'node:fs/promises';
 import { join, posix } from 'node:path';
 import { parse } from 'yaml';
 import { tempDir } from '../cleanup.js';
-import { OemError, describe } from '../errors.js';
+import { OemError, describe } from '../shared/errors.js';
 import { which } from '../tools.js';
-import { checkUnit } from '../units.js';
-import { PROVIDER_IDS } from '../../oem/providers/index.js';
+import { checkUnit } from '../shared/units.js';
+import { AGENT_PLATFORMS } from '../shared/platforms.js';
 import type { Rendered } from './render.js';
 
 export const SUPPORTED_IGNITION = ['2.0.0', '2.1.0', '2.2.0', '2.3.0', '3.0.0', '3.1.0', '3.2.0', '3.3.0', '3.4.0'];
@@ -138,12 +138,12 @@ export async function validateRendered(providerId: string, r: Rendered): Promise
   const problems: string[] = [];
   const units: { name: string; content: string }[] = [];
   const unserved = new Set<string>();
-  for (const f of r.files) if (f.kind === 'unit') for (const id of agentPlatforms(f.content)) if (!PROVIDER_IDS.includes(id)) unserved.add(id);
+  for (const f of r.files) if (f.kind === 'unit') for (const id of agentPlatforms(f.content)) if (!(AGENT_PLATFORMS as readonly string[]).includes(id)) unserved.add(id);
   if (unserved.size) {
     const ids = [...unserved].map((id) => JSON.stringify(id)).join(', ');
     throw new OemError(`provider ${providerId}: its units run the agent for ${ids}, a platform the agent does not serve`, {
       code: 'usage',
-      hint: `set oem_id to one it serves (${PROVIDER_IDS.join(', ')}) or leave agent_units out of provider.yml`,
+      hint: `set oem_id to one it serves (${AGENT_PLATFORMS.join(', ')}) or leave agent_units out of provider.yml`,
     });
   }
   for (const f of r.files) {

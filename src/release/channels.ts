@@ -1,5 +1,5 @@
 /** Distros, channels, boards and where their releases are served. */
-import { OemError } from '../errors.js';
+import { OemError } from '../shared/errors.js';
 import type { Distro } from './verify.js';
 
 export interface DistroInfo {

@@ -3,7 +3,7 @@
  * idle timeout. 404 is final and says which URL. Nothing here decides trust: callers verify.
  */
 import { open, stat, truncate } from 'node:fs/promises';
-import { OemError, describe } from '../errors.js';
+import { OemError, describe } from '../shared/errors.js';
 
 export interface RetryOptions {
   /** Attempts after the first (default 5). */

@@ -9,7 +9,7 @@
 import { mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
-import { OemError, describe } from '../errors.js';
+import { OemError, describe } from '../shared/errors.js';
 import { boardUrl, checkRef, DISTROS, defaultImageName } from './channels.js';
 import { downloadFile, fetchBytes, type RetryOptions } from './download.js';
 import { parseVersionTxt, isVersion } from './version.js';

@@ -13,7 +13,7 @@ import { readFile } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { PassThrough, Readable } from 'node:stream';
 import * as openpgp from 'openpgp';
-import { OemError, describe } from '../errors.js';
+import { OemError, describe } from '../shared/errors.js';
 import { packageRoot } from '../paths.js';
 
 export type Distro = 'flatcar' | 'coreos';

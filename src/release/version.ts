@@ -1,5 +1,5 @@
 /** version.txt of a release: FLATCAR_* or COREOS_* keys. */
-import { OemError } from '../errors.js';
+import { OemError } from '../shared/errors.js';
 import { parseKeyValues } from '../image/generation.js';
 import type { Distro } from './verify.js';
 

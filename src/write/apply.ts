@@ -2,7 +2,7 @@
  * Opens the partitions of an image for writing (checked first: a filesystem of the expected type,
  * clean, not larger than its partition) and applies plans with the chosen backend.
  */
-import { OemError } from '../errors.js';
+import { OemError } from '../shared/errors.js';
 import { sourceDateEpoch } from '../source-date.js';
 import { FileSource, SliceSource } from '../image/byte-source.js';
 import { detectFilesystem } from '../image/fs-detect.js';

@@ -8,7 +8,7 @@ import { sourceDateEpoch } from '../source-date.js';
 import { constants } from 'node:fs';
 import { chmod, lchown, lstat, lutimes, mkdir, open, readdir, readlink, rename, rm, statfs, symlink } from 'node:fs/promises';
 import { join, posix } from 'node:path';
-import { OemError } from '../errors.js';
+import { OemError } from '../shared/errors.js';
 import { cleanPath, parents, type PlanEntry } from './plan.js';
 import { noSpace, notADirectory, partName, symlinkRefusal, type PartitionTarget } from './session.js';
 

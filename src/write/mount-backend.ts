@@ -8,7 +8,7 @@ import { mkdtemp, rmdir, statfs } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { acquire } from '../cleanup.js';
-import { OemError } from '../errors.js';
+import { OemError } from '../shared/errors.js';
 import { run } from '../tools.js';
 import { DirWriter } from './dir-writer.js';
 import { planBytes, type PlanEntry } from './plan.js';

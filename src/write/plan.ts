@@ -4,7 +4,7 @@
  * writes into images.
  */
 import { posix } from 'node:path';
-import { OemError } from '../errors.js';
+import { OemError } from '../shared/errors.js';
 
 export type PartitionRole = 'oem' | 'root';
 

@@ -21,7 +21,7 @@ import { execa } from 'execa';
 import { mkdir, open, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { tempDir } from '../cleanup.js';
-import { OemError } from '../errors.js';
+import { OemError } from '../shared/errors.js';
 import { sparseCopyInto, sparseCopyRange } from '../image/sparse.js';
 import { run, which } from '../tools.js';
 import { DirWriter } from './dir-writer.js';

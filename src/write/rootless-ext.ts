@@ -8,7 +8,7 @@
 import { writeFile } from 'node:fs/promises';
 import { join, posix } from 'node:path';
 import { tempDir } from '../cleanup.js';
-import { OemError } from '../errors.js';
+import { OemError } from '../shared/errors.js';
 import { run } from '../tools.js';
 import { cleanPath, parents, type PlanEntry } from './plan.js';
 import { noSpace, notADirectory, partName, symlinkRefusal, type PartitionSession, type PartitionTarget } from './session.js';

@@ -2,7 +2,7 @@
  * What a backend offers for one partition: read what is there, apply plan entries, close. And the
  * target description shared by the backends.
  */
-import { OemError } from '../errors.js';
+import { OemError } from '../shared/errors.js';
 import type { FsInfo } from '../image/fs-detect.js';
 import type { PartitionRole, PlanEntry } from './plan.js';
 

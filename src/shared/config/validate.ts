@@ -8,9 +8,9 @@
 import { constants as fsConstants } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { isAlias, isMap, isNode, isScalar, isSeq, LineCounter, parseDocument, type Document } from 'yaml';
-import { OemError } from '../../src/errors.js';
-import { parseAuthorizedKeys } from '../../src/ssh-keys.js';
-import { checkUnit, checkUnitSyntax, UNIT_SUFFIXES, unitType, type UnitProblem } from '../../src/units.js';
+import { OemError } from '../errors.js';
+import { parseAuthorizedKeys } from '../ssh-keys.js';
+import { checkUnit, checkUnitSyntax, UNIT_SUFFIXES, unitType, type UnitProblem } from '../units.js';
 import {
   BASE_GROUPS,
   type AgentConfig,

@@ -1,7 +1,7 @@
 /**
  * The provisioning config (version 1): what the agent applies on first boot. Human-readable YAML
  * (JSON is accepted as YAML's subset). This file is the contract between the validator
- * (oem/config/validate.ts), the provisioning engine (oem/provision/) and the builder (`oem validate`,
+ * (src/shared/config/validate.ts), the provisioning engine (oem/provision/) and the builder (`oem validate`,
  * `oem build --config`).
  *
  * Example (test/config.test.ts checks that `oem validate` accepts it):
