@@ -85,3 +85,47 @@ export async function run(
   }
   return res;
 }
+
+/** Variables that would change what the compression tools write (extra options, levels, threads) or their language. */
+const TOOL_ENV_DROP = new Set(['BZIP', 'BZIP2', 'LBZIP2', 'GZIP', 'XZ_OPT', 'XZ_DEFAULTS', 'ZSTD_CLEVEL', 'ZSTD_NBTHREADS', 'LANGUAGE', 'LANG']);
+
+/** The environment for the compression tools: the process's, less TOOL_ENV_DROP and LC_*, with LC_ALL=C. */
+export function toolEnv(): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const [k, v] of Object.entries(process.env)) {
+    if (v !== undefined && !TOOL_ENV_DROP.has(k) && !k.startsWith('LC_')) env[k] = v;
+  }
+  env.LC_ALL = 'C';
+  return env;
+}
+
+/**
+ * Runs a filter (a compressor or decompressor) over `input` in memory, with the tools' environment
+ * (toolEnv): its output goes to `onData` as it comes, nothing is kept here. Resolves when the tool
+ * exits 0; otherwise rejects with `failure(last stderr line)`, or an OemError 'interrupted' when
+ * `signal` aborted it.
+ */
+export async function filter(
+  tool: string,
+  args: string[],
+  input: Buffer,
+  onData: (chunk: Buffer) => void,
+  opts: { signal?: AbortSignal; failure: (why: string) => OemError },
+): Promise<void> {
+  const sub = execa(tool, args, {
+    input,
+    buffer: { stdout: false, stderr: true },
+    encoding: 'buffer',
+    reject: false,
+    env: toolEnv(),
+    extendEnv: false,
+    ...(opts.signal ? { cancelSignal: opts.signal } : {}),
+  });
+  sub.stdout.on('data', (c: Buffer) => onData(c));
+  const r = await sub;
+  if (r.isCanceled || opts.signal?.aborted) throw new OemError('interrupted while compressing', { code: 'interrupted' });
+  if (r.exitCode !== 0) {
+    const stderr = Buffer.from((r.stderr as Uint8Array | undefined) ?? []).toString('utf8');
+    throw opts.failure(stderr.trim().split('\n').filter(Boolean).pop() ?? (r.exitCode === undefined ? (r.shortMessage ?? 'it did not start') : `exit code ${r.exitCode}`));
+  }
+}

@@ -219,6 +219,35 @@ describe('compressFile', () => {
     expect(existsSync(out)).toBe(false);
   });
 
+  it('is not changed by the variables that add options to the tools (BZIP2, GZIP, XZ_OPT, ZSTD_CLEVEL, ...)', async () => {
+    const plain: Record<string, string> = {};
+    for (const kind of ['bz2', 'gz', 'xz', 'zst'] as const) {
+      const out = `${small}.env-a${COMPRESSION_SUFFIX[kind]}`;
+      await compressFile(small, out, kind);
+      plain[kind] = (await readFile(out)).toString('base64');
+      await rm(out);
+    }
+    const vars = { BZIP: '-1', BZIP2: '-1', LBZIP2: '-1', GZIP: '-1', XZ_OPT: '-0', XZ_DEFAULTS: '-0', ZSTD_CLEVEL: '1', LANG: 'de_DE.UTF-8', LC_ALL: 'de_DE.UTF-8' };
+    const saved = { ...process.env };
+    Object.assign(process.env, vars);
+    try {
+      for (const kind of ['bz2', 'gz', 'xz', 'zst'] as const) {
+        const out = `${small}.env-b${COMPRESSION_SUFFIX[kind]}`;
+        await compressFile(small, out, kind);
+        expect((await readFile(out)).toString('base64'), kind).toBe(plain[kind]);
+        await rm(out);
+      }
+      // The same scrub for the filters that block reuse runs (src/tools.ts filter).
+      const { filter } = await import('../src/tools.js');
+      const env: Buffer[] = [];
+      await filter('sh', ['-c', 'echo "$BZIP2|$XZ_OPT|$LC_ALL|$LANG"'], Buffer.alloc(0), (c) => env.push(c), { failure: (why) => new OemError(why) });
+      expect(Buffer.concat(env).toString()).toBe('||C|\n');
+    } finally {
+      for (const k of Object.keys(vars)) delete process.env[k];
+      Object.assign(process.env, saved);
+    }
+  });
+
   it('names the Debian package of a missing tool; gzip falls back to zlib, deterministically', { timeout: 120_000 }, async () => {
     const empty = join(work, 'empty-path');
     await mkdir(empty, { recursive: true });

@@ -11,7 +11,6 @@
  * once. The output is a concatenation of standard bzip2 streams, which stock bzip2, lbzip2 and pbzip2
  * decode to exactly the built image.
  */
-import { spawn } from 'node:child_process';
 import { createHash, randomBytes, type Hash } from 'node:crypto';
 import { constants } from 'node:fs';
 import { copyFile, mkdir, open, readFile, rename, rm, writeFile, type FileHandle } from 'node:fs/promises';
@@ -21,6 +20,7 @@ import { OemError } from '../shared/errors.js';
 import { dataExtents } from '../image/sparse.js';
 import { refineChunk, type BaseIndex } from '../image/base-cache.js';
 import { runStream } from '../image/bzip2-blocks.js';
+import { filter } from '../tools.js';
 import { bzip2Tool } from './compress.js';
 
 export interface Region {
@@ -268,13 +268,6 @@ export async function compressReusing(
   return { tool, blocks: index.blocks.length, reusedBlocks, changed, recompressed, size, md5: h.md5.digest('hex'), sha1: h.sha1.digest('hex'), sha512: h.sha512.digest('hex') };
 }
 
-/** The environment without variables that add options to bzip2 and lbzip2. */
-function toolEnv(): NodeJS.ProcessEnv {
-  const env: NodeJS.ProcessEnv = { ...process.env, LC_ALL: 'C' };
-  for (const k of ['BZIP', 'BZIP2', 'LBZIP2']) delete env[k];
-  return env;
-}
-
 const PIECE = 1024 * 1024;
 
 /**
@@ -349,19 +342,11 @@ async function readInto(fh: FileHandle, buf: Buffer, at: number, n: number, pos:
   }
 }
 
-function compressBuffer(tool: string, data: Buffer, signal?: AbortSignal): Promise<Buffer> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(tool, tool === 'lbzip2' ? ['-n1', '-9', '-c'] : ['-9', '-c'], { stdio: ['pipe', 'pipe', 'pipe'], env: toolEnv(), ...(signal ? { signal } : {}) });
-    const out: Buffer[] = [];
-    const err: Buffer[] = [];
-    child.stdout.on('data', (c: Buffer) => out.push(c));
-    child.stderr.on('data', (c: Buffer) => err.push(c));
-    child.stdin.on('error', () => {});
-    child.on('error', (e) => reject(signal?.aborted ? new OemError('interrupted while compressing', { code: 'interrupted' }) : e));
-    child.on('close', (code) => {
-      if (code === 0) resolve(Buffer.concat(out));
-      else reject(new OemError(`${tool} failed to compress: ${Buffer.concat(err).toString().trim().split('\n').pop() || `exit code ${code}`}`));
-    });
-    child.stdin.end(data);
+async function compressBuffer(tool: string, data: Buffer, signal?: AbortSignal): Promise<Buffer> {
+  const out: Buffer[] = [];
+  await filter(tool, tool === 'lbzip2' ? ['-n1', '-9', '-c'] : ['-9', '-c'], data, (c) => out.push(c), {
+    ...(signal ? { signal } : {}),
+    failure: (why) => new OemError(`${tool} failed to compress: ${why}`),
   });
+  return Buffer.concat(out);
 }

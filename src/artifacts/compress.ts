@@ -25,7 +25,7 @@ import { resolve } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { constants as zlibConstants, createGzip } from 'node:zlib';
 import { OemError, describe } from '../shared/errors.js';
-import { requireTool, which } from '../tools.js';
+import { requireTool, toolEnv, which } from '../tools.js';
 
 export type Compression = 'bz2' | 'gz' | 'xz' | 'zst' | 'none';
 
@@ -76,18 +76,6 @@ async function planFor(kind: Compression): Promise<Plan> {
     default:
       throw new OemError(`unknown compression ${JSON.stringify(kind)}`, { code: 'usage', hint: `use one of ${COMPRESSIONS.join(', ')}` });
   }
-}
-
-/** Variables that would change what the tools write (extra options, levels, threads) or their language. */
-const TOOL_ENV_DROP = new Set(['BZIP', 'BZIP2', 'LBZIP2', 'GZIP', 'XZ_OPT', 'XZ_DEFAULTS', 'ZSTD_CLEVEL', 'ZSTD_NBTHREADS', 'LANGUAGE', 'LANG']);
-
-function toolEnv(): Record<string, string> {
-  const env: Record<string, string> = {};
-  for (const [k, v] of Object.entries(process.env)) {
-    if (v !== undefined && !TOOL_ENV_DROP.has(k) && !k.startsWith('LC_')) env[k] = v;
-  }
-  env.LC_ALL = 'C';
-  return env;
 }
 
 /**

@@ -13,14 +13,13 @@
  * Other bases (raw, gzip, xz, zstd, or bzip2 without a bzip2 tool) are decompressed into the build's
  * work directory as before, without an index.
  */
-import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdir, open, readdir, type FileHandle, readFile, rename, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { acquire } from '../cleanup.js';
 import { OemError } from '../shared/errors.js';
-import { run } from '../tools.js';
+import { filter, run } from '../tools.js';
 import { bunzip2Stream } from './bzip2.js';
 import { blocksToStream, Bzip2IndexError, indexBlocks, type Bzip2Block } from './bzip2-blocks.js';
 import { decompressorFor, decompressToSparse, detectCompression } from './decompress.js';
@@ -298,30 +297,22 @@ async function uncached(compressed: string, workDir: string, log: (l: string) =>
 /** Output of one block: data buffers and runs of zeros (as counts). */
 type Piece = Buffer | number;
 
-function decodeStream(tool: string, stream: Buffer, what: string): Promise<Piece[]> {
-  return new Promise((resolve, reject) => {
-    const args = tool === 'lbzip2' ? ['-n1', '-dc'] : ['-dc'];
-    const child = spawn(tool, args, { stdio: ['pipe', 'pipe', 'pipe'] });
-    const pieces: Piece[] = [];
-    const err: Buffer[] = [];
-    child.stdout.on('data', (c: Buffer) => {
-      if (isZero(c)) {
-        const last = pieces[pieces.length - 1];
-        if (typeof last === 'number') pieces[pieces.length - 1] = last + c.length;
-        else pieces.push(c.length);
-      } else {
-        pieces.push(c);
-      }
-    });
-    child.stderr.on('data', (c: Buffer) => err.push(c));
-    child.on('error', reject);
-    child.stdin.on('error', () => {});
-    child.on('close', (code) => {
-      if (code === 0) resolve(pieces);
-      else reject(new OemError(`${what} is corrupt: ${tool} says: ${Buffer.concat(err).toString().trim().split('\n').pop() || `exit code ${code}`}`, { code: 'badImage', hint: 'download the image again' }));
-    });
-    child.stdin.end(stream);
+async function decodeStream(tool: string, stream: Buffer, what: string): Promise<Piece[]> {
+  const pieces: Piece[] = [];
+  const onData = (c: Buffer) => {
+    // Runs of zeros are kept as counts, not as buffers: a chunk can decode to tens of MiB of them.
+    if (isZero(c)) {
+      const last = pieces[pieces.length - 1];
+      if (typeof last === 'number') pieces[pieces.length - 1] = last + c.length;
+      else pieces.push(c.length);
+    } else {
+      pieces.push(c);
+    }
+  };
+  await filter(tool, tool === 'lbzip2' ? ['-n1', '-dc'] : ['-dc'], stream, onData, {
+    failure: (why) => new OemError(`${what} is corrupt: ${tool} says: ${why}`, { code: 'badImage', hint: 'download the image again' }),
   });
+  return pieces;
 }
 
 async function decodeChunks(
