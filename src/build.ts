@@ -24,6 +24,7 @@ import { prepareImage, resolveBase, type Base, type BaseSource, type PreparedIma
 import { loadAgent, loadConfig } from './build/inputs.js';
 import { buildTime, publishProvider, type ProviderBuild } from './build/publish.js';
 import { acquire } from './cleanup.js';
+import { mapInOrder } from './concurrency.js';
 import { OemError } from './shared/errors.js';
 import type { ProgressSink, ProgressUnit } from './progress.js';
 import { findProvider, loadProviders, type Provider } from './providers/registry.js';
@@ -73,26 +74,6 @@ export interface BuildResult {
   builds: ProviderBuild[];
 }
 
-/** Runs `fn` over items with at most `n` at a time; results in the items' order; fails fast. */
-async function pool<T, R>(items: T[], n: number, fn: (item: T) => Promise<R>): Promise<R[]> {
-  const results: R[] = new Array(items.length);
-  let next = 0;
-  let failed: unknown;
-  const worker = async () => {
-    while (next < items.length && failed === undefined) {
-      const i = next++;
-      try {
-        results[i] = await fn(items[i]!);
-      } catch (err) {
-        failed ??= err;
-      }
-    }
-  };
-  await Promise.all(Array.from({ length: Math.max(1, Math.min(n, items.length)) }, worker));
-  if (failed !== undefined) throw failed;
-  return results;
-}
-
 export async function build(opts: BuildOptions): Promise<BuildResult> {
   const log = opts.log ?? (() => {});
   const step = opts.progress?.step ?? (() => {});
@@ -125,7 +106,7 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
     const prefixes: SharedPrefixes = { dir: work, made: new Map() };
     const concurrency = opts.concurrency ?? Math.max(1, Math.min(availableParallelism(), 4));
     const ctx: Ctx = { opts, signer, base, image, prefixes, agent, sshKeys, config, backend, outputDir, work, log, step, progress };
-    const builds = await pool(wanted, concurrency, (p) => buildOne(p, ctx)).catch((err: unknown) => {
+    const builds = await mapInOrder(wanted, concurrency, (p) => buildOne(p, ctx)).catch((err: unknown) => {
       if (!(err instanceof OemError) && (err as NodeJS.ErrnoException).code === 'ENOSPC') {
         throw new OemError(`no space left on the device of ${outputDir} (the working images and the artifacts are written there)`, { code: 'noSpace', hint: 'free some space, or use another --output-dir' });
       }

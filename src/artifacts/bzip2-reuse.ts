@@ -16,6 +16,7 @@ import { constants } from 'node:fs';
 import { copyFile, mkdir, open, readFile, rename, rm, writeFile, type FileHandle } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
+import { mapInOrder } from '../concurrency.js';
 import { OemError } from '../shared/errors.js';
 import { dataExtents } from '../image/sparse.js';
 import { refineChunk, type BaseIndex } from '../image/base-cache.js';
@@ -313,23 +314,8 @@ async function compressPieces(
     }
     return out;
   };
-  const parallel = Math.max(1, availableParallelism());
-  const inFlight = new Map<number, Promise<Buffer>>();
-  let next = 0;
-  try {
-    for (let i = 0; i < bounds.length; i++) {
-      while (next < bounds.length && next <= i + parallel) {
-        const p = piece(bounds[next]!);
-        p.catch(() => {});
-        inFlight.set(next++, p);
-      }
-      const buf = await inFlight.get(i)!;
-      inFlight.delete(i);
-      await sink(buf);
-    }
-  } finally {
-    await Promise.allSettled(inFlight.values());
-  }
+  // One compressor per core, and one more, so that a core is busy while a piece is written.
+  await mapInOrder(bounds, availableParallelism() + 1, piece, (buf) => sink(buf));
   return compressed;
 }
 

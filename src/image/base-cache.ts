@@ -18,6 +18,7 @@ import { mkdir, open, readdir, type FileHandle, readFile, rename, rm, stat, utim
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { acquire } from '../cleanup.js';
+import { mapInOrder } from '../concurrency.js';
 import { OemError } from '../shared/errors.js';
 import { filter, run } from '../tools.js';
 import { bunzip2Stream } from './bzip2.js';
@@ -226,7 +227,7 @@ async function refine(index: BaseIndex, c: Chunk): Promise<void> {
   const tool = await decompressorFor('bzip2');
   const fh = await open(index.bz2, 'r');
   try {
-    const lens = await mapLimit(range(c.first, c.last + 1), availableParallelism(), async (i) => {
+    const lens = await mapInOrder(range(c.first, c.last + 1), availableParallelism(), async (i) => {
       const b = index.blocks[i]!;
       const stream = await blocksToStream(fh, [b]);
       if (b.end - b.bit <= SMALL_BLOCK * 8) {
@@ -253,20 +254,6 @@ async function refine(index: BaseIndex, c: Chunk): Promise<void> {
 
 function range(a: number, b: number): number[] {
   return Array.from({ length: b - a }, (_, k) => a + k);
-}
-
-async function mapLimit<T, R>(items: T[], n: number, fn: (x: T) => Promise<R>): Promise<R[]> {
-  const out: R[] = new Array(items.length);
-  let next = 0;
-  await Promise.all(
-    Array.from({ length: Math.min(n, items.length) }, async () => {
-      while (next < items.length) {
-        const k = next++;
-        out[k] = await fn(items[k]!);
-      }
-    }),
-  );
-  return out;
 }
 
 async function evict(root: string, keep: string): Promise<void> {
@@ -327,23 +314,13 @@ async function decodeChunks(
   const out = await open(rawPath, 'wx');
   try {
     const w = new SparseWriter(out, 0);
-    const parallel = Math.max(1, availableParallelism());
-    const inFlight = new Map<number, Promise<Piece[]>>();
-    let next = 0;
-    const start = (i: number) => {
-      const g = groups[i]!;
-      const p = blocksToStream(fh, blocks.slice(g.first, g.last + 1)).then((s) =>
-        decodeStream(tool, s, `${name} (blocks ${g.first + 1}-${g.last + 1} of ${blocks.length}, at bit ${blocks[g.first]!.bit})`),
-      );
-      p.catch(() => {});
-      inFlight.set(i, p);
-    };
+    // One decoder per core, and one more, so that a core is busy while a result is written.
     const result: Chunk[] = [];
-    try {
-      for (let i = 0; i < groups.length; i++) {
-        while (next < groups.length && next < i + parallel + 1) start(next++);
-        const pieces = await inFlight.get(i)!;
-        inFlight.delete(i);
+    await mapInOrder(
+      groups,
+      availableParallelism() + 1,
+      (g) => blocksToStream(fh, blocks.slice(g.first, g.last + 1)).then((s) => decodeStream(tool, s, `${name} (blocks ${g.first + 1}-${g.last + 1} of ${blocks.length}, at bit ${blocks[g.first]!.bit})`)),
+      async (pieces, i) => {
         const u = w.position;
         for (const p of pieces) {
           if (typeof p === 'number') await w.writeZeros(p);
@@ -351,10 +328,8 @@ async function decodeChunks(
         }
         result.push({ ...groups[i]!, u, len: w.position - u });
         onProgress?.(i + 1, groups.length);
-      }
-    } finally {
-      await Promise.allSettled(inFlight.values());
-    }
+      },
+    );
     await w.end();
     await out.truncate(w.position);
     return result;

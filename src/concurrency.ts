@@ -1,0 +1,66 @@
+/**
+ * The one concurrency helper: run a function over items, at most `limit` at once, with the results
+ * taken in the items' order.
+ */
+
+/**
+ * Runs `fn` over `items`, at most `limit` at once, and resolves to the results in the items' order.
+ *
+ * With `consume`, each result is handed to it in order, as soon as it and every one before it are
+ * done, and is not kept (the array returned is empty): then no item starts more than `limit` places
+ * ahead of the one being consumed, so that results waiting for their turn stay few.
+ *
+ * After a failure no further item starts; those running are waited for, then the error is thrown
+ * (the first in the items' order that the consumer reaches, else the first to happen).
+ */
+export async function mapInOrder<T, R>(
+  items: readonly T[],
+  limit: number,
+  fn: (item: T, index: number) => Promise<R>,
+  consume?: (result: R, index: number) => Promise<void> | void,
+): Promise<R[]> {
+  const n = Math.max(1, Math.floor(limit));
+  const started: Promise<R>[] = [];
+  let active = 0;
+  let consumed = 0;
+  let failure: { error: unknown } | undefined;
+  const pump = (): void => {
+    while (!failure && started.length < items.length && active < n && (!consume || started.length <= consumed + n)) {
+      const i = started.length;
+      const p = fn(items[i]!, i);
+      started.push(p);
+      active++;
+      p.then(
+        () => undefined,
+        (error: unknown) => {
+          failure ??= { error };
+        },
+      ).finally(() => {
+        active--;
+        pump();
+      });
+    }
+  };
+  const results: R[] = [];
+  try {
+    pump();
+    for (let i = 0; i < items.length; i++) {
+      const p = started[i];
+      if (p === undefined) throw failure ? failure.error : new Error(`internal: item ${i} was never started`);
+      const r = await p;
+      if (consume) {
+        await consume(r, i);
+        consumed = i + 1;
+        pump();
+      } else {
+        results.push(r);
+      }
+    }
+    return results;
+  } catch (err) {
+    failure ??= { error: err };
+    throw err;
+  } finally {
+    await Promise.allSettled(started);
+  }
+}
