@@ -22,7 +22,11 @@ export default tseslint.config(
     rules: { 'no-restricted-imports': ['error', { patterns: [{ regex: '^(\\.\\./)+oem/', message: 'the builder does not import the agent; share through src/shared/' }] }] },
   },
   {
-    files: ['src/shared/**/*.ts'],
-    rules: { 'no-restricted-imports': ['error', { patterns: [{ regex: '^(\\.\\./)+(artifacts|build|commands|image|providers|release|write)/|^\\.\\./\\.\\./', message: 'the shared layer imports nothing of the builder or the agent' }] }] },
+    files: ['src/shared/*.ts'],
+    rules: { 'no-restricted-imports': ['error', { patterns: [{ regex: '^\\.\\./', message: 'the shared layer imports nothing of the builder or the agent' }] }] },
+  },
+  {
+    files: ['src/shared/*/**/*.ts'],
+    rules: { 'no-restricted-imports': ['error', { patterns: [{ regex: '^\\.\\./\\.\\./', message: 'the shared layer imports nothing of the builder or the agent' }] }] },
   },
 );

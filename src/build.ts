@@ -7,6 +7,7 @@
  *   assemble.ts   per provider: a working copy of the base, OEM content and keys written into it
  *   artifacts.ts  per provider: each format converted, compressed, hashed (and signed)
  *   publish.ts    per provider: DIGESTS, signatures, version.txt, manifest.json, the directory swap
+ *   digests.ts    the hashes and .DIGESTS text of a file (used by base.ts, artifacts.ts, publish.ts)
  *
  * Providers are built concurrently; each one's outputs appear under their final names only when
  * complete.

@@ -14,7 +14,8 @@ import type { SigningKey } from '../artifacts/sign.js';
 import type { BaseIndex } from '../image/base-cache.js';
 import type { Distro } from '../release/verify.js';
 import type { WorkingImage } from './assemble.js';
-import { describeArtifact, hashes, type ArtifactInfo, type Hashes } from './publish.js';
+import { hashes, type Hashes } from './digests.js';
+import { describeArtifact, type ArtifactInfo } from './publish.js';
 
 export interface ArtifactJob {
   providerId: string;

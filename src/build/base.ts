@@ -12,13 +12,12 @@ import { FileSource, SliceSource } from '../image/byte-source.js';
 import { detectFilesystem, type FsInfo } from '../image/fs-detect.js';
 import { detectGeneration, parseKeyValues } from '../image/generation.js';
 import { readGpt } from '../image/gpt.js';
-import { partitionReports } from '../image/inspect.js';
-import { roleOf } from '../image/layout.js';
+import { partitionReports, roleOf } from '../image/layout.js';
 import type { ProgressUnit } from '../progress.js';
 import type { Generation } from '../providers/render.js';
 import { defaultCacheDir, fetchRelease, type FetchOptions } from '../release/fetch.js';
 import { loadTrustedKeys, verifyDetached, type Distro } from '../release/verify.js';
-import { hashes } from './publish.js';
+import { hashes } from './digests.js';
 
 export interface Base {
   compressed: string;

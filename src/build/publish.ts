@@ -4,8 +4,7 @@
  * `.DIGESTS.asc`), `version.txt` with the OEM fields, `manifest.json`; then the provider's directory
  * appears under its final name in one rename, replacing an older one.
  */
-import { createHash } from 'node:crypto';
-import { createReadStream, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { rename, rm, stat, writeFile } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { clearsign, signFile, type SigningKey } from '../artifacts/sign.js';
@@ -14,13 +13,7 @@ import type { Provider } from '../providers/registry.js';
 import type { Generation } from '../providers/render.js';
 import { sourceDateEpoch } from '../source-date.js';
 import type { Base } from './base.js';
-
-export interface Hashes {
-  md5: string;
-  sha1: string;
-  sha512: string;
-  size: number;
-}
+import { digestsText, type Hashes } from './digests.js';
 
 export interface ArtifactInfo {
   name: string;
@@ -50,26 +43,6 @@ export function buildTime(): Date {
 
 function builderVersion(): string {
   return (JSON.parse(readFileSync(join(packageRoot(), 'package.json'), 'utf8')) as { version: string }).version;
-}
-
-export async function hashes(path: string): Promise<Hashes> {
-  const h = { md5: createHash('md5'), sha1: createHash('sha1'), sha512: createHash('sha512') };
-  let size = 0;
-  for await (const c of createReadStream(path, { highWaterMark: 4 * 1024 * 1024 })) {
-    for (const x of Object.values(h)) x.update(c as Buffer);
-    size += (c as Buffer).length;
-  }
-  return { md5: h.md5.digest('hex'), sha1: h.sha1.digest('hex'), sha512: h.sha512.digest('hex'), size };
-}
-
-/** A .DIGESTS file in the release format (MD5, SHA1, SHA512 sections). */
-export function digestsText(entries: { name: string; md5: string; sha1: string; sha512: string }[]): string {
-  const out: string[] = [];
-  for (const [title, key] of [['MD5', 'md5'], ['SHA1', 'sha1'], ['SHA512', 'sha512']] as const) {
-    out.push(`# ${title} HASH`);
-    for (const e of entries) out.push(`${e[key]}  ${e.name}`);
-  }
-  return out.join('\n') + '\n';
 }
 
 /** Writes `NAME.DIGESTS` for an artifact in `dir` and, with a key, `NAME.sig` and `NAME.DIGESTS.asc`. */

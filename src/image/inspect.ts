@@ -12,7 +12,6 @@ import { detectFilesystem, type FsInfo } from './fs-detect.js';
 import { openFsReader, type FsEntry } from './fs-read.js';
 import { readGpt } from './gpt.js';
 import { partitionReports, type PartitionReport } from './layout.js';
-export { partitionReports, type PartitionReport } from './layout.js';
 import { detectGeneration, parseKeyValues, type GenerationInfo } from './generation.js';
 
 
