@@ -19,6 +19,7 @@ import { createHash } from 'node:crypto';
 import { chmod, copyFile, mkdir, readFile, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { exists } from '../src/shared/safe-fs.js';
 
 export const NODE_VERSION = '22.23.3';
 const ARCHES = ['x64', 'arm64'] as const;
@@ -32,9 +33,6 @@ function log(s: string): void {
   process.stdout.write(`build-agent: ${s}\n`);
 }
 
-async function exists(p: string): Promise<boolean> {
-  return stat(p).then(() => true, () => false);
-}
 
 /** The Node binary of a pinned per-platform package, fetched with npm (the registry's own client). */
 async function nodeBinary(arch: (typeof ARCHES)[number]): Promise<string> {

@@ -8,7 +8,7 @@ import { mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { networkConfig, resolveIn } from '../oem/providers/openstack-common.js';
+import { networkConfig } from '../oem/providers/openstack-common.js';
 import { provider as openstack } from '../oem/providers/openstack.js';
 import { provider as onmetal } from '../oem/providers/rackspace-onmetal.js';
 import { provider as rackspace } from '../oem/providers/rackspace.js';
@@ -438,7 +438,7 @@ describe('openstack config drive', () => {
     });
     expect((await openstack.metadata(env())).attributes).toEqual({});
     expect(await openstack.userdata(env())).toBeNull();
-    expect(logs.filter((l) => l.includes('allowed; ignored'))).toHaveLength(2);
+    expect(logs.filter((l) => l.includes('is larger than') && l.endsWith('; ignored'))).toHaveLength(2);
   });
 
   it('takes the newest dated directory when there is no latest, and follows symlinks within the root', async () => {
@@ -632,7 +632,7 @@ describe('hostile values', () => {
     const md = await openstack.metadata(env());
     expect(md).toEqual({ attributes: {}, sshKeys: [], networkUnits: [] });
     expect(await openstack.userdata(env())).toBeNull();
-    expect(logs.some((l) => l.includes('meta_data.json: a symlink leads out of'))).toBe(true);
+    expect(logs.join('\n')).not.toContain('SECRET');
     expect(service.requests).toEqual([]);
   });
 
@@ -644,7 +644,9 @@ describe('hostile values', () => {
     await symlink('../../../../etc/shadow', join(latest, 'meta_data.json'));
     expect(await openstack.userdata(env())).toBeNull();
     expect(await openstack.metadata(env())).toEqual({ attributes: {}, sshKeys: [], networkUnits: [] });
-    expect(logs.some((l) => l.includes(`${DRIVE}/openstack/latest/meta_data.json: a symlink leads out of`))).toBe(true);
+    // The same names inside the drive are what the links reach.
+    await writeTree(join(root, DRIVE), { 'etc/shadow': JSON.stringify({ uuid: 'drive-shadow' }) });
+    expect((await openstack.metadata(env())).attributes).toEqual({ COREOS_OPENSTACK_INSTANCE_UUID: 'drive-shadow' });
   });
 
   it('follows a config drive path that is a symlink within the root', async () => {
@@ -667,19 +669,16 @@ describe('hostile values', () => {
     expect(await openstack.userdata(env())).toBeNull();
   });
 
-  it('resolves paths the way a chroot would', async () => {
-    await writeTree(root, { 'a/b/file': 'x' });
-    await symlink('/a/b', join(root, 'abs'));
-    await symlink('../a/./b', join(root, 'a/rel'));
-    await symlink('loop', join(root, 'loop'));
-    const log = (line: string): number => logs.push(line);
-    expect(await resolveIn(root, '/abs/file', log)).toBe(join(root, 'a/b/file'));
-    expect(await resolveIn(root, '/a/rel/file', log)).toBe(join(root, 'a/b/file'));
-    expect(await resolveIn(root, '/a/b/missing', log)).toBe(join(root, 'a/b/missing'));
-    expect(await resolveIn(root, '/a/missing/file', log)).toBeNull();
-    expect(await resolveIn(root, '/a/b/file/x', log)).toBeNull();
-    expect(await resolveIn(root, '/loop/x', log)).toBeNull();
-    expect(logs.some((l) => l.includes('too many levels of symlinks'))).toBe(true);
+  it('logs and ignores a symlink loop on the drive or on the way to it', async () => {
+    await drive({ 'openstack/latest/vendor_data.json': {} });
+    await symlink('meta_data.json', join(root, DRIVE, 'openstack/latest/meta_data.json'));
+    expect(await openstack.metadata(env())).toEqual({ attributes: {}, sshKeys: [], networkUnits: [] });
+    expect(logs.some((l) => l.includes('too many levels of symlinks') && l.endsWith('; ignored'))).toBe(true);
+    logs.length = 0;
+    await rm(join(root, DRIVE), { recursive: true });
+    await symlink(DRIVE.split('/').pop()!, join(root, DRIVE));
+    expect(await onmetal.metadata(env())).toEqual({ attributes: {}, sshKeys: [], networkUnits: [] });
+    expect(logs.some((l) => l.includes('too many levels of symlinks') && l.endsWith('; ignored'))).toBe(true);
   });
 
   it('refuses a directory where a file should be', async () => {

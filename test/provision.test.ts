@@ -268,7 +268,7 @@ describe.runIf(isRoot)('provision a root tree [root]', () => {
     expect((await stat(join(root, 'etc/motd.hard'))).ino).toBe((await stat(join(root, 'etc/motd'))).ino);
     expect(await readlink(join(root, 'srv/app/current'))).toBe('data');
     expect(await lstat(join(root, 'srv/app/current'))).toMatchObject({ uid: 2501, gid: 2500 });
-    const left = (await readdir(join(root, 'etc'))).filter((n) => n.startsWith('.oem-agent-tmp'));
+    const left = (await readdir(join(root, 'etc'))).filter((n) => n.startsWith('.oem-tmp'));
     expect(left).toEqual([]);
   });
 

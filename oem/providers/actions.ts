@@ -25,7 +25,7 @@ import { DEFAULT_FETCH, ensureFile } from '../provision/files.js';
 import { execaRunner, provision, type ProvisionOptions, type Runner } from '../provision/index.js';
 import { runChecked } from '../provision/runner.js';
 import { writeKeySet } from '../provision/users.js';
-import { cleanPath, RootFs } from '../provision/rootfs.js';
+import { cleanPath, RootFs } from '../../src/shared/safe-fs.js';
 import { MAX_USERDATA_BYTES } from './local-io.js';
 import type { Metadata, MetadataProvider, ProviderEnv, Userdata } from './types.js';
 import { cleanHostname, cleanSshKeys, envFileContent, shown, staticHostname, validNetworkUnitName } from './values.js';

@@ -14,7 +14,8 @@ import { readdir } from 'node:fs/promises';
 import { isIP, isIPv4 } from 'node:net';
 import { OemError } from '../../src/shared/errors.js';
 import { httpGet, joinUrl } from './http.js';
-import { MAX_SMALL_BYTES, readFileIn, resolveIn, userdataOrNull } from './local-io.js';
+import { readFileIn, resolveIn } from '../../src/shared/safe-fs.js';
+import { MAX_SMALL_BYTES, userdataOrNull } from './local-io.js';
 import type { Metadata, MetadataProvider, ProviderEnv, Userdata } from './types.js';
 import { cleanHostname, cleanIp, cleanSshKeys, shown } from './values.js';
 

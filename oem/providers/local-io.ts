@@ -4,17 +4,14 @@
  * it, strict base64, and running a command with a time and size limit. (Values, keys and hostnames
  * are checked with values.ts, HTTP goes through http.ts.)
  *
- * Files are read the way a chroot at `env.root` would see them (RootFs.resolve): every component is
- * checked with lstat, symlinks are followed at most 40 times, absolute targets start again at the
- * root and `..` stops there, so a link can never lead out of the root. A directory below the root
- * (a config drive, the Azure DVD) can be made the boundary in the same way.
+ * Files are read the way a chroot at `env.root` would see them (readFileIn in src/shared/safe-fs.ts),
+ * so a link can never lead out of the root. A directory below the root (a config drive, the Azure
+ * DVD) can be made the boundary in the same way.
  */
 import { execFile } from 'node:child_process';
-import { constants } from 'node:fs';
-import { open, stat } from 'node:fs/promises';
-import { join } from 'node:path';
+import { stat } from 'node:fs/promises';
 import { describe, OemError } from '../../src/shared/errors.js';
-import { RootFs } from '../provision/rootfs.js';
+import { readFileIn, resolveIn } from '../../src/shared/safe-fs.js';
 import type { ProviderEnv } from './types.js';
 
 /** Largest userdata accepted from any source, as fetched and after gunzip (the one limit). */
@@ -23,60 +20,6 @@ export const MAX_USERDATA_BYTES = 16 * 1024 * 1024;
 export const MAX_SMALL_BYTES = 256 * 1024;
 /** Largest document that carries userdata encoded in base64 (ovf-env.xml, a server context). */
 export const MAX_ENVELOPE_BYTES = Math.ceil((MAX_USERDATA_BYTES * 4) / 3) + 1024 * 1024;
-
-/** A path inside a tree as shown in messages. */
-function where(jail: string, path: string): string {
-  return jail === '/' ? path : `${path} (under ${jail})`;
-}
-
-/**
- * The host path of `path` (absolute, inside the tree rooted at `jail`), resolved the way a chroot
- * would; null when it (or a directory on the way) does not exist.
- */
-export async function resolveIn(jail: string, path: string): Promise<string | null> {
-  const p = path.startsWith('/') ? path : `/${path}`;
-  const resolved = await new RootFs(jail).resolve(p);
-  return resolved === null ? null : join(jail, resolved);
-}
-
-/**
- * Reads a regular file of at most `limit` bytes at `path` inside the tree rooted at `jail`; null
- * when it does not exist. Larger files and things that are not regular files are errors.
- */
-export async function readFileIn(jail: string, path: string, limit: number): Promise<Buffer | null> {
-  const host = await resolveIn(jail, path);
-  if (host === null) return null;
-  let fh;
-  try {
-    // O_NOFOLLOW: the name was resolved above; if it became a link since, refuse it. O_NONBLOCK: a
-    // FIFO must not hang the open.
-    fh = await open(host, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT' || code === 'ENOTDIR') return null;
-    throw new OemError(`cannot read ${where(jail, path)}: ${describe(err)}`, { cause: err });
-  }
-  try {
-    const st = await fh.stat();
-    if (!st.isFile()) throw new OemError(`${where(jail, path)} is not a regular file`);
-    // Files in /proc have size 0: read until the end, whatever the stat says.
-    const buf = Buffer.alloc(Math.min(limit + 1, Math.max(st.size + 1, 64 * 1024)));
-    let chunks: Buffer[] = [];
-    let total = 0;
-    while (true) {
-      const { bytesRead } = await fh.read(buf, 0, buf.length, null);
-      if (bytesRead === 0) break;
-      chunks.push(Buffer.from(buf.subarray(0, bytesRead)));
-      total += bytesRead;
-      if (total > limit) throw new OemError(`${where(jail, path)} is larger than ${limit} bytes`);
-    }
-    const out = Buffer.concat(chunks, total);
-    chunks = [];
-    return out;
-  } finally {
-    await fh.close();
-  }
-}
 
 /**
  * Reads `rel` inside the directory `base` of the system (env.root), with `base` as the boundary:

@@ -5,24 +5,21 @@
  * network_data.json grew out of) into networkd units.
  *
  * Everything read is platform input: sizes are capped (userdata 16 MiB, JSON 1 MiB), the config
- * drive directory is found under env.root and files are read with the drive as the boundary (every
- * component lstat'ed; symlinks resolve as in a chroot at the drive, and one that climbs above it
- * is refused), values are checked with values.ts, and unit file names are made here, never taken
- * from metadata.
+ * drive directory is found under env.root and files are read with the drive as the boundary
+ * (src/shared/safe-fs.ts: symlinks resolve as in a chroot at the drive, so none leads out of it),
+ * values are checked with values.ts, and unit file names are made here, never taken from metadata.
  */
-import { constants as fsConstants } from 'node:fs';
-import { lstat, open, readdir, readlink } from 'node:fs/promises';
+import { readdir } from 'node:fs/promises';
 import { isIP, isIPv4, isIPv6 } from 'node:net';
 import { posix } from 'node:path';
 import { describe, OemError } from '../../src/shared/errors.js';
+import { lstatEntry, readFileIn as readFileInTree, resolveIn } from '../../src/shared/safe-fs.js';
 import { HttpError, httpGet, joinUrl, showUrl } from './http.js';
 import { MAX_USERDATA_BYTES } from './local-io.js';
 import type { Metadata, ProviderEnv, Userdata } from './types.js';
 import { cleanHostname, cleanMac, cleanSshKeys, netmaskToPrefix, shown } from './values.js';
 
 export const MAX_JSON_BYTES = 1024 * 1024;
-/** Symlinks followed while resolving one path (Linux's MAXSYMLINKS). */
-const MAX_SYMLINKS = 40;
 
 type Log = (line: string) => void;
 type Json = Record<string, unknown>;
@@ -38,109 +35,24 @@ function errCode(err: unknown): string | undefined {
 // ---------------------------------------------------------------------------------------------
 // Files
 
-/**
- * The host path of `path` inside the tree whose host directory is `jail`, resolving symlinks the
- * way the system would with `jail` as its `/`: absolute link targets start again at `jail`, and a
- * `..` that would climb above it is refused (logged, null). Null also when a directory on the way
- * is missing or not a directory; the last component may be missing (the caller's open says so).
- */
-export async function resolveIn(jail: string, path: string, log: Log): Promise<string | null> {
-  const pending = path.split('/').filter((c) => c !== '' && c !== '.');
-  const done: string[] = [];
-  let links = 0;
-  while (pending.length > 0) {
-    const comp = pending.shift()!;
-    if (comp === '..') {
-      if (done.length === 0) {
-        log(`${path}: a symlink leads out of ${jail}; not followed`);
-        return null;
-      }
-      done.pop();
-      continue;
-    }
-    const host = posix.join(jail, ...done, comp);
-    let st;
-    try {
-      st = await lstat(host);
-    } catch (err) {
-      const code = errCode(err);
-      if (code === 'ENOENT' || code === 'ENOTDIR') return pending.length === 0 ? host : null;
-      throw err;
-    }
-    if (st.isSymbolicLink()) {
-      if (++links > MAX_SYMLINKS) {
-        log(`${path}: too many levels of symlinks under ${jail}; not followed`);
-        return null;
-      }
-      const target = await readlink(host);
-      if (target.startsWith('/')) done.length = 0;
-      pending.unshift(...target.split('/').filter((c) => c !== '' && c !== '.'));
-      continue;
-    }
-    if (pending.length > 0 && !st.isDirectory()) return null;
-    done.push(comp);
-  }
-  return posix.join(jail, ...done);
-}
-
 /** Whether `path` inside `jail` is a directory. */
-async function isDirIn(jail: string, path: string, log: Log): Promise<boolean> {
-  const host = await resolveIn(jail, path, log);
-  if (host === null) return false;
-  try {
-    return (await lstat(host)).isDirectory();
-  } catch (err) {
-    if (errCode(err) === 'ENOENT') return false;
-    throw err;
-  }
+async function isDirIn(jail: string, path: string): Promise<boolean> {
+  const host = await resolveIn(jail, path);
+  return host !== null && (await lstatEntry(host))?.kind === 'dir';
 }
 
 /**
- * A regular file inside `jail`, at most `limit` bytes; null when it is missing, and (logged) when
- * it is not a regular file or is too big. `what` names it in log lines.
+ * A regular file inside `jail` (links resolved with `jail` as the root), at most `limit` bytes;
+ * null when it is missing, and (logged) when it cannot be used: not a regular file, too big, a
+ * symlink loop. `what` names it in log lines.
  */
 export async function readFileIn(jail: string, path: string, limit: number, log: Log, what = path): Promise<Buffer | null> {
-  const host = await resolveIn(jail, path, (line) => log(line.replace(path, what)));
-  if (host === null) return null;
-  let handle;
   try {
-    // O_NOFOLLOW: the last component was resolved above and must not have become a link since;
-    // O_NONBLOCK: a FIFO must not hang the open (it is refused below).
-    handle = await open(host, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW | fsConstants.O_NONBLOCK);
+    return await readFileInTree(jail, path, limit, what);
   } catch (err) {
-    const code = errCode(err);
-    if (code === 'ENOENT' || code === 'ENOTDIR') return null;
-    if (code === 'ELOOP') {
-      log(`${what}: is a symlink; not followed`);
-      return null;
-    }
-    throw err;
-  }
-  try {
-    const st = await handle.stat();
-    if (!st.isFile()) {
-      log(`${what}: not a regular file; ignored`);
-      return null;
-    }
-    if (st.size > limit) {
-      log(`${what}: ${st.size} bytes, more than the ${limit} allowed; ignored`);
-      return null;
-    }
-    const buf = Buffer.alloc(Math.min(limit + 1, st.size + 1));
-    let length = 0;
-    while (length < buf.length) {
-      const { bytesRead } = await handle.read(buf, length, buf.length - length, length);
-      if (bytesRead === 0) break;
-      length += bytesRead;
-    }
-    if (length > st.size) {
-      // It grew while we read it.
-      log(`${what}: changed while being read; ignored`);
-      return null;
-    }
-    return buf.subarray(0, length);
-  } finally {
-    await handle.close();
+    if (!(err instanceof OemError)) throw err;
+    log(`${err.message}; ignored`);
+    return null;
   }
 }
 
@@ -633,10 +545,20 @@ export interface Drive {
  * (2013-10-17, ...). Null when the directory is missing or has no such tree.
  */
 export async function findDrive(env: ProviderEnv): Promise<Drive | null> {
-  const host = await resolveIn(env.root, env.configDrive, env.log);
-  if (host === null || !(await isDirIn(env.root, env.configDrive, env.log))) return null;
-  if (!(await isDirIn(host, 'openstack', env.log))) return null;
-  const openstackDir = await resolveIn(host, 'openstack', env.log);
+  try {
+    return await findDriveIn(env);
+  } catch (err) {
+    if (!(err instanceof OemError)) throw err;
+    env.log(`config drive ${env.configDrive}: ${err.message}; ignored`);
+    return null;
+  }
+}
+
+async function findDriveIn(env: ProviderEnv): Promise<Drive | null> {
+  const host = await resolveIn(env.root, env.configDrive);
+  if (host === null || !(await isDirIn(env.root, env.configDrive))) return null;
+  if (!(await isDirIn(host, 'openstack'))) return null;
+  const openstackDir = await resolveIn(host, 'openstack');
   let names: string[] = [];
   try {
     names = openstackDir === null ? [] : await readdir(openstackDir);
@@ -647,7 +569,7 @@ export async function findDrive(env: ProviderEnv): Promise<Drive | null> {
   const candidates = [...(names.includes('latest') ? ['latest'] : []), ...dated.reverse()];
   for (const name of candidates) {
     const version = `openstack/${name}`;
-    if (await isDirIn(host, version, env.log)) return { host, version, shownAs: env.configDrive };
+    if (await isDirIn(host, version)) return { host, version, shownAs: env.configDrive };
   }
   return null;
 }

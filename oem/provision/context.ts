@@ -5,7 +5,7 @@
  */
 import { OemError } from '../../src/shared/errors.js';
 import type { Owner } from '../../src/shared/config/types.js';
-import type { RootFs } from './rootfs.js';
+import type { RootFs } from '../../src/shared/safe-fs.js';
 import type { Runner } from './runner.js';
 
 /** The past tense used in the log; a dry run logs `would <base form>`. */

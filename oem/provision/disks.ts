@@ -12,10 +12,11 @@
  *
  * applyStorage runs a plan (or, with dryRun, prints it) and writes and enables the units under a root.
  */
-import { lstat, mkdir, readFile, readlink, rename, stat, symlink, unlink, writeFile } from 'node:fs/promises';
+import { lstat, mkdir, readFile, readlink, rename, symlink, unlink, writeFile } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import type { Filesystem, FilesystemFormat, Partition, Raid, Storage, VolumeGroup } from '../../src/shared/config/types.js';
 import { OemError, describe } from '../../src/shared/errors.js';
+import { exists } from '../../src/shared/safe-fs.js';
 
 /** One command of a plan. allowFail: a failure is logged and ignored. waitFor: device nodes to wait for first. */
 export type Command = { cmd: string; args: string[]; why: string; allowFail?: boolean; waitFor?: string[] };
@@ -568,14 +569,6 @@ export type ApplyOptions = {
   deviceTimeoutMs?: number;
 };
 
-async function exists(path: string): Promise<boolean> {
-  try {
-    await stat(path);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 async function waitForDevice(path: string, timeoutMs: number): Promise<boolean> {
   const until = Date.now() + timeoutMs;

@@ -12,7 +12,7 @@ import { posix } from 'node:path';
 import { describe, OemError } from '../../src/shared/errors.js';
 import type { DirectoryEntry, FileEntry, LinkEntry } from '../../src/shared/config/types.js';
 import { fmtMode, fmtOwner, parseMode, resolveOwner, type FetchOptions, type Id, type ProvisionContext } from './context.js';
-import { cleanPath, kindName } from './rootfs.js';
+import { cleanPath, DEFAULT_READ_LIMIT, kindName } from '../../src/shared/safe-fs.js';
 
 
 export const DEFAULT_FETCH: FetchOptions = { tries: 10, initialDelayMs: 1000, maxDelayMs: 5000, timeoutMs: 60_000 };
@@ -94,7 +94,9 @@ export async function ensureFile(ctx: ProvisionContext, path: string, content: F
     return;
   }
   if (have && have.kind === 'file') {
-    const current = await ctx.fs.readFile(p);
+    // A file of another size (or too big to compare in memory) is simply different.
+    const comparable = 'data' in content ? have.size === content.data.length : have.size <= DEFAULT_READ_LIMIT;
+    const current = comparable ? await ctx.fs.readFile(p) : null;
     const same =
       current !== null &&
       ('data' in content ? current.equals(content.data) : sha512Hex(current) === normalizeSha512(content.sha512, p));

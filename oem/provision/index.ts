@@ -25,7 +25,7 @@ import type { AgentConfig, Owner, Storage } from '../../src/shared/config/types.
 import { BASE_FORM, LOG_PREFIX, makeContext, requireAccounts, type ProvisionContext, type Verb } from './context.js';
 import type { FetchOptions } from './context.js';
 import { applyDirectories, applyFiles, applyLinks, DEFAULT_FETCH } from './files.js';
-import { RootFs } from './rootfs.js';
+import { RootFs } from '../../src/shared/safe-fs.js';
 import { execaRunner, type Runner } from './runner.js';
 import { applySystemdUnits, applyNetworkdUnits } from './units.js';
 import { applyGroups, applyUsers } from './users.js';

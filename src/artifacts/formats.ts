@@ -17,13 +17,14 @@
 import { createHash, type Hash } from 'node:crypto';
 import { crc32c } from '../image/crc32c.js';
 import { createReadStream, createWriteStream } from 'node:fs';
-import { lstat, mkdtemp, open, rename, rm, stat, statfs } from 'node:fs/promises';
+import { mkdtemp, open, rename, rm, stat, statfs } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createGzip } from 'node:zlib';
 import { OemError, describe } from '../shared/errors.js';
 import { requireTool, run } from '../tools.js';
+import { exists } from '../shared/safe-fs.js';
 
 export type Format = 'raw' | 'qcow2' | 'vmdk' | 'vhd' | 'vhdx' | 'gce' | 'vagrant-libvirt' | 'vagrant-virtualbox' | 'ova';
 
@@ -94,7 +95,7 @@ export async function convert(raw: string, format: Format, out: string, opts: Co
     if (err instanceof OemError) throw err;
     throw new OemError(`cannot read the raw image ${raw}: ${describe(err)}`);
   }
-  if (await exists(out)) throw new OemError(`${out} already exists`);
+  if (await exists(out, { follow: false })) throw new OemError(`${out} already exists`);
 
   const ctx: Ctx = { raw, size, out, name: opts.name, mtime, ...(opts.signal ? { signal: opts.signal } : {}), ...(opts.onProgress ? { onProgress: opts.onProgress } : {}), work: '' };
   try {
@@ -411,14 +412,6 @@ function failure(err: unknown, c: Ctx, format: Format): unknown {
   return new OemError(`cannot convert ${c.raw} to ${format}: ${describe(err)}`, { cause: err });
 }
 
-async function exists(path: string): Promise<boolean> {
-  try {
-    await lstat(path);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 function epochSeconds(d: Date): number {
   const t = d.getTime();

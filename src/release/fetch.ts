@@ -6,7 +6,7 @@
  * The image is downloaded to `{image}.part` (kept across runs, so an interrupted download resumes),
  * verified, and only then renamed. A cached entry is re-verified on every fetch.
  */
-import { mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { OemError, describe } from '../shared/errors.js';
@@ -14,6 +14,7 @@ import { boardUrl, checkRef, DISTROS, defaultImageName } from './channels.js';
 import { downloadFile, fetchBytes, type RetryOptions } from './download.js';
 import { parseVersionTxt, isVersion } from './version.js';
 import { checkDigests, loadTrustedKeys, precheckSignature, verifyDetached, type Distro, type TrustedKeys } from './verify.js';
+import { exists } from '../shared/safe-fs.js';
 
 export interface FetchOptions extends RetryOptions {
   distro: Distro;
@@ -56,14 +57,6 @@ export function defaultCacheDir(): string {
   return join(base, 'oem');
 }
 
-async function exists(p: string): Promise<boolean> {
-  try {
-    await stat(p);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 async function writeAtomic(path: string, data: Buffer | string): Promise<void> {
   const tmp = `${path}.tmp-${process.pid}`;

@@ -10,9 +10,8 @@
  * keys of 32 bytes. An optional options prefix and comment may surround the key.
  */
 import { createHash, createPublicKey, verify, type KeyObject } from 'node:crypto';
-import { constants as fsConstants } from 'node:fs';
-import { open } from 'node:fs/promises';
 import { OemError } from './errors.js';
+import { readBounded, ReadRefused } from './safe-fs.js';
 
 export interface SshKey {
   /** The normalized line: `[options ]type base64[ comment]`. */
@@ -513,37 +512,16 @@ export function parseAuthorizedKeys(text: string, source: string): SshKey[] {
 
 /** Reads and parses a public key file (at most 1 MiB, a regular file or a link to one). */
 export async function readKeyFile(path: string): Promise<SshKey[]> {
-  let handle;
+  let buf: Buffer | null;
   try {
-    // O_NONBLOCK: opening a FIFO must not hang; it is refused below as not a regular file.
-    handle = await open(path, fsConstants.O_RDONLY | fsConstants.O_NONBLOCK);
+    buf = await readBounded(path, MAX_KEY_FILE_BYTES);
   } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT' || code === 'ENOTDIR') throw new OemError(`no such key file: ${path}`, { code: 'usage' });
-    const why = code === 'EACCES' || code === 'EPERM' ? 'permission denied' : (err as Error).message;
-    throw new OemError(`cannot read key file ${path}: ${why}`, { code: 'usage', cause: err });
+    if (!(err instanceof ReadRefused)) throw err;
+    const message = err.reason === 'tooBig' ? `${err.message}; it is not an SSH public key file` : err.message.replace(/^cannot read /, 'cannot read key file ');
+    throw new OemError(message, { code: 'usage', cause: err });
   }
-  try {
-    const st = await handle.stat();
-    if (!st.isFile()) throw new OemError(`${path} is not a regular file`, { code: 'usage' });
-    if (st.size > MAX_KEY_FILE_BYTES) {
-      throw new OemError(`${path} is larger than 1 MiB; it is not an SSH public key file`, { code: 'usage' });
-    }
-    const buf = Buffer.alloc(MAX_KEY_FILE_BYTES + 1);
-    let length = 0;
-    while (length < buf.length) {
-      const { bytesRead } = await handle.read(buf, length, buf.length - length, length);
-      if (bytesRead === 0) break;
-      length += bytesRead;
-    }
-    // The file may have grown since the stat.
-    if (length > MAX_KEY_FILE_BYTES) {
-      throw new OemError(`${path} is larger than 1 MiB; it is not an SSH public key file`, { code: 'usage' });
-    }
-    return parseAuthorizedKeys(buf.subarray(0, length).toString('utf8'), path);
-  } finally {
-    await handle.close();
-  }
+  if (buf === null) throw new OemError(`no such key file: ${path}`, { code: 'usage' });
+  return parseAuthorizedKeys(buf.toString('utf8'), path);
 }
 
 function identity(key: SshKey): string {

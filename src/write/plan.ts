@@ -3,8 +3,8 @@
  * symlinks with content, mode, uid and gid, per partition role. Backends apply plans; nothing else
  * writes into images.
  */
-import { posix } from 'node:path';
 import { OemError } from '../shared/errors.js';
+import { ancestors, cleanPath, linkTargetProblem } from '../shared/safe-fs.js';
 
 export type PartitionRole = 'oem' | 'root';
 
@@ -42,31 +42,11 @@ export interface WritePlan {
   partitions: Partial<Record<PartitionRole, PlanEntry[]>>;
 }
 
-const MAX_PATH = 4096;
-
-/** Checks and normalizes a path inside a filesystem: absolute, clean, no `..`, no control characters. */
-export function cleanPath(p: string): string {
-  if (typeof p !== 'string' || !p.startsWith('/')) throw new OemError(`path must be absolute: ${JSON.stringify(p)}`, { code: 'usage' });
-  if (p.length > MAX_PATH) throw new OemError(`path too long: ${p.slice(0, 60)}...`, { code: 'usage' });
-  // eslint-disable-next-line no-control-regex
-  if (/[\x00-\x1f\x7f]/.test(p)) throw new OemError(`path has control characters: ${JSON.stringify(p)}`, { code: 'usage' });
-  const parts = p.split('/').filter((x) => x !== '' && x !== '.');
-  if (parts.includes('..')) throw new OemError(`path must not contain "..": ${p}`, { code: 'usage' });
-  if (parts.some((x) => Buffer.byteLength(x) > 255)) throw new OemError(`path component longer than 255 bytes: ${p}`, { code: 'usage' });
-  const clean = '/' + parts.join('/');
+/** The clean form of an entry's path (the shared path rules; the filesystem root itself is not an entry). */
+export function entryPath(p: string): string {
+  const clean = cleanPath(p);
   if (clean === '/') throw new OemError('cannot write the filesystem root itself', { code: 'usage' });
   return clean;
-}
-
-/** Parent directories of a clean path, outermost first ("/a/b/c" -> ["/a", "/a/b"]). */
-export function parents(p: string): string[] {
-  const out: string[] = [];
-  let cur = posix.dirname(p);
-  while (cur !== '/') {
-    out.unshift(cur);
-    cur = posix.dirname(cur);
-  }
-  return out;
 }
 
 function checkIds(e: PlanEntry): void {
@@ -87,18 +67,19 @@ export function normalizePlan(plan: WritePlan): WritePlan {
   for (const [role, entries] of Object.entries(plan.partitions) as [PartitionRole, PlanEntry[]][]) {
     const byPath = new Map<string, PlanEntry>();
     for (const e of entries) {
-      const path = cleanPath(e.path);
+      const path = entryPath(e.path);
       const n = { ...e, path } as PlanEntry;
       checkIds(n);
       if (n.kind === 'symlink') {
-        if (!n.target || n.target.length > MAX_PATH || n.target.includes('\0')) throw new OemError(`${path}: invalid symlink target`, { code: 'usage' });
+        const problem = linkTargetProblem(n.target);
+        if (problem !== null) throw new OemError(`${path}: invalid symlink target (${problem})`, { code: 'usage' });
       }
       const prev = byPath.get(path);
       if (prev && prev.kind !== n.kind) throw new OemError(`${path} is planned both as ${prev.kind} and as ${n.kind}`, { code: 'usage' });
       byPath.set(path, n);
     }
     for (const e of [...byPath.values()]) {
-      for (const p of parents(e.path)) {
+      for (const p of ancestors(e.path)) {
         const have = byPath.get(p);
         if (!have) byPath.set(p, { kind: 'dir', path: p, mode: 0o755, uid: 0, gid: 0, ensureOnly: true });
         else if (have.kind !== 'dir') throw new OemError(`${e.path} needs ${p} to be a directory, but it is planned as a ${have.kind}`, { code: 'usage' });

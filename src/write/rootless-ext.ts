@@ -10,7 +10,8 @@ import { join, posix } from 'node:path';
 import { tempDir } from '../cleanup.js';
 import { OemError } from '../shared/errors.js';
 import { run } from '../tools.js';
-import { cleanPath, parents, type PlanEntry } from './plan.js';
+import { ancestors, cleanPath } from '../shared/safe-fs.js';
+import { entryPath, type PlanEntry } from './plan.js';
 import { noSpace, notADirectory, partName, symlinkRefusal, type PartitionSession, type PartitionTarget } from './session.js';
 
 type Kind = 'dir' | 'file' | 'symlink' | 'other' | null;
@@ -73,7 +74,7 @@ export class RootlessExtSession implements PartitionSession {
 
   /** Refuses symlinks and non-directories among the parents; returns whether they all exist. */
   private check(path: string, kinds: Map<string, { kind: Kind; target?: string }>): boolean {
-    for (const p of parents(path)) {
+    for (const p of ancestors(path)) {
       const k = kinds.get(p);
       if (!k || k.kind === null) return false;
       if (k.kind === 'symlink') throw symlinkRefusal(this.target, path, p, k.target);
@@ -84,7 +85,7 @@ export class RootlessExtSession implements PartitionSession {
 
   async readFile(path: string): Promise<Buffer | null> {
     const p = cleanPath(path);
-    const kinds = await this.kinds([...parents(p), p]);
+    const kinds = await this.kinds([...ancestors(p), p]);
     if (!this.check(p, kinds)) return null;
     const k = kinds.get(p)!;
     if (k.kind === 'symlink') throw symlinkRefusal(this.target, p, p, k.target);
@@ -94,9 +95,9 @@ export class RootlessExtSession implements PartitionSession {
   }
 
   async listDir(path: string): Promise<string[] | null> {
-    const p = path === '/' ? '/' : cleanPath(path);
+    const p = cleanPath(path);
     if (p !== '/') {
-      const kinds = await this.kinds([...parents(p), p]);
+      const kinds = await this.kinds([...ancestors(p), p]);
       if (!this.check(p, kinds)) return null;
       const k = kinds.get(p)!;
       if (k.kind === 'symlink') throw symlinkRefusal(this.target, p, p, k.target);
@@ -125,7 +126,7 @@ export class RootlessExtSession implements PartitionSession {
   async apply(entries: PlanEntry[]): Promise<void> {
     const all = new Set<string>();
     for (const e of entries) {
-      for (const p of parents(e.path)) all.add(p);
+      for (const p of ancestors(e.path)) all.add(p);
       all.add(e.path);
     }
     const kinds = await this.kinds([...all]);
@@ -139,9 +140,9 @@ export class RootlessExtSession implements PartitionSession {
       const cmds: string[] = [];
       let n = 0;
       for (const e of entries) {
-        const path = cleanPath(e.path);
+        const path = entryPath(e.path);
         // Parents are checked against the image as it was, and the plan creates missing ones first.
-        for (const p of parents(path)) {
+        for (const p of ancestors(path)) {
           const k = kinds.get(p);
           if (k?.kind === 'symlink') throw symlinkRefusal(this.target, path, p, k.target);
           if (k && k.kind !== null && k.kind !== 'dir') throw notADirectory(this.target, path, p, k.kind);

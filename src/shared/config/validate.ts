@@ -5,10 +5,9 @@
  * enclosing mapping for missing keys) and a message. The config is returned only when there are no
  * errors; warnings (unknown keys, YAML warnings) do not block it, and unknown keys are dropped from it.
  */
-import { constants as fsConstants } from 'node:fs';
-import { open } from 'node:fs/promises';
 import { isAlias, isMap, isNode, isScalar, isSeq, LineCounter, parseDocument, type Document } from 'yaml';
 import { OemError } from '../errors.js';
+import { isCleanPath, linkTargetProblem, readBounded, ReadRefused } from '../safe-fs.js';
 import { parseAuthorizedKeys } from '../ssh-keys.js';
 import { checkUnit, checkUnitSyntax, UNIT_SUFFIXES, unitType, type UnitProblem } from '../units.js';
 import {
@@ -304,14 +303,9 @@ class Dupes {
 // eslint-disable-next-line no-control-regex
 const BAD_CHARS = /[\x00\n\r]/;
 
-/** Absolute, with no empty, `.` or `..` segments, no trailing slash and no NUL or newline. */
+/** Absolute and in the normalized form the agent writes (the shared path rules of safe-fs.ts). */
 export function isCleanAbsolutePath(p: string, allowRoot = false): boolean {
-  if (p === '/') return allowRoot;
-  if (!p.startsWith('/') || p.endsWith('/') || BAD_CHARS.test(p)) return false;
-  return p
-    .slice(1)
-    .split('/')
-    .every((seg) => seg !== '' && seg !== '.' && seg !== '..');
+  return (allowRoot || p !== '/') && isCleanPath(p);
 }
 
 function absPath(ctx: Ctx, f: Field | undefined, allowRoot = false): string | undefined {
@@ -648,7 +642,7 @@ function validateLink(ctx: Ctx, f: Field, paths: Dupes): LinkEntry | undefined {
   } else {
     const target = str(ctx, tf);
     if (target !== undefined && tf) {
-      if (target === '' || BAD_CHARS.test(target)) ctx.error(tf, 'link target must be a non-empty path without NUL or line breaks');
+      if (linkTargetProblem(target) !== null) ctx.error(tf, `link target ${JSON.stringify(target.slice(0, 60))}: ${linkTargetProblem(target)}`);
       else e.target = target;
     }
   }
@@ -1089,39 +1083,19 @@ export function validateConfig(text: string, opts: ValidateOptions = {}): Valida
  */
 export async function readAndValidateConfig(path: string, opts: ValidateOptions = {}): Promise<ValidationResult> {
   const fail = (message: string): ValidationResult => ({ problems: [{ severity: 'error', path: '$', line: 0, col: 0, message }] });
-  let handle;
+  let buf: Buffer | null;
   try {
-    // O_NONBLOCK: opening a FIFO must not hang; it is refused below as not a regular file.
-    handle = await open(path, fsConstants.O_RDONLY | fsConstants.O_NONBLOCK);
+    buf = await readBounded(path, MAX_CONFIG_BYTES);
   } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT' || code === 'ENOTDIR') return fail(`no such config file: ${path}`);
-    const why = code === 'EACCES' || code === 'EPERM' ? 'permission denied' : (err as Error).message;
-    return fail(`cannot read config file ${path}: ${why}`);
+    if (!(err instanceof ReadRefused)) throw err;
+    return fail(err.reason === 'tooBig' ? `${err.message}; refusing to read it as a config` : err.message.replace(/^cannot read /, 'cannot read config file '));
   }
+  if (buf === null) return fail(`no such config file: ${path}`);
   let text: string;
   try {
-    const st = await handle.stat();
-    if (!st.isFile()) return fail(`${path} is not a regular file`);
-    if (st.size > MAX_CONFIG_BYTES) return fail(`${path} is larger than 4 MiB; refusing to read it as a config`);
-    const buf = Buffer.alloc(MAX_CONFIG_BYTES + 1);
-    let length = 0;
-    while (length < buf.length) {
-      const { bytesRead } = await handle.read(buf, length, buf.length - length, length);
-      if (bytesRead === 0) break;
-      length += bytesRead;
-    }
-    // The file may have grown since the stat.
-    if (length > MAX_CONFIG_BYTES) return fail(`${path} is larger than 4 MiB; refusing to read it as a config`);
-    try {
-      text = new TextDecoder('utf-8', { fatal: true }).decode(buf.subarray(0, length));
-    } catch {
-      return fail(`${path} is not UTF-8 text`);
-    }
-  } catch (err) {
-    return fail(`cannot read config file ${path}: ${(err as Error).message}`);
-  } finally {
-    await handle.close();
+    text = new TextDecoder('utf-8', { fatal: true }).decode(buf);
+  } catch {
+    return fail(`${path} is not UTF-8 text`);
   }
   return validateConfig(text, { ...opts, source: opts.source ?? path });
 }
