@@ -16,7 +16,7 @@ import { mkdir, rm } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import { basename, join, resolve } from 'node:path';
 import type { SharedPrefixes } from './artifacts/bzip2-reuse.js';
-import type { Compression } from './artifacts/compress.js';
+import type { Compression } from './compression.js';
 import type { Format } from './artifacts/formats.js';
 import { loadSigningKey, type SigningKey } from './artifacts/sign.js';
 import { workingImage, writePartitions } from './build/assemble.js';

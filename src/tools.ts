@@ -87,7 +87,7 @@ export async function run(
 }
 
 /** Variables that would change what the compression tools write (extra options, levels, threads) or their language. */
-const TOOL_ENV_DROP = new Set(['BZIP', 'BZIP2', 'LBZIP2', 'GZIP', 'XZ_OPT', 'XZ_DEFAULTS', 'ZSTD_CLEVEL', 'ZSTD_NBTHREADS', 'LANGUAGE', 'LANG']);
+const TOOL_ENV_DROP = new Set(['BZIP', 'BZIP2', 'LBZIP2', 'GZIP', 'XZ_OPT', 'XZ_DEFAULTS', 'ZSTD_CLEVEL', 'ZSTD_NBTHREADS', 'TAR_OPTIONS', 'LANGUAGE', 'LANG']);
 
 /** The environment for the compression tools: the process's, less TOOL_ENV_DROP and LC_*, with LC_ALL=C. */
 export function toolEnv(): Record<string, string> {

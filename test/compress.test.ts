@@ -9,7 +9,8 @@ import { mkdir, mkdtemp, open, readFile, rm, stat, symlink, writeFile } from 'no
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { COMPRESSION_SUFFIX, COMPRESSIONS, compressBzip2, compressFile, type Compression } from '../src/artifacts/compress.js';
+import { compressBzip2, compressFile } from '../src/artifacts/compress.js';
+import { COMPRESSION_SUFFIX, COMPRESSIONS, type Compression } from '../src/compression.js';
 import { OemError } from '../src/shared/errors.js';
 
 const MiB = 1024 * 1024;

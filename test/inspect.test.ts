@@ -123,7 +123,7 @@ describe('oem inspect agrees with sgdisk and blkid', () => {
       const raw = (await oemJson<InspectReport>(['inspect', fixtures[gen].raw])).json;
       const { result, json } = await oemJson<InspectReport>(['inspect', fixtures[gen].bz2]);
       expect(result.exitCode).toBe(0);
-      expect(json.compression).toBe('bzip2');
+      expect(json.compression).toBe('bz2');
       expect(['lbzip2', 'bzip2']).toContain(json.decompressor);
       expect(json.image).toBe(fixtures[gen].bz2);
       const strip = (r: InspectReport) => ({ ...r, image: '', compression: '', decompressor: '' });
@@ -133,7 +133,7 @@ describe('oem inspect agrees with sgdisk and blkid', () => {
 
   it('reads .gz, .xz and .zst images too, with the same result', async () => {
     const raw = (await oemJson<InspectReport>(['inspect', fixtures.flatcar.raw])).json;
-    for (const [ext, cmd, compression] of [['gz', 'gzip -c', 'gzip'], ['xz', 'xz -T0 -c', 'xz'], ['zst', 'zstd -q -c', 'zstd']] as const) {
+    for (const [ext, cmd, compression] of [['gz', 'gzip -c', 'gz'], ['xz', 'xz -T0 -c', 'xz'], ['zst', 'zstd -q -c', 'zst']] as const) {
       const p = join(work, `image.bin.${ext}`);
       await execa('sh', ['-c', `${cmd} "${fixtures.flatcar.raw}" > "${p}"`]);
       const { result, json } = await oemJson<InspectReport>(['inspect', p]);

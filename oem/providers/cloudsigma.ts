@@ -15,6 +15,7 @@ import { execFile } from 'node:child_process';
 import { closeSync, constants, openSync, writeSync } from 'node:fs';
 import { isatty, ReadStream } from 'node:tty';
 import { describe, OemError } from '../../src/shared/errors.js';
+import { RetriesExhausted, withRetries } from '../../src/shared/retry.js';
 import { decodeBase64, MAX_ENVELOPE_BYTES, userdataOrNull } from './local-io.js';
 import type { Metadata, MetadataProvider, ProviderEnv, Userdata } from './types.js';
 import { cleanHostname, cleanIp, cleanSshKeys, shown } from './values.js';
@@ -146,18 +147,30 @@ export async function serverContext(env: ProviderEnv): Promise<JsonObject> {
   return p;
 }
 
+/** A network failure of one exchange: worth asking again (the shared retry policy, at most 5 tries). */
+class AskAgain extends Error {
+  constructor(readonly failure: OemError) {
+    super(failure.message);
+  }
+}
+
 async function readWithRetries(env: ProviderEnv): Promise<JsonObject> {
   const tries = Math.max(1, Math.min(env.http.tries, 5));
-  let delay = env.http.backoffMs;
-  for (let attempt = 1; ; attempt++) {
+  const once = async (): Promise<JsonObject> => {
     try {
       return await exchange(env.serialDevice, env.http.timeoutMs, env.log);
     } catch (err) {
-      if (attempt >= tries || !(err instanceof OemError) || err.code !== 'network') throw err;
-      env.log(`${describe(err)}; asking again in ${delay} ms (${attempt}/${tries})`);
-      await new Promise((r) => setTimeout(r, delay));
-      delay = Math.min(delay * 2, env.http.maxBackoffMs);
+      if (err instanceof OemError && err.code === 'network') throw new AskAgain(err);
+      throw err instanceof OemError ? err : new OemError(describe(err), { cause: err });
     }
+  };
+  try {
+    return await withRetries({ tries, initialDelayMs: env.http.backoffMs, maxDelayMs: env.http.maxBackoffMs }, once, (n, err, delay) =>
+      env.log(`${describe(err)}; asking again in ${delay} ms (${n}/${tries})`),
+    );
+  } catch (err) {
+    if (err instanceof RetriesExhausted && err.last instanceof AskAgain) throw err.last.failure;
+    throw err;
   }
 }
 

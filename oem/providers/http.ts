@@ -11,6 +11,7 @@
  * Bodies larger than MAX_BODY_BYTES are refused. Each retry is logged through env.log.
  */
 import { describe, OemError } from '../../src/shared/errors.js';
+import { describeFetchError, retryableStatus, RetriesExhausted, statusText, withRetries } from '../../src/shared/retry.js';
 import type { ProviderEnv } from './types.js';
 import { showUrl } from '../provision/files.js';
 
@@ -59,26 +60,12 @@ class Permanent extends Error {
   }
 }
 
-const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
-
 /** A URL for messages, without credentials (the one the file fetcher uses too). */
 export { showUrl };
 
 /** `base` + `path` with exactly one slash between them. */
 export function joinUrl(base: string, path: string): string {
   return `${base.replace(/\/+$/, '')}/${path.replace(/^\/+/, '')}`;
-}
-
-function describeFetchError(err: unknown, timeoutMs: number): string {
-  const name = (err as Error)?.name;
-  if (name === 'TimeoutError' || name === 'AbortError') return `timed out after ${timeoutMs} ms`;
-  const cause = (err as { cause?: unknown })?.cause;
-  if (cause instanceof Error) {
-    const code = (cause as NodeJS.ErrnoException).code;
-    if (cause.name === 'TimeoutError' || cause.name === 'AbortError') return `timed out after ${timeoutMs} ms`;
-    return `${describe(err)}: ${code ?? cause.message}`;
-  }
-  return describe(err);
 }
 
 async function readBody(res: Response, url: string): Promise<Buffer> {
@@ -121,18 +108,15 @@ export async function httpRequest(url: string, env: Pick<ProviderEnv, 'http' | '
   }
   if (parsed.protocol !== 'http:' && parsed.protocol !== 'https:') throw new HttpError(`unsupported URL ${shown} (only http and https)`, url, undefined, 0);
   const { tries, backoffMs, maxBackoffMs, timeoutMs } = env.http;
-  const attempts = Math.max(1, Math.floor(tries));
-  let delay = Math.max(0, backoffMs);
-  let last = '';
   let lastStatus: number | undefined;
-  for (let attempt = 1; attempt <= attempts; attempt++) {
+  const attempt = async (n: number): Promise<HttpResponse | null> => {
+    lastStatus = undefined;
     try {
-      const signal = AbortSignal.timeout(timeoutMs);
-      const init: RequestInit = { method, signal, redirect: 'manual', headers: opts.headers ?? {} };
+      const init: RequestInit = { method, signal: AbortSignal.timeout(timeoutMs), redirect: 'manual', headers: opts.headers ?? {} };
       if (opts.body !== undefined) init.body = opts.body;
       const res = await fetch(url, init);
       lastStatus = res.status;
-      const why = `HTTP ${res.status}${res.statusText ? ` ${res.statusText}` : ''}`;
+      const why = statusText(res);
       if (res.status === 404) {
         await res.body?.cancel().catch(() => {});
         checkHeaders(res, opts.requireHeaders);
@@ -145,25 +129,26 @@ export async function httpRequest(url: string, env: Pick<ProviderEnv, 'http' | '
         return { status: res.status, headers: res.headers, body };
       }
       await res.body?.cancel().catch(() => {});
-      if (res.status >= 500 || res.status === 408 || res.status === 429) throw new Error(why);
+      if (retryableStatus(res.status)) throw new Error(why);
       if (res.status >= 300 && res.status < 400) {
         throw new Permanent(`${why} (a redirect to ${res.headers.get('location') ?? '?'}; redirects are not followed)`, res.status);
       }
       throw new Permanent(why, res.status);
     } catch (err) {
-      if (err instanceof Permanent) {
-        throw new HttpError(`${method} ${shown} failed: ${err.message}`, url, err.status, attempt);
-      }
-      last = describeFetchError(err, timeoutMs);
-      if (!/^HTTP \d/.test(last)) lastStatus = undefined;
-      if (attempt < attempts) {
-        env.log(`${method} ${shown} failed (attempt ${attempt}/${attempts}): ${last}; retrying in ${delay / 1000}s`);
-        await sleep(delay);
-        delay = Math.min(delay * 2, Math.max(maxBackoffMs, 0));
-      }
+      if (err instanceof Permanent) throw new HttpError(`${method} ${shown} failed: ${err.message}`, url, err.status, n);
+      throw err;
     }
+  };
+  const attempts = Math.max(1, Math.floor(tries));
+  try {
+    return await withRetries({ tries: attempts, initialDelayMs: backoffMs, maxDelayMs: maxBackoffMs }, attempt, (n, err, delay) =>
+      env.log(`${method} ${shown} failed (attempt ${n}/${attempts}): ${describeFetchError(err, timeoutMs)}; retrying in ${delay / 1000}s`),
+    );
+  } catch (err) {
+    if (!(err instanceof RetriesExhausted)) throw err;
+    const last = describeFetchError(err.last, timeoutMs);
+    throw new HttpError(`${method} ${shown} failed after ${attempts} attempt${attempts === 1 ? '' : 's'}: ${last}`, url, /^HTTP \d/.test(last) ? lastStatus : undefined, attempts);
   }
-  throw new HttpError(`${method} ${shown} failed after ${attempts} attempt${attempts === 1 ? '' : 's'}: ${last}`, url, lastStatus, attempts);
 }
 
 /** GET (or opts.method): the body; null for a 404 with `optional`. */

@@ -9,7 +9,8 @@
  */
 import { createHash } from 'node:crypto';
 import { posix } from 'node:path';
-import { describe, OemError } from '../../src/shared/errors.js';
+import { OemError } from '../../src/shared/errors.js';
+import { describeFetchError, retryableStatus, RetriesExhausted, statusText, withRetries } from '../../src/shared/retry.js';
 import type { DirectoryEntry, FileEntry, LinkEntry } from '../../src/shared/config/types.js';
 import { fmtMode, fmtOwner, parseMode, resolveOwner, type FetchOptions, type Id, type ProvisionContext } from './context.js';
 import { cleanPath, DEFAULT_READ_LIMIT, kindName } from '../../src/shared/safe-fs.js';
@@ -210,10 +211,6 @@ export function showUrl(url: string): string {
   }
 }
 
-class Permanent extends Error {}
-
-const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
-
 /**
  * Fetches `url` (http or https) and checks its SHA-512. Network errors, timeouts, 408, 429 and 5xx
  * are retried (waits doubling from initialDelayMs up to maxDelayMs, `tries` attempts in all);
@@ -230,40 +227,30 @@ export async function fetchVerified(ctx: Pick<ProvisionContext, 'fetch' | 'note'
   if (u.protocol !== 'http:' && u.protocol !== 'https:') throw new OemError(`unsupported source URL for ${forPath}: ${showUrl(url)} (only http and https)`, { code: 'usage' });
   const opts = ctx.fetch;
   const shown = showUrl(url);
-  let delay = opts.initialDelayMs;
-  let last = '';
-  for (let attempt = 1; attempt <= opts.tries; attempt++) {
-    try {
-      const res = await fetch(url, { signal: AbortSignal.timeout(opts.timeoutMs), redirect: 'follow' });
-      if (!res.ok) {
-        await res.body?.cancel().catch(() => {});
-        const why = `HTTP ${res.status}${res.statusText ? ` ${res.statusText}` : ''}`;
-        if (res.status >= 500 || res.status === 408 || res.status === 429) throw new Error(why);
-        throw new Permanent(why);
-      }
-      const data = Buffer.from(await res.arrayBuffer());
-      const got = sha512Hex(data);
-      if (got !== want) throw new Permanent(`sha512 mismatch: expected ${want.slice(0, 16)}…, got ${got.slice(0, 16)}… (${data.length} bytes)`);
-      ctx.note(`fetched ${shown} (${data.length} bytes, sha512 ok)`);
-      return data;
-    } catch (err) {
-      if (err instanceof Permanent) throw new OemError(`cannot fetch ${shown} for ${forPath}: ${err.message}`, { code: 'network' });
-      last = (err as Error)?.name === 'TimeoutError' ? `timed out after ${opts.timeoutMs} ms` : describeFetchError(err);
-      if (attempt < opts.tries) {
-        ctx.note(`fetching ${shown} failed (attempt ${attempt}/${opts.tries}): ${last}; retrying in ${delay / 1000}s`);
-        await sleep(delay);
-        delay = Math.min(delay * 2, opts.maxDelayMs);
-      }
+  const attempt = async (): Promise<Buffer> => {
+    const res = await fetch(url, { signal: AbortSignal.timeout(opts.timeoutMs), redirect: 'follow' });
+    if (!res.ok) {
+      await res.body?.cancel().catch(() => {});
+      if (retryableStatus(res.status)) throw new Error(statusText(res));
+      throw failed(statusText(res));
     }
+    const data = Buffer.from(await res.arrayBuffer());
+    const got = sha512Hex(data);
+    if (got !== want) throw failed(`sha512 mismatch: expected ${want.slice(0, 16)}…, got ${got.slice(0, 16)}… (${data.length} bytes)`);
+    ctx.note(`fetched ${shown} (${data.length} bytes, sha512 ok)`);
+    return data;
+  };
+  const failed = (why: string) => new OemError(`cannot fetch ${shown} for ${forPath}: ${why}`, { code: 'network' });
+  try {
+    return await withRetries({ tries: opts.tries, initialDelayMs: opts.initialDelayMs, maxDelayMs: opts.maxDelayMs }, attempt, (n, err, delay) =>
+      ctx.note(`fetching ${shown} failed (attempt ${n}/${opts.tries}): ${describeFetchError(err, opts.timeoutMs)}; retrying in ${delay / 1000}s`),
+    );
+  } catch (err) {
+    if (!(err instanceof RetriesExhausted)) throw err;
+    throw failed(`${describeFetchError(err.last, opts.timeoutMs)} (${err.attempts} attempts)`);
   }
-  throw new OemError(`cannot fetch ${shown} for ${forPath}: ${last} (${opts.tries} attempts)`, { code: 'network' });
 }
 
-function describeFetchError(err: unknown): string {
-  const cause = (err as { cause?: unknown })?.cause;
-  if (cause instanceof Error) return `${describe(err)}: ${(cause as NodeJS.ErrnoException).code ?? cause.message}`;
-  return describe(err);
-}
 
 // ---------------------------------------------------------------------------------------------
 // The steps.

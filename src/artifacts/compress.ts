@@ -26,20 +26,7 @@ import { pipeline } from 'node:stream/promises';
 import { constants as zlibConstants, createGzip } from 'node:zlib';
 import { OemError, describe } from '../shared/errors.js';
 import { requireTool, toolEnv, which } from '../tools.js';
-
-export type Compression = 'bz2' | 'gz' | 'xz' | 'zst' | 'none';
-
-/** All compressions, in the order offered to users. */
-export const COMPRESSIONS: readonly Compression[] = ['bz2', 'gz', 'xz', 'zst', 'none'];
-
-/** File name suffix of each compression ('' for none). */
-export const COMPRESSION_SUFFIX: Readonly<Record<Compression, string>> = {
-  bz2: '.bz2',
-  gz: '.gz',
-  xz: '.xz',
-  zst: '.zst',
-  none: '',
-};
+import { COMPRESSIONS, type Compression } from '../compression.js';
 
 export async function bzip2Tool(): Promise<string> {
   if (await which('lbzip2')) return 'lbzip2';

@@ -8,7 +8,8 @@
 import { rm } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { compressReusing, type SharedPrefixes } from '../artifacts/bzip2-reuse.js';
-import { COMPRESSION_SUFFIX, compressFile, type Compression } from '../artifacts/compress.js';
+import { compressFile } from '../artifacts/compress.js';
+import { COMPRESSION_SUFFIX, type Compression } from '../compression.js';
 import { artifactName, COMPRESSIBLE, convert, type Format } from '../artifacts/formats.js';
 import type { SigningKey } from '../artifacts/sign.js';
 import type { BaseIndex } from '../image/base-cache.js';

@@ -1,7 +1,7 @@
 import { Flags } from '@oclif/core';
 import { readFile } from 'node:fs/promises';
 import { OemCommand } from '../base-command.js';
-import { COMPRESSIONS, type Compression } from '../artifacts/compress.js';
+import { COMPRESSIONS, type Compression } from '../compression.js';
 import { FORMATS, type Format } from '../artifacts/formats.js';
 import { OemError } from '../shared/errors.js';
 import { build, type BuildResult } from '../build.js';

@@ -101,8 +101,8 @@ export async function prepareBase(
 ): Promise<PreparedBase> {
   const log = opts.log ?? (() => {});
   const compression = await detectCompression(compressed);
-  const tool = compression === 'bzip2' ? await decompressorFor('bzip2') : null;
-  if (compression !== 'bzip2' || tool === 'js' || process.env.OEM_REUSE_BLOCKS === '0') {
+  const tool = compression === 'bz2' ? await decompressorFor('bz2') : null;
+  if (compression !== 'bz2' || tool === 'js' || process.env.OEM_REUSE_BLOCKS === '0') {
     return uncached(compressed, opts.workDir, log);
   }
   const root = join(opts.cacheDir, 'bases');
@@ -224,7 +224,7 @@ const refining = new WeakMap<BaseIndex, Map<number, Promise<void>>>();
 const SMALL_BLOCK = 16 * 1024;
 
 async function refine(index: BaseIndex, c: Chunk): Promise<void> {
-  const tool = await decompressorFor('bzip2');
+  const tool = await decompressorFor('bz2');
   const fh = await open(index.bz2, 'r');
   try {
     const lens = await mapInOrder(range(c.first, c.last + 1), availableParallelism(), async (i) => {

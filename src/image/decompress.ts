@@ -10,10 +10,10 @@ import { createGunzip } from 'node:zlib';
 import { Readable } from 'node:stream';
 import { bunzip2Stream } from './bzip2.js';
 import { OemError } from '../shared/errors.js';
-import { requireTool, which } from '../tools.js';
+import type { Compression } from '../compression.js';
+import { requireTool, toolEnv, which } from '../tools.js';
 import { SparseWriter } from './sparse.js';
 
-export type Compression = 'none' | 'bzip2' | 'gzip' | 'xz' | 'zstd';
 
 export async function detectCompression(path: string): Promise<Compression> {
   const fh = await open(path, 'r');
@@ -21,10 +21,10 @@ export async function detectCompression(path: string): Promise<Compression> {
     const b = Buffer.alloc(6);
     const { bytesRead } = await fh.read(b, 0, 6, 0);
     const h = b.subarray(0, bytesRead);
-    if (h.length >= 3 && h.toString('latin1', 0, 3) === 'BZh') return 'bzip2';
-    if (h.length >= 2 && h[0] === 0x1f && h[1] === 0x8b) return 'gzip';
+    if (h.length >= 3 && h.toString('latin1', 0, 3) === 'BZh') return 'bz2';
+    if (h.length >= 2 && h[0] === 0x1f && h[1] === 0x8b) return 'gz';
     if (h.length >= 6 && h.equals(Buffer.from([0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00]))) return 'xz';
-    if (h.length >= 4 && h.readUInt32LE(0) === 0xfd2fb528) return 'zstd';
+    if (h.length >= 4 && h.readUInt32LE(0) === 0xfd2fb528) return 'zst';
     return 'none';
   } finally {
     await fh.close();
@@ -34,7 +34,7 @@ export async function detectCompression(path: string): Promise<Compression> {
 /** The decompressor that will be used for a format, e.g. "lbzip2" or "bzip2". */
 export async function decompressorFor(c: Exclude<Compression, 'none'>): Promise<string> {
   switch (c) {
-    case 'bzip2': {
+    case 'bz2': {
       // OEM_BZIP2 forces one: lbzip2, bzip2 or js (the built-in decoder, slower).
       const forced = process.env.OEM_BZIP2;
       if (forced === 'js') return 'js';
@@ -46,12 +46,12 @@ export async function decompressorFor(c: Exclude<Compression, 'none'>): Promise<
       if (await which('bzip2')) return 'bzip2';
       return 'js';
     }
-    case 'gzip':
+    case 'gz':
       return 'zlib';
     case 'xz':
       await requireTool('xz', 'decompress a .xz image');
       return 'xz';
-    case 'zstd':
+    case 'zst':
       await requireTool('zstd', 'decompress a .zst image');
       return 'zstd';
   }
@@ -89,7 +89,7 @@ export async function decompressToSparse(
       stream = Readable.from(bunzip2Stream(createReadStream(input, { highWaterMark: 1024 * 1024 })));
     } else {
       const args = tool === 'xz' ? ['-dc', '-T0', input] : ['-dc', input];
-      child = execa(tool, args, { stdout: 'pipe', stderr: 'pipe', buffer: { stdout: false, stderr: true }, reject: false, ...(opts.signal ? { cancelSignal: opts.signal } : {}) });
+      child = execa(tool, args, { env: toolEnv(), extendEnv: false, stdout: 'pipe', stderr: 'pipe', buffer: { stdout: false, stderr: true }, reject: false, ...(opts.signal ? { cancelSignal: opts.signal } : {}) });
       stream = child.stdout!;
     }
     for await (const chunk of stream) {

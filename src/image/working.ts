@@ -8,7 +8,8 @@ import { basename, dirname, join, resolve } from 'node:path';
 import { acquire } from '../cleanup.js';
 import { OemError, describe } from '../shared/errors.js';
 import { run } from '../tools.js';
-import { decompressToSparse, detectCompression, type Compression } from './decompress.js';
+import type { Compression } from '../compression.js';
+import { decompressToSparse, detectCompression } from './decompress.js';
 
 export interface WorkingImage {
   /** Where to write now. */

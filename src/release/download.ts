@@ -4,6 +4,7 @@
  */
 import { open, stat, truncate } from 'node:fs/promises';
 import { OemError, describe } from '../shared/errors.js';
+import { retryableStatus, RetriesExhausted, withRetries } from '../shared/retry.js';
 
 export interface RetryOptions {
   /** Attempts after the first (default 5). */
@@ -30,6 +31,7 @@ export interface DownloadResult {
   resumed: boolean;
 }
 
+/** A failure worth another attempt (anything that is not an OemError is). */
 class Retryable extends Error {}
 
 function userAgent(): string {
@@ -43,36 +45,17 @@ function notFound(url: string): OemError {
   });
 }
 
-async function sleep(ms: number, signal?: AbortSignal): Promise<void> {
-  await new Promise<void>((resolve, reject) => {
-    const t = setTimeout(resolve, ms);
-    signal?.addEventListener('abort', () => {
-      clearTimeout(t);
-      reject(new OemError('interrupted', { code: 'interrupted' }));
+/** The release downloads' policy: `retries` after the first attempt, waits doubling up to 10 s. */
+async function withDownloadRetries<T>(url: string, opts: RetryOptions, fn: (attempt: number) => Promise<T>): Promise<T> {
+  const policy = { tries: (opts.retries ?? 5) + 1, initialDelayMs: opts.backoffMs ?? 1000, maxDelayMs: 10_000, ...(opts.signal ? { signal: opts.signal } : {}) };
+  try {
+    return await withRetries(policy, fn, (n, reason, delay) => opts.onRetry?.(n, describe(reason), delay));
+  } catch (err) {
+    if (!(err instanceof RetriesExhausted)) throw err;
+    throw new OemError(`download failed after ${err.attempts} attempts: ${url}: ${describe(err.last)}`, {
+      code: 'network',
+      hint: 'run the same command again: the download resumes where it stopped',
     });
-  });
-}
-
-async function withRetries<T>(url: string, opts: RetryOptions, fn: (attempt: number) => Promise<T>): Promise<T> {
-  const retries = opts.retries ?? 5;
-  let delay = opts.backoffMs ?? 1000;
-  for (let attempt = 1; ; attempt++) {
-    try {
-      return await fn(attempt);
-    } catch (err) {
-      if (err instanceof OemError) throw err;
-      if (opts.signal?.aborted) throw new OemError('interrupted', { code: 'interrupted' });
-      const reason = describe(err);
-      if (attempt > retries) {
-        throw new OemError(`download failed after ${attempt} attempts: ${url}: ${reason}`, {
-          code: 'network',
-          hint: 'run the same command again: the download resumes where it stopped',
-        });
-      }
-      opts.onRetry?.(attempt, reason, delay);
-      await sleep(delay, opts.signal);
-      delay = Math.min(delay * 2, 10_000);
-    }
   }
 }
 
@@ -103,14 +86,14 @@ async function request(url: string, headers: Record<string, string>, opts: Retry
 
 function checkStatus(res: Response, url: string): void {
   if (res.status === 404 || res.status === 410) throw notFound(url);
-  if (res.status >= 500 || res.status === 429 || res.status === 408) throw new Retryable(`HTTP ${res.status}`);
+  if (retryableStatus(res.status)) throw new Retryable(`HTTP ${res.status}`);
   if (res.status >= 400) throw new OemError(`HTTP ${res.status} ${res.statusText} for ${url}`, { code: 'network' });
 }
 
 /** Fetches a small file into memory, with retries. */
 export async function fetchBytes(url: string, opts: RetryOptions & { maxBytes?: number } = {}): Promise<Buffer> {
   const max = opts.maxBytes ?? 16 * 1024 * 1024;
-  return withRetries(url, opts, async () => {
+  return withDownloadRetries(url, opts, async () => {
     const { res, idle, done } = await request(url, {}, opts);
     try {
       checkStatus(res, url);
@@ -153,7 +136,7 @@ export async function downloadFile(url: string, partPath: string, opts: Download
   let transferred = 0;
   let resumed = false;
   let attempts = 0;
-  const size = await withRetries(url, opts, async (attempt) => {
+  const size = await withDownloadRetries(url, opts, async (attempt) => {
     attempts = attempt;
     const have = await sizeOf(partPath);
     const headers: Record<string, string> = have > 0 ? { range: `bytes=${have}-` } : {};
