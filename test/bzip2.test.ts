@@ -1,7 +1,11 @@
 import { execFileSync } from 'node:child_process';
 import { gzipSync } from 'node:zlib';
 import { describe, expect, it } from 'vitest';
-import { BZIP2_OUTPUT_CHUNK, bunzip2Stream, scanBlocks } from '../src/image/bzip2.js';
+import { mkdtemp, open, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { BZIP2_OUTPUT_CHUNK, bunzip2Stream } from '../src/image/bzip2.js';
+import { indexBlocks } from '../src/image/bzip2-blocks.js';
 
 /** Compresses with a real bzip2 implementation (bzip2, lbzip2 or pbzip2). */
 function compress(data: Uint8Array, tool = 'bzip2', args: string[] = ['-9']): Buffer {
@@ -179,7 +183,7 @@ describe('bunzip2Stream', () => {
     expect(pbz.indexOf('BZh9', 4)).toBeGreaterThan(0); // more than one stream
     await expectRoundTrip(pbz, data, 'random');
     const lbz = compress(data, 'lbzip2', ['-n', '2', '-1']);
-    expect(scanBlocks(lbz).length).toBeGreaterThan(5);
+    expect((await blocksOf(lbz)).length).toBeGreaterThan(5);
     await expectRoundTrip(lbz, data);
   });
 
@@ -218,12 +222,12 @@ describe('bunzip2Stream', () => {
     });
 
     it('a bad block CRC, a bad stream CRC and corrupted block data', async () => {
-      const blocks = scanBlocks(bz);
+      const blocks = await blocksOf(bz);
       expect(blocks.length).toBe(3);
-      expect((await decodeError(flipBit(bz, blocks[0]!.bitOffset + 48 + 31))).message).toBe('bzip2 block CRC mismatch at block 1');
-      expect((await decodeError(flipBit(bz, blocks[2]!.bitOffset + 48 + 5))).message).toBe('bzip2 block CRC mismatch at block 3');
+      expect((await decodeError(flipBit(bz, blocks[0]!.bit + 48 + 31))).message).toBe('bzip2 block CRC mismatch at block 1');
+      expect((await decodeError(flipBit(bz, blocks[2]!.bit + 48 + 5))).message).toBe('bzip2 block CRC mismatch at block 3');
       expect((await decodeError(flipBit(bz, endOfStreamBit(bz) + 48 + 9))).message).toBe('bzip2 stream CRC mismatch in stream 1');
-      for (const at of [blocks[1]!.bitOffset + 20_000, bz.length * 4, bz.length * 8 - 2000]) {
+      for (const at of [blocks[1]!.bit + 20_000, bz.length * 4, bz.length * 8 - 2000]) {
         expect((await decodeError(flipBit(bz, at))).message).toMatch(/^bzip2 (data is corrupt|data is truncated|block CRC mismatch at block \d)/);
       }
       const byte = Buffer.from(bz);
@@ -249,52 +253,68 @@ describe('bunzip2Stream', () => {
   });
 });
 
-describe('scanBlocks', () => {
-  it('finds every block at its bit offset with its CRC', async () => {
+/** The blocks indexBlocks finds in `buf` (written to a file, as the cache indexes releases). */
+async function blocksOf(buf: Buffer): Promise<{ bit: number; crc: number }[]> {
+  const dir = await mkdtemp(join(tmpdir(), 'oem-bz2-'));
+  try {
+    await writeFile(join(dir, 'x.bz2'), buf);
+    const fh = await open(join(dir, 'x.bz2'), 'r');
+    try {
+      return (await indexBlocks(fh, buf.length)).map((b) => ({ bit: b.bit, crc: b.crc }));
+    } finally {
+      await fh.close();
+    }
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+describe('indexBlocks, with the decoder as the judge', () => {
+  it('finds every block at its bit offset with the CRC the decoder checks', async () => {
     const data = randomBytes(350_000, 14);
     const bz = compress(data, 'bzip2', ['-1']);
-    const blocks = scanBlocks(bz);
+    const blocks = await blocksOf(bz);
     expect(blocks.length).toBe(4); // 99981 bytes per block
-    expect(blocks[0]!.bitOffset).toBe(32);
+    expect(blocks[0]!.bit).toBe(32);
     for (const b of blocks) {
-      expect(bitsAt(bz, b.bitOffset, 48)).toBe(0x314159265359);
-      expect(b.crc).toBe(bitsAt(bz, b.bitOffset + 48, 32));
+      expect(bitsAt(bz, b.bit, 48)).toBe(0x314159265359);
+      expect(b.crc).toBe(bitsAt(bz, b.bit + 48, 32));
     }
     // Offsets are not all byte aligned, and the block CRCs combine to the stream CRC.
-    expect(blocks.some((b) => b.bitOffset % 8 !== 0)).toBe(true);
+    expect(blocks.some((b) => b.bit % 8 !== 0)).toBe(true);
     let combined = 0;
     for (const b of blocks) combined = (((combined << 1) | (combined >>> 31)) ^ b.crc) >>> 0;
     expect(combined).toBe(bitsAt(bz, endOfStreamBit(bz) + 48, 32));
     // Each stored CRC is the one checked when decoding.
     for (let i = 0; i < blocks.length; i++) {
-      expect((await decodeError(flipBit(bz, blocks[i]!.bitOffset + 48))).message).toBe(`bzip2 block CRC mismatch at block ${i + 1}`);
+      expect((await decodeError(flipBit(bz, blocks[i]!.bit + 48))).message).toBe(`bzip2 block CRC mismatch at block ${i + 1}`);
     }
   });
 
-  it('finds the blocks of every stream of concatenated and pbzip2 files', () => {
+  it('finds the blocks of every stream of concatenated and pbzip2 files', async () => {
     const a = compress(text(300_000, 15), 'bzip2', ['-1']);
     const b = compress(randomBytes(100_000, 16), 'bzip2', ['-9']);
-    const blocksA = scanBlocks(a);
-    const blocksB = scanBlocks(b);
-    const both = scanBlocks(Buffer.concat([a, b]));
-    expect(both).toEqual([...blocksA, ...blocksB.map((x) => ({ ...x, bitOffset: x.bitOffset + a.length * 8 }))]);
-    expect(blocksB).toEqual([{ bitOffset: 32, crc: bitsAt(b, 80, 32) }]);
+    const blocksA = await blocksOf(a);
+    const blocksB = await blocksOf(b);
+    const both = await blocksOf(Buffer.concat([a, b]));
+    expect(both).toEqual([...blocksA, ...blocksB.map((x) => ({ ...x, bit: x.bit + a.length * 8 }))]);
+    expect(blocksB).toEqual([{ bit: 32, crc: bitsAt(b, 80, 32) }]);
 
     const pbz = compress(Buffer.concat([text(500_000, 17), randomBytes(100_000, 18)]), 'pbzip2', ['-b1', '-p2', '-1']);
     const streamStarts: number[] = [];
     for (let i = pbz.indexOf('BZh1'); i >= 0; i = pbz.indexOf('BZh1', i + 1)) streamStarts.push(i);
-    const found = scanBlocks(pbz).map((x) => x.bitOffset);
+    const found = (await blocksOf(pbz)).map((x) => x.bit);
     expect(found.length).toBeGreaterThanOrEqual(streamStarts.length);
     for (const s of streamStarts) expect(found).toContain((s + 4) * 8);
+    const lbz = compress(randomBytes(600_000, 20), 'lbzip2', ['-n', '2', '-1']);
+    expect((await blocksOf(lbz)).length).toBeGreaterThan(5);
   });
 
-  it('finds nothing in data without blocks', () => {
-    expect(scanBlocks(Buffer.alloc(0))).toEqual([]);
-    expect(scanBlocks(compress(Buffer.alloc(0)))).toEqual([]);
-    expect(scanBlocks(randomBytes(100_000, 19))).toEqual([]);
-    // A magic too close to the end for its CRC is left out.
+  it('finds nothing in data without blocks, and refuses a stream without blocks or cut short', async () => {
+    expect(await blocksOf(Buffer.alloc(0))).toEqual([]);
+    expect(await blocksOf(randomBytes(100_000, 19))).toEqual([]);
+    await expect(blocksOf(compress(Buffer.alloc(0)))).rejects.toThrow(/empty stream/);
     const bz = compress(Buffer.from('abc'));
-    expect(scanBlocks(bz.subarray(0, 4 + 6 + 3))).toEqual([]);
-    expect(scanBlocks(bz.subarray(0, 4 + 6 + 4))).toEqual([{ bitOffset: 32, crc: bz.readUInt32BE(10) }]);
+    await expect(blocksOf(bz.subarray(0, 4 + 6 + 4))).rejects.toThrow(/truncated/);
   });
 });

@@ -1,7 +1,7 @@
 /**
  * Conversion of a built raw disk image into the formats platforms import: qemu-img for the virtual
- * disk formats, and a small streaming tar writer (GNU or ustar headers, below) for the archives
- * (GCE tar.gz, Vagrant boxes, OVA). Nothing holds an image in memory.
+ * disk formats, and GNU tar (tar.ts) for the archives (GCE tar.gz, Vagrant boxes, OVA). Nothing
+ * holds an image in memory.
  *
  * Every output is written to the path the caller gives only (callers use temporary names and rename
  * when complete); on failure that path is removed. Intermediate files live in a work directory next
@@ -14,17 +14,15 @@
  * sequence numbers and GUIDs in both headers, the disk ID, and the replayed log, which also holds
  * uninitialized memory.
  */
-import { createHash, type Hash } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import { crc32c } from '../image/crc32c.js';
-import { createReadStream, createWriteStream } from 'node:fs';
 import { mkdtemp, open, rename, rm, stat, statfs } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
-import { Readable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
-import { createGzip } from 'node:zlib';
 import { OemError, describe } from '../shared/errors.js';
 import { requireTool, run } from '../tools.js';
 import { exists } from '../shared/safe-fs.js';
+import { hashFile } from './hash.js';
+import { writeTar, type TarEntry, type TarFormat } from './tar.js';
 
 export type Format = 'raw' | 'qcow2' | 'vmdk' | 'vhd' | 'vhdx' | 'gce' | 'vagrant-libvirt' | 'vagrant-virtualbox' | 'ova';
 
@@ -142,13 +140,13 @@ const CONVERTERS: Record<Format, (c: Ctx) => Promise<void>> = {
   },
   gce: async (c) => {
     // GCE imports a gzip'd tar in GNU format whose only member is disk.raw.
-    await writeTar(c, [{ name: 'disk.raw', path: c.raw }], 'gnu', true);
+    await archive(c, [{ name: 'disk.raw', path: c.raw }], 'gnu', true);
   },
   'vagrant-libvirt': async (c) => {
     const img = join(c.work, 'box.img');
     await qcow2(c, img);
     const metadata = { provider: 'libvirt', format: 'qcow2', virtual_size: Math.max(1, Math.ceil(c.size / GiB)) };
-    await writeTar(
+    await archive(
       c,
       sortEntries([
         { name: 'metadata.json', data: Buffer.from(`${JSON.stringify(metadata, null, 2)}\n`) },
@@ -163,7 +161,7 @@ const CONVERTERS: Record<Format, (c: Ctx) => Promise<void>> = {
     const disk = join(c.work, 'box-disk1.vmdk');
     const capacity = await vmdk(c, disk);
     const ovf = ovfEnvelope({ name: c.name, disk: 'box-disk1.vmdk', diskSize: (await stat(disk)).size, capacity });
-    await writeTar(
+    await archive(
       c,
       sortEntries([
         { name: 'metadata.json', data: Buffer.from(`${JSON.stringify({ provider: 'virtualbox' }, null, 2)}\n`) },
@@ -176,19 +174,20 @@ const CONVERTERS: Record<Format, (c: Ctx) => Promise<void>> = {
     );
   },
   ova: async (c) => {
-    // OVF spec order: descriptor first, then the disk, then the manifest (hashed while streaming).
+    // OVF spec order: descriptor first, then the disk, then the manifest of both.
     const diskName = `${c.name}-disk1.vmdk`;
     const disk = join(c.work, diskName);
     const capacity = await vmdk(c, disk);
     const ovfName = `${c.name}.ovf`;
     const ovf = Buffer.from(ovfEnvelope({ name: c.name, disk: diskName, diskSize: (await stat(disk)).size, capacity }));
-    const hashes = { ovf: createHash('sha256'), disk: createHash('sha256') };
-    await writeTar(
+    const diskSha = (await hashFile(disk, ['sha256'])).hex.sha256;
+    const mf = `SHA256(${ovfName})= ${createHash('sha256').update(ovf).digest('hex')}\nSHA256(${diskName})= ${diskSha}\n`;
+    await archive(
       c,
       [
-        { name: ovfName, data: ovf, hash: hashes.ovf },
-        { name: diskName, path: disk, hash: hashes.disk },
-        { name: `${c.name}.mf`, data: () => Buffer.from(`SHA256(${ovfName})= ${hashes.ovf.digest('hex')}\nSHA256(${diskName})= ${hashes.disk.digest('hex')}\n`) },
+        { name: ovfName, data: ovf },
+        { name: diskName, path: disk },
+        { name: `${c.name}.mf`, data: Buffer.from(mf) },
       ],
       'ustar',
       false,
@@ -535,155 +534,20 @@ export function ovfEnvelope(o: { name: string; disk: string; diskSize: number; c
 }
 
 // ---------------------------------------------------------------------------------------------
-// tar writer (POSIX ustar / GNU headers), streaming
+// archives
 
-export type TarFormat = 'gnu' | 'ustar';
-
-type TarEntry = { name: string; mode?: number; hash?: Hash } & ({ path: string } | { data: Buffer | (() => Buffer) });
-
-const BLOCK = 512;
-/** GNU tar's default record: archives are padded to a multiple of it (as GNU tar pads). */
-const RECORD = 20 * BLOCK;
-const OCTAL11_MAX = 8 ** 11 - 1;
-
+/** Vagrant boxes list their members by name (bytewise), as `tar` of a sorted directory would. */
 function sortEntries(entries: TarEntry[]): TarEntry[] {
   return entries.sort((a, b) => Buffer.compare(Buffer.from(a.name), Buffer.from(b.name)));
 }
 
-async function writeTar(c: Ctx, entries: TarEntry[], format: TarFormat, gzip: boolean): Promise<void> {
-  const files = await Promise.all(entries.map(async (e) => ('path' in e ? (await stat(e.path)).size : 0)));
-  const total = files.reduce((a, b) => a + b, 0);
-  const source = Readable.from(tarChunks(entries, format, c.mtime, c.onProgress && total ? (done) => c.onProgress!(done, total) : undefined));
-  const dest = createWriteStream(c.out, { flags: 'wx' });
-  const opts = c.signal ? { signal: c.signal } : {};
-  if (gzip) {
-    // node:zlib writes no file name and mtime 0 into the gzip header: the output depends on the data only.
-    await pipeline(source, createGzip({ level: 6 }), dest, opts);
-  } else {
-    await pipeline(source, dest, opts);
-  }
-}
-
-async function* tarChunks(entries: TarEntry[], format: TarFormat, mtime: number, onBytes?: (filesDone: number) => void): AsyncGenerator<Buffer> {
-  let total = 0;
-  let filesDone = 0;
-  for (const e of entries) {
-    const mode = e.mode ?? 0o644;
-    if ('path' in e) {
-      const size = (await stat(e.path)).size;
-      const head = tarHeaders(e.name, size, { mtime, format, mode });
-      total += head.length;
-      yield head;
-      let n = 0;
-      if (size > 0) {
-        for await (const chunk of createReadStream(e.path, { end: size - 1, highWaterMark: MiB })) {
-          const b = chunk as Buffer;
-          n += b.length;
-          filesDone += b.length;
-          onBytes?.(filesDone);
-          e.hash?.update(b);
-          yield b;
-        }
-      }
-      if (n !== size) throw new OemError(`${e.path} changed size while being archived`);
-      total += size;
-    } else {
-      const data = typeof e.data === 'function' ? e.data() : e.data;
-      const head = tarHeaders(e.name, data.length, { mtime, format, mode });
-      e.hash?.update(data);
-      yield Buffer.concat([head, data]);
-      total += head.length + data.length;
-    }
-    const pad = (BLOCK - (total % BLOCK)) % BLOCK;
-    if (pad) yield Buffer.alloc(pad);
-    total += pad;
-  }
-  // End of archive: two zero blocks, then up to the end of the record.
-  const end = 2 * BLOCK;
-  yield Buffer.alloc(end + ((RECORD - ((total + end) % RECORD)) % RECORD));
-}
-
-/**
- * The header block(s) of a regular file: one 512-byte header, preceded by a GNU long-name entry
- * (`././@LongLink`, gnu) or a pax extended header (ustar) when the name is longer than 100 bytes or
- * (ustar only) the size does not fit 11 octal digits; GNU headers store such sizes in base-256.
- * uid/gid 0, user/group root, as `tar --owner=root:0 --group=root:0` writes them.
- */
-export function tarHeaders(name: string, size: number, o: { mtime: number; format: TarFormat; mode?: number }): Buffer {
-  const mode = o.mode ?? 0o644;
-  const nameBytes = Buffer.from(name, 'utf8');
-  const blocks: Buffer[] = [];
-  if (o.format === 'gnu') {
-    if (nameBytes.length > 100) {
-      const data = Buffer.concat([nameBytes, Buffer.alloc(1)]);
-      blocks.push(header('././@LongLink', data.length, o.mtime, mode, 'L', 'gnu'), padded(data));
-    }
-  } else {
-    const records: string[] = [];
-    if (nameBytes.length > 100) records.push(paxRecord('path', name));
-    if (size > OCTAL11_MAX) records.push(paxRecord('size', String(size)));
-    if (records.length) {
-      const data = Buffer.from(records.join(''), 'utf8');
-      blocks.push(header(`PaxHeaders/${name}`, data.length, o.mtime, mode, 'x', 'ustar'), padded(data));
-    }
-  }
-  blocks.push(header(name, size, o.mtime, mode, '0', o.format));
-  return Buffer.concat(blocks);
-}
-
-function header(name: string, size: number, mtime: number, mode: number, type: string, format: TarFormat): Buffer {
-  const h = Buffer.alloc(BLOCK);
-  Buffer.from(name, 'utf8').copy(h, 0, 0, 100);
-  octal(h, 100, 8, mode);
-  octal(h, 108, 8, 0);
-  octal(h, 116, 8, 0);
-  if (size <= OCTAL11_MAX) octal(h, 124, 12, size);
-  else if (format === 'gnu') base256(h, 124, 12, size);
-  else octal(h, 124, 12, 0); // the pax header carries the size
-  if (mtime > OCTAL11_MAX) throw new OemError(`mtime ${mtime} does not fit a tar header`, { code: 'usage' });
-  octal(h, 136, 12, mtime);
-  h.write(type, 156, 1, 'latin1');
-  if (format === 'gnu') {
-    h.write('ustar  \0', 257, 8, 'latin1');
-  } else {
-    h.write('ustar\0', 257, 6, 'latin1');
-    h.write('00', 263, 2, 'latin1');
-    octal(h, 329, 8, 0);
-    octal(h, 337, 8, 0);
-  }
-  h.write('root', 265, 32, 'latin1');
-  h.write('root', 297, 32, 'latin1');
-  h.fill(0x20, 148, 156);
-  let sum = 0;
-  for (const b of h) sum += b;
-  h.write(`${sum.toString(8).padStart(6, '0')}\0 `, 148, 8, 'latin1');
-  return h;
-}
-
-function octal(h: Buffer, off: number, len: number, v: number): void {
-  h.write(`${v.toString(8).padStart(len - 1, '0')}\0`, off, len, 'latin1');
-}
-
-/** GNU base-256: the high bit of the first byte set, then the value big-endian. */
-function base256(h: Buffer, off: number, len: number, v: number): void {
-  let x = BigInt(v);
-  for (let i = off + len - 1; i > off; i--) {
-    h[i] = Number(x & 0xffn);
-    x >>= 8n;
-  }
-  h[off] = 0x80;
-}
-
-/** A pax record `"%d %s=%s\n"`, whose length counts its own digits. */
-function paxRecord(key: string, value: string): string {
-  const body = ` ${key}=${value}\n`;
-  const bodyLen = Buffer.byteLength(body);
-  let len = bodyLen + 1;
-  while (String(len).length + bodyLen !== len) len = String(len).length + bodyLen;
-  return `${len}${body}`;
-}
-
-function padded(data: Buffer): Buffer {
-  const pad = (BLOCK - (data.length % BLOCK)) % BLOCK;
-  return pad ? Buffer.concat([data, Buffer.alloc(pad)]) : data;
+async function archive(c: Ctx, entries: TarEntry[], format: TarFormat, gzip: boolean): Promise<void> {
+  await writeTar(c.out, entries, {
+    format,
+    gzip,
+    mtime: c.mtime,
+    stage: join(c.work, 'archive'),
+    ...(c.signal ? { signal: c.signal } : {}),
+    ...(c.onProgress ? { onProgress: c.onProgress } : {}),
+  });
 }

@@ -1,6 +1,5 @@
 /** What describes an artifact's bytes: its hashes, and the .DIGESTS text the releases publish. */
-import { createHash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
+import { hashFile } from '../artifacts/hash.js';
 
 export interface Hashes {
   md5: string;
@@ -10,13 +9,8 @@ export interface Hashes {
 }
 
 export async function hashes(path: string): Promise<Hashes> {
-  const h = { md5: createHash('md5'), sha1: createHash('sha1'), sha512: createHash('sha512') };
-  let size = 0;
-  for await (const c of createReadStream(path, { highWaterMark: 4 * 1024 * 1024 })) {
-    for (const x of Object.values(h)) x.update(c as Buffer);
-    size += (c as Buffer).length;
-  }
-  return { md5: h.md5.digest('hex'), sha1: h.sha1.digest('hex'), sha512: h.sha512.digest('hex'), size };
+  const { hex, size } = await hashFile(path, ['md5', 'sha1', 'sha512']);
+  return { ...hex, size };
 }
 
 /** A .DIGESTS file in the release format (MD5, SHA1, SHA512 sections). */

@@ -111,3 +111,16 @@ export class DirWriter {
     }
   }
 }
+
+/** What a session whose filesystem is a host directory reads with: the writer's rules. */
+export abstract class DirSession {
+  constructor(protected readonly writer: DirWriter) {}
+
+  readFile(path: string): Promise<Buffer | null> {
+    return this.writer.readFile(path);
+  }
+
+  listDir(path: string): Promise<string[] | null> {
+    return this.writer.listDir(path);
+  }
+}

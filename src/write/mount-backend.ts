@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { acquire } from '../cleanup.js';
 import { OemError } from '../shared/errors.js';
 import { run } from '../tools.js';
-import { DirWriter } from './dir-writer.js';
+import { DirSession, DirWriter } from './dir-writer.js';
 import { planBytes, type PlanEntry } from './plan.js';
 import { noSpace, partName, type PartitionSession, type PartitionTarget } from './session.js';
 
@@ -61,14 +61,16 @@ export async function mountDevice(dev: string, fsType: string, readOnly: boolean
   return { dir, release };
 }
 
-export class MountSession implements PartitionSession {
+export class MountSession extends DirSession implements PartitionSession {
   private constructor(
     private readonly target: PartitionTarget,
     private readonly dir: string,
-    private readonly writer: DirWriter,
+    writer: DirWriter,
     private readonly releaseMount: () => Promise<void>,
     private readonly releaseLoop: () => Promise<void>,
-  ) {}
+  ) {
+    super(writer);
+  }
 
   static async open(target: PartitionTarget, readOnly = false): Promise<MountSession> {
     const loop = await attachLoop(target.imagePath, target.offset, target.size, readOnly);
@@ -81,14 +83,6 @@ export class MountSession implements PartitionSession {
       await loop.release();
       throw err;
     }
-  }
-
-  readFile(path: string): Promise<Buffer | null> {
-    return this.writer.readFile(path);
-  }
-
-  listDir(path: string): Promise<string[] | null> {
-    return this.writer.listDir(path);
   }
 
   async apply(entries: PlanEntry[]): Promise<void> {

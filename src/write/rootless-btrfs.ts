@@ -24,7 +24,7 @@ import { tempDir } from '../cleanup.js';
 import { OemError } from '../shared/errors.js';
 import { sparseCopyInto, sparseCopyRange } from '../image/sparse.js';
 import { run, which } from '../tools.js';
-import { DirWriter } from './dir-writer.js';
+import { DirSession, DirWriter } from './dir-writer.js';
 import { planBytes, type PlanEntry } from './plan.js';
 import { noSpace, partName, type PartitionSession, type PartitionTarget } from './session.js';
 
@@ -49,14 +49,16 @@ const MKFS_IN_NAMESPACE =
   // Copied in name order (not the host directory's order, which depends on its history).
   'tar -C "$3" --sort=name --xattrs --numeric-owner -cf - . | tar -C "$2" --xattrs --numeric-owner -xpf -; fi; shift 3; exec "$@"';
 
-export class RootlessBtrfsSession implements PartitionSession {
+export class RootlessBtrfsSession extends DirSession implements PartitionSession {
   private changed = false;
   private constructor(
     private readonly target: PartitionTarget,
     private readonly work: { path: string; release: () => Promise<void> },
     private readonly root: string,
-    private readonly writer: DirWriter,
-  ) {}
+    writer: DirWriter,
+  ) {
+    super(writer);
+  }
 
   static async open(target: PartitionTarget): Promise<RootlessBtrfsSession> {
     const work = await tempDir('btrfs');
@@ -78,14 +80,6 @@ export class RootlessBtrfsSession implements PartitionSession {
       await work.release();
       throw err;
     }
-  }
-
-  readFile(path: string): Promise<Buffer | null> {
-    return this.writer.readFile(path);
-  }
-
-  listDir(path: string): Promise<string[] | null> {
-    return this.writer.listDir(path);
   }
 
   async apply(entries: PlanEntry[]): Promise<void> {

@@ -1,0 +1,101 @@
+/**
+ * The archives among the artifacts (GCE's tar.gz, the Vagrant boxes, the OVA) are written by GNU
+ * tar, the tool the platforms document: the entries are staged in a directory (small ones as files,
+ * large ones as symlinks to where they are, archived with --dereference, so nothing is copied) and
+ * archived in the given order with fixed owner (root:0), mode (0644) and mtime, so the same inputs
+ * give the same bytes. `gnu` is GNU tar's format (base-256 sizes, long names); `ustar` is POSIX
+ * ustar, with a pax header only where ustar cannot say it (a name over 100 bytes, a size of 8 GiB or
+ * more). The output is streamed through node:zlib for .gz; nothing is held in memory.
+ */
+import { execa } from 'execa';
+import { createWriteStream } from 'node:fs';
+import { mkdir, stat, symlink, writeFile } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import { Transform } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { createGzip } from 'node:zlib';
+import { OemError } from '../shared/errors.js';
+import { requireTool, toolEnv } from '../tools.js';
+
+export type TarFormat = 'gnu' | 'ustar';
+
+/** One member: its name in the archive, and either a file to archive or its bytes. */
+export type TarEntry = { name: string } & ({ path: string } | { data: Buffer });
+
+export interface TarOptions {
+  format: TarFormat;
+  gzip: boolean;
+  /** Seconds since the epoch: every member's mtime. */
+  mtime: number;
+  /** An empty directory that does not exist yet, for staging (removed by the caller). */
+  stage: string;
+  signal?: AbortSignal;
+  /** Bytes of the archive written so far, of about `total`. */
+  onProgress?: (done: number, total: number) => void;
+}
+
+/** The archive `out` (which must not exist) holding `entries` in this order. */
+export async function writeTar(out: string, entries: TarEntry[], o: TarOptions): Promise<void> {
+  const tar = await requireTool('tar', 'write archives');
+  await mkdir(o.stage);
+  let total = 0;
+  for (const e of entries) {
+    if (!e.name || e.name.includes('/') || e.name.includes('\0') || e.name === '.' || e.name === '..') {
+      throw new OemError(`invalid archive member name ${JSON.stringify(e.name)}`, { code: 'usage' });
+    }
+    const at = join(o.stage, e.name);
+    if ('data' in e) {
+      await writeFile(at, e.data, { flag: 'wx' });
+      total += e.data.length;
+    } else {
+      await symlink(resolve(e.path), at);
+      total += (await stat(e.path)).size;
+    }
+  }
+  const args = [
+    ...(o.format === 'gnu' ? ['--format=gnu'] : ['--format=posix', '--pax-option=delete=atime,delete=ctime']),
+    '--owner=root:0',
+    '--group=root:0',
+    '--mode=0644',
+    `--mtime=@${o.mtime}`,
+    '--dereference',
+    '--no-recursion',
+    '-C',
+    o.stage,
+    '--null',
+    '--verbatim-files-from',
+    '-T',
+    '-',
+    '-cf',
+    '-',
+  ];
+  const sub = execa(tar, args, {
+    input: entries.map((e) => `${e.name}\0`).join(''),
+    env: toolEnv(),
+    extendEnv: false,
+    encoding: 'buffer',
+    buffer: { stdout: false, stderr: true },
+    reject: false,
+    ...(o.signal ? { cancelSignal: o.signal } : {}),
+  });
+  let done = 0;
+  const count = new Transform({
+    transform(chunk: Buffer, _enc, cb) {
+      done += chunk.length;
+      o.onProgress?.(Math.min(done, total), total);
+      cb(null, chunk);
+    },
+  });
+  const dest = createWriteStream(out, { flags: 'wx' });
+  const opts = o.signal ? { signal: o.signal } : {};
+  // node:zlib writes no file name and mtime 0 into the gzip header: the output depends on the data only.
+  const written = o.gzip ? pipeline(sub.stdout, count, createGzip({ level: 6 }), dest, opts) : pipeline(sub.stdout, count, dest, opts);
+  const [r, writeError] = await Promise.all([sub, written.then(() => null, (err: unknown) => err)]);
+  if (r.isCanceled || o.signal?.aborted) throw new OemError('interrupted while archiving', { code: 'interrupted' });
+  if (r.exitCode !== 0) {
+    const stderr = Buffer.from((r.stderr as Uint8Array | undefined) ?? []).toString('utf8');
+    const last = stderr.trim().split('\n').filter(Boolean).pop() ?? `exit code ${r.exitCode}`;
+    throw writeError ?? new OemError(`tar failed to write ${out}: ${last}`);
+  }
+  if (writeError) throw writeError;
+}
