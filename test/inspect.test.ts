@@ -160,9 +160,9 @@ describe('oem inspect agrees with sgdisk and blkid', () => {
   });
 
   it('detects a newer Flatcar with its OEM at /oem from os-release', async () => {
-    const img = await buildTestImage({ path: join(work, 'new.bin'), generation: 'flatcar', version: '3975.2.2', versionTxt: false });
+    const img = await buildTestImage({ path: join(work, 'new.bin'), generation: 'flatcar', version: '3700.0.0', versionTxt: false });
     const { json } = await oemJson<InspectReport>(['inspect', img.path]);
-    expect(json.generation).toMatchObject({ name: 'flatcar', version: '3975.2.2', oemMountPoint: '/oem' });
+    expect(json.generation).toMatchObject({ name: 'flatcar', version: '3700.0.0', oemMountPoint: '/oem' });
     expect(json.oem).toMatchObject({ readable: true, filesystem: 'btrfs', files: [] });
   });
 

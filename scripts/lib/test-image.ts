@@ -2,9 +2,11 @@
  * Builds disk images with the Container Linux layout, without root: GPT by sgdisk, real filesystems
  * by mkfs (vfat ESP, ext2 USR-A, ext4 or btrfs OEM, ext4 ROOT), copied in sparse.
  *
- * Two generations: `coreos` (ext4 OEM, COREOS_* version.txt, coreos/first_boot) and `flatcar`
- * (btrfs OEM, FLATCAR_* version.txt, flatcar/first_boot). Two sizes: `small` for tests and `full`
- * (the real 4,756,340,736-byte layout) for benchmarks.
+ * Three generations: `coreos` (ext4 OEM, COREOS_* version.txt, coreos/first_boot), `flatcar`
+ * (btrfs OEM, FLATCAR_* version.txt, flatcar/first_boot) and `flatcar-sysext` (Flatcar 3760 and
+ * later: a 1 GiB btrfs OEM, SYSEXT_LEVEL=1.0 in os-release, the platforms with OEM extensions listed
+ * under /usr/share/flatcar/oems/). Two sizes: `small` for tests and `full` (the real
+ * 4,756,340,736-byte layout) for benchmarks.
  */
 import { execa } from 'execa';
 import { chmod, copyFile, lchown, lstat, mkdir, mkdtemp, readdir, rename, rm, symlink, truncate, writeFile } from 'node:fs/promises';
@@ -14,7 +16,10 @@ import { sparseCopyInto } from '../../src/image/sparse.js';
 import { TYPE } from '../../src/image/layout.js';
 import { versionTxt } from './mirror.js';
 
-export type Generation = 'coreos' | 'flatcar';
+export type Generation = 'coreos' | 'flatcar' | 'flatcar-sysext';
+
+/** The platforms a test release of the extension era publishes OEM extensions for. */
+export const TEST_OEMS = ['azure', 'digitalocean', 'gce', 'openstack', 'qemu', 'stackit'];
 export type ImageSize = 'small' | 'full';
 
 /** One entry of a tree put into a partition's filesystem. */
@@ -43,6 +48,8 @@ export interface TestImageOptions {
   /** Bytes of real data (files from the host's /usr) to put into USR-A. Default: 0 (small), 600 MB (full). */
   usrDataBytes?: number;
   usrDataDirs?: string[];
+  /** flatcar-sysext: the platform ids listed under /usr/share/flatcar/oems/ (default TEST_OEMS). */
+  oems?: string[];
   /** Also write `<path>.version.txt`? Default true. */
   versionTxt?: boolean;
 }
@@ -70,7 +77,7 @@ export const DISK_GUID = '00000000-0000-0000-0000-000000000001';
 export const FULL_SIZE = 4_756_340_736;
 
 /** Partition sizes in sectors, in disk order. */
-function layoutFor(size: ImageSize): { parts: PartSpec[]; totalSectors: number } {
+function layoutFor(size: ImageSize, gen: Generation): { parts: PartSpec[]; totalSectors: number } {
   const mib = (n: number) => (n * MiB) / S;
   const full = size === 'full';
   const parts: PartSpec[] = [
@@ -78,7 +85,7 @@ function layoutFor(size: ImageSize): { parts: PartSpec[]; totalSectors: number }
     { number: 2, label: 'BIOS-BOOT', type: TYPE.biosBoot, sectors: mib(2) },
     { number: 3, label: 'USR-A', type: TYPE.usr, sectors: full ? mib(1024) : mib(16) },
     { number: 4, label: 'USR-B', type: TYPE.usr, sectors: full ? mib(1024) : mib(16) },
-    { number: 6, label: 'OEM', type: TYPE.linuxData, sectors: mib(128) },
+    { number: 6, label: 'OEM', type: TYPE.linuxData, sectors: gen === 'flatcar-sysext' ? mib(1024) : mib(128) },
     { number: 7, label: 'OEM-CONFIG', type: TYPE.oemConfig, sectors: full ? mib(64) : mib(4) },
     { number: 9, label: 'ROOT', type: TYPE.root, sectors: full ? mib(2162) : mib(64) },
   ];
@@ -87,8 +94,8 @@ function layoutFor(size: ImageSize): { parts: PartSpec[]; totalSectors: number }
   return { parts, totalSectors };
 }
 
-export function osRelease(distro: Generation, version: string, board: string): string {
-  if (distro === 'coreos') {
+export function osRelease(gen: Generation, version: string, board: string): string {
+  if (gen === 'coreos') {
     return [
       'NAME="Container Linux by CoreOS"',
       'ID=coreos',
@@ -115,6 +122,7 @@ export function osRelease(distro: Generation, version: string, board: string): s
     'HOME_URL="https://flatcar.org/"',
     'BUG_REPORT_URL="https://issues.flatcar.org"',
     `FLATCAR_BOARD="${board}"`,
+    ...(gen === 'flatcar-sysext' ? ['SYSEXT_LEVEL=1.0'] : []),
     '',
   ].join('\n');
 }
@@ -222,10 +230,11 @@ async function mkfsVfat(file: string, bytes: number, label: string, distroDir: s
 export async function buildTestImage(opts: TestImageOptions): Promise<BuiltImage> {
   const size = opts.size ?? 'small';
   const gen = opts.generation;
-  const version = opts.version ?? (gen === 'coreos' ? '2512.3.0' : '3510.2.8');
+  const distro = gen === 'coreos' ? 'coreos' : 'flatcar';
+  const version = opts.version ?? (gen === 'coreos' ? '2512.3.0' : gen === 'flatcar' ? '3510.2.8' : '4593.1.0');
   const board = opts.board ?? 'amd64-usr';
   const oemFs = opts.oemFs ?? (gen === 'coreos' ? 'ext4' : 'btrfs');
-  const { parts, totalSectors } = layoutFor(size);
+  const { parts, totalSectors } = layoutFor(size, gen);
   const work = await mkdtemp(join(tmpdir(), 'oem-testimg-'));
   const tmpImage = `${opts.path}.tmp-${process.pid}`;
   try {
@@ -250,7 +259,7 @@ export async function buildTestImage(opts: TestImageOptions): Promise<BuiltImage
 
     // ESP.
     const esp = join(work, 'esp.img');
-    await mkfsVfat(esp, at(1).sectors * S, 'EFI-SYSTEM', gen);
+    await mkfsVfat(esp, at(1).sectors * S, 'EFI-SYSTEM', distro);
     await sparseCopyInto(esp, tmpImage, at(1).first * S);
     await rm(esp);
 
@@ -258,7 +267,8 @@ export async function buildTestImage(opts: TestImageOptions): Promise<BuiltImage
     const usrDir = join(work, 'usr');
     await materialize(usrDir, [
       { path: 'lib/os-release', content: osRelease(gen, version, board) },
-      { path: `share/${gen}/release`, content: `${gen.toUpperCase()}_RELEASE_VERSION=${version}\n${gen.toUpperCase()}_RELEASE_BOARD=${board}\n` },
+      { path: `share/${distro}/release`, content: `${distro.toUpperCase()}_RELEASE_VERSION=${version}\n${distro.toUpperCase()}_RELEASE_BOARD=${board}\n` },
+      ...(gen === 'flatcar-sysext' ? (opts.oems ?? TEST_OEMS).map((id) => ({ path: `share/flatcar/oems/${id}`, content: '' })) : []),
     ]);
     const dataBytes = opts.usrDataBytes ?? (size === 'full' ? 600 * MiB : 0);
     if (dataBytes > 0) await copyHostData(join(usrDir, 'data'), opts.usrDataDirs ?? ['/usr/lib', '/usr/share', '/usr/bin'], dataBytes);
@@ -291,7 +301,7 @@ export async function buildTestImage(opts: TestImageOptions): Promise<BuiltImage
     let versionTxtPath: string | undefined;
     if (opts.versionTxt !== false) {
       versionTxtPath = `${opts.path.replace(/\.bin$/, '')}.version.txt`;
-      await writeFile(versionTxtPath, versionTxt(gen, version));
+      await writeFile(versionTxtPath, versionTxt(distro, version));
     }
     return {
       path: opts.path,

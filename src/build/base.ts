@@ -166,7 +166,9 @@ export async function prepareImage(base: Base, opts: { cacheDir?: string; work: 
   } finally {
     await src.close();
   }
-  const generation: Generation = opts.generation ?? (gen.name === 'unknown' ? 'flatcar' : gen.name);
+  // Provider content for the extension era is still written as plain files (as Flatcar before 3760 had it).
+  if (gen.name === 'flatcar-sysext' && !opts.generation) r.log(`base: Flatcar ${gen.version ?? ''} keeps provider content in system extensions; writing it as plain files on OEM`);
+  const generation: Generation = opts.generation ?? (gen.name === 'unknown' || gen.name === 'flatcar-sysext' ? 'flatcar' : gen.name);
   if (!base.version) {
     base.distro = gen.name === 'coreos' ? 'coreos' : 'flatcar';
     base.version = base.versionFields.FLATCAR_VERSION ?? base.versionFields.COREOS_VERSION ?? gen.version ?? '0.0.0';

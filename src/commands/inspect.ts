@@ -64,5 +64,16 @@ export function render(r: InspectReport): string {
       }
     }
   }
+  if (r.extensions || r.activeOem?.length) {
+    lines.push('');
+    lines.push(`System extensions${r.activeOem?.length ? ` (active OEM marker${r.activeOem.length === 1 ? '' : 's'}: ${r.activeOem.join(', ')})` : ''}:`);
+    if (!r.extensions?.length) lines.push('  (none)');
+    for (const x of r.extensions ?? []) {
+      const where = `${x.partition.toUpperCase()} ${x.path}${x.target ? ` -> ${x.target}` : ''}`;
+      const kind = x.disk ? `disk image (${x.disk.filesystem}${x.disk.verity ? ', dm-verity' : ''}${x.disk.signed ? ', signed' : ''})` : x.format;
+      lines.push(`  ${x.name}: ${where}, ${kind}, ${x.merges ? 'merges' : 'would not merge'}: ${x.reason}`);
+      if (x.release) lines.push(`    extension-release: ${Object.entries(x.release).map(([k, v]) => `${k}=${v}`).join(' ')}`);
+    }
+  }
   return lines.join('\n');
 }

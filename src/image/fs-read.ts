@@ -4,10 +4,12 @@
  * of a sparse copy of the partition, vfat through mtools. Nothing here follows a symlink: links are
  * reported with their targets.
  */
-import { lstat, mkdir, mkdtemp, readFile, readdir, readlink, rm } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { copyFile, lstat, mkdir, mkdtemp, readFile, readdir, readlink, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, posix } from 'node:path';
 import { OemError } from '../shared/errors.js';
+import { RootFs } from '../shared/safe-fs.js';
 import { run } from '../tools.js';
 import type { FsType } from './fs-detect.js';
 import { sparseCopyRange } from './sparse.js';
@@ -28,6 +30,12 @@ export interface FsReader {
   list(): Promise<FsEntry[]>;
   /** Contents of a regular file, or null if there is none at that path. */
   readFile(path: string): Promise<Buffer | null>;
+  /** What is at a path (a final symlink not followed), or null. */
+  entry(path: string): Promise<FsEntry | null>;
+  /** The names in a directory (sorted), or null if there is no directory at that path. */
+  listDir(path: string): Promise<string[] | null>;
+  /** Copies a regular file out to the host file `dest` (which must not exist); false if there is none at that path. */
+  copyOut(path: string, dest: string): Promise<boolean>;
   close(): Promise<void>;
 }
 
@@ -146,6 +154,43 @@ class ExtReader implements FsReader {
     return this.readRaw(path);
   }
 
+  async entry(path: string): Promise<FsEntry | null> {
+    const text = (ExtReader.sections(await this.debugfs([`stat ${safeDebugfsPath(path)}`]))[0] ?? []).join('\n');
+    const t = /Type: (\w+)\s+Mode:\s+([0-7]+)/.exec(text);
+    if (!t) return null;
+    const type: FsEntry['type'] = t[1] === 'regular' ? 'file' : t[1] === 'directory' ? 'dir' : t[1] === 'symlink' ? 'symlink' : 'other';
+    const e: FsEntry = {
+      path,
+      type,
+      mode: parseInt(t[2]!, 8) & 0o7777,
+      uid: Number(/User:\s+(\d+)/.exec(text)?.[1] ?? 0),
+      gid: Number(/Group:\s+(\d+)/.exec(text)?.[1] ?? 0),
+      size: type === 'file' ? Number(/Size:\s+(\d+)/.exec(text)?.[1] ?? 0) : 0,
+    };
+    if (type === 'symlink') {
+      const fast = /Fast link dest: "(.*)"/.exec(text);
+      const target = fast ? fast[1]! : (await this.readRaw(path))?.toString('utf8');
+      if (target !== undefined) e.target = target;
+    }
+    return e;
+  }
+
+  async listDir(path: string): Promise<string[] | null> {
+    const [stat, ls] = ExtReader.sections(await this.debugfs([`stat ${safeDebugfsPath(path)}`, `ls -p ${safeDebugfsPath(path)}`]));
+    if (!/Type: directory/.test((stat ?? []).join('\n'))) return null;
+    return (ls ?? [])
+      .map((line) => /^\/\d+\/[0-7]+\/\d+\/\d+\/([^/]*)\/\d*\/$/.exec(line)?.[1])
+      .filter((n): n is string => n !== undefined && n !== '' && n !== '.' && n !== '..')
+      .sort();
+  }
+
+  async copyOut(path: string, dest: string): Promise<boolean> {
+    const out = await this.debugfs([`stat ${safeDebugfsPath(path)}`]);
+    if (!/Type: regular/.test(out)) return false;
+    await run('debugfs', ['-c', '-R', `dump ${safeDebugfsPath(path)} ${safeDebugfsPath(dest)}`, this.device], `copy ${path} out of ${this.part.name}`);
+    return true;
+  }
+
   async close(): Promise<void> {}
 }
 
@@ -201,23 +246,39 @@ class BtrfsReader implements FsReader {
     return entries;
   }
 
-  async readFile(path: string): Promise<Buffer | null> {
+  /** The host path of `path` in the restored tree when it is a `kind`, reached without a symlink. */
+  private async found(path: string, kind: 'file' | 'dir'): Promise<string | null> {
+    const root = await this.extract();
+    const e = await new RootFs(root).inspect(posix.normalize('/' + path)).catch(() => null);
+    if (e === null || e.kind !== kind) return null;
+    return join(root, posix.normalize('/' + path));
+  }
+
+  async entry(path: string): Promise<FsEntry | null> {
     const root = await this.extract();
     const clean = posix.normalize('/' + path);
-    // Refuse to go through symlinks: check every component with lstat.
-    let cur = root;
-    const parts = clean.split('/').filter(Boolean);
-    for (let i = 0; i < parts.length; i++) {
-      cur = join(cur, parts[i]!);
-      try {
-        const st = await lstat(cur);
-        if (st.isSymbolicLink()) return null;
-        if (i === parts.length - 1 && !st.isFile()) return null;
-      } catch {
-        return null;
-      }
-    }
-    return readFile(cur);
+    const e = await new RootFs(root).inspect(clean).catch(() => null);
+    if (e === null) return null;
+    const out: FsEntry = { path: clean, type: e.kind, mode: e.mode, uid: e.uid, gid: e.gid, size: e.kind === 'file' ? e.size : 0 };
+    if (e.target !== undefined) out.target = e.target;
+    return out;
+  }
+
+  async readFile(path: string): Promise<Buffer | null> {
+    const p = await this.found(path, 'file');
+    return p === null ? null : readFile(p);
+  }
+
+  async listDir(path: string): Promise<string[] | null> {
+    const p = path === '/' ? await this.extract() : await this.found(path, 'dir');
+    return p === null ? null : (await readdir(p)).sort();
+  }
+
+  async copyOut(path: string, dest: string): Promise<boolean> {
+    const p = await this.found(path, 'file');
+    if (p === null) return false;
+    await copyFile(p, dest, constants.COPYFILE_EXCL);
+    return true;
   }
 
   async close(): Promise<void> {
@@ -246,6 +307,18 @@ class VfatReader implements FsReader {
   async readFile(path: string): Promise<Buffer | null> {
     const r = await run('mtype', ['-i', this.img, `::${path}`], `read ${path} from ${this.part.name}`, { allowFail: true });
     return r.exitCode === 0 ? Buffer.from(r.stdout) : null;
+  }
+  async entry(path: string): Promise<FsEntry | null> {
+    return (await this.list()).find((e) => e.path === path) ?? null;
+  }
+  async listDir(path: string): Promise<string[] | null> {
+    const dir = path.replace(/\/+$/, '');
+    const names = (await this.list()).filter((e) => posix.dirname(e.path) === (dir || '/')).map((e) => posix.basename(e.path));
+    return names.length || dir === '' ? names.sort() : null;
+  }
+  async copyOut(path: string, dest: string): Promise<boolean> {
+    const r = await run('mcopy', ['-n', '-i', this.img, `::${path}`, dest], `copy ${path} out of ${this.part.name}`, { allowFail: true });
+    return r.exitCode === 0;
   }
   async close(): Promise<void> {}
 }

@@ -1,12 +1,19 @@
 /**
- * Which generation an image is: CoreOS-style (ext4 OEM, cloud-config, OEM at /usr/share/oem) or
- * Flatcar-style (btrfs OEM, Ignition; OEM at /oem from Flatcar 3637 on). Evidence, strongest first:
- * os-release on USR-A, version.txt beside the image, the ESP's first_boot directory, the OEM filesystem.
+ * Which generation an image is: CoreOS-style (ext4 OEM, cloud-config, OEM at /usr/share/oem),
+ * Flatcar-style with provider content as plain files on OEM (btrfs OEM, Ignition; OEM at /oem from
+ * Flatcar 3637 on), or Flatcar with provider content as a system extension on OEM (3760 and later:
+ * squashfs extensions up to 4593, signed EROFS disk images from 4628). Evidence, strongest first:
+ * os-release on USR-A, version.txt beside the image, the ESP's first_boot directory, the OEM
+ * filesystem; for the extension era also SYSEXT_LEVEL, /usr/share/flatcar/oems/ and a 1 GiB OEM.
  */
 import { openFsReader } from './fs-read.js';
 import type { PartitionReport } from './layout.js';
 
-export type GenerationName = 'coreos' | 'flatcar' | 'unknown';
+export type GenerationName = 'coreos' | 'flatcar' | 'flatcar-sysext' | 'unknown';
+
+/** The first Flatcar release whose provider content is a system extension, and the first whose extensions are signed EROFS disk images. */
+export const SYSEXT_SINCE = '3760.0.0';
+export const EROFS_SINCE = '4628.0.0';
 
 export interface GenerationInfo {
   name: GenerationName;
@@ -16,6 +23,8 @@ export interface GenerationInfo {
   /** Each piece of evidence found, e.g. "os-release ID=flatcar". */
   evidence: string[];
   osRelease?: Record<string, string>;
+  /** flatcar-sysext: what its official extensions are, and the platforms USR-A lists under /usr/share/flatcar/oems/. */
+  sysext?: { format: 'squashfs' | 'erofs'; oems: string[] };
 }
 
 /** Parses KEY=VALUE lines (os-release, version.txt, oem-release), unquoting values. */
@@ -45,19 +54,26 @@ export function compareVersions(a: string, b: string): number {
 
 /** The OEM mount point for a generation and version (Flatcar >= 3637 mounts it at /oem). */
 export function oemMountPoint(name: GenerationName, version?: string): string {
+  if (name === 'flatcar-sysext') return '/oem';
   return name === 'flatcar' && version !== undefined && compareVersions(version, '3637.0.0') >= 0 ? '/oem' : '/usr/share/oem';
 }
 
-async function readOsRelease(imagePath: string, usr: PartitionReport): Promise<Record<string, string> | undefined> {
+async function readUsr(imagePath: string, usr: PartitionReport): Promise<{ osRelease?: Record<string, string>; oems?: string[] }> {
   const fs = usr.filesystem.type;
-  if (fs !== 'ext2' && fs !== 'ext3' && fs !== 'ext4') return undefined; // btrfs USR would need a full restore
+  if (fs !== 'ext2' && fs !== 'ext3' && fs !== 'ext4') return {}; // btrfs USR would need a full restore
   const reader = openFsReader({ imagePath, offset: usr.firstLba * 512, size: usr.size, fs, name: `partition ${usr.number} (${usr.label})` });
   try {
+    const out: { osRelease?: Record<string, string>; oems?: string[] } = {};
     for (const p of ['/lib/os-release', '/share/flatcar/os-release', '/share/coreos/os-release']) {
       const b = await reader.readFile(p).catch(() => null);
-      if (b) return parseKeyValues(b.toString('utf8'));
+      if (b) {
+        out.osRelease = parseKeyValues(b.toString('utf8'));
+        break;
+      }
     }
-    return undefined;
+    const oems = await reader.listDir('/share/flatcar/oems').catch(() => null);
+    if (oems) out.oems = oems;
+    return out;
   } finally {
     await reader.close();
   }
@@ -82,8 +98,11 @@ export async function detectGeneration(
   let osRelease: Record<string, string> | undefined;
 
   const usr = partitions.find((p) => p.role === 'usr-a');
+  let oems: string[] | undefined;
   if (usr) {
-    osRelease = await readOsRelease(imagePath, usr).catch(() => undefined);
+    const read = await readUsr(imagePath, usr).catch(() => ({}) as { osRelease?: Record<string, string>; oems?: string[] });
+    osRelease = read.osRelease;
+    oems = read.oems;
     if (osRelease?.ID === 'flatcar' || osRelease?.ID === 'coreos') {
       votes.push(osRelease.ID);
       evidence.push(`USR-A os-release ID=${osRelease.ID}`);
@@ -117,9 +136,24 @@ export async function detectGeneration(
     votes.push('coreos');
     evidence.push(`OEM filesystem is ${oem.filesystem.type}`);
   }
-  const name: GenerationName = votes[0] ?? 'unknown';
+  let name: GenerationName = votes[0] ?? 'unknown';
+  if (name === 'flatcar') {
+    // The extension era: any one of these says it.
+    const era: string[] = [];
+    if (version !== undefined && compareVersions(version, SYSEXT_SINCE) >= 0) era.push(`version ${version} is ${SYSEXT_SINCE.split('.')[0]} or later`);
+    if (osRelease?.SYSEXT_LEVEL) era.push(`USR-A os-release SYSEXT_LEVEL=${osRelease.SYSEXT_LEVEL}`);
+    if (oems !== undefined) era.push(`USR-A lists ${oems.length} OEM platform${oems.length === 1 ? '' : 's'} under /usr/share/flatcar/oems`);
+    if (oem && oem.size >= 1024 * 1024 * 1024) era.push('the OEM partition is 1 GiB');
+    if (era.length) {
+      name = 'flatcar-sysext';
+      evidence.push(...era);
+    }
+  }
   const info: GenerationInfo = { name, oemMountPoint: oemMountPoint(name, version), evidence };
   if (version !== undefined) info.version = version;
   if (osRelease) info.osRelease = osRelease;
+  if (name === 'flatcar-sysext') {
+    info.sysext = { format: version !== undefined && compareVersions(version, EROFS_SINCE) >= 0 ? 'erofs' : 'squashfs', oems: oems ?? [] };
+  }
   return info;
 }

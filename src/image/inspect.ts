@@ -14,6 +14,7 @@ import { openFsReader, type FsEntry } from './fs-read.js';
 import { readGpt } from './gpt.js';
 import { partitionReports, type PartitionReport } from './layout.js';
 import { detectGeneration, parseKeyValues, type GenerationInfo } from './generation.js';
+import { surveyExtensions, type ExtensionReport, type ExtensionSurvey } from '../sysext/survey.js';
 
 
 export interface OemReport {
@@ -39,6 +40,10 @@ export interface InspectReport {
   partitions: PartitionReport[];
   generation: GenerationInfo;
   oem: OemReport | null;
+  /** System extensions on OEM and ROOT (Flatcar 3760 and later, or any image with some). */
+  extensions?: ExtensionReport[];
+  /** The ids of OEM's `sysext/active-oem-<id>` markers. */
+  activeOem?: string[];
 }
 
 /** Parses the `set key="value"` lines of a GRUB snippet. */
@@ -64,11 +69,13 @@ async function readVersionTxt(image: string): Promise<Record<string, string> | u
 }
 
 
-async function inspectOem(imagePath: string, p: PartitionReport | undefined): Promise<OemReport | null> {
-  if (!p) return null;
+/** The OEM partition's files, grub.cfg and oem-release, and its extensions (Flatcar 3760 and later, or any image with some). */
+async function inspectOem(imagePath: string, partitions: PartitionReport[], gen: GenerationInfo): Promise<{ oem: OemReport | null; sysext?: ExtensionSurvey }> {
+  const p = partitions.find((x) => x.role === 'oem');
+  if (!p) return { oem: null };
   const fs = p.filesystem.type;
   if (fs === 'none' || fs === 'vfat') {
-    return { readable: false, error: fs === 'none' ? 'no filesystem' : 'unexpected vfat filesystem', files: [] };
+    return { oem: { readable: false, error: fs === 'none' ? 'no filesystem' : 'unexpected vfat filesystem', files: [] } };
   }
   const reader = openFsReader({ imagePath, offset: p.firstLba * 512, size: p.size, fs, name: `partition ${p.number} (${p.label})` });
   try {
@@ -81,9 +88,11 @@ async function inspectOem(imagePath: string, p: PartitionReport | undefined): Pr
     }
     const rel = await reader.readFile('/oem-release');
     if (rel) report.oemRelease = parseKeyValues(rel.toString('utf8'));
-    return report;
+    const withExtensions = gen.name === 'flatcar-sysext' || files.some((f) => f.path.endsWith('.raw') || f.path.startsWith('/sysext/'));
+    if (!withExtensions) return { oem: report };
+    return { oem: report, sysext: await surveyExtensions(imagePath, partitions, gen, { reader, files }) };
   } catch (err) {
-    return { readable: false, error: describe(err), files: [] };
+    return { oem: { readable: false, error: describe(err), files: [] } };
   } finally {
     await reader.close();
   }
@@ -99,7 +108,7 @@ export async function inspectRaw(path: string, display = path): Promise<Omit<Ins
     const partitions = partitionReports(gpt, fss);
     const versionTxt = await readVersionTxt(display);
     const generation = await detectGeneration(path, partitions, versionTxt);
-    const oem = await inspectOem(path, partitions.find((p) => p.role === 'oem'));
+    const { oem, sysext } = await inspectOem(path, partitions, generation);
     return {
       image: display,
       size: src.size,
@@ -107,10 +116,11 @@ export async function inspectRaw(path: string, display = path): Promise<Omit<Ins
       diskGuid: gpt.diskGuid,
       firstUsableLba: gpt.firstUsableLba,
       lastUsableLba: gpt.lastUsableLba,
-      warnings: gpt.warnings,
+      warnings: [...gpt.warnings, ...(sysext?.warnings ?? [])],
       partitions,
       generation,
       oem,
+      ...(sysext ? { extensions: sysext.extensions, activeOem: sysext.activeOem } : {}),
     };
   } finally {
     await src.close();

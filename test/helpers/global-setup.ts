@@ -7,11 +7,11 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { TestProject } from 'vitest/node';
-import { buildTestImage, type Generation } from '../../scripts/lib/test-image.js';
+import { buildTestImage } from '../../scripts/lib/test-image.js';
 import { compressBzip2, generateTestKey, publishRelease, type TestKey } from '../../scripts/lib/mirror.js';
 
 export interface Fixture {
-  generation: Generation;
+  generation: 'coreos' | 'flatcar';
   version: string;
   raw: string;
   bz2: string;
@@ -49,7 +49,7 @@ let dir: string | undefined;
 
 export async function setup(project: TestProject): Promise<void> {
   dir = await mkdtemp(join(tmpdir(), 'oem-fixtures-'));
-  const make = async (generation: Generation): Promise<Fixture> => {
+  const make = async (generation: 'coreos' | 'flatcar'): Promise<Fixture> => {
     const raw = join(dir!, `${generation}_production_image.bin`);
     const img = await buildTestImage({ path: raw, generation, oem: FIXTURE_OEM });
     const bz2 = `${raw}.bz2`;
