@@ -1,7 +1,7 @@
 /**
  * Builds a Container Linux-layout test image without root.
  *
- *   npm run make:image -- --out DIR [--generation coreos|flatcar] [--size small|full]
+ *   npm run make:image -- --out DIR [--generation coreos|flatcar|flatcar-sysext] [--size small|full]
  *                         [--version X.Y.Z] [--usr-data-mb N] [--bz2]
  *
  * Writes DIR/{generation}_production_image.bin (sparse), its .version.txt and, with --bz2, the
@@ -26,13 +26,13 @@ const { values } = parseArgs({
 });
 
 if (values.help) {
-  process.stdout.write('usage: make-test-image --out DIR [--generation coreos|flatcar] [--size small|full] [--version X.Y.Z] [--usr-data-mb N] [--bz2]\n');
+  process.stdout.write('usage: make-test-image --out DIR [--generation coreos|flatcar|flatcar-sysext] [--size small|full] [--version X.Y.Z] [--usr-data-mb N] [--bz2]\n');
   process.exit(0);
 }
 const generation = values.generation as Generation;
 const size = values.size as ImageSize;
-if (!['coreos', 'flatcar'].includes(generation) || !['small', 'full'].includes(size)) {
-  process.stderr.write('make-test-image: --generation is coreos or flatcar, --size is small or full\n');
+if (!['coreos', 'flatcar', 'flatcar-sysext'].includes(generation) || !['small', 'full'].includes(size)) {
+  process.stderr.write('make-test-image: --generation is coreos, flatcar or flatcar-sysext, --size is small or full\n');
   process.exit(2);
 }
 const out = resolve(values.out);

@@ -12,16 +12,16 @@
  * Providers are built concurrently; each one's outputs appear under their final names only when
  * complete.
  */
-import { mkdir, rm } from 'node:fs/promises';
+import { mkdir, readFile, rm, stat } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
-import { basename, join, resolve } from 'node:path';
+import { basename, dirname, join, resolve } from 'node:path';
 import type { SharedPrefixes } from './artifacts/bzip2-reuse.js';
 import type { Compression } from './compression.js';
 import type { Format } from './artifacts/formats.js';
 import { loadSigningKey, type SigningKey } from './artifacts/sign.js';
 import { workingImage, writePartitions } from './build/assemble.js';
 import { makeArtifacts, reusesBlocks } from './build/artifacts.js';
-import { prepareImage, resolveBase, type Base, type BaseSource, type PreparedImage } from './build/base.js';
+import { prepareImage, resolveBase, verifyLocal, type Base, type BaseSource, type BuildGeneration, type PreparedImage } from './build/base.js';
 import { loadAgent, loadConfig } from './build/inputs.js';
 import { buildTime, publishProvider, type ProviderBuild } from './build/publish.js';
 import { acquire } from './cleanup.js';
@@ -29,8 +29,13 @@ import { mapInOrder } from './concurrency.js';
 import { OemError } from './shared/errors.js';
 import type { ProgressSink, ProgressUnit } from './progress.js';
 import { findProvider, loadProviders, type Provider } from './providers/registry.js';
-import { renderProvider, type Generation } from './providers/render.js';
-import { validateRendered } from './providers/validate.js';
+import { renderProvider } from './providers/render.js';
+import { checkUserIgnition, validateRendered } from './providers/validate.js';
+import { fetchOemSysext, type FetchOptions } from './release/fetch.js';
+import type { SysextFormat } from './sysext/make.js';
+import { addUserExtensions, customContent, officialContent, sysextMode, type SysextContent, type SysextImage } from './sysext/oem.js';
+import { filter } from './tools.js';
+import type { PlanEntry } from './write/plan.js';
 import type { Distro } from './release/verify.js';
 import { sourceDateEpoch } from './source-date.js';
 import { readKeyFile, type SshKey } from './shared/ssh-keys.js';
@@ -46,7 +51,15 @@ export interface BuildOptions extends BaseSource {
   templates?: string;
   outputDir: string;
   backend?: BackendChoice;
-  generation?: Generation;
+  generation?: BuildGeneration;
+  /** Extension era, one provider with Flatcar's extension: use this oem-<platform>.raw (its .sig beside it) instead of the release's. */
+  oemSysext?: string;
+  /** Extension era: the user's own extensions, placed on OEM and linked from /etc/extensions. */
+  sysexts?: string[];
+  /** Extension era: the file system of the provider's own extension (default squashfs). */
+  sysextFormat?: SysextFormat;
+  /** A user's Ignition config, written as config.ign on OEM (Flatcar images). */
+  ignition?: string;
   /** Embed this agent executable instead of the one built for the board. */
   agent?: string;
   noAgent?: boolean;
@@ -68,7 +81,7 @@ export interface BuildResult {
   channel: string;
   board: string;
   version: string;
-  generation: Generation;
+  generation: BuildGeneration;
   base: { image: string; sha512: string; verified: boolean; insecure: boolean; signedBy: string | null };
   backend: string;
   outputDir: string;
@@ -91,6 +104,17 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
   if (backend === 'mount' && sourceDateEpoch() !== undefined) {
     log('WARNING: SOURCE_DATE_EPOCH with --backend mount: the kernel stamps what it writes with the real time, so the images are not byte-reproducible (--backend auto or rootless are)');
   }
+  for (const f of opts.sysexts ?? []) {
+    if (!(await stat(f).catch(() => null))?.isFile()) throw new OemError(`--sysext ${f}: no such file`, { code: 'usage' });
+  }
+  if (opts.oemSysext && !(await stat(opts.oemSysext).catch(() => null))?.isFile()) throw new OemError(`--oem-sysext ${opts.oemSysext}: no such file`, { code: 'usage' });
+  const ignition = opts.ignition ? await readFile(opts.ignition, 'utf8').catch(() => {
+    throw new OemError(`--ignition ${opts.ignition}: cannot read it`, { code: 'usage' });
+  }) : null;
+  if (ignition !== null) {
+    // The version rule needs the image; the file's shape is checked now, before anything is fetched.
+    checkUserIgnition(ignition, opts.ignition!);
+  }
   // The signing key is checked before anything is fetched or built.
   const signer = opts.signKey ? await loadSigningKey(opts.signKey, opts.signPassphrase) : null;
 
@@ -106,7 +130,11 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
     const image = await prepareImage(base, { ...(opts.fetch?.cacheDir ? { cacheDir: opts.fetch.cacheDir } : {}), work, ...(opts.generation ? { generation: opts.generation } : {}) }, report);
     const prefixes: SharedPrefixes = { dir: work, made: new Map() };
     const concurrency = opts.concurrency ?? Math.max(1, Math.min(availableParallelism(), 4));
-    const ctx: Ctx = { opts, signer, base, image, prefixes, agent, sshKeys, config, backend, outputDir, work, log, step, progress };
+    if ((opts.sysexts?.length || opts.oemSysext) && !image.sysext) {
+      throw new OemError(`--sysext and --oem-sysext are for Flatcar 3760 and later; ${base.distro} ${base.version} keeps provider content as plain files`, { code: 'usage' });
+    }
+    if (ignition !== null) checkUserIgnition(ignition, opts.ignition!, { distro: image.generation === 'coreos' ? 'coreos' : base.distro, version: base.version });
+    const ctx: Ctx = { opts, signer, base, image, prefixes, agent, sshKeys, config, ignition, backend, outputDir, work, log, step, progress };
     const builds = await mapInOrder(wanted, concurrency, (p) => buildOne(p, ctx)).catch((err: unknown) => {
       if (!(err instanceof OemError) && (err as NodeJS.ErrnoException).code === 'ENOSPC') {
         throw new OemError(`no space left on the device of ${outputDir} (the working images and the artifacts are written there)`, { code: 'noSpace', hint: 'free some space, or use another --output-dir' });
@@ -118,7 +146,7 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
       channel: base.channel,
       board: base.board,
       version: base.version,
-      generation: image.generation,
+      generation: image.sysext ? 'flatcar-sysext' : image.generation,
       base: { image: basename(base.compressed), sha512: base.sha512, verified: base.verified, insecure: opts.insecure ?? false, signedBy: base.signedBy },
       backend,
       outputDir,
@@ -138,6 +166,7 @@ interface Ctx {
   agent: Buffer | null;
   sshKeys: SshKey[];
   config: Buffer;
+  ignition: string | null;
   backend: ReturnType<typeof resolveBackend>;
   outputDir: string;
   work: string;
@@ -149,8 +178,7 @@ interface Ctx {
 /** One provider: render and check its content, assemble its image, make its artifacts, publish them. */
 async function buildOne(p: Provider, c: Ctx): Promise<ProviderBuild> {
   const { base, image } = c;
-  const rendered = await renderProvider({ provider: p, distro: base.distro, version: base.version, channel: base.channel, generation: image.generation, agent: c.agent, sshKeys: c.sshKeys, config: c.config });
-  await validateRendered(p.id, rendered);
+  const content = image.sysext ? await sysextContent(p, image.sysext, c) : await plainContent(p, c);
 
   const tmpDir = join(c.outputDir, `.${p.id}.oem-tmp-${process.pid}`);
   await rm(tmpDir, { recursive: true, force: true });
@@ -166,7 +194,7 @@ async function buildOne(p: Provider, c: Ctx): Promise<ProviderBuild> {
     let artifacts;
     try {
       c.step(`${p.id}: writing the OEM partition${c.sshKeys.length ? ' and the keys into ROOT' : ''}`);
-      const written = await writePartitions(working, rendered.entries, c.sshKeys, c.backend);
+      const written = await writePartitions(working, content.oem, c.sshKeys, c.backend, content.root);
       artifacts = await makeArtifacts(written, job);
     } finally {
       await working.remove();
@@ -174,7 +202,7 @@ async function buildOne(p: Provider, c: Ctx): Promise<ProviderBuild> {
     const published = await publishProvider(tmpDir, c.outputDir, {
       provider: p,
       base,
-      generation: image.generation,
+      generation: image.sysext ? 'flatcar-sysext' : image.generation,
       insecure: c.opts.insecure ?? false,
       agent: c.agent !== null,
       sshKeyFingerprints: c.sshKeys.map((k) => k.fingerprint),
@@ -189,4 +217,81 @@ async function buildOne(p: Provider, c: Ctx): Promise<ProviderBuild> {
     await releaseTmp();
     throw err;
   }
+}
+
+/** What one provider writes: OEM entries, ROOT entries (besides the user's keys), and a line for the log. */
+interface Content {
+  oem: PlanEntry[];
+  root: PlanEntry[];
+}
+
+const ignitionEntry = (text: string): PlanEntry => ({ kind: 'file', path: '/config.ign', content: Buffer.from(text), mode: 0o644, uid: 0, gid: 0 });
+
+/** Plain files on OEM (CoreOS, and Flatcar before 3760): the rendered templates, and the user's config.ign. */
+async function plainContent(p: Provider, c: Ctx): Promise<Content> {
+  const { base, image } = c;
+  const rendered = await renderProvider({ provider: p, distro: base.distro, version: base.version, channel: base.channel, generation: image.generation, agent: c.agent, sshKeys: c.sshKeys, config: c.config });
+  if (c.ignition !== null) {
+    rendered.entries.push(ignitionEntry(c.ignition));
+    rendered.files.push({ path: '/config.ign', kind: 'ignition', content: c.ignition });
+  }
+  await validateRendered(p.id, rendered);
+  return { oem: rendered.entries, root: [] };
+}
+
+/** The extension era: Flatcar's own OEM extension for the platform, or the provider's own one; then the user's. */
+async function sysextContent(p: Provider, img: SysextImage, c: Ctx): Promise<Content> {
+  const mode = sysextMode(p, img);
+  let content: SysextContent;
+  if (mode.kind === 'official') {
+    content = await officialContent(p, img, mode.platform, await officialRaw(mode.platform, c));
+  } else {
+    const rendered = await renderProvider({ provider: p, distro: c.base.distro, version: c.base.version, channel: c.base.channel, generation: 'flatcar', agent: c.agent, sshKeys: [], config: c.config });
+    await validateRendered(p.id, rendered);
+    const work = join(c.work, `${p.id}.sysext`);
+    await mkdir(work);
+    const agent = c.agent ? await unxz(c.agent) : null;
+    content = await customContent(p, img, rendered, { name: mode.name, format: c.opts.sysextFormat ?? 'squashfs', mtime: Math.floor(buildTime().getTime() / 1000), agent, work });
+  }
+  content = await addUserExtensions(content, img, c.opts.sysexts ?? []);
+  if (c.ignition !== null) {
+    content.oem.push(ignitionEntry(c.ignition));
+    content.files.push({ path: '/config.ign', kind: 'ignition', content: c.ignition });
+  }
+  await validateRendered(p.id, { entries: content.oem, files: content.files });
+  c.log(`${p.id}: ${content.summary}`);
+  return { oem: content.oem, root: content.root };
+}
+
+/** The release's verified oem-<platform>.raw: --oem-sysext, else the one beside a local --image, else fetched from the release. */
+async function officialRaw(platform: string, c: Ctx): Promise<string> {
+  const { opts } = c;
+  const name = `oem-${platform}.raw`;
+  const local = opts.oemSysext ?? (opts.image ? join(dirname(resolve(opts.image)), name) : undefined);
+  if (local !== undefined) {
+    if (!(await stat(local).catch(() => null))?.isFile()) {
+      throw new OemError(`no ${name} next to ${opts.image}: a local image of Flatcar ${c.base.version} needs its OEM extension for ${platform}`, {
+        code: 'usage',
+        hint: `download ${name} and ${name}.sig from the release's directory beside the image, or give it with --oem-sysext FILE`,
+      });
+    }
+    await verifyLocal(local, `${local}.sig`, opts, c.log);
+    return local;
+  }
+  const f = await fetchOemSysext({
+    ...(opts.fetch as FetchOptions),
+    ...(opts.keyFiles?.length ? { keyFiles: opts.keyFiles } : {}),
+    insecure: opts.insecure ?? false,
+    log: c.log,
+    version: c.base.version,
+    platform,
+  });
+  return f.path;
+}
+
+/** The agent executable itself (it is kept xz-compressed for plain OEM files). */
+async function unxz(xz: Buffer): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  await filter('xz', ['-dc'], xz, (b) => chunks.push(b), { failure: (why) => new OemError(`cannot unpack the agent: xz says: ${why}`) });
+  return Buffer.concat(chunks);
 }

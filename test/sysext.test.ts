@@ -188,3 +188,32 @@ describe('merge rules', () => {
     expect((await readFile('/proc/self/mounts', 'utf8')).includes(root)).toBe(false);
   });
 });
+
+describe('grub.cfg on OEM', () => {
+  it("accepts Flatcar's per-platform files and refuses every other command", async () => {
+    const { readdir: list } = await import('node:fs/promises');
+    const { checkGrub } = await import('../src/providers/validate.js');
+    const templates = new URL('../templates/', import.meta.url);
+    const platforms = (await list(templates)).filter((d) => !d.startsWith('_'));
+    let seen = 0;
+    for (const d of platforms) {
+      const text = await readFile(new URL(`${d}/flatcar/grub.cfg`, templates), 'utf8').catch(() => null);
+      if (text === null) continue;
+      seen++;
+      expect(checkGrub(text), d).toEqual([]);
+    }
+    expect(seen).toBeGreaterThanOrEqual(4);
+    for (const [text, why] of [
+      ['insmod evil', /line 1 is not a line oem accepts/],
+      ['linux /boot/vmlinuz init=/bin/sh', /line 1 is not a line oem accepts/],
+      ['set linux_append="$(reboot)"', /line 1 is not a line oem accepts/],
+      ['serial --unit=0; reboot', /line 1 is not a line oem accepts/],
+      ['if [ -e /x ]; then\nfi', /line 1 is not a line oem accepts/],
+      ['if [ "$grub_cpu" = arm64 ]; then\nset a="b"', /an if block is not closed with fi/],
+      ['fi', /line 1: fi without an if/],
+      ['else', /line 1: else without an if/],
+    ] as const) {
+      expect(checkGrub(text).join('; '), text).toMatch(why);
+    }
+  });
+});

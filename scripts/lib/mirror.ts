@@ -6,6 +6,7 @@
  *     {distro}_production_image.bin.bz2
  *     {distro}_production_image.bin.bz2.sig       (detached binary OpenPGP signature)
  *     {distro}_production_image.bin.bz2.DIGESTS   (MD5, SHA1, SHA512)
+ *     oem-{platform}.raw, .raw.sig, .raw.DIGESTS   (extension era: the OEM system extensions)
  *
  * Signatures are made with a throw-away key whose separate signing subkey does the signing, as
  * with the real Flatcar/CoreOS image signing keys. Everything streams, so 300 MB images are fine.
@@ -180,6 +181,8 @@ export interface PublishOptions {
   sdkVersion?: string;
   /** Signature time (default now). */
   signDate?: Date;
+  /** OEM system extensions published beside the image (extension era): platform id -> a .raw file. */
+  oemSysexts?: Record<string, string>;
 }
 
 export interface PublishedFiles {
@@ -187,6 +190,8 @@ export interface PublishedFiles {
   sig: string;
   digests: string;
   versionTxt: string;
+  /** Each published `oem-<id>.raw` with its .sig and .DIGESTS. */
+  oemSysexts: string[];
 }
 
 export interface PublishResult {
@@ -215,6 +220,7 @@ export async function publishRelease(opts: PublishOptions): Promise<PublishResul
     sig: join(dir, `${imageName}.sig`),
     digests: join(dir, `${imageName}.DIGESTS`),
     versionTxt: join(dir, 'version.txt'),
+    oemSysexts: [],
   };
 
   await atomically(files.image, (tmp) => copyFile(opts.imageBz2, tmp));
@@ -224,12 +230,22 @@ export async function publishRelease(opts: PublishOptions): Promise<PublishResul
   const digests = await digestsFile(files.image);
   await atomically(files.digests, (tmp) => writeFile(tmp, digests));
   await atomically(files.versionTxt, (tmp) => writeFile(tmp, versionTxt(opts.distro, opts.version, opts.sdkVersion)));
+  // As Flatcar's release pipeline does: each OEM extension signed by the image signing key, with DIGESTS.
+  for (const [id, raw] of Object.entries(opts.oemSysexts ?? {})) {
+    checkSegment('platform id', id);
+    const target = join(dir, `oem-${id}.raw`);
+    await atomically(target, (tmp) => copyFile(raw, tmp));
+    const s = await signDetached(target, opts.armoredPrivateKey, opts.signDate ? { date: opts.signDate } : {});
+    await atomically(`${target}.sig`, (tmp) => writeFile(tmp, s));
+    await atomically(`${target}.DIGESTS`, async (tmp) => writeFile(tmp, await digestsFile(target)));
+    files.oemSysexts.push(target);
+  }
 
   if (!opts.current) return { dir, files };
 
   const currentDir = join(opts.mirrorDir, opts.channel, opts.board, 'current');
   await mkdir(currentDir, { recursive: true });
-  for (const src of [files.image, files.sig, files.digests, files.versionTxt]) {
+  for (const src of [files.image, files.sig, files.digests, files.versionTxt, ...files.oemSysexts.flatMap((f) => [f, `${f}.sig`, `${f}.DIGESTS`])]) {
     const target = join(currentDir, basename(src));
     await atomically(target, async (tmp) => {
       try {

@@ -87,7 +87,8 @@ function layoutFor(size: ImageSize, gen: Generation): { parts: PartSpec[]; total
     { number: 4, label: 'USR-B', type: TYPE.usr, sectors: full ? mib(1024) : mib(16) },
     { number: 6, label: 'OEM', type: TYPE.linuxData, sectors: gen === 'flatcar-sysext' ? mib(1024) : mib(128) },
     { number: 7, label: 'OEM-CONFIG', type: TYPE.oemConfig, sectors: full ? mib(64) : mib(4) },
-    { number: 9, label: 'ROOT', type: TYPE.root, sectors: full ? mib(2162) : mib(64) },
+    // The extension era's 1 GiB OEM comes out of ROOT in the full layout, which keeps its size.
+    { number: 9, label: 'ROOT', type: TYPE.root, sectors: full ? mib(gen === 'flatcar-sysext' ? 2162 - 896 : 2162) : mib(64) },
   ];
   const used = 4096 + parts.reduce((a, p) => a + p.sectors, 0);
   const totalSectors = full ? FULL_SIZE / S : used + 4096;

@@ -11,7 +11,8 @@ import { copyRanges } from '../image/sparse.js';
 import { keyPlan } from '../inject-key.js';
 import type { SshKey } from '../shared/ssh-keys.js';
 import { partitionTargets, withSession } from '../write/apply.js';
-import { normalizePlan, type PlanEntry } from '../write/plan.js';
+import { OemError } from '../shared/errors.js';
+import { normalizePlan, planBytes, type PlanEntry } from '../write/plan.js';
 import type { BackendName } from '../write/session.js';
 import type { Layout } from './base.js';
 
@@ -47,17 +48,41 @@ export async function workingImage(baseRaw: string, layout: Layout, path: string
   return { path, whole: makeWhole, remove: () => rm(path, { force: true }) };
 }
 
-/** Writes the provider's OEM entries, and the keys for `core` on ROOT when there are any. */
-export async function writePartitions(img: Omit<WorkingImage, 'written'>, oemEntries: PlanEntry[], sshKeys: SshKey[], backend: BackendName): Promise<WorkingImage> {
-  const targets = await partitionTargets(img.path, sshKeys.length ? ['oem', 'root'] : ['oem']);
+/** Bytes a filesystem of this size leaves for files: metadata, journals and btrfs' chunks take the rest. */
+function usableBytes(size: number): number {
+  return Math.floor(size * 0.85) - 4 * 1024 * 1024;
+}
+
+/** Refuses, before anything is written, OEM content larger than the OEM partition can hold, naming the largest files. */
+function checkFits(entries: PlanEntry[], target: { number: number; label: string; size: number }): void {
+  const need = planBytes(entries);
+  const room = usableBytes(target.size);
+  if (need <= room) return;
+  const mib = (n: number) => `${(n / 1048576).toFixed(1)} MiB`;
+  const largest = entries
+    .filter((e): e is Extract<PlanEntry, { kind: 'file' }> => e.kind === 'file')
+    .sort((a, b) => b.content.length - a.content.length)
+    .slice(0, 3)
+    .map((e) => `${e.path} ${mib(e.content.length)}`);
+  throw new OemError(`the OEM content (${mib(need)}) does not fit partition ${target.number} (${target.label}) of ${mib(target.size)}, which holds about ${mib(room)} of files: the largest are ${largest.join(', ')}`, {
+    code: 'noSpace',
+    hint: 'leave something out (--no-agent, a --sysext), or use a release whose OEM partition is 1 GiB (Flatcar 4593 and later)',
+  });
+}
+
+/** Writes the provider's OEM entries, and ROOT's (the user's keys for `core`, extension links) when there are any. */
+export async function writePartitions(img: Omit<WorkingImage, 'written'>, oemEntries: PlanEntry[], sshKeys: SshKey[], backend: BackendName, rootEntries: PlanEntry[] = []): Promise<WorkingImage> {
+  const writesRoot = sshKeys.length > 0 || rootEntries.length > 0;
+  const targets = await partitionTargets(img.path, writesRoot ? ['oem', 'root'] : ['oem']);
   const oemPlan = normalizePlan({ partitions: { oem: oemEntries } }).partitions.oem!;
+  checkFits(oemPlan, targets.oem);
   await withSession(targets.oem, backend, (s) => s.apply(oemPlan));
-  if (sshKeys.length) {
+  if (writesRoot) {
     await withSession(targets.root, backend, async (r) => {
-      const kp = await keyPlan(r, sshKeys, 'core', 1000, 1000, 'oem');
-      await r.apply(normalizePlan({ partitions: { root: kp.entries as PlanEntry[] } }).partitions.root!);
+      const kp = sshKeys.length ? (await keyPlan(r, sshKeys, 'core', 1000, 1000, 'oem')).entries : [];
+      await r.apply(normalizePlan({ partitions: { root: [...rootEntries, ...(kp as PlanEntry[])] } }).partitions.root!);
     });
   }
-  const written = [targets.oem, ...(sshKeys.length ? [targets.root] : [])].map((t) => ({ offset: t.offset, size: t.size }));
+  const written = [targets.oem, ...(writesRoot ? [targets.root] : [])].map((t) => ({ offset: t.offset, size: t.size }));
   return { ...img, written };
 }

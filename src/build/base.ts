@@ -10,11 +10,13 @@ import { OemError } from '../shared/errors.js';
 import { prepareBase, type BaseIndex } from '../image/base-cache.js';
 import { FileSource, SliceSource } from '../image/byte-source.js';
 import { detectFilesystem, type FsInfo } from '../image/fs-detect.js';
-import { detectGeneration, parseKeyValues } from '../image/generation.js';
+import { detectGeneration, parseKeyValues, type GenerationName } from '../image/generation.js';
 import { readGpt } from '../image/gpt.js';
 import { partitionReports, roleOf } from '../image/layout.js';
 import type { ProgressUnit } from '../progress.js';
 import type { Generation } from '../providers/render.js';
+import type { SysextImage } from '../sysext/oem.js';
+import { boardArchitecture } from '../sysext/release.js';
 import { defaultCacheDir, fetchRelease, type FetchOptions } from '../release/fetch.js';
 import { loadTrustedKeys, verifyDetached, type Distro } from '../release/verify.js';
 import { hashes } from './digests.js';
@@ -45,6 +47,8 @@ export interface PreparedImage {
   index: BaseIndex | null;
   layout: Layout;
   generation: Generation;
+  /** The extension era (Flatcar 3760 and later): what the build needs to know of the image. */
+  sysext: SysextImage | null;
 }
 
 export interface BaseSource {
@@ -89,33 +93,42 @@ export async function resolveBase(src: BaseSource, r: Report): Promise<Base> {
   };
 }
 
-async function localBase(src: BaseSource, log: (l: string) => void): Promise<Omit<Base, 'distro' | 'version' | 'versionFields'> & { versionTxt?: Record<string, string> }> {
-  const image = resolve(src.image!);
-  if (!(await stat(image).catch(() => null))?.isFile()) throw new OemError(`no such image: ${src.image}`, { code: 'usage' });
-  const sigPath = src.signature ?? `${image}.sig`;
+/**
+ * Verifies a local file of a release (the image, an OEM extension) against its detached signature
+ * with the bundled Flatcar and CoreOS keys (or --key); without a signature only --insecure lets it
+ * through (and it is logged).
+ */
+export async function verifyLocal(
+  file: string,
+  sigPath: string,
+  src: Pick<BaseSource, 'keyFiles' | 'insecure'>,
+  log: (l: string) => void,
+  hint = 'put its signature next to it (FILE.sig), or build from unverified files with --insecure (recorded in the manifest)',
+): Promise<{ verified: boolean; signedBy: string | null; sha512: string }> {
   const sig = await readFile(sigPath).catch(() => null);
-  let verified = false;
-  let signedBy: string | null = null;
-  let sha512: string;
   if (sig && !src.insecure) {
     const trusted = src.keyFiles?.length
       ? await loadTrustedKeys('flatcar', src.keyFiles)
       : await Promise.all([loadTrustedKeys('flatcar'), loadTrustedKeys('coreos')]).then((t) => ({ keys: t.flatMap((x) => x.keys), source: 'the bundled Flatcar and CoreOS image signing keys' }));
-    const v = await verifyDetached(image, sig, basename(sigPath), trusted);
-    verified = true;
-    signedBy = v.signingKeyFingerprint;
-    sha512 = v.sha512;
-    log(`verified ${basename(image)}: good signature by subkey ${v.signingKeyFingerprint} of ${v.key}`);
-  } else {
-    if (!src.insecure) {
-      throw new OemError(`${src.image} has no signature to verify (${sigPath} is missing)`, {
-        code: 'verification',
-        hint: 'give it with --signature FILE, or build from an unverified image with --insecure (recorded in the manifest)',
-      });
-    }
-    log(`WARNING: --insecure: ${basename(image)} is NOT verified`);
-    sha512 = (await hashes(image)).sha512;
+    const v = await verifyDetached(file, sig, basename(sigPath), trusted);
+    log(`verified ${basename(file)}: good signature by subkey ${v.signingKeyFingerprint} of ${v.key}`);
+    return { verified: true, signedBy: v.signingKeyFingerprint, sha512: v.sha512 };
   }
+  if (!src.insecure) {
+    throw new OemError(`${file} has no signature to verify (${sigPath} is missing)`, {
+      code: 'verification',
+      hint,
+    });
+  }
+  log(`WARNING: --insecure: ${basename(file)} is NOT verified`);
+  return { verified: false, signedBy: null, sha512: (await hashes(file)).sha512 };
+}
+
+async function localBase(src: BaseSource, log: (l: string) => void): Promise<Omit<Base, 'distro' | 'version' | 'versionFields'> & { versionTxt?: Record<string, string> }> {
+  const image = resolve(src.image!);
+  if (!(await stat(image).catch(() => null))?.isFile()) throw new OemError(`no such image: ${src.image}`, { code: 'usage' });
+  const v = await verifyLocal(image, src.signature ?? `${image}.sig`, src, log, 'give it with --signature FILE, or build from an unverified image with --insecure (recorded in the manifest)');
+  const { verified, signedBy, sha512 } = v;
   const stem = basename(image).replace(/(\.bin)?(\.bz2|\.gz|\.xz|\.zst)?$/, '');
   let versionTxt: Record<string, string> | undefined;
   for (const p of [join(dirname(image), `${stem}.version.txt`), join(dirname(image), 'version.txt')]) {
@@ -140,7 +153,10 @@ async function localBase(src: BaseSource, log: (l: string) => void): Promise<Omi
  * Decodes the base once (kept in the cache for the next build) and reads what it is. For a local
  * image, `base` gets its distribution and version from the image itself where no version.txt said.
  */
-export async function prepareImage(base: Base, opts: { cacheDir?: string; work: string; generation?: Generation }, r: Report): Promise<PreparedImage> {
+/** A generation a build can be told to use (--generation). */
+export type BuildGeneration = Exclude<GenerationName, 'unknown'>;
+
+export async function prepareImage(base: Base, opts: { cacheDir?: string; work: string; generation?: BuildGeneration }, r: Report): Promise<PreparedImage> {
   r.step('preparing the base image');
   const prepared = await prepareBase(base.compressed, base.sha512, {
     cacheDir: opts.cacheDir ?? defaultCacheDir(),
@@ -166,9 +182,8 @@ export async function prepareImage(base: Base, opts: { cacheDir?: string; work: 
   } finally {
     await src.close();
   }
-  // Provider content for the extension era is still written as plain files (as Flatcar before 3760 had it).
-  if (gen.name === 'flatcar-sysext' && !opts.generation) r.log(`base: Flatcar ${gen.version ?? ''} keeps provider content in system extensions; writing it as plain files on OEM`);
-  const generation: Generation = opts.generation ?? (gen.name === 'unknown' || gen.name === 'flatcar-sysext' ? 'flatcar' : gen.name);
+  const chosen: BuildGeneration = opts.generation ?? (gen.name === 'unknown' ? 'flatcar' : gen.name);
+  const generation: Generation = chosen === 'coreos' ? 'coreos' : 'flatcar';
   if (!base.version) {
     base.distro = gen.name === 'coreos' ? 'coreos' : 'flatcar';
     base.version = base.versionFields.FLATCAR_VERSION ?? base.versionFields.COREOS_VERSION ?? gen.version ?? '0.0.0';
@@ -177,6 +192,10 @@ export async function prepareImage(base: Base, opts: { cacheDir?: string; work: 
       base.versionFields = { [`${P}_VERSION`]: base.version, [`${P}_VERSION_ID`]: base.version };
     }
   }
-  r.log(`base: ${base.distro} ${base.version} (${generation}-style image${opts.generation ? ', forced' : ''})`);
-  return { raw: prepared.raw, index: prepared.index, layout, generation };
+  const sysext: SysextImage | null =
+    chosen === 'flatcar-sysext'
+      ? { distro: base.distro, version: base.version, os: gen.osRelease ?? {}, arch: boardArchitecture(gen.osRelease?.FLATCAR_BOARD ?? base.board), oems: gen.sysext?.oems ?? [] }
+      : null;
+  r.log(`base: ${base.distro} ${base.version} (${sysext ? `provider content as system extensions (${gen.evidence.join(', ')})` : `${generation}-style image`}${opts.generation ? ', forced' : ''})`);
+  return { raw: prepared.raw, index: prepared.index, layout, generation, sysext };
 }

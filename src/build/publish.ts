@@ -10,7 +10,7 @@ import { basename, join } from 'node:path';
 import { clearsign, signFile, type SigningKey } from '../artifacts/sign.js';
 import { packageRoot } from '../paths.js';
 import type { Provider } from '../providers/registry.js';
-import type { Generation } from '../providers/render.js';
+import type { BuildGeneration } from './base.js';
 import { sourceDateEpoch } from '../source-date.js';
 import type { Base } from './base.js';
 import { digestsText, type Hashes } from './digests.js';
@@ -58,7 +58,7 @@ export async function describeArtifact(dir: string, name: string, h: Hashes, sig
 export interface PublishInput {
   provider: Provider;
   base: Base;
-  generation: Generation;
+  generation: BuildGeneration;
   insecure: boolean;
   agent: boolean;
   sshKeyFingerprints: string[];

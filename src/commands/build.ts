@@ -7,7 +7,8 @@ import { OemError } from '../shared/errors.js';
 import { build, type BuildResult } from '../build.js';
 import { releaseFlags, releaseSource } from '../flags.js';
 import { runWithProgress } from '../progress.js';
-import type { Generation } from '../providers/render.js';
+import type { BuildGeneration } from '../build/base.js';
+import type { SysextFormat } from '../sysext/make.js';
 import type { BackendChoice } from '../write/apply.js';
 
 export default class Build extends OemCommand {
@@ -22,6 +23,7 @@ export default class Build extends OemCommand {
     '<%= config.bin %> build --provider gce --provider azure --channel beta --ssh-key ~/.ssh/id_ed25519.pub',
     '<%= config.bin %> build --all-providers --output-dir out --json',
     '<%= config.bin %> build --provider qemu --image flatcar_production_image.bin.bz2',
+    '<%= config.bin %> build --provider azure --sysext my-tools.raw --ignition config.ign',
   ];
   static override enableJsonFlag = true;
   static override flags = {
@@ -35,7 +37,11 @@ export default class Build extends OemCommand {
     templates: Flags.string({ description: 'a template tree of the same layout, overlaid on the built-in one' }),
     'output-dir': Flags.string({ char: 'o', description: 'where provider outputs go', default: '.' }),
     backend: Flags.string({ description: 'how to write: mount (root), rootless, auto', options: ['auto', 'mount', 'rootless'], default: 'auto' }),
-    generation: Flags.string({ description: 'force the image generation (default: detected)', options: ['coreos', 'flatcar'] }),
+    generation: Flags.string({ description: 'force the image generation (default: detected)', options: ['coreos', 'flatcar', 'flatcar-sysext'] }),
+    'oem-sysext': Flags.string({ description: "Flatcar 3760+: the release's oem-<platform>.raw to use (its .sig beside it) instead of fetching it or taking the one next to --image" }),
+    sysext: Flags.string({ description: 'Flatcar 3760+: your own system extension (.raw) to put on OEM and link from /etc/extensions (repeatable)', multiple: true }),
+    'sysext-format': Flags.string({ description: "Flatcar 3760+: file system of a provider's own extension", options: ['squashfs', 'erofs'], default: 'squashfs' }),
+    ignition: Flags.string({ description: 'your Ignition config (JSON), written as config.ign on OEM (Flatcar)' }),
     agent: Flags.string({ description: 'embed this oem-agent executable instead of the one built for the board' }),
     'no-agent': Flags.boolean({ description: 'build without the runtime agent and its units', default: false }),
     format: Flags.string({ description: 'artifact format (repeatable; default: the provider\'s)', multiple: true, options: [...FORMATS] }),
@@ -63,7 +69,11 @@ export default class Build extends OemCommand {
         ...(flags.templates ? { templates: flags.templates } : {}),
         outputDir: flags['output-dir'],
         backend: flags.backend as BackendChoice,
-        ...(flags.generation ? { generation: flags.generation as Generation } : {}),
+        ...(flags.generation ? { generation: flags.generation as BuildGeneration } : {}),
+        ...(flags['oem-sysext'] ? { oemSysext: flags['oem-sysext'] } : {}),
+        ...(flags.sysext ? { sysexts: flags.sysext } : {}),
+        sysextFormat: flags['sysext-format'] as SysextFormat,
+        ...(flags.ignition ? { ignition: flags.ignition } : {}),
         ...(flags.agent ? { agent: flags.agent } : {}),
         noAgent: flags['no-agent'],
         ...(flags.format ? { formats: flags.format as Format[] } : {}),
@@ -77,7 +87,7 @@ export default class Build extends OemCommand {
     );
     if (r.base.insecure) process.stderr.write('oem: WARNING: --insecure: the base image was NOT verified (recorded in each manifest)\n');
     if (!json) {
-      this.log(`${r.distro} ${r.channel} ${r.board} ${r.version} (${r.generation}-style), ${r.backend} backend`);
+      this.log(`${r.distro} ${r.channel} ${r.board} ${r.version} (${r.generation === 'flatcar-sysext' ? 'provider content as system extensions' : `${r.generation}-style`}), ${r.backend} backend`);
       for (const b of r.builds) this.log(`${b.provider.padEnd(18)} ${b.image}`);
     }
     return r;

@@ -24,6 +24,14 @@ export interface Provider {
   agentUnits: AgentUnit[];
   /** Artifact formats built by default. */
   formats: Format[];
+  /**
+   * Flatcar 3760 and later: the platform id whose OEM extension (`oem-<id>.raw`) Flatcar publishes
+   * for this provider (e.g. `ami` for ec2); undefined: the provider's content goes into its own
+   * extension.
+   */
+  flatcarPlatform?: string;
+  /** The `oem_id` grub.cfg gets on an image with the provider's own extension: a platform Ignition knows (default: oem_id). */
+  ignitionPlatform: string;
   /** Template directories, lowest priority first: built-in _common, built-in provider, user's _common, user's provider. */
   dirs: string[];
 }
@@ -49,7 +57,7 @@ function str(v: unknown, key: string, file: string, optional = false): string {
   return s;
 }
 
-const KNOWN_KEYS = new Set(['id', 'name', 'oem_id', 'aliases', 'home_url', 'bug_report_url', 'grub', 'agent_units', 'formats']);
+const KNOWN_KEYS = new Set(['id', 'name', 'oem_id', 'aliases', 'home_url', 'bug_report_url', 'grub', 'agent_units', 'formats', 'flatcar_platform', 'ignition_platform']);
 
 function parseProvider(text: string, file: string, dirs: string[]): Provider {
   let d: Record<string, unknown>;
@@ -64,6 +72,10 @@ function parseProvider(text: string, file: string, dirs: string[]): Provider {
   if (!ID_RE.test(id)) throw new OemError(`${file}: id ${JSON.stringify(id)} must be lowercase letters, digits and dashes`, { code: 'usage' });
   const oemId = str(d.oem_id, 'oem_id', file);
   if (!ID_RE.test(oemId)) throw new OemError(`${file}: oem_id ${JSON.stringify(oemId)} must be lowercase letters, digits and dashes`, { code: 'usage' });
+  const flatcarPlatform = d.flatcar_platform === undefined ? undefined : str(d.flatcar_platform, 'flatcar_platform', file);
+  if (flatcarPlatform !== undefined && !ID_RE.test(flatcarPlatform)) throw new OemError(`${file}: flatcar_platform ${JSON.stringify(flatcarPlatform)} must be lowercase letters, digits and dashes`, { code: 'usage' });
+  const ignitionPlatform = d.ignition_platform === undefined ? oemId : str(d.ignition_platform, 'ignition_platform', file);
+  if (!ID_RE.test(ignitionPlatform)) throw new OemError(`${file}: ignition_platform ${JSON.stringify(ignitionPlatform)} must be lowercase letters, digits and dashes`, { code: 'usage' });
   const grubIn = (d.grub ?? {}) as Record<string, unknown>;
   const grub: Provider['grub'] = {};
   for (const k of Object.keys(grubIn)) {
@@ -87,6 +99,8 @@ function parseProvider(text: string, file: string, dirs: string[]): Provider {
       if (!(FORMATS as readonly string[]).includes(f as string)) throw new OemError(`${file}: unknown format ${JSON.stringify(f)} (known: ${FORMATS.join(', ')})`, { code: 'usage' });
       return f as Format;
     }),
+    ...(flatcarPlatform !== undefined ? { flatcarPlatform } : {}),
+    ignitionPlatform,
     dirs,
   };
 }

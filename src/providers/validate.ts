@@ -10,6 +10,7 @@ import { chmod, mkdir, writeFile } from 'node:fs/promises';
 import { join, posix } from 'node:path';
 import { parse } from 'yaml';
 import { tempDir } from '../cleanup.js';
+import { ignitionVersion } from './render.js';
 import { OemError, describe } from '../shared/errors.js';
 import { which } from '../tools.js';
 import { checkUnit } from '../shared/units.js';
@@ -74,13 +75,62 @@ export function checkIgnition(text: string): string[] {
   return problems;
 }
 
+/**
+ * A user's Ignition config for config.ign (`--ignition`): JSON (Butane YAML is refused with a hint
+ * to transpile it), with an ignition.version of the major version the image's Ignition reads
+ * (3.x from Flatcar 3185 on, 2.x before), and units that check out.
+ */
+export function checkUserIgnition(text: string, file: string, image?: { distro: 'flatcar' | 'coreos'; version: string }): void {
+  if (image?.distro === 'coreos') throw new OemError(`--ignition ${file}: CoreOS-style images take cloud-config on OEM, not config.ign`, { code: 'usage' });
+  let doc: unknown;
+  try {
+    doc = JSON.parse(text);
+  } catch (err) {
+    if (/^\s*(variant|version)\s*:/m.test(text)) {
+      throw new OemError(`--ignition ${file} is Butane YAML, not an Ignition config`, { code: 'usage', hint: `transpile it first: butane --strict < ${file} > config.ign` });
+    }
+    throw new OemError(`--ignition ${file} is not JSON: ${describe(err)}`, { code: 'usage' });
+  }
+  const v = ((doc as Record<string, unknown> | null)?.ignition as Record<string, unknown> | undefined)?.version;
+  const want = image ? ignitionVersion(image.distro, image.version).split('.')[0]! : '';
+  const readable = SUPPORTED_IGNITION.filter((x) => x.startsWith(want ? `${want}.` : ''));
+  if (typeof v !== 'string' || !readable.includes(v)) {
+    throw new OemError(`--ignition ${file}: ignition.version ${JSON.stringify(v)} is not one ${image ? `Flatcar ${image.version}'s Ignition reads` : 'Ignition reads'} (${readable.join(', ')})`, { code: 'usage' });
+  }
+  const problems = checkIgnition(text);
+  if (problems.length) throw new OemError(`--ignition ${file}: ${problems.join('; ')}`, { code: 'usage' });
+}
+
+/**
+ * grub.cfg on OEM is read by Flatcar's GRUB config before the kernel line: it may set variables,
+ * and (as Flatcar's own per-platform files do) set up a serial console and choose by platform or
+ * CPU. Exactly these lines are accepted, with `if` blocks balanced:
+ * `set NAME="value"`, `serial` with its options, `terminal_input`/`terminal_output` with device
+ * names, `if [ "$grub_cpu" = X ]; then` (or `$grub_platform`), `elif` alike, `else`, `fi`.
+ */
+const GRUB_LINES: [RegExp, 'open' | 'middle' | 'close' | 'plain'][] = [
+  [/^set [A-Za-z_][A-Za-z0-9_]*="[^"$`\\]*"$/, 'plain'],
+  [/^serial( (com\d|--(unit|speed|word|stop)=\d+|--parity=(no|odd|even)))+$/, 'plain'],
+  [/^terminal_(input|output)( (serial(_com\d)?|console|gfxterm))+$/, 'plain'],
+  [/^if \[ "\$grub_(cpu|platform)" = "?[a-z0-9_-]+"? \]; then$/, 'open'],
+  [/^elif \[ "\$grub_(cpu|platform)" = "?[a-z0-9_-]+"? \]; then$/, 'middle'],
+  [/^else$/, 'middle'],
+  [/^fi$/, 'close'],
+];
+
 export function checkGrub(text: string): string[] {
   const problems: string[] = [];
+  let depth = 0;
   text.split('\n').forEach((l, i) => {
     const t = l.trim();
     if (t === '' || t.startsWith('#')) return;
-    if (!/^set [A-Za-z_][A-Za-z0-9_]*="[^"$`\\]*"$/.test(t)) problems.push(`line ${i + 1} is not a set line: ${t.slice(0, 60)}`);
+    const kind = GRUB_LINES.find(([re]) => re.test(t))?.[1];
+    if (kind === undefined) problems.push(`line ${i + 1} is not a line oem accepts in grub.cfg (set, serial, terminal_input/output, if on $grub_cpu or $grub_platform): ${t.slice(0, 60)}`);
+    else if (kind === 'open') depth++;
+    else if ((kind === 'middle' || kind === 'close') && depth === 0) problems.push(`line ${i + 1}: ${t} without an if`);
+    else if (kind === 'close') depth--;
   });
+  if (depth > 0) problems.push(`an if block is not closed with fi`);
   return problems;
 }
 

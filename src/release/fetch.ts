@@ -110,88 +110,75 @@ async function check(
   return { sha512, size, verified, digestsChecked };
 }
 
-export async function fetchRelease(opts: FetchOptions): Promise<FetchResult> {
-  const log = opts.log ?? (() => {});
-  checkRef(opts.distro, opts.channel, opts.board);
-  if (opts.release !== 'current' && !isVersion(opts.release)) {
-    throw new OemError(`--release is "current" or a version X.Y.Z, not ${JSON.stringify(opts.release)}`, { code: 'usage' });
-  }
-  const imageName = opts.imageName ?? defaultImageName(opts.distro);
-  if (!/^[A-Za-z0-9._-]+$/.test(imageName) || imageName.startsWith('.')) {
-    throw new OemError(`--image-name must be a plain file name, not ${JSON.stringify(imageName)}`, { code: 'usage' });
-  }
-  const insecure = opts.insecure ?? false;
-  const trusted = await loadTrustedKeys(opts.distro, opts.keyFiles);
-  const base = boardUrl(opts.baseUrl ?? DISTROS[opts.distro].baseUrl, opts.channel, opts.board);
+/** Where a release's files come from and go: its version directory on the server and in the cache. */
+interface ReleaseDir {
+  opts: FetchOptions;
+  trusted: TrustedKeys;
+  insecure: boolean;
+  log: (line: string) => void;
+  /** URL of the version directory. */
+  url: string;
+  /** Cache directory of the version. */
+  dir: string;
+}
 
-  // version.txt names the release: the channel's current one, or the pinned one.
-  const vtUrl = `${base}/${opts.release}/version.txt`;
-  const vtBytes = await fetchBytes(vtUrl, { ...opts, maxBytes: 64 * 1024 });
-  const rv = parseVersionTxt(vtBytes.toString('utf8'), opts.distro, vtUrl);
-  if (opts.release !== 'current' && rv.version !== opts.release) {
-    throw new OemError(`${vtUrl} says version ${rv.version}, not ${opts.release}`, { code: 'badImage' });
-  }
-  const version = rv.version;
-  log(`${opts.distro} ${opts.channel} ${opts.board}: ${opts.release === 'current' ? `current is ${version}` : `release ${version}`}`);
+interface SignedFile {
+  path: string;
+  url: string;
+  sig: string | null;
+  digests: string | null;
+  checked: Checked;
+  cached: boolean;
+}
 
-  const dir = join(opts.cacheDir ?? defaultCacheDir(), opts.distro, opts.board, version);
-  await mkdir(dir, { recursive: true });
-  const image = join(dir, imageName);
-  const sigPath = `${image}.sig`;
-  const digestsPath = `${image}.DIGESTS`;
-  const vtPath = join(dir, 'version.txt');
-  const url = `${base}/${version}/${imageName}`;
-
-  const result = (c: Checked, cached: boolean, sig: boolean, dig: boolean): FetchResult => ({
-    distro: opts.distro,
-    channel: opts.channel,
-    board: opts.board,
-    release: opts.release,
-    version,
+/**
+ * One signed file of a release's version directory (the image, an OEM extension): reused from the
+ * cache when it still verifies, else its .sig and .DIGESTS first, then the file (resumed from
+ * `.part`), verified, and only then given its name. No signature is a verification error unless
+ * --insecure.
+ */
+async function fetchSigned(rd: ReleaseDir, name: string): Promise<SignedFile> {
+  const { opts, trusted, insecure, log } = rd;
+  const path = join(rd.dir, name);
+  const sigPath = `${path}.sig`;
+  const digestsPath = `${path}.DIGESTS`;
+  const url = `${rd.url}/${name}`;
+  const done = (checked: Checked, cached: boolean, sig: boolean, dig: boolean): SignedFile => ({
+    path,
     url,
-    cached,
-    dir,
-    image,
-    signature: sig ? sigPath : null,
+    sig: sig ? sigPath : null,
     digests: dig ? digestsPath : null,
-    versionTxt: vtPath,
-    size: c.size,
-    sha512: c.sha512,
-    verified: c.verified,
-    digestsChecked: c.digestsChecked,
-    insecure,
+    checked,
+    cached,
   });
 
-  if (insecure) log('WARNING: --insecure: the signature is NOT checked; do not publish what you build from this');
-
-  // A cached entry: re-verify what is on disk; no transfer beyond version.txt.
-  if ((await exists(image)) && (await exists(sigPath) || insecure)) {
+  // A cached file: re-verify what is on disk; no transfer.
+  if ((await exists(path)) && ((await exists(sigPath)) || insecure)) {
     const sig = (await exists(sigPath)) ? await readFile(sigPath) : null;
     const dig = (await exists(digestsPath)) ? await readFile(digestsPath) : null;
     try {
-      const c = await check(image, imageName, sig, dig, trusted, insecure, log);
-      await writeAtomic(vtPath, vtBytes);
-      log(`cached: ${image}`);
-      return result(c, true, sig !== null, dig !== null);
+      const c = await check(path, name, sig, dig, trusted, insecure, log);
+      log(`cached: ${path}`);
+      return done(c, true, sig !== null, dig !== null);
     } catch (err) {
       if (!(err instanceof OemError) || err.code !== 'verification') throw err;
-      log(`cached ${imageName} failed verification (${err.message}); removed it and downloading again`);
-      await rm(image, { force: true });
+      log(`cached ${name} failed verification (${err.message}); removed it and downloading again`);
+      await rm(path, { force: true });
       await rm(sigPath, { force: true });
       await rm(digestsPath, { force: true });
     }
   }
 
-  // The small files first: no point downloading an image whose signature is missing.
+  // The small files first: no point downloading a file whose signature is missing.
   let sig: Buffer | null = null;
   try {
     sig = await fetchBytes(`${url}.sig`, { ...opts, maxBytes: 64 * 1024 });
   } catch (err) {
     if (!(err instanceof OemError) || !/HTTP 404/.test(err.message)) throw err;
     if (!insecure) {
-      throw new OemError(`no signature for ${imageName}: ${url}.sig is missing (HTTP 404)`, {
+      throw new OemError(`no signature for ${name}: ${url}.sig is missing (HTTP 404)`, {
         code: 'verification',
-        hint: 'an unsigned image cannot be verified; --insecure skips the check (never for published images)',
+        hint: 'an unsigned file cannot be verified; --insecure skips the check (never for published images)',
       });
     }
     log(`WARNING: ${url}.sig is missing`);
@@ -205,31 +192,128 @@ export async function fetchRelease(opts: FetchOptions): Promise<FetchResult> {
   }
 
   // Refuse before the big transfer when the signature cannot be ours (unknown or revoked key).
-  if (sig && !insecure) await precheckSignature(sig, `${imageName}.sig`, trusted, imageName);
+  if (sig && !insecure) await precheckSignature(sig, `${name}.sig`, trusted, name);
 
-  const part = `${image}.part`;
+  const part = `${path}.part`;
   log(`downloading ${url}`);
   const t0 = Date.now();
   const d = await downloadFile(url, part, {
     ...opts,
-    onRetry: (attempt, reason, delay) => log(`retrying ${imageName} in ${(delay / 1000).toFixed(1)} s (attempt ${attempt + 1}): ${reason}`),
+    onRetry: (attempt, reason, delay) => log(`retrying ${name} in ${(delay / 1000).toFixed(1)} s (attempt ${attempt + 1}): ${reason}`),
   });
   const secs = Math.max(0.001, (Date.now() - t0) / 1000);
-  log(`downloaded ${imageName}: ${d.size} bytes${d.resumed ? ' (resumed)' : ''}, ${(d.transferred / secs / 1048576).toFixed(1)} MiB/s`);
+  log(`downloaded ${name}: ${d.size} bytes${d.resumed ? ' (resumed)' : ''}, ${(d.transferred / secs / 1048576).toFixed(1)} MiB/s`);
 
   let c: Checked;
   try {
-    c = await check(part, imageName, sig, digests, trusted, insecure, log);
+    c = await check(part, name, sig, digests, trusted, insecure, log);
   } catch (err) {
     await rm(part, { force: true });
     if (err instanceof OemError) throw err;
-    throw new OemError(`cannot verify ${imageName}: ${describe(err)}`, { code: 'verification' });
+    throw new OemError(`cannot verify ${name}: ${describe(err)}`, { code: 'verification' });
   }
   if (sig) await writeAtomic(sigPath, sig);
   else await rm(sigPath, { force: true });
   if (digests) await writeAtomic(digestsPath, digests);
   else await rm(digestsPath, { force: true });
+  await rename(part, path);
+  return done(c, false, sig !== null, digests !== null);
+}
+
+function checkFetchOptions(opts: FetchOptions): void {
+  checkRef(opts.distro, opts.channel, opts.board);
+  if (opts.release !== 'current' && !isVersion(opts.release)) {
+    throw new OemError(`--release is "current" or a version X.Y.Z, not ${JSON.stringify(opts.release)}`, { code: 'usage' });
+  }
+}
+
+async function releaseDir(opts: FetchOptions, version: string): Promise<ReleaseDir> {
+  const insecure = opts.insecure ?? false;
+  const trusted = await loadTrustedKeys(opts.distro, opts.keyFiles);
+  const base = boardUrl(opts.baseUrl ?? DISTROS[opts.distro].baseUrl, opts.channel, opts.board);
+  const dir = join(opts.cacheDir ?? defaultCacheDir(), opts.distro, opts.board, version);
+  await mkdir(dir, { recursive: true });
+  return { opts, trusted, insecure, log: opts.log ?? (() => {}), url: `${base}/${version}`, dir };
+}
+
+export async function fetchRelease(opts: FetchOptions): Promise<FetchResult> {
+  const log = opts.log ?? (() => {});
+  checkFetchOptions(opts);
+  const imageName = opts.imageName ?? defaultImageName(opts.distro);
+  if (!/^[A-Za-z0-9._-]+$/.test(imageName) || imageName.startsWith('.')) {
+    throw new OemError(`--image-name must be a plain file name, not ${JSON.stringify(imageName)}`, { code: 'usage' });
+  }
+  const base = boardUrl(opts.baseUrl ?? DISTROS[opts.distro].baseUrl, opts.channel, opts.board);
+
+  // version.txt names the release: the channel's current one, or the pinned one.
+  const vtUrl = `${base}/${opts.release}/version.txt`;
+  const vtBytes = await fetchBytes(vtUrl, { ...opts, maxBytes: 64 * 1024 });
+  const rv = parseVersionTxt(vtBytes.toString('utf8'), opts.distro, vtUrl);
+  if (opts.release !== 'current' && rv.version !== opts.release) {
+    throw new OemError(`${vtUrl} says version ${rv.version}, not ${opts.release}`, { code: 'badImage' });
+  }
+  const version = rv.version;
+  log(`${opts.distro} ${opts.channel} ${opts.board}: ${opts.release === 'current' ? `current is ${version}` : `release ${version}`}`);
+
+  const rd = await releaseDir(opts, version);
+  if (rd.insecure) log('WARNING: --insecure: the signature is NOT checked; do not publish what you build from this');
+  const f = await fetchSigned(rd, imageName);
+  const vtPath = join(rd.dir, 'version.txt');
   await writeAtomic(vtPath, vtBytes);
-  await rename(part, image);
-  return result(c, false, sig !== null, digests !== null);
+  return {
+    distro: opts.distro,
+    channel: opts.channel,
+    board: opts.board,
+    release: opts.release,
+    version,
+    url: f.url,
+    cached: f.cached,
+    dir: rd.dir,
+    image: f.path,
+    signature: f.sig,
+    digests: f.digests,
+    versionTxt: vtPath,
+    size: f.checked.size,
+    sha512: f.checked.sha512,
+    verified: f.checked.verified,
+    digestsChecked: f.checked.digestsChecked,
+    insecure: rd.insecure,
+  };
+}
+
+export interface OemSysextResult {
+  platform: string;
+  path: string;
+  url: string;
+  cached: boolean;
+  sha512: string;
+  size: number;
+  verified: FetchResult['verified'];
+  insecure: boolean;
+}
+
+/**
+ * A release's OEM system extension for a platform, `oem-<platform>.raw` from the same version
+ * directory as the image, fetched, cached and verified like the image (with the same keys).
+ */
+export async function fetchOemSysext(opts: Omit<FetchOptions, 'release' | 'imageName'> & { version: string; platform: string }): Promise<OemSysextResult> {
+  checkFetchOptions({ ...opts, release: opts.version });
+  if (!/^[a-z0-9][a-z0-9_-]{0,62}$/.test(opts.platform)) throw new OemError(`invalid platform id ${JSON.stringify(opts.platform)}`, { code: 'usage' });
+  const rd = await releaseDir({ ...opts, release: opts.version }, opts.version);
+  const name = `oem-${opts.platform}.raw`;
+  let f: SignedFile;
+  try {
+    f = await fetchSigned(rd, name);
+  } catch (err) {
+    // A missing .sig is a verification error, unless the extension itself is missing too.
+    const missing = err instanceof OemError && /HTTP 404/.test(err.message) && (err.code !== 'verification' || (await fetch(`${rd.url}/${name}`, { method: 'HEAD' }).then((r) => r.status === 404, () => false)));
+    if (missing) {
+      throw new OemError(`${opts.distro} ${opts.version} publishes no ${name} (${rd.url}/${name}: HTTP 404)`, {
+        code: 'network',
+        hint: 'the platform may have no OEM extension in this release; check the release directory',
+      });
+    }
+    throw err;
+  }
+  return { platform: opts.platform, path: f.path, url: f.url, cached: f.cached, sha512: f.checked.sha512, size: f.checked.size, verified: f.checked.verified, insecure: rd.insecure };
 }

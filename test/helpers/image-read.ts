@@ -54,8 +54,8 @@ export async function readExtTree(image: string, n: number): Promise<Map<string,
   return out;
 }
 
-/** Every entry of a btrfs filesystem (via btrfs restore of a copy of the partition). */
-export async function readBtrfsTree(image: string, n: number): Promise<Map<string, Node>> {
+/** A btrfs partition restored (btrfs restore of a copy) into a directory; `release` removes it. */
+export async function restoreBtrfs(image: string, n: number): Promise<{ root: string; release: () => Promise<void> }> {
   const { offset, size } = await part(image, n);
   const dir = await mkdtemp(join(tmpdir(), 'oem-read-'));
   try {
@@ -64,6 +64,18 @@ export async function readBtrfsTree(image: string, n: number): Promise<Map<strin
     const root = join(dir, 'root');
     await execa('mkdir', [root]);
     await execa('btrfs', ['restore', '-S', '-m', img, root]);
+    await rm(img);
+    return { root, release: () => rm(dir, { recursive: true, force: true }) };
+  } catch (err) {
+    await rm(dir, { recursive: true, force: true });
+    throw err;
+  }
+}
+
+/** Every entry of a btrfs filesystem (via btrfs restore of a copy of the partition). */
+export async function readBtrfsTree(image: string, n: number): Promise<Map<string, Node>> {
+  const { root, release } = await restoreBtrfs(image, n);
+  try {
     const out = new Map<string, Node>();
     const walk = async (rel: string): Promise<void> => {
       for (const name of await readdir(join(root, rel))) {
@@ -79,7 +91,7 @@ export async function readBtrfsTree(image: string, n: number): Promise<Map<strin
     await walk('/');
     return out;
   } finally {
-    await rm(dir, { recursive: true, force: true });
+    await release();
   }
 }
 

@@ -1,0 +1,238 @@
+/**
+ * oem build on Flatcar releases whose provider content is a system extension (3760 and later),
+ * from a mirror on 127.0.0.1 that publishes oem-<id>.raw beside the image, signed like it:
+ * Flatcar's own extension for a platform it publishes, the provider's own extension otherwise,
+ * the user's extensions and Ignition config, and the bad inputs. Results are read back with
+ * btrfs restore, debugfs, unsquashfs and (as root) systemd-sysext itself.
+ */
+import { execa } from 'execa';
+import { copyFile, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { compressBzip2, publishRelease, type TestKey } from '../scripts/lib/mirror.js';
+import { startMirrorServer, type MirrorServer } from '../scripts/lib/mirror-server.js';
+import { buildTestImage } from '../scripts/lib/test-image.js';
+import type { BuildResult } from '../src/build.js';
+import type { InspectReport } from '../src/image/inspect.js';
+import { makeExtension, type SysextFormat } from '../src/sysext/make.js';
+import { expectCleanError, oem, oemJson } from './helpers/cli.js';
+import { isRoot, readExtTree, restoreBtrfs } from './helpers/image-read.js';
+
+const fixtures = inject('fixtures');
+const VERSION = '4593.1.0';
+let work: string;
+let server: MirrorServer;
+let mirrorDir: string;
+let versionDir: string;
+let agent: string;
+let n = 0;
+
+/** An extension image with `release` as extension-release.<name>, and a unit file. */
+async function extension(name: string, release: string, format: SysextFormat = 'squashfs'): Promise<string> {
+  const t = join(work, `tree-${++n}`);
+  await mkdir(join(t, 'usr/lib/extension-release.d'), { recursive: true });
+  await writeFile(join(t, 'usr/lib/extension-release.d', `extension-release.${name}`), release);
+  await mkdir(join(t, 'usr/lib/systemd/system'), { recursive: true });
+  await writeFile(join(t, 'usr/lib/systemd/system', `${name}-marker.service`), '[Unit]\nDescription=marker\n');
+  const out = join(work, `x-${++n}`, `${name}.raw`);
+  await mkdir(join(out, '..'));
+  await makeExtension(t, out, { format, mtime: 1_700_000_000, name });
+  return out;
+}
+
+beforeAll(async () => {
+  work = await mkdtemp(join(tmpdir(), 'oem-build-sysext-'));
+  agent = join(work, 'oem-agent');
+  await copyFile('/bin/true', agent);
+  const img = await buildTestImage({ path: join(work, 'flatcar_production_image.bin'), generation: 'flatcar-sysext', version: VERSION });
+  const bz2 = join(work, 'flatcar_production_image.bin.bz2');
+  await compressBzip2(img.path, bz2);
+  mirrorDir = join(work, 'mirror');
+  const oemRelease = (id: string) => `ID=flatcar\nVERSION_ID=${VERSION}\nARCHITECTURE=x86-64\n# ${id}\n`;
+  const pub = await publishRelease({
+    mirrorDir,
+    distro: 'flatcar',
+    channel: 'stable',
+    board: 'amd64-usr',
+    version: VERSION,
+    imageBz2: bz2,
+    armoredPrivateKey: (fixtures.key as TestKey).armoredPrivate,
+    current: true,
+    oemSysexts: { azure: await extension('oem-azure', oemRelease('azure')), openstack: await extension('oem-openstack', oemRelease('openstack')) },
+  });
+  versionDir = pub.dir;
+  server = await startMirrorServer(mirrorDir);
+}, 300_000);
+
+afterAll(async () => {
+  await server?.close();
+  if (work) await rm(work, { recursive: true, force: true });
+});
+
+function buildArgs(provider: string, out: string, ...extra: string[]): string[] {
+  return [
+    'build', '--provider', provider, '--distro', 'flatcar', '--base-url', `${server.url}/{channel}/{board}`, '--key', fixtures.key.publicKeyPath,
+    '--cache-dir', join(work, 'cache'), '--output-dir', out, '--format', 'raw', '--compress', 'none', '--agent', agent, ...extra,
+  ];
+}
+
+async function built(provider: string, ...extra: string[]): Promise<{ image: string; json: BuildResult; stderr: string }> {
+  const out = join(work, `out-${++n}`);
+  const { result, json } = await oemJson<BuildResult>(buildArgs(provider, out, ...extra));
+  expect(result.exitCode, result.stderr).toBe(0);
+  return { image: join(out, provider, `flatcar_production_${provider}_image.bin`), json, stderr: result.stderr };
+}
+
+async function oemFiles(image: string): Promise<{ root: string; release: () => Promise<void> }> {
+  return restoreBtrfs(image, 6);
+}
+
+describe('oem build on the extension era', () => {
+  it('a platform Flatcar publishes: its verified extension, the active marker, oem-release and Flatcar\'s grub.cfg, nothing else', { timeout: 300_000 }, async () => {
+    const { image, json, stderr } = await built('azure');
+    expect(json.generation).toBe('flatcar-sysext');
+    expect(stderr).toMatch(/verified oem-azure\.raw: good signature by subkey/);
+    const o = await oemFiles(image);
+    try {
+      const all = (await readdir(o.root, { recursive: true })).sort();
+      expect(all).toEqual(['grub.cfg', 'oem-release', 'sysext', 'sysext/active-oem-azure', `sysext/oem-azure-${VERSION}.raw`]);
+      expect((await readFile(join(o.root, `sysext/oem-azure-${VERSION}.raw`))).equals(await readFile(join(versionDir, 'oem-azure.raw')))).toBe(true);
+      expect(await readFile(join(o.root, 'sysext/active-oem-azure'), 'utf8')).toBe('');
+      expect(await readFile(join(o.root, 'oem-release'), 'utf8')).toMatch(new RegExp(`^ID=azure\nVERSION_ID=${VERSION.replace(/\./g, '\\.')}\nNAME="Microsoft Azure"\n`));
+      expect(await readFile(join(o.root, 'grub.cfg'), 'utf8')).toBe(await readFile(new URL('../templates/azure/flatcar/grub.cfg', import.meta.url), 'utf8'));
+    } finally {
+      await o.release();
+    }
+    // inspect agrees: Flatcar's extension, merging, marked active, no warning.
+    const { json: report } = await oemJson<InspectReport>(['inspect', image]);
+    expect(report.activeOem).toEqual(['azure']);
+    expect(report.extensions).toEqual([expect.objectContaining({ partition: 'oem', name: 'oem-azure', merges: true })]);
+    expect(report.warnings).toEqual([]);
+  });
+
+  it('any other provider: its own extension with the agent, units and config, linked from /etc/extensions, no marker', { timeout: 300_000 }, async () => {
+    const config = join(work, 'config.yml');
+    await writeFile(config, 'version: 1\nfiles:\n  - path: /etc/motd\n    content: "hello\\n"\n');
+    const { image, stderr } = await built('pxe', '--config', config);
+    expect(stderr).toMatch(/pxe: the provider's own extension pxe\.raw \(squashfs; \d+ units, the agent, the config\), linked from \/etc\/extensions, no active-oem marker/);
+    const o = await oemFiles(image);
+    try {
+      const all = (await readdir(o.root, { recursive: true })).sort();
+      expect(all).toEqual(['base', 'base/base.ign', 'grub.cfg', 'oem-release', 'pxe.raw']);
+      expect(await readFile(join(o.root, 'grub.cfg'), 'utf8')).toMatch(/^set oem_id="metal"$/m);
+      expect(await readFile(join(o.root, 'oem-release'), 'utf8')).toMatch(/^ID=pxe$/m);
+      const ign = JSON.parse(await readFile(join(o.root, 'base/base.ign'), 'utf8'));
+      expect(ign).toEqual({ ignition: { version: '3.3.0' }, storage: { links: [{ path: '/etc/extensions/pxe.raw', target: '/oem/pxe.raw', hard: false, overwrite: true }] } });
+      // The extension, read by unsquashfs.
+      const listing = (await execa('unsquashfs', ['-lln', join(o.root, 'pxe.raw')])).stdout;
+      for (const p of ['usr/lib/pxe/oem-agent', 'usr/lib/pxe/config.yml', 'usr/lib/systemd/system/oem.target', 'usr/lib/systemd/system/oem-agent-provision.service', 'usr/lib/systemd/system/multi-user.target.d/10-pxe.conf', 'usr/lib/extension-release.d/extension-release.pxe']) {
+        expect(listing, p).toMatch(new RegExp(`^-?[-rwx]+ 0/0 .* squashfs-root/${p.replace(/\./g, '\\.')}$`, 'm'));
+      }
+      const cat = async (p: string) => (await execa('unsquashfs', ['-cat', join(o.root, 'pxe.raw'), p])).stdout;
+      expect(await cat('usr/lib/extension-release.d/extension-release.pxe')).toBe('ID=flatcar\nSYSEXT_LEVEL=1.0\nARCHITECTURE=x86-64\nEXTENSION_RELOAD_MANAGER=1');
+      expect(await cat('usr/lib/systemd/system/oem-agent-provision.service')).toMatch(/^ExecStart=\/usr\/lib\/pxe\/oem-agent provision --config \/usr\/lib\/pxe\/config\.yml$/m);
+      expect(await cat('usr/lib/systemd/system/multi-user.target.d/10-pxe.conf')).toMatch(/^Wants=oem\.target$/m);
+      expect(await cat('usr/lib/pxe/config.yml')).toContain('/etc/motd');
+    } finally {
+      await o.release();
+    }
+    const root = await readExtTree(image, 9);
+    expect(root.get('/etc/extensions/pxe.raw')).toMatchObject({ type: 'symlink', target: '/oem/pxe.raw' });
+    const { json: report } = await oemJson<InspectReport>(['inspect', image]);
+    expect(report.activeOem).toEqual([]);
+    expect(report.extensions).toEqual(
+      expect.arrayContaining([
+        expect.objectContaining({ partition: 'oem', path: '/pxe.raw', name: 'pxe', merges: true, format: 'squashfs' }),
+        expect.objectContaining({ partition: 'root', path: '/etc/extensions/pxe.raw', target: '/oem/pxe.raw', merges: true }),
+      ]),
+    );
+    expect(report.warnings).toEqual([]);
+  });
+
+  it.runIf(isRoot)('[root] systemd-sysext merges the provider\'s own extension over the image\'s /usr and unmerges it cleanly', { timeout: 300_000 }, async () => {
+    const { image } = await built('pxe', '--sysext-format', 'erofs');
+    const o = await oemFiles(image);
+    const tree = join(work, `merge-${++n}`);
+    try {
+      await mkdir(join(tree, 'usr/lib/systemd/system'), { recursive: true });
+      await mkdir(join(tree, 'etc/extensions'), { recursive: true });
+      await writeFile(join(tree, 'usr/lib/os-release'), `ID=flatcar\nID_LIKE=coreos\nVERSION_ID=${VERSION}\nSYSEXT_LEVEL=1.0\n`);
+      const raws = (await readdir(o.root)).filter((f) => f.endsWith('.raw'));
+      expect(raws).toHaveLength(1);
+      await copyFile(join(o.root, raws[0]!), join(tree, 'etc/extensions', raws[0]!));
+      const script = 'set -e; mount -t tmpfs tmpfs /run; systemd-sysext --root="$1" merge >/dev/null; ls "$1/usr/lib/systemd/system"; systemd-sysext --root="$1" unmerge >/dev/null; ls "$1/usr/lib/systemd/system" | wc -l';
+      const r = await execa('unshare', ['-m', '--propagation', 'shared', 'sh', '-c', script, 'sh', tree]);
+      const lines = r.stdout.trim().split('\n');
+      expect(Number(lines.pop())).toBe(0);
+      expect(lines).toEqual(expect.arrayContaining(['oem.target', 'oem-agent-provision.service', 'multi-user.target.d']));
+      expect((await readFile('/proc/self/mounts', 'utf8')).includes(tree)).toBe(false);
+    } finally {
+      await o.release();
+    }
+  });
+
+  it('adds the user\'s extension and Ignition config, checked first', { timeout: 300_000 }, async () => {
+    const tools = await extension('tools', 'ID=flatcar\nSYSEXT_LEVEL=1.0\nARCHITECTURE=x86-64\n', 'erofs');
+    const ign = join(work, 'config.ign');
+    await writeFile(ign, JSON.stringify({ ignition: { version: '3.3.0' }, passwd: { users: [{ name: 'core', sshAuthorizedKeys: ['ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHv8 test'] }] } }));
+    const { image } = await built('azure', '--sysext', tools, '--ignition', ign);
+    const o = await oemFiles(image);
+    try {
+      const all = (await readdir(o.root, { recursive: true })).sort();
+      expect(all).toEqual(['base', 'base/base.ign', 'config.ign', 'grub.cfg', 'oem-release', 'sysext', 'sysext/active-oem-azure', `sysext/oem-azure-${VERSION}.raw`, 'tools.raw']);
+      expect(await readFile(join(o.root, 'config.ign'), 'utf8')).toBe(await readFile(ign, 'utf8'));
+      expect(JSON.parse(await readFile(join(o.root, 'base/base.ign'), 'utf8')).storage.links).toEqual([{ path: '/etc/extensions/tools.raw', target: '/oem/tools.raw', hard: false, overwrite: true }]);
+      expect((await readFile(join(o.root, 'tools.raw'))).equals(await readFile(tools))).toBe(true);
+    } finally {
+      await o.release();
+    }
+    expect((await readExtTree(image, 9)).get('/etc/extensions/tools.raw')).toMatchObject({ type: 'symlink', target: '/oem/tools.raw' });
+  });
+
+  it('refuses bad input with one line, and writes nothing', { timeout: 300_000 }, async () => {
+    const out = join(work, `bad-${++n}`);
+    const cases: [string, string[], number, RegExp][] = [
+      ['an extension for arm64', ['--sysext', await extension('armtool', 'ID=flatcar\nSYSEXT_LEVEL=1.0\nARCHITECTURE=arm64\n')], 3, /^--sysext .*armtool\.raw would not be merged by systemd-sysext on this image: armtool is for the architecture arm64, the image is x86-64$/],
+      ['an Ignition file that is not JSON', ['--ignition', await writeFile(join(work, 'bad.ign'), '{ nope').then(() => join(work, 'bad.ign'))], 2, /^--ignition .*bad\.ign is not JSON: /],
+      ['Butane YAML', ['--ignition', await writeFile(join(work, 'c.bu'), 'variant: flatcar\nversion: 1.0.0\n').then(() => join(work, 'c.bu'))], 2, /is Butane YAML, not an Ignition config$/],
+      ['an Ignition version this Ignition does not read', ['--ignition', await writeFile(join(work, 'old.ign'), '{"ignition":{"version":"2.2.0"}}').then(() => join(work, 'old.ign'))], 2, /ignition\.version "2\.2\.0" is not one Flatcar 4593\.1\.0's Ignition reads \(3\.0\.0, 3\.1\.0, 3\.2\.0, 3\.3\.0, 3\.4\.0\)$/],
+    ];
+    for (const [what, extra, code, message] of cases) {
+      const r = await oem(buildArgs('azure', out, ...extra));
+      expect(r.exitCode, `${what}: ${r.stderr}`).toBe(code);
+      expect(expectCleanError(r), what).toMatch(message);
+    }
+    expect(await readdir(out).catch(() => [])).toEqual([]);
+  });
+
+  it('refuses a tampered extension (exit 4) and one from another release (exit 3)', { timeout: 300_000 }, async () => {
+    // Another release's extension, signed properly: VERSION_ID tells.
+    const other = await extension('oem-openstack', 'ID=flatcar\nVERSION_ID=4459.2.0\nARCHITECTURE=x86-64\n');
+    const dir = join(work, `local-${++n}`);
+    await mkdir(dir);
+    await copyFile(join(versionDir, 'flatcar_production_image.bin.bz2'), join(dir, 'flatcar_production_image.bin.bz2'));
+    await copyFile(join(versionDir, 'flatcar_production_image.bin.bz2.sig'), join(dir, 'flatcar_production_image.bin.bz2.sig'));
+    await copyFile(other, join(dir, 'oem-openstack.raw'));
+    const { signDetached } = await import('../scripts/lib/mirror.js');
+    await writeFile(join(dir, 'oem-openstack.raw.sig'), await signDetached(join(dir, 'oem-openstack.raw'), (fixtures.key as TestKey).armoredPrivate));
+    const out = join(work, `bad-${++n}`);
+    const local = ['build', '--provider', 'openstack', '--image', join(dir, 'flatcar_production_image.bin.bz2'), '--key', fixtures.key.publicKeyPath, '--cache-dir', join(work, 'cache'), '--output-dir', out, '--format', 'raw', '--compress', 'none', '--no-agent'];
+    const wrong = await oem(local);
+    expect(wrong.exitCode, wrong.stderr).toBe(3);
+    expect(expectCleanError(wrong)).toMatch(/^oem-openstack\.raw would not be merged by systemd-sysext on this image: oem-openstack is for version 4459\.2\.0, the image is 4593\.1\.0$/);
+    // Tampered after signing.
+    const bytes = await readFile(join(dir, 'oem-openstack.raw'));
+    bytes[100] = bytes[100]! ^ 1;
+    await writeFile(join(dir, 'oem-openstack.raw'), bytes);
+    const tampered = await oem(local);
+    expect(tampered.exitCode, tampered.stderr).toBe(4);
+    expect(expectCleanError(tampered)).toMatch(/oem-openstack\.raw/);
+    // No signature at all: only --insecure lets it through.
+    await rm(join(dir, 'oem-openstack.raw.sig'));
+    const unsigned = await oem(local);
+    expect(unsigned.exitCode).toBe(4);
+    expect(expectCleanError(unsigned)).toMatch(/oem-openstack\.raw has no signature to verify/);
+    expect(await readdir(out).catch(() => [])).toEqual([]);
+  });
+});
