@@ -236,3 +236,109 @@ describe('oem build on the extension era', () => {
     expect(await readdir(out).catch(() => [])).toEqual([]);
   });
 });
+
+describe('oem build on the extension era: more of what users give it', () => {
+  it('makes the provider\'s own extension byte for byte again with SOURCE_DATE_EPOCH', { timeout: 300_000 }, async () => {
+    const ext = async () => {
+      const out = join(work, `repro-${++n}`);
+      // The extension's bytes do not depend on how OEM is written: as root the quicker mount backend does.
+      const r = await oem(buildArgs('pxe', out, '--sysext-format', 'erofs', ...(isRoot ? ['--backend', 'mount'] : [])), { env: { SOURCE_DATE_EPOCH: '1700000000' } });
+      expect(r.exitCode, r.stderr).toBe(0);
+      const o = await oemFiles(join(out, 'pxe', 'flatcar_production_pxe_image.bin'));
+      try {
+        return await readFile(join(o.root, 'pxe.raw'));
+      } finally {
+        await o.release();
+      }
+    };
+    const [a, b] = [await ext(), await ext()];
+    expect(a.equals(b)).toBe(true);
+    expect(a.readUInt32LE(1024)).toBe(0xe0f5e1e2); // EROFS
+  });
+
+  it('takes the release\'s extension from --oem-sysext for a local image', { timeout: 300_000 }, async () => {
+    const dir = join(work, `given-${++n}`);
+    await mkdir(dir);
+    for (const f of ['flatcar_production_image.bin.bz2', 'flatcar_production_image.bin.bz2.sig']) await copyFile(join(versionDir, f), join(dir, f));
+    const given = join(work, `elsewhere-${++n}`);
+    await mkdir(given);
+    for (const f of ['oem-openstack.raw', 'oem-openstack.raw.sig']) await copyFile(join(versionDir, f), join(given, f));
+    const out = join(work, `out-${++n}`);
+    const args = ['build', '--provider', 'openstack', '--image', join(dir, 'flatcar_production_image.bin.bz2'), '--key', fixtures.key.publicKeyPath, '--cache-dir', join(work, 'cache'), '--output-dir', out, '--format', 'raw', '--compress', 'none', '--no-agent'];
+    const missing = await oem(args);
+    expect(missing.exitCode).toBe(2);
+    expect(expectCleanError(missing)).toMatch(/^no oem-openstack\.raw next to .*: a local image of Flatcar 4593\.1\.0 needs its OEM extension for openstack$/);
+    const r = await oem([...args, '--oem-sysext', join(given, 'oem-openstack.raw')]);
+    expect(r.exitCode, r.stderr).toBe(0);
+    const o = await oemFiles(join(out, 'openstack', 'flatcar_production_openstack_image.bin'));
+    try {
+      expect((await readFile(join(o.root, `sysext/oem-openstack-${VERSION}.raw`))).equals(await readFile(join(given, 'oem-openstack.raw')))).toBe(true);
+      expect(await readFile(join(o.root, 'grub.cfg'), 'utf8')).toMatch(/^set oem_id="openstack"$/m);
+    } finally {
+      await o.release();
+    }
+  });
+
+  it('a --templates provider needs an oem_id Ignition knows, named by ignition_platform', { timeout: 300_000 }, async () => {
+    const tpl = join(work, `tpl-${++n}`);
+    await mkdir(join(tpl, 'acme'), { recursive: true });
+    const yml = (extra: string) => `id: acme\nname: "ACME Cloud"\noem_id: acme\nhome_url: "https://acme.example/"\nbug_report_url: "https://acme.example/bugs"\nagent_units: []\n${extra}`;
+    await writeFile(join(tpl, 'acme', 'provider.yml'), yml(''));
+    const out = join(work, `out-${++n}`);
+    const refused = await oem(buildArgs('acme', out, '--templates', tpl));
+    expect(refused.exitCode).toBe(2);
+    expect(expectCleanError(refused)).toMatch(/^provider acme: oem_id acme is not a platform Flatcar's Ignition knows, so the image would not boot its config$/);
+    await writeFile(join(tpl, 'acme', 'provider.yml'), yml('ignition_platform: openstack\n'));
+    const { image } = await built('acme', '--templates', tpl);
+    const o = await oemFiles(image);
+    try {
+      expect(await readFile(join(o.root, 'grub.cfg'), 'utf8')).toMatch(/^set oem_id="openstack"$/m);
+      expect(await readFile(join(o.root, 'oem-release'), 'utf8')).toMatch(/^ID=acme$/m);
+      expect((await readdir(o.root)).sort()).toEqual(['acme.raw', 'base', 'grub.cfg', 'oem-release']);
+    } finally {
+      await o.release();
+    }
+  });
+});
+
+describe('--ignition and the size check on a Flatcar image with plain OEM files', () => {
+  let plain: MirrorServer;
+  beforeAll(async () => {
+    plain = await startMirrorServer(fixtures.mirror);
+  });
+  afterAll(async () => {
+    await plain?.close();
+  });
+  const plainArgs = (provider: string, out: string, ...extra: string[]) => [
+    'build', '--provider', provider, '--distro', 'flatcar', '--base-url', `${plain.url}/flatcar/{channel}/{board}`, '--key', fixtures.key.publicKeyPath,
+    '--cache-dir', join(work, 'cache-plain'), '--output-dir', out, '--format', 'raw', '--compress', 'none', '--no-agent', ...extra,
+  ];
+
+  it('writes config.ign beside base/base.ign, and refuses content larger than the 128 MiB OEM', { timeout: 300_000 }, async () => {
+    const ign = join(work, `plain-${++n}.ign`);
+    await writeFile(ign, JSON.stringify({ ignition: { version: '3.3.0' } }));
+    const out = join(work, `out-${++n}`);
+    const r = await oem(plainArgs('qemu', out, '--ignition', ign));
+    expect(r.exitCode, r.stderr).toBe(0);
+    const o = await oemFiles(join(out, 'qemu', 'flatcar_production_qemu_image.bin'));
+    try {
+      expect(await readFile(join(o.root, 'config.ign'), 'utf8')).toBe(await readFile(ign, 'utf8'));
+      expect((await readdir(o.root)).includes('base')).toBe(true);
+    } finally {
+      await o.release();
+    }
+    // A template file of 110 MiB: more than the partition holds; refused before anything is written.
+    const tpl = join(work, `big-${++n}`);
+    await mkdir(join(tpl, 'qemu', 'files'), { recursive: true });
+    await execa('sh', ['-c', `head -c ${110 * 1024 * 1024} /dev/urandom > "${join(tpl, 'qemu', 'files', 'big.bin')}"`]);
+    const bigOut = join(work, `out-${++n}`);
+    const big = await oem(plainArgs('qemu', bigOut, '--templates', tpl));
+    expect(big.exitCode).toBe(7);
+    expect(expectCleanError(big)).toMatch(/^the OEM content \([\d.]+ MiB\) does not fit partition 6 \(OEM\) of 128\.0 MiB, which holds about [\d.]+ MiB of files: the largest are \/big\.bin 110\.0 MiB/);
+    expect(await readdir(bigOut).catch(() => [])).toEqual([]);
+    // --sysext needs the extension era.
+    const notYet = await oem(plainArgs('qemu', bigOut, '--sysext', ign));
+    expect(notYet.exitCode).toBe(2);
+    expect(expectCleanError(notYet)).toMatch(/^--sysext and --oem-sysext are for Flatcar 3760 and later; flatcar 3510\.2\.8 keeps provider content as plain files$/);
+  });
+});

@@ -37,6 +37,8 @@ afterAll(async () => {
 const env = () => ({ OEM_TMPDIR: work });
 let n = 0;
 const out = (name = 'out') => join(work, `${name}-${n++}.bin`);
+/** The hostile images, made once and used by both backends (inject-key never changes its input). */
+const hostileImages = new Map<string, Promise<{ path: string; canary: string }>>();
 
 const backends = [
   { name: 'rootless', run: true },
@@ -179,9 +181,16 @@ for (const b of backends) {
       ];
       for (const [name, entries, re] of cases) {
         it(name, async () => {
-          const canary = await mkdtemp(join(work, 'canary-'));
-          await writeFile(join(canary, 'victim'), 'untouched\n');
-          const img = await buildTestImage({ path: join(work, `hostile-${n++}.bin`), generation: 'coreos', root: entries(canary) });
+          if (!hostileImages.has(name)) {
+            hostileImages.set(name, (async () => {
+              const canary = await mkdtemp(join(work, 'canary-'));
+              await writeFile(join(canary, 'victim'), 'untouched\n');
+              const built = await buildTestImage({ path: join(work, `hostile-${n++}.bin`), generation: 'coreos', root: entries(canary) });
+              return { path: built.path, canary };
+            })());
+          }
+          const { path, canary } = await hostileImages.get(name)!;
+          const img = { path };
           const before = await sha(img.path);
           const o = out('hostile');
           const r = await oem(['inject-key', img.path, '--key', keyA, '--output', o, '--backend', b.name], { env: env() });

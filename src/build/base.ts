@@ -196,6 +196,6 @@ export async function prepareImage(base: Base, opts: { cacheDir?: string; work: 
     chosen === 'flatcar-sysext'
       ? { distro: base.distro, version: base.version, os: gen.osRelease ?? {}, arch: boardArchitecture(gen.osRelease?.FLATCAR_BOARD ?? base.board), oems: gen.sysext?.oems ?? [] }
       : null;
-  r.log(`base: ${base.distro} ${base.version} (${sysext ? `provider content as system extensions (${gen.evidence.join(', ')})` : `${generation}-style image`}${opts.generation ? ', forced' : ''})`);
+  r.log(`base: ${base.distro} ${base.version} (${sysext ? 'provider content as system extensions' : `${generation}-style image`}${opts.generation ? ', forced' : ''})`);
   return { raw: prepared.raw, index: prepared.index, layout, generation, sysext };
 }
