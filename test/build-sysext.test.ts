@@ -20,7 +20,8 @@ import { expectCleanError, oem, oemJson } from './helpers/cli.js';
 import { isRoot, readExtTree, restoreBtrfs } from './helpers/image-read.js';
 
 const fixtures = inject('fixtures');
-const VERSION = '4593.1.0';
+// Flatcar 4459: extensions (squashfs), OEM still 128 MiB (test/inspect-sysext.test.ts has the 1 GiB one of 4593).
+const VERSION = '4459.2.0';
 let work: string;
 let server: MirrorServer;
 let mirrorDir: string;
@@ -196,7 +197,7 @@ describe('oem build on the extension era', () => {
       ['an extension for arm64', ['--sysext', await extension('armtool', 'ID=flatcar\nSYSEXT_LEVEL=1.0\nARCHITECTURE=arm64\n')], 3, /^--sysext .*armtool\.raw would not be merged by systemd-sysext on this image: armtool is for the architecture arm64, the image is x86-64$/],
       ['an Ignition file that is not JSON', ['--ignition', await writeFile(join(work, 'bad.ign'), '{ nope').then(() => join(work, 'bad.ign'))], 2, /^--ignition .*bad\.ign is not JSON: /],
       ['Butane YAML', ['--ignition', await writeFile(join(work, 'c.bu'), 'variant: flatcar\nversion: 1.0.0\n').then(() => join(work, 'c.bu'))], 2, /is Butane YAML, not an Ignition config$/],
-      ['an Ignition version this Ignition does not read', ['--ignition', await writeFile(join(work, 'old.ign'), '{"ignition":{"version":"2.2.0"}}').then(() => join(work, 'old.ign'))], 2, /ignition\.version "2\.2\.0" is not one Flatcar 4593\.1\.0's Ignition reads \(3\.0\.0, 3\.1\.0, 3\.2\.0, 3\.3\.0, 3\.4\.0\)$/],
+      ['an Ignition version this Ignition does not read', ['--ignition', await writeFile(join(work, 'old.ign'), '{"ignition":{"version":"2.2.0"}}').then(() => join(work, 'old.ign'))], 2, /ignition\.version "2\.2\.0" is not one Flatcar 4459\.2\.0's Ignition reads \(3\.0\.0, 3\.1\.0, 3\.2\.0, 3\.3\.0, 3\.4\.0\)$/],
     ];
     for (const [what, extra, code, message] of cases) {
       const r = await oem(buildArgs('azure', out, ...extra));
@@ -208,7 +209,7 @@ describe('oem build on the extension era', () => {
 
   it('refuses a tampered extension (exit 4) and one from another release (exit 3)', { timeout: 300_000 }, async () => {
     // Another release's extension, signed properly: VERSION_ID tells.
-    const other = await extension('oem-openstack', 'ID=flatcar\nVERSION_ID=4459.2.0\nARCHITECTURE=x86-64\n');
+    const other = await extension('oem-openstack', 'ID=flatcar\nVERSION_ID=4230.2.0\nARCHITECTURE=x86-64\n');
     const dir = join(work, `local-${++n}`);
     await mkdir(dir);
     await copyFile(join(versionDir, 'flatcar_production_image.bin.bz2'), join(dir, 'flatcar_production_image.bin.bz2'));
@@ -220,7 +221,7 @@ describe('oem build on the extension era', () => {
     const local = ['build', '--provider', 'openstack', '--image', join(dir, 'flatcar_production_image.bin.bz2'), '--key', fixtures.key.publicKeyPath, '--cache-dir', join(work, 'cache'), '--output-dir', out, '--format', 'raw', '--compress', 'none', '--no-agent'];
     const wrong = await oem(local);
     expect(wrong.exitCode, wrong.stderr).toBe(3);
-    expect(expectCleanError(wrong)).toMatch(/^oem-openstack\.raw would not be merged by systemd-sysext on this image: oem-openstack is for version 4459\.2\.0, the image is 4593\.1\.0$/);
+    expect(expectCleanError(wrong)).toMatch(/^oem-openstack\.raw would not be merged by systemd-sysext on this image: oem-openstack is for version 4230\.2\.0, the image is 4459\.2\.0$/);
     // Tampered after signing.
     const bytes = await readFile(join(dir, 'oem-openstack.raw'));
     bytes[100] = bytes[100]! ^ 1;
@@ -267,7 +268,7 @@ describe('oem build on the extension era: more of what users give it', () => {
     const args = ['build', '--provider', 'openstack', '--image', join(dir, 'flatcar_production_image.bin.bz2'), '--key', fixtures.key.publicKeyPath, '--cache-dir', join(work, 'cache'), '--output-dir', out, '--format', 'raw', '--compress', 'none', '--no-agent'];
     const missing = await oem(args);
     expect(missing.exitCode).toBe(2);
-    expect(expectCleanError(missing)).toMatch(/^no oem-openstack\.raw next to .*: a local image of Flatcar 4593\.1\.0 needs its OEM extension for openstack$/);
+    expect(expectCleanError(missing)).toMatch(/^no oem-openstack\.raw next to .*: a local image of Flatcar 4459\.2\.0 needs its OEM extension for openstack$/);
     const r = await oem([...args, '--oem-sysext', join(given, 'oem-openstack.raw')]);
     expect(r.exitCode, r.stderr).toBe(0);
     const o = await oemFiles(join(out, 'openstack', 'flatcar_production_openstack_image.bin'));

@@ -4,7 +4,7 @@
  *
  * Three generations: `coreos` (ext4 OEM, COREOS_* version.txt, coreos/first_boot), `flatcar`
  * (btrfs OEM, FLATCAR_* version.txt, flatcar/first_boot) and `flatcar-sysext` (Flatcar 3760 and
- * later: a 1 GiB btrfs OEM, SYSEXT_LEVEL=1.0 in os-release, the platforms with OEM extensions listed
+ * later: a btrfs OEM of 1 GiB from 4593 (128 MiB before), SYSEXT_LEVEL=1.0 in os-release, the platforms with OEM extensions listed
  * under /usr/share/flatcar/oems/). Two sizes: `small` for tests and `full` (the real
  * 4,756,340,736-byte layout) for benchmarks.
  */
@@ -77,7 +77,13 @@ export const DISK_GUID = '00000000-0000-0000-0000-000000000001';
 export const FULL_SIZE = 4_756_340_736;
 
 /** Partition sizes in sectors, in disk order. */
-function layoutFor(size: ImageSize, gen: Generation): { parts: PartSpec[]; totalSectors: number } {
+/** Whether OEM is 1 GiB: Flatcar 4593 and later (4459 and before had 128 MiB, extensions or not). */
+function bigOem(gen: Generation, version: string): boolean {
+  const [major] = version.split('.').map(Number);
+  return gen === 'flatcar-sysext' && (major ?? 0) >= 4593;
+}
+
+function layoutFor(size: ImageSize, big: boolean): { parts: PartSpec[]; totalSectors: number } {
   const mib = (n: number) => (n * MiB) / S;
   const full = size === 'full';
   const parts: PartSpec[] = [
@@ -85,10 +91,10 @@ function layoutFor(size: ImageSize, gen: Generation): { parts: PartSpec[]; total
     { number: 2, label: 'BIOS-BOOT', type: TYPE.biosBoot, sectors: mib(2) },
     { number: 3, label: 'USR-A', type: TYPE.usr, sectors: full ? mib(1024) : mib(16) },
     { number: 4, label: 'USR-B', type: TYPE.usr, sectors: full ? mib(1024) : mib(16) },
-    { number: 6, label: 'OEM', type: TYPE.linuxData, sectors: gen === 'flatcar-sysext' ? mib(1024) : mib(128) },
+    { number: 6, label: 'OEM', type: TYPE.linuxData, sectors: big ? mib(1024) : mib(128) },
     { number: 7, label: 'OEM-CONFIG', type: TYPE.oemConfig, sectors: full ? mib(64) : mib(4) },
     // The extension era's 1 GiB OEM comes out of ROOT in the full layout, which keeps its size.
-    { number: 9, label: 'ROOT', type: TYPE.root, sectors: full ? mib(gen === 'flatcar-sysext' ? 2162 - 896 : 2162) : mib(64) },
+    { number: 9, label: 'ROOT', type: TYPE.root, sectors: full ? mib(big ? 2162 - 896 : 2162) : mib(64) },
   ];
   const used = 4096 + parts.reduce((a, p) => a + p.sectors, 0);
   const totalSectors = full ? FULL_SIZE / S : used + 4096;
@@ -235,7 +241,7 @@ export async function buildTestImage(opts: TestImageOptions): Promise<BuiltImage
   const version = opts.version ?? (gen === 'coreos' ? '2512.3.0' : gen === 'flatcar' ? '3510.2.8' : '4593.1.0');
   const board = opts.board ?? 'amd64-usr';
   const oemFs = opts.oemFs ?? (gen === 'coreos' ? 'ext4' : 'btrfs');
-  const { parts, totalSectors } = layoutFor(size, gen);
+  const { parts, totalSectors } = layoutFor(size, bigOem(gen, version));
   const work = await mkdtemp(join(tmpdir(), 'oem-testimg-'));
   const tmpImage = `${opts.path}.tmp-${process.pid}`;
   try {
