@@ -15,7 +15,8 @@ import { startMirrorServer, type MirrorServer } from '../scripts/lib/mirror-serv
 import { buildTestImage } from '../scripts/lib/test-image.js';
 import type { BuildResult } from '../src/build.js';
 import type { InspectReport } from '../src/image/inspect.js';
-import { makeExtension, type SysextFormat } from '../src/sysext/make.js';
+import type { SysextFormat } from '../src/sysext/make.js';
+import { testExtension } from './helpers/sysext.js';
 import { expectCleanError, oem, oemJson } from './helpers/cli.js';
 import { isRoot, readExtTree, restoreBtrfs } from './helpers/image-read.js';
 
@@ -29,18 +30,7 @@ let versionDir: string;
 let agent: string;
 let n = 0;
 
-/** An extension image with `release` as extension-release.<name>, and a unit file. */
-async function extension(name: string, release: string, format: SysextFormat = 'squashfs'): Promise<string> {
-  const t = join(work, `tree-${++n}`);
-  await mkdir(join(t, 'usr/lib/extension-release.d'), { recursive: true });
-  await writeFile(join(t, 'usr/lib/extension-release.d', `extension-release.${name}`), release);
-  await mkdir(join(t, 'usr/lib/systemd/system'), { recursive: true });
-  await writeFile(join(t, 'usr/lib/systemd/system', `${name}-marker.service`), '[Unit]\nDescription=marker\n');
-  const out = join(work, `x-${++n}`, `${name}.raw`);
-  await mkdir(join(out, '..'));
-  await makeExtension(t, out, { format, mtime: 1_700_000_000, name });
-  return out;
-}
+const extension = (name: string, release: string, format: SysextFormat = 'squashfs') => testExtension(work, name, release, format);
 
 beforeAll(async () => {
   work = await mkdtemp(join(tmpdir(), 'oem-build-sysext-'));

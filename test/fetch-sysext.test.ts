@@ -3,14 +3,14 @@
  * version directory, with its .sig and .DIGESTS, fetched, cached and verified like the image,
  * from a mirror on 127.0.0.1 signed like the real one.
  */
-import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { publishRelease, type TestKey } from '../scripts/lib/mirror.js';
 import { startMirrorServer, type MirrorServer } from '../scripts/lib/mirror-server.js';
 import type { FetchResult, OemSysextResult } from '../src/release/fetch.js';
-import { makeExtension } from '../src/sysext/make.js';
+import { testExtension } from './helpers/sysext.js';
 import { expectCleanError, oem, oemJson } from './helpers/cli.js';
 
 const fixtures = inject('fixtures');
@@ -25,14 +25,7 @@ afterAll(async () => {
   await rm(work, { recursive: true, force: true });
 });
 
-async function azureRaw(): Promise<string> {
-  const t = join(work, `tree-${++n}`);
-  await mkdir(join(t, 'usr/lib/extension-release.d'), { recursive: true });
-  await writeFile(join(t, 'usr/lib/extension-release.d/extension-release.oem-azure'), `ID=flatcar\nVERSION_ID=${VERSION}\nARCHITECTURE=x86-64\n`);
-  const out = join(work, `oem-azure-${++n}.raw`);
-  await makeExtension(t, out, { format: 'squashfs', mtime: 1_700_000_000, name: 'oem-azure' });
-  return out;
-}
+const azureRaw = () => testExtension(work, 'oem-azure', `ID=flatcar\nVERSION_ID=${VERSION}\nARCHITECTURE=x86-64\n`);
 
 interface Mirror {
   dir: string;

@@ -4,17 +4,17 @@
  * whether systemd-sysext would merge it, the active-oem markers, and the warning for a marker that
  * blocks OS updates.
  */
-import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildTestImage, TEST_OEMS, type TreeEntry } from '../scripts/lib/test-image.js';
 import type { InspectReport } from '../src/image/inspect.js';
-import { makeExtension, type SysextFormat } from '../src/sysext/make.js';
+import type { SysextFormat } from '../src/sysext/make.js';
+import { testExtension } from './helpers/sysext.js';
 import { oem, oemJson } from './helpers/cli.js';
 
 let work: string;
-let n = 0;
 
 beforeAll(async () => {
   work = await mkdtemp(join(tmpdir(), 'oem-inspect-sysext-'));
@@ -25,14 +25,7 @@ afterAll(async () => {
 
 /** An extension image's bytes, with `release` as its extension-release.<name>. */
 async function extension(name: string, release: string, format: SysextFormat = 'squashfs'): Promise<Buffer> {
-  const t = join(work, `tree-${++n}`);
-  await mkdir(join(t, 'usr/lib/extension-release.d'), { recursive: true });
-  await writeFile(join(t, 'usr/lib/extension-release.d', `extension-release.${name}`), release);
-  await mkdir(join(t, 'usr/lib/systemd/system'), { recursive: true });
-  await writeFile(join(t, 'usr/lib/systemd/system', `${name}.service`), '[Unit]\n');
-  const out = join(work, `ext-${++n}.raw`);
-  await makeExtension(t, out, { format, mtime: 1_700_000_000, name });
-  return readFile(out);
+  return readFile(await testExtension(work, name, release, format));
 }
 
 describe('oem inspect on the extension era', () => {
@@ -93,7 +86,7 @@ describe('oem inspect on the extension era', () => {
       ['4628.0.0', 'flatcar-sysext', 'flatcar-sysext', 'erofs'],
     ];
     for (const [version, generation, name, format] of cases) {
-      const img = await buildTestImage({ path: join(work, `era-${++n}.bin`), generation, version, versionTxt: false });
+      const img = await buildTestImage({ path: join(work, `era-${version}.bin`), generation, version, versionTxt: false });
       const { json } = await oemJson<InspectReport>(['inspect', img.path]);
       expect(json.generation.name, version).toBe(name);
       expect(json.generation.sysext?.format, version).toBe(format);

@@ -12,6 +12,7 @@ import { makeExtension, type SysextFormat } from '../src/sysext/make.js';
 import { extensionFormat, readExtension } from '../src/sysext/read.js';
 import { boardArchitecture, mergeVerdict, type Keys } from '../src/sysext/release.js';
 import { sparseCopyInto } from '../src/image/sparse.js';
+import { extensionTree, testExtension } from './helpers/sysext.js';
 
 const isRoot = process.getuid?.() === 0;
 const MTIME = 1_700_000_000;
@@ -25,27 +26,8 @@ afterAll(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
-/** A tree with an extension-release (when `release` is given) and one unit file. */
-async function tree(name: string, release: string | undefined, extra: Record<string, string> = {}): Promise<string> {
-  const t = join(dir, `tree-${++n}`);
-  await mkdir(join(t, 'usr/lib/systemd/system'), { recursive: true });
-  await writeFile(join(t, 'usr/lib/systemd/system', `${name}-marker.service`), '[Unit]\nDescription=marker\n');
-  if (release !== undefined) {
-    await mkdir(join(t, 'usr/lib/extension-release.d'), { recursive: true });
-    await writeFile(join(t, 'usr/lib/extension-release.d', `extension-release.${name}`), release);
-  }
-  for (const [p, content] of Object.entries(extra)) {
-    await mkdir(join(t, p, '..'), { recursive: true });
-    await writeFile(join(t, p), content);
-  }
-  return t;
-}
-
-async function made(name: string, release: string | undefined, format: SysextFormat = 'squashfs'): Promise<string> {
-  const out = join(dir, `${name}-${++n}.raw`);
-  await makeExtension(await tree(name, release), out, { format, mtime: MTIME, name });
-  return out;
-}
+const tree = (name: string, release: string | undefined) => extensionTree(dir, name, release);
+const made = (name: string, release: string | undefined, format: SysextFormat = 'squashfs') => testExtension(dir, name, release, format);
 
 const FLATCAR_OS: Keys = { ID: 'flatcar', ID_LIKE: 'coreos', VERSION_ID: '4593.1.0', SYSEXT_LEVEL: '1.0' };
 
