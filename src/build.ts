@@ -130,12 +130,23 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
     const image = await prepareImage(base, { ...(opts.fetch?.cacheDir ? { cacheDir: opts.fetch.cacheDir } : {}), work, ...(opts.generation ? { generation: opts.generation } : {}) }, report);
     const prefixes: SharedPrefixes = { dir: work, made: new Map() };
     const concurrency = opts.concurrency ?? Math.max(1, Math.min(availableParallelism(), 4));
+    const generation: BuildGeneration = image.sysext ? 'flatcar-sysext' : image.generation;
+    const unfit = wanted.filter((p) => !p.generations.includes(generation));
+    if (unfit.length && !opts.allProviders) {
+      const p = unfit[0]!;
+      throw new OemError(`provider ${p.id} is for ${p.generations.join(' and ')} images; ${base.distro} ${base.version} is a ${generation} image`, {
+        code: 'usage',
+        hint: p.generations.includes('flatcar-sysext') ? 'build it from Flatcar 3760 or later' : 'see oem providers',
+      });
+    }
+    for (const p of unfit) log(`skipping ${p.id}: it is for ${p.generations.join(' and ')} images, this is a ${generation} image`);
+    const buildable = wanted.filter((p) => p.generations.includes(generation));
     if ((opts.sysexts?.length || opts.oemSysext) && !image.sysext) {
       throw new OemError(`--sysext and --oem-sysext are for Flatcar 3760 and later; ${base.distro} ${base.version} keeps provider content as plain files`, { code: 'usage' });
     }
     if (ignition !== null) checkUserIgnition(ignition, opts.ignition!, { distro: image.generation === 'coreos' ? 'coreos' : base.distro, version: base.version });
     const ctx: Ctx = { opts, signer, base, image, prefixes, agent, sshKeys, config, ignition, backend, outputDir, work, log, step, progress };
-    const builds = await mapInOrder(wanted, concurrency, (p) => buildOne(p, ctx)).catch((err: unknown) => {
+    const builds = await mapInOrder(buildable, concurrency, (p) => buildOne(p, ctx)).catch((err: unknown) => {
       if (!(err instanceof OemError) && (err as NodeJS.ErrnoException).code === 'ENOSPC') {
         throw new OemError(`no space left on the device of ${outputDir} (the working images and the artifacts are written there)`, { code: 'noSpace', hint: 'free some space, or use another --output-dir' });
       }
@@ -146,7 +157,7 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
       channel: base.channel,
       board: base.board,
       version: base.version,
-      generation: image.sysext ? 'flatcar-sysext' : image.generation,
+      generation,
       base: { image: basename(base.compressed), sha512: base.sha512, verified: base.verified, insecure: opts.insecure ?? false, signedBy: base.signedBy },
       backend,
       outputDir,
@@ -245,6 +256,12 @@ async function sysextContent(p: Provider, img: SysextImage, c: Ctx): Promise<Con
   let content: SysextContent;
   if (mode.kind === 'official') {
     content = await officialContent(p, img, mode.platform, await officialRaw(mode.platform, c));
+  } else if (p.flatcarPlatform !== undefined && !p.generations.includes('flatcar')) {
+    // A platform that came with Flatcar's extensions is Flatcar's extension or nothing.
+    throw new OemError(`${c.base.distro} ${c.base.version} publishes no OEM extension for ${p.flatcarPlatform} (the image lists ${img.oems.join(', ') || 'none'} in /usr/share/flatcar/oems)`, {
+      code: 'usage',
+      hint: `build ${p.id} from a release that has it`,
+    });
   } else {
     const rendered = await renderProvider({ provider: p, distro: c.base.distro, version: c.base.version, channel: c.base.channel, generation: 'flatcar', agent: c.agent, sshKeys: [], config: c.config });
     await validateRendered(p.id, rendered);

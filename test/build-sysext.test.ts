@@ -50,7 +50,7 @@ beforeAll(async () => {
     imageBz2: bz2,
     armoredPrivateKey: (fixtures.key as TestKey).armoredPrivate,
     current: true,
-    oemSysexts: { azure: await extension('oem-azure', oemRelease('azure')), openstack: await extension('oem-openstack', oemRelease('openstack')) },
+    oemSysexts: { azure: await extension('oem-azure', oemRelease('azure')), openstack: await extension('oem-openstack', oemRelease('openstack')), stackit: await extension('oem-stackit', oemRelease('stackit')) },
   });
   versionDir = pub.dir;
   server = await startMirrorServer(mirrorDir);
@@ -331,5 +331,32 @@ describe('--ignition and the size check on a Flatcar image with plain OEM files'
     const notYet = await oem(plainArgs('qemu', bigOut, '--sysext', ign));
     expect(notYet.exitCode).toBe(2);
     expect(expectCleanError(notYet)).toMatch(/^--sysext and --oem-sysext are for Flatcar 3760 and later; flatcar 3510\.2\.8 keeps provider content as plain files$/);
+  });
+});
+
+describe('the platforms that came with Flatcar\'s extensions', () => {
+  it('STACKIT: Flatcar\'s oem-stackit with oem_id "openstack"; Hetzner: refused where the release has none, and on older images', { timeout: 300_000 }, async () => {
+    const { image } = await built('stackit');
+    const o = await oemFiles(image);
+    try {
+      expect((await readdir(o.root, { recursive: true })).sort()).toEqual(['grub.cfg', 'oem-release', 'sysext', 'sysext/active-oem-stackit', `sysext/oem-stackit-${VERSION}.raw`]);
+      expect(await readFile(join(o.root, 'grub.cfg'), 'utf8')).toMatch(/^set oem_id="openstack"$/m);
+      expect(await readFile(join(o.root, 'oem-release'), 'utf8')).toMatch(/^ID=stackit$/m);
+    } finally {
+      await o.release();
+    }
+    const out = join(work, `out-${++n}`);
+    const none = await oem(buildArgs('hetzner', out));
+    expect(none.exitCode).toBe(2);
+    expect(expectCleanError(none)).toMatch(/^flatcar 4459\.2\.0 publishes no OEM extension for hetzner \(the image lists azure, digitalocean, gce, openstack, qemu, stackit in \/usr\/share\/flatcar\/oems\)$/);
+    const plain = await startMirrorServer(fixtures.mirror);
+    try {
+      const older = await oem(['build', '--provider', 'hetzner', '--distro', 'flatcar', '--base-url', `${plain.url}/flatcar/{channel}/{board}`, '--key', fixtures.key.publicKeyPath, '--cache-dir', join(work, 'cache-plain'), '--output-dir', out, '--no-agent']);
+      expect(older.exitCode).toBe(2);
+      expect(expectCleanError(older)).toMatch(/^provider hetzner is for flatcar-sysext images; flatcar 3510\.2\.8 is a flatcar image$/);
+    } finally {
+      await plain.close();
+    }
+    expect(await readdir(out).catch(() => [])).toEqual([]);
   });
 });

@@ -7,7 +7,7 @@ import type { BuildResult } from '../src/build.js';
 import { expectCleanError, oem, oemJson } from './helpers/cli.js';
 import { part, readTree } from './helpers/image-read.js';
 import { startMirrorServer } from '../scripts/lib/mirror-server.js';
-import { agent, fixtures, mirrorArgs, next, PROVIDERS, raw, server, sha512, useBuildEnv, work } from './helpers/build-env.js';
+import { agent, fixtures, mirrorArgs, next, PROVIDERS, raw, server, sha512, SYSEXT_ONLY, useBuildEnv, work } from './helpers/build-env.js';
 
 useBuildEnv();
 
@@ -16,7 +16,7 @@ const exists = (p: string) => access(p).then(() => true, () => false);
 describe('oem build options and failures', () => {
   it('lists providers, with --json', async () => {
     const { json } = await oemJson<{ id: string; oemId: string; aliases: string[] }[]>(['providers']);
-    expect(json.map((p) => p.id)).toEqual(PROVIDERS);
+    expect(json.map((p) => p.id)).toEqual([...PROVIDERS, ...SYSEXT_ONLY].sort());
     expect(json.find((p) => p.id === 'ec2')!.aliases).toEqual(['ami', 'aws']);
     expect(json.find((p) => p.id === 'gce')!.aliases).toEqual(['gcp']);
   });

@@ -18,7 +18,8 @@ export default class Providers extends OemCommand {
       const w = Math.max(...providers.map((p) => p.id.length));
       for (const p of providers) {
         const sysext = p.flatcarPlatform ? `Flatcar's oem-${p.flatcarPlatform}` : `own extension, oem_id=${p.ignitionPlatform}`;
-        this.log(`${p.id.padEnd(w)}  oem_id=${p.oemId.padEnd(18)} 3760+: ${sysext.padEnd(26)} ${p.name}${p.aliases.length ? ` (aliases: ${p.aliases.join(', ')})` : ''}`);
+        const only = p.generations.length < 3 ? ` [${p.generations.join(', ')} only]` : '';
+        this.log(`${p.id.padEnd(w)}  oem_id=${p.oemId.padEnd(18)} 3760+: ${sysext.padEnd(34)} ${p.name}${p.aliases.length ? ` (aliases: ${p.aliases.join(', ')})` : ''}${only}`);
       }
     }
     return providers.map(({ dirs: _d, ...p }) => p);

@@ -32,6 +32,8 @@ export interface Provider {
   flatcarPlatform?: string;
   /** The `oem_id` grub.cfg gets on an image with the provider's own extension: a platform Ignition knows (default: oem_id). */
   ignitionPlatform: string;
+  /** The image generations the provider is for (default all): platforms that came with Flatcar's extensions have only flatcar-sysext. */
+  generations: ProviderGeneration[];
   /** Template directories, lowest priority first: built-in _common, built-in provider, user's _common, user's provider. */
   dirs: string[];
 }
@@ -57,7 +59,10 @@ function str(v: unknown, key: string, file: string, optional = false): string {
   return s;
 }
 
-const KNOWN_KEYS = new Set(['id', 'name', 'oem_id', 'aliases', 'home_url', 'bug_report_url', 'grub', 'agent_units', 'formats', 'flatcar_platform', 'ignition_platform']);
+const KNOWN_KEYS = new Set(['id', 'name', 'oem_id', 'aliases', 'home_url', 'bug_report_url', 'grub', 'agent_units', 'formats', 'flatcar_platform', 'ignition_platform', 'generations']);
+
+export const PROVIDER_GENERATIONS = ['coreos', 'flatcar', 'flatcar-sysext'] as const;
+export type ProviderGeneration = (typeof PROVIDER_GENERATIONS)[number];
 
 function parseProvider(text: string, file: string, dirs: string[]): Provider {
   let d: Record<string, unknown>;
@@ -101,6 +106,10 @@ function parseProvider(text: string, file: string, dirs: string[]): Provider {
     }),
     ...(flatcarPlatform !== undefined ? { flatcarPlatform } : {}),
     ignitionPlatform,
+    generations: ((d.generations ?? PROVIDER_GENERATIONS) as unknown[]).map((g) => {
+      if (!(PROVIDER_GENERATIONS as readonly unknown[]).includes(g)) throw new OemError(`${file}: unknown generation ${JSON.stringify(g)} (known: ${PROVIDER_GENERATIONS.join(', ')})`, { code: 'usage' });
+      return g as ProviderGeneration;
+    }),
     dirs,
   };
 }

@@ -26,7 +26,10 @@ export function next(): number {
   return n++;
 }
 
+/** Providers for every generation (what --all-providers builds on CoreOS- and Flatcar-style images). */
 export const PROVIDERS = ['azure', 'cloudsigma', 'cloudstack', 'digitalocean', 'ec2', 'exoscale', 'gce', 'hyperv', 'ipxe', 'niftycloud', 'openstack', 'pxe', 'qemu', 'rackspace', 'rackspace-onmetal', 'vagrant', 'vmware'];
+/** Platforms that came with Flatcar's OEM extensions: only for Flatcar 3760 and later. */
+export const SYSEXT_ONLY = ['akamai', 'hetzner', 'kubevirt', 'nutanix', 'oraclecloud', 'proxmoxve', 'scaleway', 'stackit'];
 
 export function useBuildEnv(): void {
   beforeAll(async () => {
