@@ -8,7 +8,7 @@ import { build, type BuildResult } from '../build.js';
 import { releaseFlags, releaseSource } from '../flags.js';
 import { runWithProgress } from '../progress.js';
 import type { BuildGeneration } from '../build/base.js';
-import type { SysextFormat } from '../sysext/make.js';
+import { SYSEXT_FORMATS, type SysextFormat } from '../sysext/make.js';
 import type { BackendChoice } from '../write/apply.js';
 
 export default class Build extends OemCommand {
@@ -40,7 +40,7 @@ export default class Build extends OemCommand {
     generation: Flags.string({ description: 'force the image generation (default: detected)', options: ['coreos', 'flatcar', 'flatcar-sysext'] }),
     'oem-sysext': Flags.string({ description: "Flatcar 3760+: the release's oem-<platform>.raw to use (its .sig beside it) instead of fetching it or taking the one next to --image" }),
     sysext: Flags.string({ description: 'Flatcar 3760+: your own system extension (.raw) to put on OEM and link from /etc/extensions (repeatable)', multiple: true }),
-    'sysext-format': Flags.string({ description: "Flatcar 3760+: file system of a provider's own extension", options: ['squashfs', 'erofs'], default: 'squashfs' }),
+    'sysext-format': Flags.string({ description: "Flatcar 3760+: file system of a provider's own extension", options: [...SYSEXT_FORMATS], default: 'squashfs' }),
     ignition: Flags.string({ description: 'your Ignition config (JSON), written as config.ign on OEM (Flatcar)' }),
     agent: Flags.string({ description: 'embed this oem-agent executable instead of the one built for the board' }),
     'no-agent': Flags.boolean({ description: 'build without the runtime agent and its units', default: false }),

@@ -107,7 +107,11 @@ export async function checkExtension(path: string, name: string, img: SysextImag
 /** The official content for `platform`, with the release's verified `oem-<platform>.raw` at `raw`. */
 export async function officialContent(p: Provider, img: SysextImage, platform: string, raw: string): Promise<SysextContent> {
   const release = await checkExtension(raw, `oem-${platform}`, img, `oem-${platform}.raw`);
-  const id = release.SYSEXT_ID?.replace(/^oem-/, '') || platform;
+  // The initrd uses ID in paths (sysext/active-oem-<ID>, oem-<ID>-<VERSION>.raw): it is the platform, and the extension must agree.
+  if (release.SYSEXT_ID !== undefined && release.SYSEXT_ID !== `oem-${platform}`) {
+    throw new OemError(`oem-${platform}.raw is the extension ${JSON.stringify(release.SYSEXT_ID)}, not oem-${platform}`, { code: 'badImage' });
+  }
+  const id = platform;
   const oemRelease = [
     `ID=${id}`,
     `VERSION_ID=${release.SYSEXT_VERSION_ID ?? img.version}`,

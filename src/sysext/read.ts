@@ -180,8 +180,3 @@ export async function readExtension(file: string, name: string): Promise<Extensi
     return { format, error: describe(err) };
   }
 }
-
-/** The extension-release text a file name would need (for messages). */
-export function extensionReleaseName(name: string): string {
-  return releasePath(name);
-}
