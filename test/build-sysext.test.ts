@@ -212,6 +212,13 @@ describe('oem build on the extension era', () => {
     const wrong = await oem(local);
     expect(wrong.exitCode, wrong.stderr).toBe(3);
     expect(expectCleanError(wrong)).toMatch(/^oem-openstack\.raw would not be merged by systemd-sysext on this image: oem-openstack is for version 4230\.2\.0, the image is 4459\.2\.0$/);
+    // Another platform's extension under this name, signed: its SYSEXT_ID tells.
+    const azureAsOpenstack = await extension('oem-openstack', `ID=flatcar\nVERSION_ID=${VERSION}\nARCHITECTURE=x86-64\nSYSEXT_ID=oem-azure\n`);
+    await copyFile(azureAsOpenstack, join(dir, 'oem-openstack.raw'));
+    await writeFile(join(dir, 'oem-openstack.raw.sig'), await signDetached(join(dir, 'oem-openstack.raw'), (fixtures.key as TestKey).armoredPrivate));
+    const swapped = await oem(local);
+    expect(swapped.exitCode, swapped.stderr).toBe(3);
+    expect(expectCleanError(swapped)).toBe('oem-openstack.raw is the extension "oem-azure", not oem-openstack');
     // Tampered after signing.
     const bytes = await readFile(join(dir, 'oem-openstack.raw'));
     bytes[100] = bytes[100]! ^ 1;
