@@ -42,7 +42,7 @@ async function canaryState(): Promise<string[]> {
  * through it]. Each must be refused, naming the offending component, and write nothing anywhere.
  */
 const HOSTILE: [string, () => Promise<void>, string, RegExp][] = [
-  ['a link to the host /', () => symlink('/', join(root, 'etc/sys')), '/etc/sys/tmp/x', /\/etc\/sys/],
+  ['a link to the host /', () => symlink('/', join(root, 'etc/sys')), `/etc/sys/tmp/oem-safe-fs-${process.pid}`, /\/etc\/sys/],
   ['a link to the canary (absolute host path)', () => symlink(canary, join(root, 'etc/sys')), '/etc/sys/x', /\/etc\/sys/],
   ['a link climbing out with ..', () => symlink('../../canary', join(root, 'etc/sys')), '/etc/sys/x', /\/etc\/sys/],
   ['a link to ..', () => symlink('..', join(root, 'etc/sys')), '/etc/sys/canary/x', /\/etc\/sys/],
@@ -94,7 +94,8 @@ describe('RootFs writes (the agent)', () => {
       await expect(fs.mkdir(path, 0o755, process.getuid!(), process.getgid!())).rejects.toThrow(names);
       await expect(fs.inspect(path)).rejects.toThrow(OemError);
       expect(await canaryState()).toEqual(before);
-      expect(await exists('/tmp/x')).toBe(false);
+      // Followed, the link to / would have written onto the host's /tmp.
+      expect(await exists(`/tmp/oem-safe-fs-${process.pid}`)).toBe(false);
     });
   }
 

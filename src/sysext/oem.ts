@@ -58,6 +58,8 @@ export interface SysextContent {
   root: PlanEntry[];
   /** Text files on OEM, for validation. */
   files: { path: string; kind: 'grub' | 'ignition' | 'other'; content: string }[];
+  /** The extensions linked from /etc/extensions (and base/base.ign): the provider's own, the user's. */
+  linked: string[];
   /** What the build did, for its log and manifest. */
   summary: string;
 }
@@ -134,6 +136,7 @@ export async function officialContent(p: Provider, img: SysextImage, platform: s
       { path: '/grub.cfg', kind: 'grub', content: grub },
       { path: '/oem-release', kind: 'other', content: oemRelease },
     ],
+    linked: [],
     summary: `Flatcar's OEM extension oem-${platform} (sysext/oem-${platform}-${img.version}.raw, marked active)`,
   };
 }
@@ -187,7 +190,7 @@ export interface CustomOptions {
  * The provider's own extension, made from the content renderProvider gives for a Flatcar-style
  * image: its units (with the agent and config paths inside the extension), the agent, the config.
  */
-export async function customContent(p: Provider, img: SysextImage, rendered: Rendered, o: CustomOptions): Promise<SysextContent & { extension: string }> {
+export async function customContent(p: Provider, img: SysextImage, rendered: Rendered, o: CustomOptions): Promise<SysextContent> {
   if (!img.arch) throw new OemError(`cannot make the ${o.name} extension: the image's architecture is not known`, { code: 'badImage' });
   const grub = customGrub(p);
   const libDir = `/usr/lib/${o.name}`;
@@ -219,13 +222,13 @@ export async function customContent(p: Provider, img: SysextImage, rendered: Ren
   const replaced = new Set(['/bin/oem-agent', '/bin/oem-agent.xz', '/config.yml', '/base/base.ign', '/grub.cfg', '/oem-release', '/run', '/cloud-config.yml']);
   const others = rendered.entries.filter((e) => e.kind === 'file' && !replaced.has(e.path) && !/^\/system\//.test(e.path));
   return {
-    extension,
     oem: [file(`/${o.name}.raw`, await readFile(extension)), file('/oem-release', oemRelease), file('/grub.cfg', grub), file('/base/base.ign', base), ...others],
     root: rootLinks([o.name]),
     files: [
       { path: '/grub.cfg', kind: 'grub', content: grub },
       { path: '/base/base.ign', kind: 'ignition', content: base },
     ],
+    linked: [o.name],
     summary: `the provider's own extension ${o.name}.raw (${o.format}; ${units.length} units${o.agent ? ', the agent' : ''}${config ? ', the config' : ''}), linked from /etc/extensions, no active-oem marker`,
   };
 }
@@ -245,15 +248,13 @@ export async function addUserExtensions(content: SysextContent, img: SysextImage
     oem.push(file(`/${name}.raw`, await readFile(path)));
   }
   // One base/base.ign links every extension that is not Flatcar's own.
-  const existing = oem.find((e) => e.path === '/base/base.ign');
-  const linked = [...(existing && existing.kind === 'file' ? (JSON.parse(existing.content.toString('utf8')) as { storage: { links: { path: string }[] } }).storage.links.map((l) => posix.basename(l.path, '.raw')) : []), ...names];
+  const linked = [...content.linked, ...names];
   const base = linksIgnition(img, linked);
-  const withoutBase = oem.filter((e) => e.path !== '/base/base.ign');
-  const rootNames = new Set(linked);
   return {
-    oem: [...withoutBase, file('/base/base.ign', base)],
-    root: rootLinks([...rootNames]),
+    oem: [...oem.filter((e) => e.path !== '/base/base.ign'), file('/base/base.ign', base)],
+    root: rootLinks(linked),
     files: [...content.files.filter((f) => f.path !== '/base/base.ign'), { path: '/base/base.ign', kind: 'ignition', content: base }],
+    linked,
     summary: `${content.summary}; the user's extension${names.length === 1 ? '' : 's'} ${names.join(', ')}`,
   };
 }

@@ -67,20 +67,36 @@ export async function surveyExtensions(
   const survey: ExtensionSurvey = { extensions: [], activeOem: [], warnings: [] };
   const tmp = await tempDir('inspect-sysext');
   let n = 0;
-  const examine = async (r: FsReader, path: string, name: string): Promise<ExtensionImage> => {
-    const out = posix.join(tmp.path, `x${n++}.raw`);
-    try {
-      if (!(await r.copyOut(path, out))) return { format: 'unknown', error: `${path} is not a regular file` };
-    } catch (err) {
-      return { format: 'unknown', error: describe(err) };
-    }
-    return readExtension(out, name);
-  };
-  const verdict = (name: string, x: ExtensionImage) => (x.error && !x.release ? { merges: false, reason: `${name}: ${x.error}` } : mergeVerdict(name, x.release, os, arch));
   const oemPart = partitions.find((p) => p.role === 'oem');
   const rootPart = partitions.find((p) => p.role === 'root');
   const oem = oemReader?.reader ?? (oemPart ? reader(imagePath, oemPart) : null);
   const root = rootPart ? reader(imagePath, rootPart) : null;
+  // Each file is copied out once, and read once per name it is merged under (a ROOT link usually repeats its OEM file's).
+  const copies = new Map<string, Promise<string | ExtensionImage>>();
+  const reads = new Map<string, Promise<ExtensionImage>>();
+  const copyOut = (r: FsReader, path: string): Promise<string | ExtensionImage> => {
+    const key = `${r === oem ? 'oem' : 'root'}:${path}`;
+    let p = copies.get(key);
+    if (!p) {
+      const out = posix.join(tmp.path, `x${n++}.raw`);
+      p = r.copyOut(path, out).then(
+        (ok): string | ExtensionImage => (ok ? out : { format: 'unknown', error: `${path} is not a regular file` }),
+        (err: unknown): ExtensionImage => ({ format: 'unknown', error: describe(err) }),
+      );
+      copies.set(key, p);
+    }
+    return p;
+  };
+  const examine = (r: FsReader, path: string, name: string): Promise<ExtensionImage> => {
+    const key = `${r === oem ? 'oem' : 'root'}:${path}\0${name}`;
+    let p = reads.get(key);
+    if (!p) {
+      p = copyOut(r, path).then((c) => (typeof c === 'string' ? readExtension(c, name) : c));
+      reads.set(key, p);
+    }
+    return p;
+  };
+  const verdict = (name: string, x: ExtensionImage) => (x.error && !x.release ? { merges: false, reason: `${name}: ${x.error}` } : mergeVerdict(name, x.release, os, arch));
   try {
     const oemFiles = oemReader?.files ?? (oem ? await oem.list().catch(() => []) : []);
     for (const f of oemFiles) {
