@@ -178,3 +178,18 @@ await applyPlan(${JSON.stringify(img)}, {
     }
   });
 });
+
+describe.runIf(isRoot)('loop devices [root]', () => {
+  it('are gone when released, even while another process still has one open', async () => {
+    const { attachLoop } = await import('../src/write/mount-backend.js');
+    const file = join(work, 'loop-held.bin');
+    await execa('truncate', ['-s', '4M', file]);
+    const loop = await attachLoop(file, 0, 4 * 1024 * 1024, true);
+    // Another process holds the device for a while, as a tool scanning block devices does.
+    const holder = execa('sh', ['-c', `exec 3<"${loop.dev}"; sleep 1`]);
+    await new Promise((r) => setTimeout(r, 200));
+    await loop.release();
+    expect(await leftovers(file)).toEqual([]);
+    await holder;
+  });
+});

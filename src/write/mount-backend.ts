@@ -6,8 +6,9 @@
  */
 import { mkdtemp, rmdir, statfs } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { acquire } from '../cleanup.js';
+import { exists } from '../shared/safe-fs.js';
 import { OemError } from '../shared/errors.js';
 import { run } from '../tools.js';
 import { DirSession, DirWriter } from './dir-writer.js';
@@ -29,9 +30,14 @@ export async function attachLoop(imagePath: string, offset: number, size: number
   const release = acquire(`loop device ${dev}`, async () => {
     for (let i = 0; ; i++) {
       const d = await run('losetup', ['-d', dev], 'detach a loop device', { allowFail: true });
-      if (d.exitCode === 0 || i >= 10) return;
+      if (d.exitCode === 0 || i >= 10) break;
       await sleep(100 * (i + 1));
     }
+    // While another process has the device open (a tool scanning block devices, such as the btrfs
+    // tools), the kernel only marks it to be cleared when that one closes it: wait for that, so
+    // nothing is left attached when the command ends.
+    const backing = `/sys/block/${basename(dev)}/loop/backing_file`;
+    for (let i = 0; i < 100 && (await exists(backing)); i++) await sleep(50);
   });
   return { dev, release };
 }
