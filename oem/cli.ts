@@ -10,7 +10,7 @@ import { formatProblem } from '../src/shared/config/types.js';
 import { readAndValidateConfig } from '../src/shared/config/validate.js';
 import { applyStorage } from './provision/disks.js';
 import { provision, type StorageHook } from './provision/index.js';
-import { hostnameAction, metadataAction, METADATA_FILE, networkAction, sshKeysAction, userdataAction } from './providers/actions.js';
+import { AFTERBURN_METADATA_FILE, ATTRIBUTE_FORMATS, checkInAction, hostnameAction, metadataAction, METADATA_FILE, type AttributeFormat, networkAction, sshKeysAction, userdataAction } from './providers/actions.js';
 import { defaultEnv, detectProvider, PROVIDER_IDS, type EnvOverrides } from './providers/index.js';
 import type { ProviderEnv } from './providers/types.js';
 
@@ -21,8 +21,8 @@ const PROVIDER_OPTIONS = `options:
   --provider ID                     the platform (default: flatcar.oem.id= or coreos.oem.id=
                                     on the kernel command line); one of:
                                     ${PROVIDER_IDS.join(', ')}
-  --metadata-url URL  --config-drive DIR  --serial-device PATH  --vmtoolsd CMD
-  --dhcp-server ADDR  --azure-dvd DIR  --cmdline TEXT
+  --metadata-url URL  --wireserver-url URL  --config-drive DIR  --serial-device PATH
+  --vmtoolsd CMD  --dhcp-server ADDR  --azure-dvd DIR  --cmdline TEXT
   --http-tries N  --http-timeout-ms N  --http-backoff-ms N  --http-max-backoff-ms N
                                     where to find the platform's data, and how to ask
   -h, --help                        show this help
@@ -47,11 +47,21 @@ options:
   --force                           apply again even when the stamp says it was done
   -h, --help                        show this help
 `,
-  metadata: `usage: oem-agent metadata [--attributes FILE] [options]
+  metadata: `usage: oem-agent metadata [--attributes FILE] [--format coreos|afterburn] [options]
 
 Writes the platform's attributes as KEY=VALUE lines (default ${METADATA_FILE}).
 
   --attributes FILE                 where to write them
+  --format coreos|afterburn         coreos (default): COREOS_<PLATFORM>_* names and the generic
+                                    COREOS_IPV4_PUBLIC etc.; afterburn: Afterburn's names,
+                                    AFTERBURN_<PLATFORM>_* (default file ${AFTERBURN_METADATA_FILE})
+${PROVIDER_OPTIONS}`,
+  'check-in': `usage: oem-agent check-in [options]
+
+Tells the platform that the machine booted, where the platform expects it (Azure and Azure
+Stack: the Ready health report to the WireServer; Packet: the phone-home URL; Scaleway: the
+state "booted"). Elsewhere it says so and does nothing.
+
 ${PROVIDER_OPTIONS}`,
   'ssh-keys': `usage: oem-agent ssh-keys [--user USER] [options]
 
@@ -92,7 +102,8 @@ commands:
   provision [--config FILE] [--root DIR] [--dry-run] [--force]
                                     apply the config once (first boot; default config
                                     /usr/share/oem/config.yml, root /)
-  metadata [--attributes FILE]      write the platform's attributes as KEY=VALUE lines
+  metadata [--attributes FILE] [--format coreos|afterburn]
+                                    write the platform's attributes as KEY=VALUE lines
                                     (default ${METADATA_FILE})
   ssh-keys [--user USER]            the platform's SSH keys for USER (default core), as the
                                     key set coreos-metadata of ~USER/.ssh/authorized_keys.d
@@ -100,11 +111,13 @@ commands:
   network                           the platform's networkd units to /etc/systemd/network
   userdata [--stamp-dir DIR]        apply the userdata: an agent config (version: 1) once,
                                     a #cloud-config with coreos-cloudinit; else save it
+  check-in                          tell the platform the machine booted (Azure, Azure
+                                    Stack, Packet, Scaleway)
   version                           print the version
 
 \`oem-agent <command> --help\` shows a command's options.
 
-options of metadata, ssh-keys, hostname, network and userdata:
+options of metadata, ssh-keys, hostname, network, userdata and check-in:
 ${PROVIDER_OPTIONS.replace(/^options:\n/, '')}`;
 
 /** Where the program's output goes (default: the process's stdout and stderr). */
@@ -150,6 +163,7 @@ export async function run(argv: string[], io: CliIo = PROCESS_IO): Promise<numbe
       case 'hostname':
       case 'network':
       case 'userdata':
+      case 'check-in':
         return await providerCommand(cmd, rest, io);
       default:
         io.stderr(`oem-agent: unknown command ${JSON.stringify(cmd)}\n${USAGE}`);
@@ -230,6 +244,7 @@ const COMMON_OPTIONS = {
   root: { type: 'string', default: '/' },
   provider: { type: 'string' },
   'metadata-url': { type: 'string' },
+  'wireserver-url': { type: 'string' },
   'config-drive': { type: 'string' },
   'serial-device': { type: 'string' },
   vmtoolsd: { type: 'string' },
@@ -243,11 +258,12 @@ const COMMON_OPTIONS = {
 } as const;
 
 const EXTRA_OPTIONS = {
-  metadata: { attributes: { type: 'string' } },
+  metadata: { attributes: { type: 'string' }, format: { type: 'string' } },
   'ssh-keys': { user: { type: 'string' } },
   hostname: {},
   network: {},
   userdata: { 'stamp-dir': { type: 'string' } },
+  'check-in': {},
 } as const;
 
 type ProviderCommand = keyof typeof EXTRA_OPTIONS;
@@ -268,27 +284,32 @@ function absoluteDir(name: string, value: string | undefined): string | undefine
   return resolve(value);
 }
 
+function httpUrl(name: string, value: string | undefined): string | undefined {
+  if (value === undefined) return undefined;
+  let u: URL | undefined;
+  try {
+    u = new URL(value);
+  } catch {
+    u = undefined;
+  }
+  if (!u || (u.protocol !== 'http:' && u.protocol !== 'https:')) throw usage(`--${name} must be an http or https URL, not ${JSON.stringify(value)}`);
+  return value;
+}
+
 /** The ProviderEnv from the common options (unset ones keep their real defaults). */
 export function envFromOptions(values: Record<string, string | boolean | undefined>, log: (line: string) => void): ProviderEnv {
   const str = (k: string) => {
     const v = values[k];
     return typeof v === 'string' ? v : undefined;
   };
-  const url = str('metadata-url');
-  if (url !== undefined) {
-    let u: URL | undefined;
-    try {
-      u = new URL(url);
-    } catch {
-      u = undefined;
-    }
-    if (!u || (u.protocol !== 'http:' && u.protocol !== 'https:')) throw usage(`--metadata-url must be an http or https URL, not ${JSON.stringify(url)}`);
-  }
+  const url = httpUrl('metadata-url', str('metadata-url'));
+  const wireServerUrl = httpUrl('wireserver-url', str('wireserver-url'));
   const vmtoolsd = str('vmtoolsd')?.trim().split(/\s+/).filter(Boolean);
   if (vmtoolsd !== undefined && vmtoolsd.length === 0) throw usage('--vmtoolsd must name a command');
   const overrides: EnvOverrides = {
     root: resolve(str('root') ?? '/'),
     metadataUrl: url,
+    wireServerUrl,
     configDrive: absoluteDir('config-drive', str('config-drive')),
     serialDevice: absoluteDir('serial-device', str('serial-device')),
     vmtoolsd,
@@ -316,12 +337,25 @@ async function providerCommand(cmd: ProviderCommand, args: string[], io: CliIo):
     return 2;
   }
   const env = envFromOptions(values, (line) => io.stdout(`oem-agent: ${line}\n`));
-  const provider = await detectProvider(typeof values.provider === 'string' ? values.provider : undefined, env);
-  env.log(`${cmd}: provider ${provider.id}`);
   const str = (k: string) => (typeof values[k] === 'string' ? (values[k] as string) : undefined);
+  const format = str('format');
+  if (format !== undefined && !(ATTRIBUTE_FORMATS as readonly string[]).includes(format)) {
+    throw usage(`--format must be one of ${ATTRIBUTE_FORMATS.join(', ')}, not ${JSON.stringify(format)}`);
+  }
+  const provider = await detectProvider(str('provider'), env);
+  if (str('metadata-url') === undefined && provider.metadataUrl !== undefined) env.metadataUrl = provider.metadataUrl;
+  env.log(`${cmd}: provider ${provider.id}`);
   switch (cmd) {
     case 'metadata':
-      await metadataAction({ provider, env, ...(str('attributes') !== undefined ? { attributesFile: str('attributes')! } : {}) });
+      await metadataAction({
+        provider,
+        env,
+        ...(str('attributes') !== undefined ? { attributesFile: str('attributes')! } : {}),
+        ...(format !== undefined ? { format: format as AttributeFormat } : {}),
+      });
+      break;
+    case 'check-in':
+      await checkInAction({ provider, env });
       break;
     case 'ssh-keys':
       await sshKeysAction({ provider, env, ...(str('user') !== undefined ? { user: str('user')! } : {}) });

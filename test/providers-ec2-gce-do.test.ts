@@ -6,14 +6,12 @@
  *
  * Files are written owned by root (and by the core user for SSH keys): CI runs as root.
  */
-import { randomBytes } from 'node:crypto';
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { lstat, mkdir, mkdtemp, readdir, readFile, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { run } from '../oem/cli.js';
+import { agent, deadUrl, edKey, keyBody, makeRoot as makeRootIn, MetadataMock, type Reply, type Route, type Seen } from './helpers/metadata-mock.js';
+import { TEST_HTTP } from './helpers/metadata-mock.js';
 import { applyUserdata, classifyUserdata, writeContext, writeHostname, writeNetworkUnits } from '../oem/providers/actions.js';
 import { provider as digitalocean } from '../oem/providers/digitalocean.js';
 import { provider as ec2 } from '../oem/providers/ec2.js';
@@ -34,95 +32,11 @@ import {
 // ---------------------------------------------------------------------------------------------
 // Keys and the mock service
 
-function sshString(data: Buffer | string): Buffer {
-  const b = typeof data === 'string' ? Buffer.from(data) : data;
-  const len = Buffer.alloc(4);
-  len.writeUInt32BE(b.length);
-  return Buffer.concat([len, b]);
-}
-/** A well-formed ed25519 public key line (random key material). */
-function edKey(comment: string): string {
-  return `ssh-ed25519 ${Buffer.concat([sshString('ssh-ed25519'), sshString(randomBytes(32))]).toString('base64')} ${comment}`;
-}
-const body = (line: string) => line.split(' ').slice(0, 2).join(' ');
+const body = keyBody;
 
 const KEY = { a: edKey('alice@example'), b: edKey('bob@example'), c: edKey('carol@example'), d: edKey('dave@example'), e: edKey('eve@example') };
 
-interface Reply {
-  status?: number;
-  body?: string | Buffer;
-  headers?: Record<string, string>;
-  /** Never answer. */
-  hang?: boolean;
-}
-type Route = Reply | Reply[] | ((req: IncomingMessage) => Reply);
-
-interface Seen {
-  method: string;
-  path: string;
-  headers: IncomingMessage['headers'];
-}
-
-/** A metadata service: path -> reply (a list is answered in turn, its last element from then on). */
-class Mock {
-  routes = new Map<string, Route>();
-  seen: Seen[] = [];
-  /** Headers every response carries (GCE's Metadata-Flavor). */
-  always: Record<string, string> = {};
-  /** A check of every request; a reply from it wins (IMDSv2's token, GCE's Metadata-Flavor). */
-  guard?: (req: IncomingMessage) => Reply | undefined;
-  private server!: Server;
-  private held: ServerResponse[] = [];
-  base = '';
-  private counts = new Map<string, number>();
-
-  async start(): Promise<void> {
-    this.server = createServer((req, res) => this.handle(req, res));
-    await new Promise<void>((r) => this.server.listen(0, '127.0.0.1', r));
-    this.base = `http://127.0.0.1:${(this.server.address() as AddressInfo).port}`;
-  }
-
-  async stop(): Promise<void> {
-    for (const r of this.held) r.destroy();
-    this.server.closeAllConnections();
-    await new Promise<void>((r) => this.server.close(() => r()));
-  }
-
-  reset(routes: Record<string, Route> = {}): void {
-    this.routes = new Map(Object.entries(routes));
-    this.seen = [];
-    this.counts.clear();
-    this.guard = undefined;
-  }
-
-  hits(path: string): number {
-    return this.seen.filter((s) => s.path === path).length;
-  }
-
-  private handle(req: IncomingMessage, res: ServerResponse): void {
-    const path = (req.url ?? '/').split('?')[0]!;
-    this.seen.push({ method: req.method ?? '', path, headers: req.headers });
-    const key = `${req.method === 'GET' ? '' : `${req.method} `}${path}`;
-    const n = this.counts.get(key) ?? 0;
-    this.counts.set(key, n + 1);
-    const guarded = this.guard?.(req);
-    let reply: Reply = guarded ?? { status: 404, body: 'not found' };
-    if (!guarded) {
-      const route = this.routes.get(key);
-      if (Array.isArray(route)) reply = route[Math.min(n, route.length - 1)] ?? reply;
-      else if (typeof route === 'function') reply = route(req);
-      else if (route) reply = route;
-    }
-    if (reply.hang) {
-      this.held.push(res);
-      return;
-    }
-    res.writeHead(reply.status ?? 200, { ...this.always, ...reply.headers });
-    res.end(reply.body ?? '');
-  }
-}
-
-const mock = new Mock();
+const mock = new MetadataMock();
 let work: string;
 let logs: string[];
 
@@ -140,7 +54,7 @@ beforeEach(() => {
   mock.reset();
 });
 
-const HTTP = { tries: 3, backoffMs: 5, maxBackoffMs: 20, timeoutMs: 2000 };
+const HTTP = TEST_HTTP;
 
 function env(root = '/nonexistent-root', extra: Partial<ProviderEnv> = {}): ProviderEnv {
   const e = defaultEnv({ root, metadataUrl: mock.base, http: HTTP, log: (l) => logs.push(l), ...extra });
@@ -148,32 +62,8 @@ function env(root = '/nonexistent-root', extra: Partial<ProviderEnv> = {}): Prov
   return e;
 }
 
-/** A dead service: a port nobody listens on. */
-async function deadUrl(): Promise<string> {
-  const s = createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
-  const port = (s.address() as AddressInfo).port;
-  await new Promise<void>((r) => s.close(() => r()));
-  return `http://127.0.0.1:${port}`;
-}
-
-let rootCounter = 0;
-/** A temporary root with the core user (uid 500) in its account database. */
-async function makeRoot(): Promise<string> {
-  const root = join(work, `root-${rootCounter++}`);
-  await mkdir(join(root, 'etc'), { recursive: true });
-  await mkdir(join(root, 'home', 'core'), { recursive: true });
-  await writeFile(join(root, 'etc', 'passwd'), 'root:x:0:0:root:/root:/bin/bash\ncore:x:500:500:Core:/home/core:/bin/bash\n');
-  await writeFile(join(root, 'etc', 'group'), 'root:x:0:\ncore:x:500:\n');
-  return root;
-}
-
-async function cli(args: string[]): Promise<{ code: number; out: string; err: string }> {
-  let out = '';
-  let err = '';
-  const code = await run(args, { stdout: (t) => (out += t), stderr: (t) => (err += t) });
-  return { code, out, err };
-}
+const makeRoot = () => makeRootIn(work);
+const cli = agent;
 
 /** The CLI with the local mock and fast retries. */
 function cliArgs(cmd: string, root: string, provider: string, ...more: string[]): string[] {
@@ -209,7 +99,7 @@ function ec2Routes(over: Record<string, Route> = {}): Record<string, Route> {
 }
 
 /** IMDSv2 only: a GET without the token is refused, as on an instance with HttpTokens=required. */
-function requireToken(req: IncomingMessage): Reply | undefined {
+function requireToken(req: Seen): Reply | undefined {
   if (req.method === 'GET' && req.headers['x-aws-ec2-metadata-token'] !== TOKEN) return { status: 401, body: 'Unauthorized' };
   return undefined;
 }
@@ -335,7 +225,7 @@ function gceRoutes(over: Record<string, Route> = {}): Record<string, Route> {
   };
 }
 
-function gceGuard(req: IncomingMessage): Reply | undefined {
+function gceGuard(req: Seen): Reply | undefined {
   if (req.headers['metadata-flavor'] !== 'Google') return { status: 403, body: 'Missing Metadata-Flavor:Google header.' };
   return undefined;
 }
@@ -641,10 +531,13 @@ describe('the safety checks', () => {
 
 describe('the registry', () => {
   it('knows every oem id; each module loads and serves its id', async () => {
-    expect(Object.keys(PROVIDERS).sort()).toEqual(
-      ['azure', 'cloudsigma', 'cloudstack', 'digitalocean', 'ec2', 'exoscale', 'gce', 'hyperv', 'ipxe', 'niftycloud', 'openstack', 'pxe', 'rackspace', 'rackspace-onmetal', 'vagrant', 'vmware'].sort(),
-    );
-    for (const id of ['ec2', 'gce', 'digitalocean'] as const) expect((await PROVIDERS[id]()).id).toBe(id);
+    // Afterburn's platforms (aws is ec2, gcp is gce) and the CoreOS-era ones.
+    const afterburn = ['akamai', 'aliyun', 'ec2', 'azure', 'azurestack', 'cloudstack', 'digitalocean', 'exoscale', 'gce', 'hetzner', 'ibmcloud', 'ibmcloud-classic', 'kubevirt', 'openstack', 'oraclecloud', 'packet', 'powervs', 'proxmoxve', 'scaleway', 'upcloud', 'vultr', 'vmware'];
+    const coreos = ['cloudsigma', 'hyperv', 'ipxe', 'niftycloud', 'pxe', 'rackspace', 'rackspace-onmetal', 'vagrant'];
+    expect(Object.keys(PROVIDERS).sort()).toEqual([...new Set([...afterburn, ...coreos])].sort());
+    for (const id of Object.keys(PROVIDERS) as (keyof typeof PROVIDERS)[]) {
+      expect([id, ...((await PROVIDERS[id]()).also ?? [])]).toContain(id);
+    }
   });
 
   it('finds the provider: explicit, else flatcar.oem.id= / coreos.oem.id= (the last one wins)', async () => {
@@ -657,7 +550,7 @@ describe('the registry', () => {
     await mkdir(join(root, 'proc'));
     await writeFile(join(root, 'proc', 'cmdline'), 'root=LABEL=ROOT flatcar.oem.id=digitalocean\n');
     expect(await detectProviderId(undefined, { root })).toBe('digitalocean');
-    await expect(detectProviderId('nope', { root })).rejects.toThrow(/unknown provider "nope" \(from --provider\); known: azure, cloudsigma, .*, ec2, .*vmware/);
+    await expect(detectProviderId('nope', { root })).rejects.toThrow(/unknown provider "nope" \(from --provider\); known: akamai, aliyun, azure, .*, ec2, .*vmware, vultr/);
     await expect(detectProviderId(undefined, { root: '/nonexistent', cmdline: 'quiet' })).rejects.toThrow(/no provider: give --provider/);
   });
 
@@ -908,7 +801,7 @@ describe('oem-agent subcommands on a temporary root', () => {
     await expect(stat(join(root, 'run/coreos/metadata'))).rejects.toThrow();
     const u = await cli(cliArgs('metadata', root, 'nimbus'));
     expect(u.code).toBe(2);
-    expect(u.err).toMatch(/unknown provider "nimbus" \(from --provider\); known: azure, .*rackspace-onmetal, vagrant, vmware/);
+    expect(u.err).toMatch(/unknown provider "nimbus" \(from --provider\); known: akamai, .*rackspace-onmetal, .*vagrant, vmware, vultr/);
     const bad = await cli(['metadata', '--root', root, '--provider', 'ec2', '--metadata-url', mock.base, '--http-tries', 'many']);
     expect(bad.code).toBe(2);
     expect(bad.err).toMatch(/--http-tries must be a whole number/);

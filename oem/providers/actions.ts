@@ -26,6 +26,7 @@ import { execaRunner, provision, type ProvisionOptions, type Runner } from '../p
 import { runChecked } from '../provision/runner.js';
 import { writeKeySet } from '../provision/users.js';
 import { cleanPath, RootFs } from '../../src/shared/safe-fs.js';
+import { agentPlatform } from '../../src/shared/platforms.js';
 import { MAX_USERDATA_BYTES } from './local-io.js';
 import type { Metadata, MetadataProvider, ProviderEnv, Userdata } from './types.js';
 import { cleanHostname, cleanSshKeys, envFileContent, shown, staticHostname, validNetworkUnitName } from './values.js';
@@ -80,10 +81,48 @@ export async function writeAttributes(ctx: ProvisionContext, attributes: Record<
   return written;
 }
 
-export async function metadataAction(o: ActionOptions & { attributesFile?: string }): Promise<void> {
+/** How attribute names are written: Container Linux's COREOS_* or Afterburn's AFTERBURN_*. */
+export const ATTRIBUTE_FORMATS = ['coreos', 'afterburn'] as const;
+export type AttributeFormat = (typeof ATTRIBUTE_FORMATS)[number];
+/** Where Afterburn writes its attributes (Fedora CoreOS' afterburn.service). */
+export const AFTERBURN_METADATA_FILE = '/run/metadata/afterburn';
+
+/**
+ * The attributes under Afterburn's names: COREOS_<name>_X becomes AFTERBURN_<afterburn>_X (for ec2
+ * COREOS_EC2_IPV4_LOCAL becomes AFTERBURN_AWS_IPV4_LOCAL). Container Linux's platform-neutral names
+ * (COREOS_IPV4_PUBLIC, COREOS_HOSTNAME, ...) have no Afterburn counterpart and are left out.
+ */
+export function afterburnAttributes(platform: string, attributes: Record<string, string>): Record<string, string> {
+  const info = agentPlatform(platform);
+  if (info === undefined) throw new OemError(`internal: no attribute names for the platform ${shown(platform)}`);
+  const from = `COREOS_${info.name}_`;
+  const to = `AFTERBURN_${info.afterburn ?? info.name}_`;
+  const out: Record<string, string> = {};
+  for (const [k, v] of Object.entries(attributes)) if (k.startsWith(from)) out[to + k.slice(from.length)] = v;
+  return out;
+}
+
+export async function metadataAction(o: ActionOptions & { attributesFile?: string; format?: AttributeFormat }): Promise<void> {
   const ctx = await context(o.env);
   const md = await o.provider.metadata(o.env);
-  await writeAttributes(ctx, md.attributes, o.attributesFile ?? METADATA_FILE);
+  if (o.format === 'afterburn') {
+    await writeAttributes(ctx, afterburnAttributes(o.provider.id, md.attributes), o.attributesFile ?? AFTERBURN_METADATA_FILE);
+  } else {
+    await writeAttributes(ctx, md.attributes, o.attributesFile ?? METADATA_FILE);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// check-in
+
+/** Tells the platform the machine booted, where it expects that; a log line where it does not. */
+export async function checkInAction(o: ActionOptions): Promise<void> {
+  if (o.provider.checkIn === undefined) {
+    o.env.log(`${o.provider.id}: the platform expects no boot check-in; nothing to do`);
+    return;
+  }
+  await o.provider.checkIn(o.env);
+  o.env.log(`${o.provider.id}: checked in`);
 }
 
 // ---------------------------------------------------------------------------------------------

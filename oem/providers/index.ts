@@ -21,25 +21,39 @@ async function load(id: string, mod: Promise<ProviderModule>): Promise<MetadataP
 
 /** oem id -> the provider that serves it (exactly the platforms of src/shared/platforms.ts). */
 export const PROVIDERS: Record<AgentPlatform, () => Promise<MetadataProvider>> = {
+  akamai: () => load('akamai', import('./akamai.js')),
+  aliyun: () => load('aliyun', import('./aliyun.js')),
   azure: () => load('azure', import('./azure.js')),
+  azurestack: () => load('azurestack', import('./azurestack.js')),
   cloudsigma: () => load('cloudsigma', import('./cloudsigma.js')),
   cloudstack: () => load('cloudstack', import('./cloudstack.js')),
   digitalocean: () => load('digitalocean', import('./digitalocean.js')),
   ec2: () => load('ec2', import('./ec2.js')),
   exoscale: () => load('exoscale', import('./exoscale.js')),
   gce: () => load('gce', import('./gce.js')),
+  hetzner: () => load('hetzner', import('./hetzner.js')),
   hyperv: () => load('hyperv', import('./hyperv.js')),
+  ibmcloud: () => load('ibmcloud', import('./ibmcloud.js')),
+  'ibmcloud-classic': () => load('ibmcloud-classic', import('./ibmcloud-classic.js')),
   ipxe: () => load('ipxe', import('./pxe.js')),
+  kubevirt: () => load('kubevirt', import('./kubevirt.js')),
   niftycloud: () => load('niftycloud', import('./niftycloud.js')),
   openstack: () => load('openstack', import('./openstack.js')),
+  oraclecloud: () => load('oraclecloud', import('./oraclecloud.js')),
+  packet: () => load('packet', import('./packet.js')),
+  powervs: () => load('powervs', import('./powervs.js')),
+  proxmoxve: () => load('proxmoxve', import('./proxmoxve.js')),
   pxe: () => load('pxe', import('./pxe.js')),
   rackspace: () => load('rackspace', import('./rackspace.js')),
   'rackspace-onmetal': () => load('rackspace-onmetal', import('./rackspace-onmetal.js')),
+  scaleway: () => load('scaleway', import('./scaleway.js')),
+  upcloud: () => load('upcloud', import('./upcloud.js')),
   vagrant: () => load('vagrant', import('./vagrant.js')),
   vmware: () => load('vmware', import('./vmware.js')),
+  vultr: () => load('vultr', import('./vultr.js')),
 };
 
-export const PROVIDER_IDS: readonly string[] = [...AGENT_PLATFORMS].sort();
+export const PROVIDER_IDS: readonly string[] = AGENT_PLATFORMS;
 
 export const DEFAULT_HTTP: ProviderEnv['http'] = { tries: 10, backoffMs: 1000, maxBackoffMs: 5000, timeoutMs: 10_000 };
 

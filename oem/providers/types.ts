@@ -27,8 +27,12 @@ export type Userdata = Buffer | null;
 export interface ProviderEnv {
   /** Root of the system (default '/'): config drives, /etc/hosts, lease files are read under it. */
   root: string;
-  /** Base URL of the link-local metadata service (default http://169.254.169.254). */
+  /** Base URL of the platform's metadata service: --metadata-url, else the module's `metadataUrl`,
+   * else http://169.254.169.254. */
   metadataUrl: string;
+  /** Base URL of Azure's WireServer (Azure, Azure Stack): --wireserver-url, else DHCP option 245
+   * from the networkd leases, else http://168.63.129.16. */
+  wireServerUrl?: string;
   /** Config drive mount point or directory (default /media/configdrive; openstack also probes a
    * device labelled config-2, which the env may override with a directory). */
   configDrive: string;
@@ -57,6 +61,15 @@ export interface MetadataProvider {
   metadata(env: ProviderEnv): Promise<Metadata>;
   /** Userdata, or null when there is none. */
   userdata(env: ProviderEnv): Promise<Userdata>;
+  /** The platform's metadata service when it is not at http://169.254.169.254 (used unless
+   * --metadata-url is given). */
+  metadataUrl?: string;
+  /**
+   * Tells the platform that the machine booted (Azure's Ready health report, Packet's phone-home,
+   * Scaleway's state), once per boot after provisioning succeeded. Only platforms that expect it
+   * have one; an error means the platform was not told.
+   */
+  checkIn?(env: ProviderEnv): Promise<void>;
 }
 
 export const EMPTY_METADATA: Metadata = { attributes: {}, sshKeys: [], networkUnits: [] };

@@ -7,10 +7,11 @@ import { readFile, readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { parse } from 'yaml';
 import { OemError, describe } from '../shared/errors.js';
+import { agentPlatform } from '../shared/platforms.js';
 import { packageRoot } from '../paths.js';
 import { FORMATS, type Format } from '../artifacts/formats.js';
 
-export const AGENT_UNITS = ['provision', 'metadata', 'ssh-keys', 'userdata', 'hostname', 'network'] as const;
+export const AGENT_UNITS = ['provision', 'metadata', 'ssh-keys', 'userdata', 'hostname', 'network', 'check-in'] as const;
 export type AgentUnit = (typeof AGENT_UNITS)[number];
 
 export interface Provider {
@@ -91,6 +92,16 @@ function parseProvider(text: string, file: string, dirs: string[]): Provider {
     if (!AGENT_UNITS.includes(u as AgentUnit)) throw new OemError(`${file}: unknown agent unit ${JSON.stringify(u)} (known: ${AGENT_UNITS.join(', ')})`, { code: 'usage' });
     return u as AgentUnit;
   });
+  const agent = agentPlatform(oemId);
+  if (agent !== undefined) {
+    const idle = units.filter((u) => u !== 'provision' && !agent.does.includes(u === 'metadata' ? 'attributes' : u));
+    if (idle.length) {
+      throw new OemError(`${file}: the agent does not do ${idle.join(', ')} on ${oemId} (it does: ${agent.does.join(', ') || 'nothing'})`, {
+        code: 'usage',
+        hint: 'leave those out of agent_units',
+      });
+    }
+  }
   return {
     id,
     name: str(d.name, 'name', file),

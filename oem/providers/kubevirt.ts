@@ -1,0 +1,14 @@
+/**
+ * kubevirt: not written yet (a placeholder that returns nothing).
+ */
+import type { Metadata, MetadataProvider, Userdata } from './types.js';
+
+export const provider: MetadataProvider = {
+  id: 'kubevirt',
+  async metadata(): Promise<Metadata> {
+    return { attributes: {}, sshKeys: [], networkUnits: [] };
+  },
+  async userdata(): Promise<Userdata> {
+    return null;
+  },
+};

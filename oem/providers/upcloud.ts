@@ -1,0 +1,14 @@
+/**
+ * upcloud: not written yet (a placeholder that returns nothing).
+ */
+import type { Metadata, MetadataProvider, Userdata } from './types.js';
+
+export const provider: MetadataProvider = {
+  id: 'upcloud',
+  async metadata(): Promise<Metadata> {
+    return { attributes: {}, sshKeys: [], networkUnits: [] };
+  },
+  async userdata(): Promise<Userdata> {
+    return null;
+  },
+};
