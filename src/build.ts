@@ -28,11 +28,12 @@ import { acquire } from './cleanup.js';
 import { mapInOrder } from './concurrency.js';
 import { OemError } from './shared/errors.js';
 import type { ProgressSink, ProgressUnit } from './progress.js';
-import { findProvider, loadProviders, type Provider } from './providers/registry.js';
+import { findProvider, loadProviders, unfitReason, type Provider } from './providers/registry.js';
 import { renderProvider } from './providers/render.js';
 import { checkUserIgnition, validateRendered } from './providers/validate.js';
 import { fetchOemSysext, type FetchOptions } from './release/fetch.js';
 import type { SysextFormat } from './sysext/make.js';
+import { boardArchitecture } from './sysext/release.js';
 import { addUserExtensions, customContent, officialContent, sysextMode, type SysextContent, type SysextImage } from './sysext/oem.js';
 import { filter } from './tools.js';
 import type { PlanEntry } from './write/plan.js';
@@ -67,6 +68,8 @@ export interface BuildOptions extends BaseSource {
   formats?: Format[];
   /** Compression of raw and disk-format artifacts (default bz2, like the releases). */
   compress?: Compression;
+  /** The disk size in bytes of the virtual disk formats (default: the provider's, else the image's). */
+  diskSize?: number;
   /** Armored OpenPGP secret key to sign every artifact and its DIGESTS with. */
   signKey?: string;
   signPassphrase?: string;
@@ -131,16 +134,17 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
     const prefixes: SharedPrefixes = { dir: work, made: new Map() };
     const concurrency = opts.concurrency ?? Math.max(1, Math.min(availableParallelism(), 4));
     const generation: BuildGeneration = image.sysext ? 'flatcar-sysext' : image.generation;
-    const unfit = wanted.filter((p) => !p.generations.includes(generation));
+    const arch = boardArchitecture(base.board);
+    const unfit = wanted.map((p) => ({ p, why: unfitReason(p, generation, arch) })).filter((u): u is { p: Provider; why: string } => u.why !== undefined);
     if (unfit.length && !opts.allProviders) {
-      const p = unfit[0]!;
-      throw new OemError(`provider ${p.id} is for ${p.generations.join(' and ')} images; ${base.distro} ${base.version} is a ${generation} image`, {
+      const { p, why } = unfit[0]!;
+      throw new OemError(`provider ${p.id} cannot be built from ${base.distro} ${base.version}: ${why}`, {
         code: 'usage',
-        hint: p.generations.includes('flatcar-sysext') ? 'build it from Flatcar 3760 or later' : 'see oem providers',
+        hint: !p.generations.includes(generation) && p.generations.includes('flatcar-sysext') ? 'build it from Flatcar 3760 or later' : 'see oem providers',
       });
     }
-    for (const p of unfit) log(`skipping ${p.id}: it is for ${p.generations.join(' and ')} images, this is a ${generation} image`);
-    const buildable = wanted.filter((p) => p.generations.includes(generation));
+    for (const { p, why } of unfit) log(`skipping ${p.id}: ${why}`);
+    const buildable = wanted.filter((p) => !unfit.some((u) => u.p === p));
     if ((opts.sysexts?.length || opts.oemSysext) && !image.sysext) {
       throw new OemError(`--sysext and --oem-sysext are for Flatcar 3760 and later; ${base.distro} ${base.version} keeps provider content as plain files`, { code: 'usage' });
     }
@@ -198,7 +202,8 @@ async function buildOne(p: Provider, c: Ctx): Promise<ProviderBuild> {
   try {
     const formats = c.opts.formats?.length ? c.opts.formats : p.formats;
     const compression = c.opts.compress ?? 'bz2';
-    const job = { providerId: p.id, distro: base.distro, formats, compression, base: { raw: image.raw, index: image.index }, prefixes: c.prefixes, signer: c.signer, mtime: buildTime(), outDir: tmpDir, work: c.work, log: c.log, step: c.step, progress: (d: number, t: number) => c.progress(d, t, 'percent') };
+    const diskSize = c.opts.diskSize ?? p.diskSize;
+    const job = { providerId: p.id, distro: base.distro, formats, ...(diskSize !== undefined ? { diskSize } : {}), compression, base: { raw: image.raw, index: image.index }, prefixes: c.prefixes, signer: c.signer, mtime: buildTime(), outDir: tmpDir, work: c.work, log: c.log, step: c.step, progress: (d: number, t: number) => c.progress(d, t, 'percent') };
     // Only the raw .bz2 from the release's blocks needs no whole copy of the disk.
     const whole = !(reusesBlocks(job) && formats.every((f) => f === 'raw'));
     const working = await workingImage(image.raw, image.layout, join(c.work, `${p.id}.bin`), whole);

@@ -14,7 +14,7 @@ describe('oem build artifacts: formats, compression, signatures', () => {
   it('builds each provider\'s default formats, readable by independent tools', async () => {
     const out = join(work, `formats-${next()}`);
     const { result } = await oemJson<BuildResult>(
-      ['build', '--provider', 'ec2', '--provider', 'azure', '--provider', 'gce', '--provider', 'openstack', '--provider', 'vmware', '--provider', 'vagrant', ...mirrorArgs('flatcar'), '--output-dir', out, '--no-agent'],
+      ['build', '--provider', 'ec2', '--provider', 'azure', '--provider', 'gce', '--provider', 'openstack', '--provider', 'vmware', '--provider', 'vagrant', '--provider', 'exoscale', ...mirrorArgs('flatcar'), '--output-dir', out, '--no-agent'],
       { env: { OEM_TMPDIR: work } },
     );
     expect(result.exitCode).toBe(0);
@@ -25,6 +25,7 @@ describe('oem build artifacts: formats, compression, signatures', () => {
     expect(await names('openstack')).toEqual(['flatcar_production_openstack_image.qcow2.bz2']);
     expect(await names('vmware')).toEqual(['flatcar_production_vmware_image.ova', 'flatcar_production_vmware_image.vmdk.bz2']);
     expect(await names('vagrant')).toEqual(['flatcar_production_vagrant_image.libvirt.box', 'flatcar_production_vagrant_image.virtualbox.box']);
+    expect(await names('exoscale')).toEqual(['flatcar_production_exoscale_image.qcow2.bz2']);
     // Every disk format holds the same disk as the raw artifact: for ec2 exactly (qemu-img compare with
     // its own raw), for the other providers everywhere but their OEM partition (their own content,
     // read back by oem inspect), byte for byte with cmp over the disks qemu-img reads out of them.
@@ -65,6 +66,22 @@ describe('oem build artifacts: formats, compression, signatures', () => {
       expect(ins.oem?.oemId, `${p} ${f}`).toBe(p);
       await rm(flat);
     }
+    // Exoscale's disk is 10 GiB, as Flatcar makes it: the image grown, its backup GPT at the new end, every partition where it was.
+    const exo = join(work, `exo-${next()}.qcow2`);
+    await execa('sh', ['-c', `bzip2 -dc "${join(out, 'exoscale', 'flatcar_production_exoscale_image.qcow2.bz2')}" > "${exo}"`]);
+    const exoInfo = JSON.parse((await execa('qemu-img', ['info', '--output', 'json', '-f', 'qcow2', exo])).stdout) as { 'virtual-size': number };
+    expect(exoInfo['virtual-size']).toBe(10 * 1024 ** 3);
+    const exoFlat = join(work, `exo-${next()}.bin`);
+    await execa('qemu-img', ['convert', '-f', 'qcow2', '-O', 'raw', exo, exoFlat]);
+    expect((await execa('sgdisk', ['-v', exoFlat])).stdout).toMatch(/No problems found/);
+    const exoIns = (await oemJson<InspectReport>(['inspect', exoFlat])).json;
+    expect(exoIns.size).toBe(10 * 1024 ** 3);
+    expect(exoIns.oem?.oemId).toBe('exoscale');
+    expect(exoIns.partitions.map((x) => [x.number, x.firstLba, x.lastLba])).toEqual(ec2Report.partitions.map((x) => [x.number, x.firstLba, x.lastLba]));
+    // The partitions before OEM are the same bytes as ec2's (the GPT headers differ: they name the new size).
+    const firstPart = ec2Report.partitions.find((x) => x.number === 1)!.firstLba * 512;
+    expect((await execa('cmp', ['-i', String(firstPart), '-n', String(oemStart - firstPart), ec2Raw, exoFlat], { reject: false })).exitCode).toBe(0);
+    await rm(exoFlat);
     // ec2's disk is the provider's own; compare the layout and the OEM content through inspect of each raw.
     const ins = (await oemJson<InspectReport>(['inspect', ec2Raw])).json;
     expect(ins.oem?.oemId).toBe('ec2');
@@ -82,7 +99,7 @@ describe('oem build artifacts: formats, compression, signatures', () => {
   for (const [kind, tool] of [['gz', 'gzip'], ['xz', 'xz'], ['zst', 'zstd'], ['none', '']] as const) {
     it(`--compress ${kind}: the raw image decompresses with stock ${tool || 'nothing'} to the same disk as bz2`, async () => {
       const out = join(work, `c-${kind}-${next()}`);
-      const r = await oemJson<BuildResult>(['build', '--provider', 'qemu', '--compress', kind, ...mirrorArgs('coreos'), '--output-dir', out, '--no-agent'], { env: { OEM_TMPDIR: work, SOURCE_DATE_EPOCH: '1700000000' } });
+      const r = await oemJson<BuildResult>(['build', '--provider', 'qemu', '--format', 'raw', '--compress', kind, ...mirrorArgs('coreos'), '--output-dir', out, '--no-agent'], { env: { OEM_TMPDIR: work, SOURCE_DATE_EPOCH: '1700000000' } });
       expect(r.result.exitCode).toBe(0);
       const name = `coreos_production_qemu_image.bin${kind === 'none' ? '' : `.${kind}`}`;
       expect(r.json.builds[0]!.image).toBe(join(out, 'qemu', name));
@@ -135,7 +152,7 @@ describe('oem build artifacts: formats, compression, signatures', () => {
     const out = join(work, `signed-${next()}`);
     // A release pipeline's SOURCE_DATE_EPOCH (its last commit) is older than its signing key: the
     // signatures carry the key's creation time instead, the one deterministic time the key can sign at.
-    const r = await oemJson<BuildResult>(['build', '--provider', 'qemu', '--sign-key', secret, ...mirrorArgs('flatcar'), '--output-dir', out, '--no-agent'], { env: { OEM_TMPDIR: work, SOURCE_DATE_EPOCH: '1700000000' } });
+    const r = await oemJson<BuildResult>(['build', '--provider', 'qemu', '--format', 'raw', '--sign-key', secret, ...mirrorArgs('flatcar'), '--output-dir', out, '--no-agent'], { env: { OEM_TMPDIR: work, SOURCE_DATE_EPOCH: '1700000000' } });
     expect(r.result.exitCode, r.result.stderr).toBe(0);
     const img = r.json.builds[0]!.image;
     await execa('gpg', ['--batch', '--verify', `${img}.sig`, img], { env });
@@ -178,7 +195,7 @@ describe('oem build artifacts: formats, compression, signatures', () => {
     const m = JSON.parse(await readFile(join(out, 'qemu', 'manifest.json'), 'utf8'));
     expect(m.signingKey.fingerprint).toMatch(/^[0-9A-F]{40}$/);
     // A public key is not a signing key: refused before anything is built.
-    const bad = await oem(['build', '--provider', 'qemu', '--sign-key', pub, ...mirrorArgs('flatcar'), '--output-dir', join(work, `bad-${next()}`), '--no-agent']);
+    const bad = await oem(['build', '--provider', 'qemu', '--format', 'raw', '--sign-key', pub, ...mirrorArgs('flatcar'), '--output-dir', join(work, `bad-${next()}`), '--no-agent']);
     expect(bad.exitCode).toBe(2);
     expect(expectCleanError(bad)).toMatch(/is a public key/);
   });

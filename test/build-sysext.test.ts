@@ -360,7 +360,7 @@ describe('the platforms that came with Flatcar\'s extensions', () => {
     try {
       const older = await oem(['build', '--provider', 'hetzner', '--distro', 'flatcar', '--base-url', `${plain.url}/flatcar/{channel}/{board}`, '--key', fixtures.key.publicKeyPath, '--cache-dir', join(work, 'cache-plain'), '--output-dir', out, '--no-agent']);
       expect(older.exitCode).toBe(2);
-      expect(expectCleanError(older)).toMatch(/^provider hetzner is for flatcar-sysext images; flatcar 3510\.2\.8 is a flatcar image$/);
+      expect(expectCleanError(older)).toMatch(/^provider hetzner cannot be built from flatcar 3510\.2\.8: it is for flatcar-sysext images, this is a flatcar image$/);
     } finally {
       await plain.close();
     }

@@ -7,7 +7,8 @@ import type { BuildResult } from '../src/build.js';
 import { expectCleanError, oem, oemJson } from './helpers/cli.js';
 import { part, readTree } from './helpers/image-read.js';
 import { startMirrorServer } from '../scripts/lib/mirror-server.js';
-import { agent, fixtures, mirrorArgs, next, PROVIDERS, raw, server, sha512, SYSEXT_ONLY, useBuildEnv, work } from './helpers/build-env.js';
+import { loadProviders } from '../src/providers/registry.js';
+import { agent, fixtures, mirrorArgs, next, OTHER_ARCH, PROVIDERS, raw, server, sha512, SYSEXT_ONLY, useBuildEnv, work } from './helpers/build-env.js';
 
 useBuildEnv();
 
@@ -16,9 +17,52 @@ const exists = (p: string) => access(p).then(() => true, () => false);
 describe('oem build options and failures', () => {
   it('lists providers, with --json', async () => {
     const { json } = await oemJson<{ id: string; oemId: string; aliases: string[] }[]>(['providers']);
-    expect(json.map((p) => p.id)).toEqual([...PROVIDERS, ...SYSEXT_ONLY].sort());
+    expect(json.map((p) => p.id)).toEqual([...PROVIDERS, ...SYSEXT_ONLY, ...OTHER_ARCH].sort());
     expect(json.find((p) => p.id === 'ec2')!.aliases).toEqual(['ami', 'aws']);
     expect(json.find((p) => p.id === 'gce')!.aliases).toEqual(['gcp']);
+  });
+
+  it('lists every platform of Flatcar\'s image pipeline and of Afterburn, with its formats and what the agent does there', async () => {
+    type Listed = { id: string; aliases: string[]; oemId: string; formats: string[]; diskSize?: number; architectures?: string[]; agent: { does: string[]; reads?: string; afterburnNames?: string } };
+    const { json } = await oemJson<Listed[]>(['providers']);
+    const find = (name: string) => json.find((p) => p.id === name || p.aliases.includes(name));
+    // flatcar/scripts image_to_vm.sh platforms (with packet and rackspace, dropped in 2026) and Afterburn's.
+    const flatcar = ['akamai', 'ami', 'azure', 'cloudsigma', 'cloudstack', 'digitalocean', 'exoscale', 'gce', 'hetzner', 'hyperv', 'kubevirt', 'nutanix', 'openstack', 'oraclecloud', 'parallels', 'proxmoxve', 'qemu', 'scaleway', 'stackit', 'vagrant', 'virtualbox', 'vmware', 'packet', 'rackspace'];
+    const afterburn = ['akamai', 'aliyun', 'aws', 'azure', 'azurestack', 'cloudstack', 'digitalocean', 'exoscale', 'gcp', 'hetzner', 'ibmcloud', 'ibmcloud-classic', 'kubevirt', 'openstack', 'oraclecloud', 'packet', 'powervs', 'proxmoxve', 'scaleway', 'upcloud', 'vultr', 'vmware'];
+    for (const name of [...flatcar, ...afterburn]) expect(find(name), name).toBeDefined();
+    expect(find('ami')!.oemId).toBe('ec2');
+    expect(find('stackit')!.oemId).toBe('openstack');
+    expect(find('exoscale')).toMatchObject({ formats: ['qcow2'], diskSize: 10 * 1024 ** 3 });
+    expect(find('hyperv')!.formats).toEqual(['vhd', 'vhdx']);
+    expect(find('cloudstack')!.formats).toEqual(['raw', 'vhd']);
+    expect(find('powervs')!.architectures).toEqual(['ppc64-le']);
+    // The agent's reach: for every Afterburn platform whose image runs oem's agent, its Afterburn names.
+    expect(find('azure')!.agent).toMatchObject({ does: ['attributes', 'ssh-keys', 'userdata', 'hostname', 'check-in'], afterburnNames: 'AFTERBURN_AZURE_*' });
+    expect(find('packet')!.agent.does).toContain('check-in');
+    expect(find('ec2')!.agent.afterburnNames).toBe('AFTERBURN_AWS_*');
+    expect(find('akamai')!.agent.does).toEqual([]);
+    const text = await oem(['providers']);
+    expect(text.stdout).toMatch(/^exoscale +Exoscale\n +oem_id=exoscale; 3760\+: .*; formats: qcow2 \(10 GiB disk\)\n +agent: attributes, ssh-keys, userdata, hostname from /m);
+  });
+
+  it('refuses a provider whose agent units ask the agent for what it does not do on that platform', async () => {
+    const t = join(work, `tpl-units-${next()}`);
+    await mkdir(join(t, 'vmware'), { recursive: true });
+    await writeFile(join(t, 'vmware', 'provider.yml'), 'id: vmware\nname: VMware\noem_id: vmware\nagent_units: [userdata, network, check-in]\n');
+    await expect(loadProviders(t)).rejects.toThrow(/provider\.yml: the agent does not do network, check-in on vmware \(it does: userdata\)$/);
+    await writeFile(join(t, 'vmware', 'provider.yml'), 'id: vmware\nname: VMware\noem_id: vmware\ndisk_size: 1000\n');
+    await expect(loadProviders(t)).rejects.toThrow(/disk_size: the disk size 1000 is not a whole number of MiB/);
+    await writeFile(join(t, 'vmware', 'provider.yml'), 'id: vmware\nname: VMware\noem_id: vmware\narchitectures: [sparc]\n');
+    await expect(loadProviders(t)).rejects.toThrow(/unknown architecture "sparc" \(known: x86-64, arm64, ppc64-le\)/);
+  });
+
+  it('refuses a provider of another architecture, and a disk size that is not whole MiB', async () => {
+    const r = await oem(['build', '--provider', 'powervs', '--image', fixtures.flatcar.raw, '--insecure', '--output-dir', join(work, `arch-${next()}`), '--agent', agent]);
+    expect(r.exitCode).toBe(2);
+    expect(expectCleanError(r)).toMatch(/^provider powervs cannot be built from flatcar [\d.]+: it is for ppc64-le images, this is an x86-64 image$/);
+    const d = await oem(['build', '--provider', 'qemu', '--disk-size', '10.5GB', '--image', fixtures.flatcar.raw, '--insecure', '--output-dir', join(work, `size-${next()}`), '--agent', agent]);
+    expect(d.exitCode).toBe(2);
+    expect(expectCleanError(d)).toBe('--disk-size: the disk size "10.5GB" is not a whole number of MiB (e.g. 10GiB, 8704MiB)');
   });
 
   it('shows each step: plain oem: lines without a terminal, listr2 on one, nothing but the result on stdout with --json', async () => {
@@ -79,12 +123,12 @@ describe('oem build options and failures', () => {
   });
 
   it('a local image needs a verifiable signature or --insecure', async () => {
-    const r = await oem(['build', '--provider', 'qemu', '--image', fixtures.flatcar.raw, '--output-dir', join(work, 'x'), '--agent', agent]);
+    const r = await oem(['build', '--provider', 'qemu', '--format', 'raw', '--image', fixtures.flatcar.raw, '--output-dir', join(work, 'x'), '--agent', agent]);
     expect(r.exitCode).toBe(4);
     expect(expectCleanError(r)).toMatch(/has no signature to verify/);
     const dir = join(fixtures.mirror, 'flatcar', 'stable', 'amd64-usr', fixtures.flatcar.version);
     const ok = await oemJson<BuildResult>(
-      ['build', '--provider', 'qemu', '--image', join(dir, 'flatcar_production_image.bin.bz2'), '--key', fixtures.key.publicKeyPath, '--output-dir', join(work, `signed-${next()}`), '--agent', agent],
+      ['build', '--provider', 'qemu', '--format', 'raw', '--image', join(dir, 'flatcar_production_image.bin.bz2'), '--key', fixtures.key.publicKeyPath, '--output-dir', join(work, `signed-${next()}`), '--agent', agent],
       { env: { OEM_TMPDIR: work } },
     );
     expect(ok.result.exitCode).toBe(0);
@@ -93,12 +137,12 @@ describe('oem build options and failures', () => {
   });
 
   it('says the agent is missing rather than writing a placeholder; --no-agent builds without it', async () => {
-    const r = await oem(['build', '--provider', 'qemu', ...mirrorArgs('flatcar'), '--output-dir', join(work, 'noagent'), '--agent', join(work, 'nope')]);
+    const r = await oem(['build', '--provider', 'qemu', '--format', 'raw', ...mirrorArgs('flatcar'), '--output-dir', join(work, 'noagent'), '--agent', join(work, 'nope')]);
     expect(r.exitCode).toBe(2);
     expect(expectCleanError(r)).toMatch(/^the runtime agent for amd64-usr is missing: /);
     expect(r.stderr).toMatch(/hint: build it with `npm run build:agent`/);
     const out = join(work, `noagent-${next()}`);
-    const ok = await oemJson<BuildResult>(['build', '--provider', 'qemu', ...mirrorArgs('flatcar'), '--output-dir', out, '--no-agent'], { env: { OEM_TMPDIR: work } });
+    const ok = await oemJson<BuildResult>(['build', '--provider', 'qemu', '--format', 'raw', ...mirrorArgs('flatcar'), '--output-dir', out, '--no-agent'], { env: { OEM_TMPDIR: work } });
     expect(ok.result.exitCode).toBe(0);
     const img = await raw(ok.json.builds[0]!.image);
     const tree = await readTree(img, 6, 'btrfs');
@@ -141,12 +185,12 @@ describe('oem build options and failures', () => {
     await mkdir(join(t, 'qemu', 'files', 'system'), { recursive: true });
     await writeFile(join(t, 'qemu', 'files', 'motd'), 'hello {{user}}\n');
     const out = join(work, `bad-out-${next()}`);
-    let r = await oem(['build', '--provider', 'qemu', '--templates', t, ...mirrorArgs('flatcar'), '--output-dir', out, '--agent', agent], { env: { OEM_TMPDIR: work } });
+    let r = await oem(['build', '--provider', 'qemu', '--format', 'raw', '--templates', t, ...mirrorArgs('flatcar'), '--output-dir', out, '--agent', agent], { env: { OEM_TMPDIR: work } });
     expect(r.exitCode).toBe(2);
     expect(expectCleanError(r)).toMatch(/motd: unknown template variable \{\{user\}\} \(allowed: version, channel, provider, oem_id, name\)/);
     await rm(join(t, 'qemu', 'files', 'motd'));
     await writeFile(join(t, 'qemu', 'files', 'system', 'bad.service'), '[Unit]\nDescription=x\n[Service]\nExecStart=/bin/true\nBogusKey=1\n[Install]\nWantedBy=oem.target\n');
-    r = await oem(['build', '--provider', 'qemu', '--templates', t, ...mirrorArgs('flatcar'), '--output-dir', out, '--agent', agent], { env: { OEM_TMPDIR: work } });
+    r = await oem(['build', '--provider', 'qemu', '--format', 'raw', '--templates', t, ...mirrorArgs('flatcar'), '--output-dir', out, '--agent', agent], { env: { OEM_TMPDIR: work } });
     expect(r.exitCode).toBe(2);
     expect(expectCleanError(r)).toMatch(/provider qemu: generated content does not validate: \/system\/bad\.service: line 5: unknown key BogusKey in section \[Service\]/);
     expect(await exists(join(out, 'qemu'))).toBe(false);
@@ -159,7 +203,7 @@ describe('oem build options and failures', () => {
     expect(expectCleanError(r)).toBe('unknown provider "nosuch"');
     const cfg = join(work, 'bad.yml');
     await writeFile(cfg, 'version: 2\n');
-    r = await oem(['build', '--provider', 'qemu', '--image', fixtures.flatcar.raw, '--insecure', '--config', cfg, '--agent', agent]);
+    r = await oem(['build', '--provider', 'qemu', '--format', 'raw', '--image', fixtures.flatcar.raw, '--insecure', '--config', cfg, '--agent', agent]);
     expect(expectCleanError(r)).toMatch(/--config .*bad\.yml is not a valid provisioning config: error at \$\.version \(line 1, col \d+\): version must be 1/);
     expect(r.stderr).toMatch(/hint: oem validate .*bad\.yml lists every problem/);
   });
@@ -170,7 +214,7 @@ describe.runIf(process.getuid?.() === 0)('Ctrl-C during oem build [root]', () =>
     const { BIN } = await import('./helpers/cli.js');
     const { leftovers } = await import('./helpers/image-read.js');
     const out = join(work, `int-${next()}`);
-    const child = execa(process.execPath, [BIN, 'build', '--provider', 'qemu', '--provider', 'ec2', ...mirrorArgs('coreos'), '--output-dir', out, '--agent', agent, '--backend', 'mount'], {
+    const child = execa(process.execPath, [BIN, 'build', '--provider', 'qemu', '--format', 'raw', '--provider', 'ec2', ...mirrorArgs('coreos'), '--output-dir', out, '--agent', agent, '--backend', 'mount'], {
       reject: false,
       env: { OEM_TMPDIR: work, OEM_DEBUG_PAUSE_AFTER_MOUNT_MS: '20000' },
     });
@@ -242,7 +286,7 @@ describe('the built agent in images', () => {
       try {
         const out = join(work, `board-out-${next()}`);
         const { result, json } = await oemJson<BuildResult>(
-          ['build', '--provider', 'qemu', '--board', board, '--base-url', `${srv.url}/{channel}/{board}`, '--key', fixtures.key.publicKeyPath, '--cache-dir', join(work, 'cache'), '--output-dir', out],
+          ['build', '--provider', 'qemu', '--format', 'raw', '--board', board, '--base-url', `${srv.url}/{channel}/{board}`, '--key', fixtures.key.publicKeyPath, '--cache-dir', join(work, 'cache'), '--output-dir', out],
           { env: { OEM_TMPDIR: work } },
         );
         expect(result.exitCode).toBe(0);

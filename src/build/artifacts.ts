@@ -9,6 +9,7 @@ import { rm } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { compressReusing, type SharedPrefixes } from '../artifacts/bzip2-reuse.js';
 import { compressFile } from '../artifacts/compress.js';
+import { growDisk, showSize } from '../artifacts/disk-size.js';
 import { COMPRESSION_SUFFIX, type Compression } from '../compression.js';
 import { artifactName, COMPRESSIBLE, convert, type Format } from '../artifacts/formats.js';
 import type { SigningKey } from '../artifacts/sign.js';
@@ -22,6 +23,8 @@ export interface ArtifactJob {
   providerId: string;
   distro: Distro;
   formats: Format[];
+  /** The platform's disk size in bytes for the virtual disk formats (the raw image keeps the release's size); undefined: the image's. */
+  diskSize?: number;
   compression: Compression;
   /** The decoded base and its block map, for the raw .bz2 from the release's blocks (null: compress whole). */
   base: { raw: string; index: BaseIndex | null };
@@ -43,9 +46,18 @@ export function reusesBlocks(job: Pick<ArtifactJob, 'base' | 'compression'>): bo
 }
 
 export async function makeArtifacts(img: WorkingImage, job: ArtifactJob): Promise<ArtifactInfo[]> {
-  const artifacts: ArtifactInfo[] = [];
+  const made = new Map<Format, ArtifactInfo>();
   const p = job.providerId;
-  for (const format of job.formats) {
+  // The raw image first: the other formats may get a grown disk (job.diskSize), which the raw image does not.
+  const order = [...job.formats.filter((f) => f === 'raw'), ...job.formats.filter((f) => f !== 'raw')];
+  let grown = false;
+  for (const format of order) {
+    if (format !== 'raw' && job.diskSize !== undefined && !grown) {
+      await img.whole();
+      job.step(`${p}: growing the disk to ${showSize(job.diskSize)}`);
+      await growDisk(img.path, job.diskSize);
+      grown = true;
+    }
     const plain = artifactName(job.distro, p, format);
     const compress = COMPRESSIBLE[format] && job.compression !== 'none';
     const name = compress ? plain + COMPRESSION_SUFFIX[job.compression] : plain;
@@ -74,7 +86,7 @@ export async function makeArtifacts(img: WorkingImage, job: ArtifactJob): Promis
     h ??= await hashes(out);
     await describeArtifact(job.outDir, name, h, job.signer);
     job.log(`${p}: ${name} (${h.size} bytes${tool ? `, compressed with ${tool}` : ''}${job.signer ? ', signed' : ''})`);
-    artifacts.push({ name, path: name, format, compression: compress ? job.compression : 'none', size: h.size, sha512: h.sha512 });
+    made.set(format, { name, path: name, format, compression: compress ? job.compression : 'none', size: h.size, sha512: h.sha512 });
   }
-  return artifacts;
+  return job.formats.map((f) => made.get(f)!);
 }

@@ -10,6 +10,7 @@ import { runWithProgress } from '../progress.js';
 import type { BuildGeneration } from '../build/base.js';
 import { SYSEXT_FORMATS, type SysextFormat } from '../sysext/make.js';
 import type { BackendChoice } from '../write/apply.js';
+import { parseDiskSize } from '../providers/registry.js';
 
 export default class Build extends OemCommand {
   static override summary = 'Build provider images from a channel release (fetched and verified) or a local image.';
@@ -46,6 +47,7 @@ export default class Build extends OemCommand {
     'no-agent': Flags.boolean({ description: 'build without the runtime agent and its units', default: false }),
     format: Flags.string({ description: 'artifact format (repeatable; default: the provider\'s)', multiple: true, options: [...FORMATS] }),
     compress: Flags.string({ description: 'compression of raw and disk-format artifacts', options: [...COMPRESSIONS], default: 'bz2' }),
+    'disk-size': Flags.string({ description: "size of the virtual disk formats' disk, e.g. 10GiB (default: the provider's, else the image's; the raw image keeps the release's size)" }),
     'sign-key': Flags.string({ description: 'armored OpenPGP secret key: writes a detached .sig for each artifact and a clearsigned .DIGESTS.asc' }),
     'sign-passphrase-file': Flags.string({ description: 'file holding the passphrase of --sign-key (or set OEM_SIGN_PASSPHRASE)' }),
     concurrency: Flags.integer({ description: 'providers built at once (default: cores, at most 4)', min: 1 }),
@@ -78,6 +80,7 @@ export default class Build extends OemCommand {
         noAgent: flags['no-agent'],
         ...(flags.format ? { formats: flags.format as Format[] } : {}),
         compress: flags.compress as Compression,
+        ...(flags['disk-size'] !== undefined ? { diskSize: parseDiskSize(flags['disk-size'], '--disk-size') } : {}),
         ...(flags['sign-key'] ? { signKey: flags['sign-key'] } : {}),
         ...pass,
         ...(flags.concurrency ? { concurrency: flags.concurrency } : {}),

@@ -1,6 +1,16 @@
 import { Flags } from '@oclif/core';
 import { OemCommand } from '../base-command.js';
-import { loadProviders } from '../providers/registry.js';
+import { showSize } from '../artifacts/disk-size.js';
+import { loadProviders, type AgentUnit } from '../providers/registry.js';
+import { agentPlatform, type AgentFeature } from '../shared/platforms.js';
+
+/** What the agent does for a provider's image: the features its units run, and where it reads them. */
+function agentReport(oemId: string, units: AgentUnit[]): { does: AgentFeature[]; reads?: string; afterburnNames?: string } {
+  const info = agentPlatform(oemId);
+  const does = units.filter((u) => u !== 'provision').map((u): AgentFeature => (u === 'metadata' ? 'attributes' : u));
+  if (info === undefined || does.length === 0) return { does: [] };
+  return { does, reads: info.reads, ...(info.afterburn !== undefined ? { afterburnNames: `AFTERBURN_${info.afterburn}_*` } : {}) };
+}
 
 export default class Providers extends OemCommand {
   static override summary = 'List the providers oem can build images for.';
@@ -13,15 +23,20 @@ export default class Providers extends OemCommand {
 
   async run() {
     const { flags } = await this.parse(Providers);
-    const providers = await loadProviders(flags.templates);
+    const providers = (await loadProviders(flags.templates)).map(({ dirs: _d, ...p }) => ({ ...p, agent: agentReport(p.oemId, p.agentUnits) }));
     if (!this.jsonEnabled()) {
       const w = Math.max(...providers.map((p) => p.id.length));
       for (const p of providers) {
         const sysext = p.flatcarPlatform ? `Flatcar's oem-${p.flatcarPlatform}` : `own extension, oem_id=${p.ignitionPlatform}`;
         const only = p.generations.length < 3 ? ` [${p.generations.join(', ')} only]` : '';
-        this.log(`${p.id.padEnd(w)}  oem_id=${p.oemId.padEnd(18)} 3760+: ${sysext.padEnd(34)} ${p.name}${p.aliases.length ? ` (aliases: ${p.aliases.join(', ')})` : ''}${only}`);
+        const arch = p.architectures ? ` [${p.architectures.join(', ')} only]` : '';
+        const size = p.diskSize !== undefined ? ` (${showSize(p.diskSize)} disk)` : '';
+        this.log(`${p.id.padEnd(w)}  ${p.name}${p.aliases.length ? ` (aliases: ${p.aliases.join(', ')})` : ''}${only}${arch}`);
+        this.log(`${''.padEnd(w)}  oem_id=${p.oemId}; 3760+: ${sysext}; formats: ${p.formats.join(', ')}${size}`);
+        const none = p.flatcarPlatform && !p.generations.includes('coreos') ? "none (Flatcar's extension brings the platform's agents)" : 'none';
+        this.log(`${''.padEnd(w)}  agent: ${p.agent.does.length ? `${p.agent.does.join(', ')} from ${p.agent.reads}` : none}`);
       }
     }
-    return providers.map(({ dirs: _d, ...p }) => p);
+    return providers;
   }
 }

@@ -35,6 +35,14 @@ export interface Provider {
   ignitionPlatform: string;
   /** The image generations the provider is for (default all): platforms that came with Flatcar's extensions have only flatcar-sysext. */
   generations: ProviderGeneration[];
+  /** The CPU architectures (systemd's names: x86-64, arm64, ppc64-le) the platform runs; undefined: any. */
+  architectures?: string[];
+  /**
+   * The size in bytes of the platform's disk (Flatcar grows the image for some platforms, e.g.
+   * Exoscale's 10 GiB): the virtual disk formats get it; the raw image keeps the release's size.
+   * Undefined: the release's size.
+   */
+  diskSize?: number;
   /** Template directories, lowest priority first: built-in _common, built-in provider, user's _common, user's provider. */
   dirs: string[];
 }
@@ -60,7 +68,20 @@ function str(v: unknown, key: string, file: string, optional = false): string {
   return s;
 }
 
-const KNOWN_KEYS = new Set(['id', 'name', 'oem_id', 'aliases', 'home_url', 'bug_report_url', 'grub', 'agent_units', 'formats', 'flatcar_platform', 'ignition_platform', 'generations']);
+const KNOWN_KEYS = new Set(['id', 'name', 'oem_id', 'aliases', 'home_url', 'bug_report_url', 'grub', 'agent_units', 'formats', 'flatcar_platform', 'ignition_platform', 'generations', 'architectures', 'disk_size']);
+
+const ARCHITECTURES = ['x86-64', 'arm64', 'ppc64-le'];
+const SIZE_UNITS: Record<string, number> = { '': 1, KiB: 1024, MiB: 1024 ** 2, GiB: 1024 ** 3, TiB: 1024 ** 4 };
+
+/** A disk size: a number of bytes, or `<n>KiB|MiB|GiB|TiB`; a whole number of MiB (VHD and Azure need it). */
+export function parseDiskSize(v: unknown, where: string): number {
+  const m = /^(\d{1,15})\s*(KiB|MiB|GiB|TiB|)$/.exec(String(v ?? '').trim());
+  const bytes = m ? Number(m[1]) * SIZE_UNITS[m[2]!]! : NaN;
+  if (!Number.isSafeInteger(bytes) || bytes <= 0 || bytes % (1024 * 1024) !== 0) {
+    throw new OemError(`${where}: the disk size ${JSON.stringify(v)} is not a whole number of MiB (e.g. 10GiB, 8704MiB)`, { code: 'usage' });
+  }
+  return bytes;
+}
 
 export const PROVIDER_GENERATIONS = ['coreos', 'flatcar', 'flatcar-sysext'] as const;
 export type ProviderGeneration = (typeof PROVIDER_GENERATIONS)[number];
@@ -121,8 +142,27 @@ function parseProvider(text: string, file: string, dirs: string[]): Provider {
       if (!(PROVIDER_GENERATIONS as readonly unknown[]).includes(g)) throw new OemError(`${file}: unknown generation ${JSON.stringify(g)} (known: ${PROVIDER_GENERATIONS.join(', ')})`, { code: 'usage' });
       return g as ProviderGeneration;
     }),
+    ...(d.architectures !== undefined ? { architectures: architectures(d.architectures, file) } : {}),
+    ...(d.disk_size !== undefined ? { diskSize: parseDiskSize(d.disk_size, `${file}: disk_size`) } : {}),
     dirs,
   };
+}
+
+function architectures(v: unknown, file: string): string[] {
+  if (!Array.isArray(v) || v.length === 0) throw new OemError(`${file}: architectures must be a list of ${ARCHITECTURES.join(', ')}`, { code: 'usage' });
+  return v.map((a) => {
+    if (!ARCHITECTURES.includes(a as string)) throw new OemError(`${file}: unknown architecture ${JSON.stringify(a)} (known: ${ARCHITECTURES.join(', ')})`, { code: 'usage' });
+    return a as string;
+  });
+}
+
+/** Why provider `p` cannot be built from an image of this generation and architecture; undefined when it can. */
+export function unfitReason(p: Pick<Provider, 'generations' | 'architectures'>, generation: ProviderGeneration, arch: string | undefined): string | undefined {
+  if (!p.generations.includes(generation)) return `it is for ${p.generations.join(' and ')} images, this is a ${generation} image`;
+  if (p.architectures !== undefined && (arch === undefined || !p.architectures.includes(arch))) {
+    return `it is for ${p.architectures.join(' and ')} images, this is ${arch === undefined ? 'an image of unknown architecture' : `an ${arch} image`}`;
+  }
+  return undefined;
 }
 
 /** All providers: the built-in ones, overlaid by a user's template tree. */

@@ -13,7 +13,7 @@ import type { InspectReport } from '../../src/image/inspect.js';
 import { checkCloudConfig, checkIgnition } from '../../src/providers/validate.js';
 import { oemJson } from './cli.js';
 import { part, readTree } from './image-read.js';
-import { agent, fixtures, key, mirrorArgs, PROVIDERS, raw, sha512, SYSEXT_ONLY, work } from './build-env.js';
+import { agent, fixtures, key, mirrorArgs, OTHER_ARCH, PROVIDERS, raw, sha512, SYSEXT_ONLY, work } from './build-env.js';
 
 // CoreOS-style uncompressed (--compress none), Flatcar-style with the default bz2: the content checks
 // read the first as built, the second through stock lbzip2.
@@ -40,6 +40,7 @@ export function allProvidersSuite(gen: 'coreos' | 'flatcar'): void {
       expect(result.builds.map((b) => b.provider).sort()).toEqual(PROVIDERS);
       // The platforms that came with Flatcar's extensions are skipped on this generation, and said so.
       for (const p of SYSEXT_ONLY) expect(stderr).toContain(`oem: skipping ${p}: it is for flatcar-sysext images, this is a ${gen} image`);
+      for (const p of OTHER_ARCH) expect(stderr).toContain(`oem: skipping ${p}: it is for ppc64-le images, this is an x86-64 image`);
       expect(result).toMatchObject({ distro: gen, version: fixtures[gen].version, generation: gen, base: { verified: true, insecure: false } });
       expect((await readdir(out)).sort()).toEqual(PROVIDERS);
       for (const p of PROVIDERS) {

@@ -27,7 +27,12 @@ export function next(): number {
 }
 
 /** Providers for every generation (what --all-providers builds on CoreOS- and Flatcar-style images). */
-export const PROVIDERS = ['azure', 'cloudsigma', 'cloudstack', 'digitalocean', 'ec2', 'exoscale', 'gce', 'hyperv', 'ipxe', 'niftycloud', 'openstack', 'pxe', 'qemu', 'rackspace', 'rackspace-onmetal', 'vagrant', 'vmware'];
+export const PROVIDERS = [
+  'aliyun', 'azure', 'azurestack', 'cloudsigma', 'cloudstack', 'digitalocean', 'ec2', 'exoscale', 'gce', 'hyperv', 'ibmcloud', 'ibmcloud-classic', 'ipxe', 'niftycloud',
+  'openstack', 'packet', 'parallels', 'pxe', 'qemu', 'rackspace', 'rackspace-onmetal', 'upcloud', 'vagrant', 'virtualbox', 'vmware', 'vultr',
+];
+/** Providers for other CPU architectures (skipped on the x86-64 test images). */
+export const OTHER_ARCH = ['powervs'];
 /** Platforms that came with Flatcar's OEM extensions: only for Flatcar 3760 and later. */
 export const SYSEXT_ONLY = ['akamai', 'hetzner', 'kubevirt', 'nutanix', 'oraclecloud', 'proxmoxve', 'scaleway', 'stackit'];
 
