@@ -42,7 +42,7 @@ describe('oem build artifacts: formats, compression, signatures', () => {
         await execa('tar', ['-xzf', artifact, '-C', x]);
         disk = join(x, 'disk.raw');
       } else {
-        await execa('sh', ['-c', `bzip2 -dc "${artifact}" > "${disk}"`]);
+        await execa('sh', ['-c', `bzip2 -dc "${artifact}" | dd of="${disk}" bs=64K conv=sparse status=none`]);
       }
       // A fixed VHD is raw data plus a footer: qemu-img only reads it as vpc when told to.
       const info = JSON.parse((await execa('qemu-img', ['info', '--output', 'json', '-f', fmt, disk])).stdout) as { format: string; 'virtual-size': number };
@@ -105,7 +105,7 @@ describe('oem build artifacts: formats, compression, signatures', () => {
       expect(r.json.builds[0]!.image).toBe(join(out, 'qemu', name));
       const disk = join(work, `d-${kind}-${next()}.bin`);
       if (kind === 'none') await copyFile(join(out, 'qemu', name), disk);
-      else await execa('sh', ['-c', `${tool} -dc "${join(out, 'qemu', name)}" > "${disk}"`]);
+      else await execa('sh', ['-c', `${tool} -dc "${join(out, 'qemu', name)}" | dd of="${disk}" bs=64K conv=sparse status=none`]);
       const ins = (await oemJson<InspectReport>(['inspect', disk])).json;
       expect(ins.oem?.oemId).toBe('qemu');
       const m = JSON.parse(await readFile(join(out, 'qemu', 'manifest.json'), 'utf8'));
@@ -131,7 +131,7 @@ describe('oem build artifacts: formats, compression, signatures', () => {
       const bz2 = join(packed, provider, `coreos_production_${provider}_image.bin.bz2`);
       for (const tool of ['bzip2', 'lbzip2', 'pbzip2']) {
         const disk = join(work, `reuse-${tool}-${next()}.bin`);
-        await execa('sh', ['-c', `${tool} -dc "${bz2}" > "${disk}"`]);
+        await execa('sh', ['-c', `${tool} -dc "${bz2}" | dd of="${disk}" bs=64K conv=sparse status=none`]);
         expect(await sha512(disk), `${provider}: ${tool}`).toBe(want);
         await rm(disk);
       }
