@@ -1,6 +1,8 @@
 /**
- * Azure: the provisioning DVD (mounted at env.azureDvd under the root by a unit) holds
- * `ovf-env.xml`, the OVF environment Azure writes for Linux VMs:
+ * Azure. Three sources:
+ *
+ * The provisioning DVD (mounted at env.azureDvd under the root by a unit) holds `ovf-env.xml`, the
+ * OVF environment Azure writes for Linux VMs:
  *
  *   <ns0:Environment xmlns:ns0="http://schemas.dmtf.org/ovf/environment/1"
  *                    xmlns:ns1="http://schemas.microsoft.com/windowsazure">
@@ -13,188 +15,40 @@
  *         </ns1:PublicKey></ns1:PublicKeys></ns1:SSH>
  *
  * HostName gives the hostname, CustomData (base64) the userdata, and PublicKey/Value the SSH keys
- * when Azure put the key text there (often it gives only a fingerprint of a certificate: then no
- * keys). Elements are matched by namespace (any prefix) and local name. The XML is read by a small
- * strict scanner: no DOCTYPE, no entity declarations, only the predefined and numeric character
- * references, balanced tags; anything else is an error.
+ * when Azure put the key text there. Elements are matched by namespace (any prefix) and local name,
+ * with the strict XML scanner of wireserver.ts.
+ *
+ * The WireServer (wireserver.ts): the goal state's shared configuration gives the attributes
+ * COREOS_AZURE_IPV4_DYNAMIC (the VM's private address, also COREOS_IPV4_PRIVATE) and
+ * COREOS_AZURE_IPV4_VIRTUAL (its load-balanced public address, also COREOS_IPV4_PUBLIC); the boot
+ * check-in is the Ready health report.
+ *
+ * The instance metadata service (IMDS, env.metadataUrl, every request with `Metadata: true`):
+ *
+ *   /metadata/instance/compute/vmSize?api-version=2017-08-01&format=text   COREOS_AZURE_VMSIZE
+ *   /metadata/instance/compute/name?api-version=2017-08-01&format=text     the hostname, when
+ *                                                                          ovf-env.xml has none
+ *   /metadata/instance/compute/publicKeys?api-version=2021-02-01           [{keyData, path}]: SSH
+ *                                                                          keys, with ovf-env.xml's
+ *
+ * These are Afterburn's attributes and endpoints (AZURE_IPV4_DYNAMIC, AZURE_IPV4_VIRTUAL,
+ * AZURE_VMSIZE; `--format afterburn` writes them as AFTERBURN_AZURE_*). A 404 means absent; a
+ * service that cannot be reached is an error. The userdata comes from ovf-env.xml alone.
  */
-import { OemError } from '../../src/shared/errors.js';
-import { decodeBase64, MAX_ENVELOPE_BYTES, readFileBelow, userdataOrNull } from './local-io.js';
+import { describe, OemError } from '../../src/shared/errors.js';
+import { httpRequest, joinUrl } from './http.js';
+import { decodeBase64, MAX_ENVELOPE_BYTES, MAX_SMALL_BYTES, readFileBelow, userdataOrNull } from './local-io.js';
 import type { Metadata, MetadataProvider, ProviderEnv, Userdata } from './types.js';
-import { cleanHostname, cleanSshKeys } from './values.js';
+import { cleanHostname, cleanSshKeys, shown } from './values.js';
+import { parseXml, reportReady, sharedConfigAddresses, XmlError, xmlChildren, type XmlElement } from './wireserver.js';
+
+export { parseXml, type XmlElement } from './wireserver.js';
 
 const AZURE_NS = 'http://schemas.microsoft.com/windowsazure';
-const XML_NS = 'http://www.w3.org/XML/1998/namespace';
-const MAX_DEPTH = 64;
-
-export interface XmlElement {
-  /** Namespace URI ('' for none). */
-  ns: string;
-  local: string;
-  attributes: Record<string, string>;
-  children: XmlElement[];
-  /** The element's own character data, concatenated (text of children excluded). */
-  text: string;
-}
-
-class XmlError extends Error {}
-
-const PREDEFINED: Record<string, string> = { lt: '<', gt: '>', amp: '&', quot: '"', apos: "'" };
-const NAME = /^[A-Za-z_][A-Za-z0-9._-]*(?::[A-Za-z_][A-Za-z0-9._-]*)?$/;
-
-function decodeText(raw: string, at: number): string {
-  if (raw.includes('<')) throw new XmlError(`'<' in a value near offset ${at}`);
-  return raw.replace(/&([^;&\s]*);?/g, (m: string, ref: string) => {
-    if (!m.endsWith(';')) throw new XmlError(`a bare '&' near offset ${at}`);
-    const named = PREDEFINED[ref];
-    if (named !== undefined) return named;
-    const num = /^#(?:x([0-9A-Fa-f]{1,6})|([0-9]{1,7}))$/.exec(ref);
-    if (num) {
-      const code = num[1] !== undefined ? parseInt(num[1], 16) : parseInt(num[2] ?? '', 10);
-      const ok = code === 0x9 || code === 0xa || code === 0xd || (code >= 0x20 && code <= 0xd7ff) || (code >= 0xe000 && code <= 0xfffd) || (code >= 0x10000 && code <= 0x10ffff);
-      if (!ok) throw new XmlError(`character reference &${ref}; is not allowed`);
-      return String.fromCodePoint(code);
-    }
-    throw new XmlError(`unknown entity &${ref}; (only the predefined entities are accepted)`);
-  });
-}
-
-interface RawTag {
-  qname: string;
-  attrs: [string, string][];
-  selfClosing: boolean;
-}
-
-function parseTagBody(body: string, at: number): RawTag {
-  const m = /^([^\s/>]+)/.exec(body);
-  if (!m || !m[1] || !NAME.test(m[1])) throw new XmlError(`bad tag name near offset ${at}`);
-  const qname = m[1];
-  let rest = body.slice(qname.length);
-  let selfClosing = false;
-  if (rest.endsWith('/')) {
-    selfClosing = true;
-    rest = rest.slice(0, -1);
-  }
-  const attrs: [string, string][] = [];
-  const attrRe = /^\s+([^\s=]+)\s*=\s*(?:"([^"]*)"|'([^']*)')/;
-  while (rest.trim() !== '') {
-    const a = attrRe.exec(rest);
-    if (!a || !a[1] || !NAME.test(a[1])) throw new XmlError(`bad attribute in <${qname}> near offset ${at}`);
-    if (attrs.some(([n]) => n === a[1])) throw new XmlError(`attribute ${a[1]} given twice in <${qname}>`);
-    attrs.push([a[1], decodeText(a[2] ?? a[3] ?? '', at)]);
-    rest = rest.slice(a[0].length);
-  }
-  return { qname, attrs, selfClosing };
-}
-
-/**
- * Parses an XML document into elements with resolved namespaces. Strict: refuses DOCTYPE and entity
- * declarations, unknown entities, undeclared prefixes, unbalanced or crossed tags, text outside the
- * root element, and more than 64 levels of nesting.
- */
-export function parseXml(input: string): XmlElement {
-  let s = input.startsWith('\uFEFF') ? input.slice(1) : input;
-  if (s.includes('\0')) throw new XmlError('NUL byte in the document');
-  s = s.replace(/\r\n?/g, '\n');
-  let i = 0;
-  let root: XmlElement | undefined;
-  const stack: { el: XmlElement; qname: string; scope: Map<string, string> }[] = [];
-  const textParts: string[][] = [];
-  const finish = (el: XmlElement, parts: string[]) => {
-    el.text = parts.join('');
-  };
-  while (i < s.length) {
-    const lt = s.indexOf('<', i);
-    const chunkEnd = lt === -1 ? s.length : lt;
-    if (chunkEnd > i) {
-      const raw = s.slice(i, chunkEnd);
-      if (raw.includes(']]>')) throw new XmlError(`']]>' in text near offset ${i}`);
-      if (stack.length === 0) {
-        if (raw.trim() !== '') throw new XmlError(`text outside the root element near offset ${i}`);
-      } else {
-        textParts[textParts.length - 1]?.push(decodeText(raw, i));
-      }
-    }
-    if (lt === -1) break;
-    i = lt;
-    if (s.startsWith('<!--', i)) {
-      const end = s.indexOf('-->', i + 4);
-      if (end === -1) throw new XmlError('unterminated comment');
-      i = end + 3;
-      continue;
-    }
-    if (s.startsWith('<![CDATA[', i)) {
-      if (stack.length === 0) throw new XmlError('CDATA outside the root element');
-      const end = s.indexOf(']]>', i + 9);
-      if (end === -1) throw new XmlError('unterminated CDATA section');
-      textParts[textParts.length - 1]?.push(s.slice(i + 9, end));
-      i = end + 3;
-      continue;
-    }
-    if (s.startsWith('<!', i)) {
-      const what = /^<!([A-Za-z]*)/.exec(s.slice(i, i + 12))?.[1] ?? '';
-      throw new XmlError(`<!${what}> is not accepted (no DOCTYPE or entity declarations)`);
-    }
-    if (s.startsWith('<?', i)) {
-      const end = s.indexOf('?>', i + 2);
-      if (end === -1) throw new XmlError('unterminated processing instruction');
-      i = end + 2;
-      continue;
-    }
-    const gt = s.indexOf('>', i);
-    if (gt === -1) throw new XmlError(`unterminated tag near offset ${i}`);
-    const body = s.slice(i + 1, gt);
-    if (body.includes('<')) throw new XmlError(`'<' inside a tag near offset ${i}`);
-    if (body.startsWith('/')) {
-      const qname = body.slice(1).trim();
-      const top = stack.pop();
-      if (!top) throw new XmlError(`closing tag </${qname}> without an open element`);
-      if (top.qname !== qname) throw new XmlError(`</${qname}> closes <${top.qname}>`);
-      finish(top.el, textParts.pop() ?? []);
-      i = gt + 1;
-      continue;
-    }
-    const tag = parseTagBody(body, i);
-    if (root !== undefined && stack.length === 0) throw new XmlError('more than one root element');
-    if (stack.length >= MAX_DEPTH) throw new XmlError(`elements nested more than ${MAX_DEPTH} deep`);
-    const scope = new Map(stack[stack.length - 1]?.scope ?? [['xml', XML_NS]]);
-    for (const [name, value] of tag.attrs) {
-      if (name === 'xmlns') scope.set('', value);
-      else if (name.startsWith('xmlns:')) scope.set(name.slice(6), value);
-    }
-    const colon = tag.qname.indexOf(':');
-    const prefix = colon === -1 ? '' : tag.qname.slice(0, colon);
-    const local = colon === -1 ? tag.qname : tag.qname.slice(colon + 1);
-    const ns = scope.get(prefix);
-    if (ns === undefined) {
-      if (prefix !== '') throw new XmlError(`undeclared namespace prefix ${prefix}: in <${tag.qname}>`);
-    }
-    const attributes: Record<string, string> = {};
-    for (const [name, value] of tag.attrs) {
-      const c = name.indexOf(':');
-      if (c !== -1 && name.slice(0, c) !== 'xmlns' && !scope.has(name.slice(0, c))) {
-        throw new XmlError(`undeclared namespace prefix ${name.slice(0, c)}: in attribute ${name}`);
-      }
-      attributes[name] = value;
-    }
-    const el: XmlElement = { ns: ns ?? '', local, attributes, children: [], text: '' };
-    const parent = stack[stack.length - 1];
-    if (parent) parent.el.children.push(el);
-    else root = el;
-    if (!tag.selfClosing) {
-      stack.push({ el, qname: tag.qname, scope });
-      textParts.push([]);
-    }
-    i = gt + 1;
-  }
-  if (stack.length > 0) throw new XmlError(`<${stack[stack.length - 1]?.qname}> is not closed`);
-  if (root === undefined) throw new XmlError('no root element');
-  return root;
-}
 
 /** The Azure-namespace children of `el` named `local`. */
 function kids(el: XmlElement | undefined, local: string): XmlElement[] {
-  return el ? el.children.filter((c) => c.ns === AZURE_NS && c.local === local) : [];
+  return xmlChildren(el, local, AZURE_NS);
 }
 
 function first(el: XmlElement | undefined, ...path: string[]): XmlElement | undefined {
@@ -235,34 +89,127 @@ export function parseOvfEnv(xml: string): OvfEnv {
   return out;
 }
 
-async function readOvfEnv(env: ProviderEnv): Promise<OvfEnv | null> {
+/** ovf-env.xml from the provisioning DVD, or null (with a log line) when there is none. */
+export async function readOvfEnv(env: ProviderEnv, id = 'azure'): Promise<OvfEnv | null> {
   const buf = await readFileBelow(env, env.azureDvd, 'ovf-env.xml', MAX_ENVELOPE_BYTES);
   if (buf === null) {
-    env.log(`azure: no ovf-env.xml in ${env.azureDvd}`);
+    env.log(`${id}: no ovf-env.xml in ${env.azureDvd}`);
     return null;
   }
   return parseOvfEnv(buf.toString('utf8'));
 }
 
+/** Metadata with the hostname and SSH keys of ovf-env.xml (none without it). */
+export function ovfMetadata(ovf: OvfEnv | null, env: ProviderEnv): Metadata {
+  const md: Metadata = { attributes: {}, sshKeys: [], networkUnits: [] };
+  if (ovf === null) return md;
+  setHostname(md, cleanHostname(ovf.hostname?.trim(), env.log, 'the ovf-env.xml HostName'));
+  md.sshKeys = cleanSshKeys(ovf.publicKeys, env.log, 'ovf-env.xml');
+  return md;
+}
+
+/** Sets the hostname (and COREOS_HOSTNAME) when there is one. */
+export function setHostname(md: Metadata, hostname: string | undefined): void {
+  if (hostname === undefined) return;
+  md.hostname = hostname;
+  md.attributes.COREOS_HOSTNAME = hostname;
+}
+
+/** The userdata: ovf-env.xml's CustomData, base64-decoded. */
+export async function ovfUserdata(env: ProviderEnv, id = 'azure'): Promise<Userdata> {
+  const ovf = await readOvfEnv(env, id);
+  if (ovf?.customData === undefined) return null;
+  return userdataOrNull(decodeBase64(ovf.customData, 'the ovf-env.xml CustomData'), 'the ovf-env.xml CustomData');
+}
+
+// ---------------------------------------------------------------------------------------------
+// IMDS
+
+const IMDS_HEADERS: Readonly<Record<string, string>> = { Metadata: 'true' };
+const IMDS_VMSIZE = '/metadata/instance/compute/vmSize?api-version=2017-08-01&format=text';
+const IMDS_NAME = '/metadata/instance/compute/name?api-version=2017-08-01&format=text';
+const IMDS_PUBLIC_KEYS = '/metadata/instance/compute/publicKeys?api-version=2021-02-01';
+
+/** An IMDS value as text (trimmed); null when absent (404, empty) or too large (with a log line). */
+async function imds(env: ProviderEnv, path: string, what: string): Promise<string | null> {
+  let r;
+  try {
+    r = await httpRequest(joinUrl(env.metadataUrl, path), env, { headers: { ...IMDS_HEADERS }, optional: true });
+  } catch (err) {
+    throw new OemError(`azure: cannot read ${what} from the instance metadata service: ${describe(err)}`, { code: 'network', cause: err });
+  }
+  if (r === null) return null;
+  if (r.body.length > MAX_SMALL_BYTES) {
+    env.log(`azure: ignoring ${what} from the instance metadata service: larger than ${MAX_SMALL_BYTES} bytes`);
+    return null;
+  }
+  const text = r.body.toString('utf8').trim();
+  return text === '' ? null : text;
+}
+
+/** An Azure VM size (Standard_D2s_v3, Basic_A0, ...): a word of letters, digits, `_`, `-`, `.` and `+`. */
+const VMSIZE = /^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$/;
+
+async function vmSize(env: ProviderEnv): Promise<string | undefined> {
+  const v = await imds(env, IMDS_VMSIZE, 'the VM size');
+  if (v === null) return undefined;
+  if (!VMSIZE.test(v)) {
+    env.log(`azure: ignoring the VM size ${shown(v)}: not a VM size name`);
+    return undefined;
+  }
+  return v;
+}
+
+/** The keyData of IMDS's publicKeys list (bad entries dropped with a log line). */
+export function parseImdsPublicKeys(text: string, log: (line: string) => void): string[] {
+  let list: unknown;
+  try {
+    list = JSON.parse(text) as unknown;
+  } catch {
+    log(`azure: ignoring the instance metadata service's publicKeys: not JSON (${shown(text)})`);
+    return [];
+  }
+  if (!Array.isArray(list)) {
+    log(`azure: ignoring the instance metadata service's publicKeys: not a list (${shown(text)})`);
+    return [];
+  }
+  const keys: unknown[] = [];
+  for (const entry of list) {
+    const data = entry !== null && typeof entry === 'object' ? (entry as { keyData?: unknown }).keyData : undefined;
+    if (typeof data === 'string') keys.push(data);
+    else log(`azure: ignoring a publicKeys entry without keyData (${shown(JSON.stringify(entry))})`);
+  }
+  return cleanSshKeys(keys, log, 'the instance metadata service');
+}
+
+async function imdsKeys(env: ProviderEnv): Promise<string[]> {
+  const text = await imds(env, IMDS_PUBLIC_KEYS, 'the public keys');
+  return text === null ? [] : parseImdsPublicKeys(text, env.log);
+}
+
+// ---------------------------------------------------------------------------------------------
+
+async function metadata(env: ProviderEnv): Promise<Metadata> {
+  const [ovf, addresses, size, keys] = await Promise.all([readOvfEnv(env), sharedConfigAddresses(env, 'azure'), vmSize(env), imdsKeys(env)]);
+  const md = ovfMetadata(ovf, env);
+  if (md.hostname === undefined) setHostname(md, cleanHostname(await imds(env, IMDS_NAME, 'the VM name'), env.log, 'the instance metadata service VM name'));
+  md.sshKeys = cleanSshKeys([...md.sshKeys, ...keys], env.log, 'the metadata');
+  const a = md.attributes;
+  if (addresses.dynamic !== undefined) {
+    a.COREOS_AZURE_IPV4_DYNAMIC = addresses.dynamic;
+    a.COREOS_IPV4_PRIVATE = addresses.dynamic;
+  }
+  if (addresses.virtual !== undefined) {
+    a.COREOS_AZURE_IPV4_VIRTUAL = addresses.virtual;
+    a.COREOS_IPV4_PUBLIC = addresses.virtual;
+  }
+  if (size !== undefined) a.COREOS_AZURE_VMSIZE = size;
+  return md;
+}
+
 export const provider: MetadataProvider = {
   id: 'azure',
-
-  async metadata(env: ProviderEnv): Promise<Metadata> {
-    const ovf = await readOvfEnv(env);
-    const md: Metadata = { attributes: {}, sshKeys: [], networkUnits: [] };
-    if (ovf === null) return md;
-    const hostname = cleanHostname(ovf.hostname?.trim(), env.log, 'the ovf-env.xml HostName');
-    if (hostname !== undefined) {
-      md.hostname = hostname;
-      md.attributes.COREOS_HOSTNAME = hostname;
-    }
-    md.sshKeys = cleanSshKeys(ovf.publicKeys, env.log, 'ovf-env.xml');
-    return md;
-  },
-
-  async userdata(env: ProviderEnv): Promise<Userdata> {
-    const ovf = await readOvfEnv(env);
-    if (ovf?.customData === undefined) return null;
-    return userdataOrNull(decodeBase64(ovf.customData, 'the ovf-env.xml CustomData'), 'the ovf-env.xml CustomData');
-  },
+  metadata,
+  userdata: (env: ProviderEnv) => ovfUserdata(env, 'azure'),
+  checkIn: (env: ProviderEnv) => reportReady(env, 'azure'),
 };
