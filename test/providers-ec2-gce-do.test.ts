@@ -10,7 +10,7 @@ import { lstat, mkdir, mkdtemp, readdir, readFile, rm, stat, symlink, writeFile 
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { agent, deadUrl, edKey, keyBody, makeRoot as makeRootIn, MetadataMock, type Reply, type Route, type Seen } from './helpers/metadata-mock.js';
+import { agent, agentArgs, deadUrl, edKey, keyBody, makeRoot as makeRootIn, MetadataMock, type Reply, type Route, type Seen } from './helpers/metadata-mock.js';
 import { TEST_HTTP } from './helpers/metadata-mock.js';
 import { applyUserdata, classifyUserdata, writeContext, writeHostname, writeNetworkUnits } from '../oem/providers/actions.js';
 import { provider as digitalocean } from '../oem/providers/digitalocean.js';
@@ -76,6 +76,8 @@ const modeOf = async (p: string) => (await stat(p)).mode & 0o7777;
 // EC2
 
 const EC2 = '/2009-04-04/meta-data';
+/** What the service grew after 2009-04-04, read under Afterburn's version. */
+const EC2_NEW = '/2021-01-03';
 const TOKEN = 'AQAEAFakeTokenForTests==';
 
 function ec2Routes(over: Record<string, Route> = {}): Record<string, Route> {
@@ -90,6 +92,11 @@ function ec2Routes(over: Record<string, Route> = {}): Record<string, Route> {
     [`${EC2}/instance-id`]: { body: 'i-0abcdef1234567890' },
     [`${EC2}/instance-type`]: { body: 't3.micro' },
     [`${EC2}/placement/availability-zone`]: { body: 'us-east-1a' },
+    [`${EC2_NEW}/meta-data/placement/availability-zone-id`]: { body: 'use1-az4' },
+    [`${EC2_NEW}/meta-data/ipv6`]: { body: '2600:1f18:4a3:6902:8e7c:1a2b:3c4d:5e6f' },
+    [`${EC2_NEW}/dynamic/instance-identity/document`]: {
+      body: JSON.stringify({ accountId: '123456789012', availabilityZone: 'us-east-1a', instanceId: 'i-0abcdef1234567890', region: 'us-east-1', version: '2017-09-30' }, null, 2),
+    },
     [`${EC2}/public-keys/`]: { body: '0=alice\n1=bob' },
     [`${EC2}/public-keys/0/openssh-key`]: { body: `${KEY.a}\n` },
     [`${EC2}/public-keys/1/openssh-key`]: { body: KEY.b },
@@ -120,6 +127,9 @@ describe('ec2', () => {
       COREOS_EC2_INSTANCE_ID: 'i-0abcdef1234567890',
       COREOS_EC2_INSTANCE_TYPE: 't3.micro',
       COREOS_EC2_AVAILABILITY_ZONE: 'us-east-1a',
+      COREOS_EC2_AVAILABILITY_ZONE_ID: 'use1-az4',
+      COREOS_EC2_IPV6: '2600:1f18:4a3:6902:8e7c:1a2b:3c4d:5e6f',
+      COREOS_EC2_REGION: 'us-east-1',
     });
     expect(md.hostname).toBe('ip-172-31-10-20.ec2.internal');
     expect(md.sshKeys).toEqual([KEY.a, KEY.b]);
@@ -147,14 +157,24 @@ describe('ec2', () => {
         [`${EC2}/public-hostname`]: { status: 404 },
         [`${EC2}/public-keys/`]: { status: 404 },
         '/2009-04-04/user-data': { status: 404 },
+        [`${EC2_NEW}/meta-data/ipv6`]: { status: 404 },
+        [`${EC2_NEW}/meta-data/placement/availability-zone-id`]: { status: 404 },
+        [`${EC2_NEW}/dynamic/instance-identity/document`]: { status: 404 },
+        [`${EC2}/hostname`]: { status: 404 },
       }),
     );
     const md = await ec2.metadata(env());
     expect(md.attributes.COREOS_IPV4_PUBLIC).toBeUndefined();
     expect(md.attributes.COREOS_EC2_PUBLIC_HOSTNAME).toBeUndefined();
+    for (const k of ['COREOS_EC2_IPV6', 'COREOS_EC2_AVAILABILITY_ZONE_ID', 'COREOS_EC2_REGION', 'COREOS_EC2_HOSTNAME']) expect(md.attributes[k], k).toBeUndefined();
+    // The system's name still comes from local-hostname.
+    expect(md.hostname).toBe('ip-172-31-10-20.ec2.internal');
     expect(md.attributes.COREOS_IPV4_PRIVATE).toBe('172.31.10.20');
     expect(md.sshKeys).toEqual([]);
     expect(await ec2.userdata(env())).toBeNull();
+    // An identity document without a region gives none either.
+    mock.reset(ec2Routes({ [`${EC2_NEW}/dynamic/instance-identity/document`]: { body: '{"instanceId": "i-1"}' } }));
+    expect((await ec2.metadata(env())).attributes.COREOS_EC2_REGION).toBeUndefined();
   });
 
   it('retries a 500 and uses the 200 that follows', async () => {
@@ -190,6 +210,34 @@ describe('ec2', () => {
     expect(logs.some((l) => l.startsWith('ignoring ec2: the hostname "evil\\nhost"'))).toBe(true);
     expect(logs.some((l) => l.includes('"../1=evil"'))).toBe(true);
     expect(logs.filter((l) => l.startsWith('ignoring an invalid SSH key'))).toHaveLength(2);
+  });
+
+  it('drops hostile values of the newer attributes: IPv6, zone id, region, the hostname attribute', async () => {
+    mock.reset(
+      ec2Routes({
+        [`${EC2_NEW}/meta-data/ipv6`]: { body: '2600:1f18::1\nCOREOS_X=1' },
+        [`${EC2_NEW}/meta-data/placement/availability-zone-id`]: { body: 'use1-az4\0' },
+        [`${EC2_NEW}/dynamic/instance-identity/document`]: { body: JSON.stringify({ region: 'us-east-1\nCOREOS_IPV4_PUBLIC=6.6.6.6' }) },
+        [`${EC2}/hostname`]: { body: '../../etc/passwd' },
+      }),
+    );
+    const md = await ec2.metadata(env());
+    expect(md.attributes.COREOS_EC2_IPV6).toBeUndefined();
+    expect(md.attributes.COREOS_EC2_REGION).toBeUndefined();
+    expect(md.attributes.COREOS_EC2_HOSTNAME).toBeUndefined();
+    expect(md.hostname).toBe('ip-172-31-10-20.ec2.internal');
+    expect(logs.some((l) => l.startsWith('ignoring ec2: ipv6 "2600:1f18::1\\nCOREOS_X=1"'))).toBe(true);
+    expect(logs.some((l) => l.startsWith('ec2: ignoring the region "us-east-1\\nCOREOS_IPV4_PUBLIC=6.6.6.6"'))).toBe(true);
+    // A zone id with a NUL is kept as text here and refused when written (as for the other one-line values).
+    const { content, dropped } = envFileContent(md.attributes, (l) => logs.push(l));
+    expect(dropped).toEqual(['COREOS_EC2_AVAILABILITY_ZONE_ID']);
+    expect(content).not.toContain('use1-az4');
+    // A document that is not JSON, or a region that is not a string, is no region.
+    for (const doc of ['<html>oops</html>', '{"region": 42}', '["us-east-1"]']) {
+      mock.reset(ec2Routes({ [`${EC2_NEW}/dynamic/instance-identity/document`]: { body: doc } }));
+      expect((await ec2.metadata(env())).attributes.COREOS_EC2_REGION, doc).toBeUndefined();
+    }
+    expect(logs.some((l) => l.startsWith('ec2: ignoring the instance identity document: not JSON'))).toBe(true);
   });
 
   it('a dead service is an error naming the URL after the configured tries', async () => {
@@ -235,7 +283,7 @@ describe('gce', () => {
     mock.always = FLAVOR;
   });
 
-  it('reads addresses, hostname and keys (user prefix dropped, expired keys dropped, project keys included)', async () => {
+  it('reads addresses, hostname, machine type and keys (user prefix dropped, expired keys dropped)', async () => {
     mock.reset(gceRoutes());
     mock.guard = gceGuard;
     const md = await gce.metadata(env());
@@ -246,22 +294,30 @@ describe('gce', () => {
       COREOS_GCE_IP_EXTERNAL_0: '34.71.2.3',
       COREOS_HOSTNAME: 'flatcar-1.us-central1-a.c.my-project.internal',
       COREOS_GCE_HOSTNAME: 'flatcar-1.us-central1-a.c.my-project.internal',
-      COREOS_GCE_MACHINE_TYPE: 'e2-medium',
+      // As the server gives it, as Afterburn writes it.
+      COREOS_GCE_MACHINE_TYPE: 'projects/123456789/machineTypes/e2-medium',
     });
     expect(md.hostname).toBe('flatcar-1.us-central1-a.c.my-project.internal');
-    expect(md.sshKeys.map(body)).toEqual([body(KEY.a), body(KEY.c), body(KEY.d), body(KEY.e)]);
+    // The instance has the legacy sshKeys: the project's keys are not used (Google's guest agent, Afterburn).
+    expect(md.sshKeys.map(body)).toEqual([body(KEY.a), body(KEY.c), body(KEY.d)]);
     expect(md.sshKeys[0]).toBe(KEY.a);
+    expect(logs).toContain('gce: the instance has the legacy sshKeys: project keys are not used');
+    expect(mock.hits(`${GCE}/project/attributes/ssh-keys`)).toBe(0);
     expect(md.networkUnits).toEqual([]);
     expect(logs.some((l) => /expired key of user alice/.test(l))).toBe(true);
     expect(logs.some((l) => /without a user name: "no-user-prefix-here"/.test(l))).toBe(true);
     expect(mock.seen.every((s) => s.headers['metadata-flavor'] === 'Google')).toBe(true);
   });
 
-  it('block-project-ssh-keys=true drops the project keys', async () => {
-    mock.reset(gceRoutes({ [`${GCE}/instance/attributes/block-project-ssh-keys`]: { body: 'TRUE' } }));
+  it('project keys (both attributes) are used unless block-project-ssh-keys=true', async () => {
+    const noLegacy = { [`${GCE}/instance/attributes/sshKeys`]: { status: 404 }, [`${GCE}/project/attributes/sshKeys`]: { body: `old:${KEY.d}` } };
+    mock.reset(gceRoutes(noLegacy));
+    expect((await gce.metadata(env())).sshKeys.map(body)).toEqual([body(KEY.a), body(KEY.c), body(KEY.e), body(KEY.d)]);
+    mock.reset(gceRoutes({ ...noLegacy, [`${GCE}/instance/attributes/block-project-ssh-keys`]: { body: 'TRUE' } }));
     const md = await gce.metadata(env());
-    expect(md.sshKeys.map(body)).toEqual([body(KEY.a), body(KEY.c), body(KEY.d)]);
+    expect(md.sshKeys.map(body)).toEqual([body(KEY.a), body(KEY.c)]);
     expect(mock.hits(`${GCE}/project/attributes/ssh-keys`)).toBe(0);
+    expect(logs).toContain('gce: block-project-ssh-keys is set: project keys are not used');
   });
 
   it('userdata: the instance attribute, else the project one, else none', async () => {
@@ -281,6 +337,9 @@ describe('gce', () => {
     const md = await gce.metadata(env());
     expect(md.attributes).toEqual({ COREOS_IPV4_PRIVATE: '10.128.0.9', COREOS_GCE_IP_LOCAL_0: '10.128.0.9', COREOS_HOSTNAME: 'h', COREOS_GCE_HOSTNAME: 'h' });
     expect(md.sshKeys).toEqual([]);
+    // A bare machine type name is taken too.
+    mock.reset(gceRoutes({ [`${GCE}/instance/machine-type`]: { body: 'n2-standard-4\n' } }));
+    expect((await gce.metadata(env())).attributes.COREOS_GCE_MACHINE_TYPE).toBe('n2-standard-4');
   });
 
   it('refuses a service that does not answer with Metadata-Flavor: Google', async () => {
@@ -296,13 +355,17 @@ describe('gce', () => {
         [`${GCE}/instance/network-interfaces/0/ip`]: { body: '10.0.0.1\0' },
         [`${GCE}/instance/network-interfaces/0/access-configs/0/external-ip`]: { body: '$(reboot)' },
         [`${GCE}/instance/attributes/ssh-keys`]: { body: `core:${KEY.a}\nx:ssh-rsa AAAAB3 bad\ny:../../etc/passwd` },
+        [`${GCE}/instance/machine-type`]: { body: 'projects/1/machineTypes/e2-small\nCOREOS_IPV4_PUBLIC=6.6.6.6' },
       }),
     );
     const md = await gce.metadata(env());
     expect(md.hostname).toBeUndefined();
     expect(md.attributes.COREOS_IPV4_PRIVATE).toBeUndefined();
     expect(md.attributes.COREOS_IPV4_PUBLIC).toBeUndefined();
-    expect(md.sshKeys.map(body)).toEqual([body(KEY.a), body(KEY.d), body(KEY.e)]);
+    expect(md.attributes.COREOS_GCE_MACHINE_TYPE).toBeUndefined();
+    expect(md.attributes.COREOS_GCE_HOSTNAME).toBeUndefined();
+    expect(logs.some((l) => l.startsWith('gce: ignoring the machine type "projects/1/machineTypes/e2-small\\nCOREOS_IPV4_PUBLIC=6.6.6.6"'))).toBe(true);
+    expect(md.sshKeys.map(body)).toEqual([body(KEY.a), body(KEY.d)]);
   });
 
   it('parseGceSshKeys keeps keys of every user and honours expireOn', () => {
@@ -367,11 +430,11 @@ describe('digitalocean', () => {
       COREOS_DIGITALOCEAN_DROPLET_ID: '2756294',
       COREOS_DIGITALOCEAN_REGION: 'nyc3',
       COREOS_DIGITALOCEAN_IPV4_PUBLIC_0: '104.131.20.105',
-      COREOS_DIGITALOCEAN_IPV6_PUBLIC_0: '2604:a880:0800:0010:0000:0000:017d:2001',
+      COREOS_DIGITALOCEAN_IPV6_PUBLIC_0: '2604:a880:800:10::17d:2001',
       COREOS_DIGITALOCEAN_IPV4_ANCHOR_0: '10.17.0.5',
       COREOS_DIGITALOCEAN_IPV4_PRIVATE_0: '10.132.255.113',
       COREOS_IPV4_PUBLIC: '104.131.20.105',
-      COREOS_IPV6_PUBLIC: '2604:a880:0800:0010:0000:0000:017d:2001',
+      COREOS_IPV6_PUBLIC: '2604:a880:800:10::17d:2001',
       COREOS_IPV4_PRIVATE: '10.132.255.113',
     });
     expect(md.hostname).toBe('sample-droplet');
@@ -385,10 +448,10 @@ describe('digitalocean', () => {
         '',
         '[Network]',
         'Address=104.131.20.105/18',
-        'Address=2604:a880:0800:0010:0000:0000:017d:2001/64',
+        'Address=2604:a880:800:10::17d:2001/64',
         'Address=10.17.0.5/16',
         'Gateway=104.131.0.1',
-        'Gateway=2604:a880:0800:0010:0000:0000:0000:0001',
+        'Gateway=2604:a880:800:10::1',
         'DNS=2001:4860:4860::8844',
         'DNS=2001:4860:4860::8888',
         'DNS=8.8.8.8',
@@ -400,6 +463,31 @@ describe('digitalocean', () => {
     expect(md.networkUnits[1]!.content).toContain('Address=10.132.255.113/16\n');
     expect(md.networkUnits[1]!.content).not.toContain('Gateway=');
     expect((await digitalocean.userdata(env()))?.toString()).toBe('#cloud-config\nusers: []\n');
+  });
+
+  it("Afterburn's names and values: IPv6 in short form, private IPv6, anchors of public interfaces only", async () => {
+    const doc = doDoc();
+    const ifaces = doc.interfaces as { private: Record<string, unknown>[]; public: Record<string, unknown>[] };
+    ifaces.private[0]!.ipv6 = { ip_address: 'FD00:0:0:0:0:0:0:5', cidr: 64, gateway: 'fd00::1' };
+    // Not something DigitalOcean gives; if it did, it must not take the public anchor's name.
+    ifaces.private[0]!.anchor_ipv4 = { ip_address: '10.18.0.9', netmask: '255.255.0.0', gateway: '10.18.0.1' };
+    mock.reset({ [DO_JSON]: { body: JSON.stringify(doc) } });
+    const a = (await digitalocean.metadata(env())).attributes;
+    expect(a.COREOS_DIGITALOCEAN_IPV6_PRIVATE_0).toBe('fd00::5');
+    expect(a.COREOS_IPV6_PRIVATE).toBe('fd00::5');
+    expect(a.COREOS_DIGITALOCEAN_IPV4_ANCHOR_0).toBe('10.17.0.5');
+    expect(Object.keys(a).filter((k) => k.includes('ANCHOR'))).toEqual(['COREOS_DIGITALOCEAN_IPV4_ANCHOR_0']);
+    // Missing: an interface without IPv6 has no IPv6 names; none without interfaces.
+    mock.reset({ [DO_JSON]: { body: JSON.stringify(doDoc({ interfaces: { public: [{ ipv4: { ip_address: '104.131.20.105', netmask: '255.255.192.0', gateway: '104.131.0.1' }, mac: '04:01:2a:0f:2a:01' }] } })) } });
+    const b = (await digitalocean.metadata(env())).attributes;
+    expect(Object.keys(b).filter((k) => k.includes('IPV6') || k.includes('ANCHOR') || k.includes('PRIVATE'))).toEqual([]);
+    // Hostile: an IPv6 address with a zone or text after it is no address.
+    const bad = doDoc();
+    (bad.interfaces as { public: Record<string, unknown>[] }).public[0]!.ipv6 = { ip_address: '2604:a880::1\nGateway=6.6.6.6', cidr: 64, gateway: '2604:a880::2' };
+    mock.reset({ [DO_JSON]: { body: JSON.stringify(bad) } });
+    const c = await digitalocean.metadata(env());
+    expect(c.attributes.COREOS_DIGITALOCEAN_IPV6_PUBLIC_0).toBeUndefined();
+    expect(c.networkUnits[0]!.content).not.toContain('6.6.6.6');
   });
 
   it('404 is absent: empty metadata, no userdata', async () => {
@@ -581,11 +669,14 @@ describe('oem-agent subcommands on a temporary root', () => {
     const file = join(root, 'run/coreos/metadata');
     expect(await readFile(file, 'utf8')).toBe(
       [
+        'COREOS_EC2_AVAILABILITY_ZONE_ID=use1-az4',
         'COREOS_EC2_HOSTNAME=ip-172-31-10-20.ec2.internal',
         'COREOS_EC2_INSTANCE_ID=i-0abcdef1234567890',
         'COREOS_EC2_IPV4_LOCAL=172.31.10.20',
         'COREOS_EC2_IPV4_PUBLIC=54.210.1.2',
+        'COREOS_EC2_IPV6=2600:1f18:4a3:6902:8e7c:1a2b:3c4d:5e6f',
         'COREOS_EC2_PUBLIC_HOSTNAME=ec2-54-210-1-2.compute-1.amazonaws.com',
+        'COREOS_EC2_REGION=us-east-1',
         'COREOS_HOSTNAME=ip-172-31-10-20.ec2.internal',
         'COREOS_IPV4_PRIVATE=172.31.10.20',
         'COREOS_IPV4_PUBLIC=54.210.1.2',
@@ -595,7 +686,7 @@ describe('oem-agent subcommands on a temporary root', () => {
     expect(await modeOf(file)).toBe(0o644);
     expect(r.out).toMatch(/oem-agent: rejected the attribute "COREOS_EC2_INSTANCE_TYPE": the value contains a NUL byte/);
     expect(r.out).toMatch(/oem-agent: rejected the attribute "COREOS_EC2_AVAILABILITY_ZONE": the value contains a newline/);
-    expect(r.out).toMatch(/oem-agent: wrote \/run\/coreos\/metadata \(0644 root:root, 8 attributes\)/);
+    expect(r.out).toMatch(/oem-agent: wrote \/run\/coreos\/metadata \(0644 root:root, 11 attributes\)/);
     // Again: nothing changes.
     const again = await cli(cliArgs('metadata', root, 'ec2'));
     expect(again.out).toMatch(/oem-agent: unchanged \/run\/coreos\/metadata/);
@@ -603,6 +694,51 @@ describe('oem-agent subcommands on a temporary root', () => {
     const other = await cli(cliArgs('metadata', root, 'ec2', '--attributes', '/etc/oem-metadata.env'));
     expect(other.code).toBe(0);
     expect(await readFile(join(root, 'etc/oem-metadata.env'), 'utf8')).toContain('COREOS_IPV4_PUBLIC=54.210.1.2\n');
+  });
+
+  it("metadata --format afterburn: /run/metadata/afterburn with exactly Afterburn's names for ec2 (AWS) and gce (GCP)", async () => {
+    const root = await makeRoot();
+    mock.reset(ec2Routes());
+    const r = await agent(agentArgs('metadata', root, 'ec2', mock.base, '--format', 'afterburn'));
+    expect(r.err).toBe('');
+    expect(r.code).toBe(0);
+    const file = join(root, 'run/metadata/afterburn');
+    // Afterburn's AWS attributes (src/providers/aws/mod.rs), all ten, and nothing else.
+    expect(await readFile(file, 'utf8')).toBe(
+      [
+        'AFTERBURN_AWS_AVAILABILITY_ZONE=us-east-1a',
+        'AFTERBURN_AWS_AVAILABILITY_ZONE_ID=use1-az4',
+        'AFTERBURN_AWS_HOSTNAME=ip-172-31-10-20.ec2.internal',
+        'AFTERBURN_AWS_INSTANCE_ID=i-0abcdef1234567890',
+        'AFTERBURN_AWS_INSTANCE_TYPE=t3.micro',
+        'AFTERBURN_AWS_IPV4_LOCAL=172.31.10.20',
+        'AFTERBURN_AWS_IPV4_PUBLIC=54.210.1.2',
+        'AFTERBURN_AWS_IPV6=2600:1f18:4a3:6902:8e7c:1a2b:3c4d:5e6f',
+        'AFTERBURN_AWS_PUBLIC_HOSTNAME=ec2-54-210-1-2.compute-1.amazonaws.com',
+        'AFTERBURN_AWS_REGION=us-east-1',
+        '',
+      ].join('\n'),
+    );
+    expect(await modeOf(file)).toBe(0o644);
+    await expect(stat(join(root, 'run/coreos/metadata'))).rejects.toThrow();
+
+    const root2 = await makeRoot();
+    mock.always = FLAVOR;
+    mock.reset(gceRoutes());
+    mock.guard = gceGuard;
+    const g = await agent(agentArgs('metadata', root2, 'gce', mock.base, '--format', 'afterburn'));
+    expect(g.err).toBe('');
+    expect(g.code).toBe(0);
+    // Afterburn's GCP attributes (src/providers/gcp/mod.rs), all four, with its values.
+    expect(await readFile(join(root2, 'run/metadata/afterburn'), 'utf8')).toBe(
+      [
+        'AFTERBURN_GCP_HOSTNAME=flatcar-1.us-central1-a.c.my-project.internal',
+        'AFTERBURN_GCP_IP_EXTERNAL_0=34.71.2.3',
+        'AFTERBURN_GCP_IP_LOCAL_0=10.128.0.7',
+        'AFTERBURN_GCP_MACHINE_TYPE=projects/123456789/machineTypes/e2-medium',
+        '',
+      ].join('\n'),
+    );
   });
 
   it('metadata: never writes through a symlink out of the root', async () => {
@@ -657,7 +793,7 @@ describe('oem-agent subcommands on a temporary root', () => {
     expect(r.code).toBe(0);
     expect(await readFile(join(root, 'home/core/.ssh/authorized_keys.d/old_authorized_keys'), 'utf8')).toBe(`${KEY.c}\n`);
     const ak = await readFile(join(root, 'home/core/.ssh/authorized_keys'), 'utf8');
-    expect(ak.split('\n').filter((l) => l.startsWith('ssh-')).map(body)).toEqual([body(KEY.a), body(KEY.c), body(KEY.d), body(KEY.e)]);
+    expect(ak.split('\n').filter((l) => l.startsWith('ssh-')).map(body)).toEqual([body(KEY.a), body(KEY.c), body(KEY.d)]);
     const bad = await cli(cliArgs('ssh-keys', root, 'gce', '--user', 'nobody'));
     expect(bad.code).toBe(1);
     expect(bad.err).toMatch(/cannot write SSH keys for nobody: no such user in \/etc\/passwd/);

@@ -1,5 +1,5 @@
 /**
- * The local and LAN metadata providers: azure (ovf-env.xml), cloudsigma (server context over a
+ * The local and LAN metadata providers (Azure's are in providers-azure.test.ts): cloudsigma (server context over a
  * serial line, here a pty served by a small Python script), cloudstack and exoscale (the virtual
  * router's HTTP service, here node:http on 127.0.0.1), hyperv, niftycloud (vmtoolsd, here a stub
  * script), vagrant, vmware and pxe. Inputs follow the platforms' documented formats; then absent
@@ -14,7 +14,6 @@ import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
-import { provider as azure, parseOvfEnv, parseXml } from '../oem/providers/azure.js';
 import { provider as cloudsigma } from '../oem/providers/cloudsigma.js';
 import { dhcpServerFromLeases, leaseServerAddress, metadataBase, serverAuthority } from '../oem/providers/cloudstack-common.js';
 import { provider as cloudstack } from '../oem/providers/cloudstack.js';
@@ -122,162 +121,6 @@ async function service(routes: Record<string, Answer | Answer[]>): Promise<Servi
   services.push(s);
   return s;
 }
-
-// ---------------------------------------------------------------------------------------------
-// Azure
-
-/** An ovf-env.xml as Azure writes it on the provisioning DVD. */
-function ovfEnv(inner: { hostname?: string; customData?: string; keys?: string }): string {
-  return `<?xml version="1.0" encoding="utf-8"?>
-<ns0:Environment xmlns="http://schemas.dmtf.org/ovf/environment/1"
-    xmlns:ns0="http://schemas.dmtf.org/ovf/environment/1"
-    xmlns:ns1="http://schemas.microsoft.com/windowsazure"
-    xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">
-  <ns1:ProvisioningSection>
-    <ns1:Version>1.0</ns1:Version>
-    <ns1:LinuxProvisioningConfigurationSet>
-      <ns1:ConfigurationSetType>LinuxProvisioningConfiguration</ns1:ConfigurationSetType>
-      ${inner.hostname === undefined ? '' : `<ns1:HostName>${inner.hostname}</ns1:HostName>`}
-      <ns1:UserName>core</ns1:UserName>
-      <ns1:UserPassword />
-      ${inner.customData === undefined ? '' : `<ns1:CustomData>${inner.customData}</ns1:CustomData>`}
-      <ns1:DisableSshPasswordAuthentication>true</ns1:DisableSshPasswordAuthentication>
-      ${inner.keys ?? ''}
-    </ns1:LinuxProvisioningConfigurationSet>
-  </ns1:ProvisioningSection>
-  <ns1:PlatformSettingsSection>
-    <ns1:Version>1.0</ns1:Version>
-    <ns1:PlatformSettings>
-      <ns1:KmsServerHostname>kms.core.windows.net</ns1:KmsServerHostname>
-      <ns1:ProvisionGuestAgent>false</ns1:ProvisionGuestAgent>
-      <ns1:GuestAgentPackageName xsi:nil="true" />
-    </ns1:PlatformSettings>
-  </ns1:PlatformSettingsSection>
-</ns0:Environment>
-`;
-}
-
-const pubKey = (p: { fingerprint?: string; path?: string; value?: string }) =>
-  `<ns1:PublicKey>${p.fingerprint === undefined ? '' : `<ns1:Fingerprint>${p.fingerprint}</ns1:Fingerprint>`}${
-    p.path === undefined ? '' : `<ns1:Path>${p.path}</ns1:Path>`
-  }${p.value === undefined ? '' : `<ns1:Value>${p.value}</ns1:Value>`}</ns1:PublicKey>`;
-
-describe('azure', () => {
-  it('reads hostname, keys given by value, and base64 CustomData from ovf-env.xml', async () => {
-    const env = await makeEnv();
-    const enc = b64(CLOUD_CONFIG);
-    const xml = ovfEnv({
-      hostname: 'flatcar-vm1',
-      // Azure may wrap the base64.
-      customData: `${enc.slice(0, 20)}\n        ${enc.slice(20)}`,
-      keys: `<ns1:SSH><ns1:PublicKeys>${pubKey({ fingerprint: 'EB0C0AB4B2D5FC35F2F0658D19F44C8283E2DD62', path: '/home/core/.ssh/authorized_keys', value: ED })}${pubKey({
-        fingerprint: '5AD3B8F6F2EE8B1D6F6E4E7E5D5D0E1D2C3B4A59',
-        path: '/home/core/.ssh/authorized_keys',
-      })}</ns1:PublicKeys></ns1:SSH>`,
-    });
-    await put(env.root, '/media/azure/ovf-env.xml', xml);
-    const md = await azure.metadata(env);
-    expect(md.hostname).toBe('flatcar-vm1');
-    expect(md.attributes).toEqual({ COREOS_HOSTNAME: 'flatcar-vm1' });
-    expect(md.sshKeys).toEqual([ED]);
-    expect(md.networkUnits).toEqual([]);
-    expect((await azure.userdata(env))?.toString()).toBe(CLOUD_CONFIG);
-  });
-
-  it('matches elements by namespace, whatever the prefix', async () => {
-    const xml = `<Environment xmlns="http://schemas.dmtf.org/ovf/environment/1" xmlns:wa="http://schemas.microsoft.com/windowsazure">
-      <wa:ProvisioningSection><LinuxProvisioningConfigurationSet xmlns="http://schemas.microsoft.com/windowsazure">
-        <HostName>default-ns</HostName>
-        <other:CustomData xmlns:other="urn:not-azure">${b64('wrong')}</other:CustomData>
-        <CustomData><![CDATA[${b64('right')}]]></CustomData>
-      </LinuxProvisioningConfigurationSet></wa:ProvisioningSection></Environment>`;
-    const ovf = parseOvfEnv(xml);
-    expect(ovf.hostname).toBe('default-ns');
-    expect(Buffer.from(ovf.customData ?? '', 'base64').toString()).toBe('right');
-  });
-
-  it('gives no keys when Azure only gives fingerprints, and no userdata without CustomData', async () => {
-    const env = await makeEnv({ azureDvd: '/mnt/dvd' });
-    await put(env.root, '/mnt/dvd/ovf-env.xml', ovfEnv({ hostname: 'h1', keys: `<ns1:SSH><ns1:PublicKeys>${pubKey({ fingerprint: 'AB12', path: '/home/core/.ssh/authorized_keys' })}</ns1:PublicKeys></ns1:SSH>` }));
-    expect(await azure.metadata(env)).toEqual({ attributes: { COREOS_HOSTNAME: 'h1' }, hostname: 'h1', sshKeys: [], networkUnits: [] });
-    expect(await azure.userdata(env)).toBeNull();
-    // An empty CustomData element is no userdata either.
-    await put(env.root, '/mnt/dvd/ovf-env.xml', ovfEnv({ customData: '' }));
-    expect(await azure.userdata(env)).toBeNull();
-  });
-
-  it('is empty when there is no ovf-env.xml', async () => {
-    const env = await makeEnv();
-    expect(await azure.metadata(env)).toEqual({ attributes: {}, sshKeys: [], networkUnits: [] });
-    expect(await azure.userdata(env)).toBeNull();
-    expect(env.lines.join('\n')).toMatch(/no ovf-env\.xml/);
-  });
-
-  it('refuses DOCTYPEs, entities and malformed XML', async () => {
-    const env = await makeEnv();
-    const bad: [string, RegExp][] = [
-      [`<?xml version="1.0"?><!DOCTYPE x [<!ENTITY e SYSTEM "file:///etc/passwd">]><Environment>&e;</Environment>`, /DOCTYPE/],
-      [`<Environment><x>&e;</x></Environment>`, /unknown entity/],
-      [`<Environment><a></b></Environment>`, /closes/],
-      [`<Environment><a>`, /not closed/],
-      [`<Environment/><Environment/>`, /more than one root/],
-      [`<ns1:Environment>x</ns1:Environment>`, /undeclared namespace prefix/],
-      [`not xml at all`, /outside the root/],
-      [`<Environment a="1" a="2"/>`, /twice/],
-      ['', /no root element/],
-    ];
-    for (const [xml, why] of bad) {
-      await put(env.root, '/media/azure/ovf-env.xml', xml);
-      await expect(azure.metadata(env), xml).rejects.toThrow(why);
-    }
-    expect(() => parseXml('<a>' + '<b>'.repeat(100) + '</b>'.repeat(100) + '</a>')).toThrow(/nested/);
-  });
-
-  it('refuses CustomData that is not base64', async () => {
-    const env = await makeEnv();
-    await put(env.root, '/media/azure/ovf-env.xml', ovfEnv({ customData: '!!! not base64 !!!' }));
-    await expect(azure.userdata(env)).rejects.toThrow(/CustomData is not valid base64/);
-  });
-
-  it('drops a hostname with a newline and keys that are not keys, with log lines', async () => {
-    const env = await makeEnv();
-    const keys = `<ns1:SSH><ns1:PublicKeys>${pubKey({ path: '/home/core/.ssh/authorized_keys', value: '../../../etc/passwd' })}${pubKey({
-      path: '/root/.ssh/authorized_keys',
-      value: `${RSA}&#10;ssh-rsa AAAA/etc/shadow`,
-    })}</ns1:PublicKeys></ns1:SSH>`;
-    await put(env.root, '/media/azure/ovf-env.xml', ovfEnv({ hostname: 'evil&#10;host', keys }));
-    const md = await azure.metadata(env);
-    expect(md.hostname).toBeUndefined();
-    expect(md.attributes).toEqual({});
-    expect(md.sshKeys).toEqual([RSA]);
-    const log = env.lines.join('\n');
-    expect(log).toMatch(/HostName "evil\\nhost"/);
-    expect(log).toMatch(/invalid SSH key.*etc\/passwd/);
-    expect(log).toMatch(/invalid SSH key.*etc\/shadow/);
-  });
-
-  it('never follows a symlink out of the root', async () => {
-    const outside = await tempDir('outside');
-    await writeFile(join(outside, 'ovf-env.xml'), ovfEnv({ hostname: 'outside', customData: b64('outside') }));
-    // The DVD directory itself is a link out: absolute, then relative with too many `..`.
-    for (const target of [outside, `../../../../../../../../..${outside}`]) {
-      const env = await makeEnv();
-      await link(env.root, '/media/azure', target);
-      expect(await azure.userdata(env)).toBeNull();
-      expect((await azure.metadata(env)).hostname).toBeUndefined();
-    }
-    // A link on the DVD to a file outside it: resolved inside the DVD, where there is none.
-    const env = await makeEnv();
-    await put(env.root, '/secret.xml', ovfEnv({ hostname: 'secret' }));
-    await link(env.root, '/media/azure/ovf-env.xml', '/secret.xml');
-    expect(await azure.userdata(env)).toBeNull();
-    // A link inside the root that stays inside is followed (as a chroot would).
-    const env2 = await makeEnv();
-    await put(env2.root, '/srv/azure/ovf-env.xml', ovfEnv({ hostname: 'inside' }));
-    await link(env2.root, '/media/azure', '/srv/azure');
-    expect((await azure.metadata(env2)).hostname).toBe('inside');
-  });
-});
 
 // ---------------------------------------------------------------------------------------------
 // CloudSigma: a pty whose other side answers like the hypervisor
@@ -495,16 +338,46 @@ function lease(server?: string): string {
   ].join('\n');
 }
 
-function routerRoutes(over: Record<string, Answer | Answer[]> = {}): Record<string, Answer | Answer[]> {
-  return {
-    '/latest/meta-data/local-ipv4': { body: '10.1.1.23' },
-    '/latest/meta-data/public-ipv4': { body: '185.19.28.10' },
-    '/latest/meta-data/local-hostname': { body: 'vm-7f3b' },
-    '/latest/meta-data/public-keys': { body: `${ED}\n${RSA}\n` },
-    '/latest/meta-data/instance-id': { body: 'i-2-47-VM' },
-    '/latest/user-data': { body: CLOUD_CONFIG },
-    ...over,
+/** The values of the router's meta-data/ (CloudStack's names). */
+const ROUTER_VALUES: Record<string, string> = {
+  'local-ipv4': '10.1.1.23',
+  'public-ipv4': '185.19.28.10',
+  'local-hostname': 'VM-7f3b',
+  'public-hostname': '185-19-28-10.example.net',
+  'instance-id': 'i-2-47-VM',
+  'availability-zone': 'ch-gva-2',
+  'service-offering': 'Small Instance',
+  'cloud-identifier': 'CloudStack-{0b7a3e1f-9c2d-4e5f-8a6b-7c8d9e0f1a2b}',
+  'vm-id': '0b7a3e1f-9c2d-4e5f-8a6b-7c8d9e0f1a2b',
+};
+
+function routerRoutes(over: Record<string, Answer | Answer[]> = {}, version = 'latest'): Record<string, Answer | Answer[]> {
+  const routes: Record<string, Answer | Answer[]> = {};
+  for (const [k, v] of Object.entries(ROUTER_VALUES)) routes[`/${version}/meta-data/${k}`] = { body: v };
+  routes[`/${version}/meta-data/public-keys`] = { body: `${ED}\n${RSA}\n` };
+  routes[`/${version}/user-data`] = { body: CLOUD_CONFIG };
+  return { ...routes, ...over };
+}
+
+/** Afterburn's attribute names (as COREOS_<name>_*) for the values of ROUTER_VALUES. */
+function afterburnAttributes(id: string, values: Record<string, string> = ROUTER_VALUES): Record<string, string> {
+  const exo = id === 'exoscale';
+  const names: Record<string, string> = {
+    'instance-id': 'INSTANCE_ID',
+    'local-hostname': 'LOCAL_HOSTNAME',
+    'public-hostname': 'PUBLIC_HOSTNAME',
+    'availability-zone': 'AVAILABILITY_ZONE',
+    'public-ipv4': exo ? 'PUBLIC_IPV4' : 'IPV4_PUBLIC',
+    'local-ipv4': exo ? 'LOCAL_IPV4' : 'IPV4_LOCAL',
+    'service-offering': 'SERVICE_OFFERING',
+    'cloud-identifier': 'CLOUD_IDENTIFIER',
+    'vm-id': 'VM_ID',
   };
+  const prefix = exo ? 'COREOS_EXOSCALE_' : 'COREOS_CLOUDSTACK_';
+  const out: Record<string, string> = {};
+  for (const [k, v] of Object.entries(values)) if (names[k] !== undefined) out[prefix + names[k]] = v;
+  if (!exo && values['local-hostname'] !== undefined) out.COREOS_CLOUDSTACK_HOSTNAME = values['local-hostname'];
+  return out;
 }
 
 describe.each([
@@ -516,7 +389,7 @@ describe.each([
     const env = await makeEnv({ dhcpServer: svc.authority });
     expect(provider.id).toBe(id);
     expect(await provider.metadata(env)).toEqual({
-      attributes: { COREOS_IPV4_PRIVATE: '10.1.1.23', COREOS_IPV4_PUBLIC: '185.19.28.10', COREOS_HOSTNAME: 'vm-7f3b' },
+      attributes: { COREOS_IPV4_PRIVATE: '10.1.1.23', COREOS_IPV4_PUBLIC: '185.19.28.10', COREOS_HOSTNAME: 'vm-7f3b', ...afterburnAttributes(id) },
       hostname: 'vm-7f3b',
       sshKeys: [ED, RSA],
       networkUnits: [],
@@ -558,17 +431,131 @@ describe.each([
         '/latest/meta-data/local-hostname': { body: 'evil\nhost' },
         '/latest/meta-data/public-ipv4': { body: '185.19.28.10; rm -rf /' },
         '/latest/meta-data/public-keys': { body: `ssh-rsa ../../etc/passwd\n${ED}\n` },
+        '/latest/meta-data/public-hostname': { body: '../../etc/passwd' },
+        '/latest/meta-data/service-offering': { body: 'Small\nCOREOS_IPV4_PUBLIC=6.6.6.6' },
+        '/latest/meta-data/vm-id': { body: 'x'.repeat(256) },
       }),
     );
     const env = await makeEnv({ dhcpServer: svc.authority });
     const md = await provider.metadata(env);
     expect(md.hostname).toBeUndefined();
-    expect(md.attributes).toEqual({ COREOS_IPV4_PRIVATE: '10.1.1.23' });
+    const { 'local-hostname': _h, 'public-ipv4': _p, 'public-hostname': _ph, 'service-offering': _s, 'vm-id': _v, ...kept } = ROUTER_VALUES;
+    expect(md.attributes).toEqual({ COREOS_IPV4_PRIVATE: '10.1.1.23', ...afterburnAttributes(id, kept) });
     expect(md.sshKeys).toEqual([ED]);
     const log = env.lines.join('\n');
     expect(log).toMatch(/local-hostname "evil\\nhost"/);
     expect(log).toMatch(/public-ipv4/);
+    expect(log).toMatch(/public-hostname "..\/..\/etc\/passwd": it contains a slash/);
+    expect(log).toMatch(/service-offering "Small\\nCOREOS_IPV4_PUBLIC=6.6.6.6": not a one-line value/);
     expect(log).toMatch(/invalid SSH key/);
+  });
+});
+
+describe('exoscale: the metadata service (169.254.169.254, here 127.0.0.1), API 1.0', () => {
+  it("reads Afterburn's attributes, the keys and userdata from 1.0/, without a DHCP lease", async () => {
+    const svc = await service(routerRoutes({}, '1.0'));
+    const env = await makeEnv({ metadataUrl: svc.base });
+    expect(await exoscale.metadata(env)).toEqual({
+      attributes: { COREOS_IPV4_PRIVATE: '10.1.1.23', COREOS_IPV4_PUBLIC: '185.19.28.10', COREOS_HOSTNAME: 'vm-7f3b', ...afterburnAttributes('exoscale') },
+      hostname: 'vm-7f3b',
+      sshKeys: [ED, RSA],
+      networkUnits: [],
+    });
+    expect((await exoscale.userdata(env))?.toString()).toBe(CLOUD_CONFIG);
+    expect([...svc.hits.keys()].every((p) => p.startsWith('/1.0/'))).toBe(true);
+  });
+
+  it('leaves out what the service does not have, and drops hostile values', async () => {
+    const svc = await service({ '/1.0/meta-data/instance-id': { body: 'i-1' } });
+    const env = await makeEnv({ metadataUrl: svc.base });
+    expect(await exoscale.metadata(env)).toEqual({ attributes: { COREOS_EXOSCALE_INSTANCE_ID: 'i-1' }, sshKeys: [], networkUnits: [] });
+    expect(await exoscale.userdata(env)).toBeNull();
+    const bad = await service(
+      routerRoutes({ '/1.0/meta-data/local-ipv4': { body: '10.1.1.23\nX=1' }, '/1.0/meta-data/availability-zone': { body: 'ch-gva-2\u0007' } }, '1.0'),
+    );
+    const env2 = await makeEnv({ metadataUrl: bad.base });
+    const md = await exoscale.metadata(env2);
+    expect(md.attributes.COREOS_EXOSCALE_LOCAL_IPV4).toBeUndefined();
+    expect(md.attributes.COREOS_IPV4_PRIVATE).toBeUndefined();
+    expect(md.attributes.COREOS_EXOSCALE_AVAILABILITY_ZONE).toBeUndefined();
+    expect(md.attributes.COREOS_EXOSCALE_INSTANCE_ID).toBe('i-2-47-VM');
+  });
+});
+
+describe('cloudstack: the config drive', () => {
+  /** A CloudStack config drive under the root, the way CloudStack writes it. */
+  async function cloudstackDrive(root: string, files: Record<string, string> = {}): Promise<void> {
+    const values: Record<string, string> = {
+      'cloudstack/metadata/availability_zone.txt': 'zone1',
+      'cloudstack/metadata/cloud_identifier.txt': 'CloudStack-{0b7a3e1f-9c2d-4e5f-8a6b-7c8d9e0f1a2b}',
+      'cloudstack/metadata/instance_id.txt': '7c8d9e0f-1a2b-4c3d-8e4f-5a6b7c8d9e0f',
+      'cloudstack/metadata/local_hostname.txt': 'vm-drive\n',
+      'cloudstack/metadata/service_offering.txt': 'Small Instance',
+      'cloudstack/metadata/vm_id.txt': '7c8d9e0f-1a2b-4c3d-8e4f-5a6b7c8d9e0f',
+      'cloudstack/metadata/public_keys.txt': `${ED}\n`,
+      'cloudstack/userdata/user_data.txt': CLOUD_CONFIG,
+      ...files,
+    };
+    for (const [k, v] of Object.entries(values)) await put(root, `/media/configdrive/${k}`, v);
+  }
+
+  it("reads Afterburn's cloudstack-configdrive attributes, keys and userdata, and asks no router", async () => {
+    const svc = await service(routerRoutes());
+    const env = await makeEnv({ dhcpServer: svc.authority });
+    await cloudstackDrive(env.root);
+    expect(await cloudstack.metadata(env)).toEqual({
+      attributes: {
+        COREOS_CLOUDSTACK_AVAILABILITY_ZONE: 'zone1',
+        COREOS_CLOUDSTACK_CLOUD_IDENTIFIER: 'CloudStack-{0b7a3e1f-9c2d-4e5f-8a6b-7c8d9e0f1a2b}',
+        COREOS_CLOUDSTACK_INSTANCE_ID: '7c8d9e0f-1a2b-4c3d-8e4f-5a6b7c8d9e0f',
+        COREOS_CLOUDSTACK_LOCAL_HOSTNAME: 'vm-drive',
+        COREOS_CLOUDSTACK_SERVICE_OFFERING: 'Small Instance',
+        COREOS_CLOUDSTACK_VM_ID: '7c8d9e0f-1a2b-4c3d-8e4f-5a6b7c8d9e0f',
+        COREOS_CLOUDSTACK_HOSTNAME: 'vm-drive',
+        COREOS_HOSTNAME: 'vm-drive',
+      },
+      hostname: 'vm-drive',
+      sshKeys: [ED],
+      networkUnits: [],
+    });
+    expect((await cloudstack.userdata(env))?.toString()).toBe(CLOUD_CONFIG);
+    expect(svc.hits.size).toBe(0);
+  });
+
+  it('is empty when the drive has nothing; without cloudstack/metadata the router is asked', async () => {
+    const env = await makeEnv({ dhcpServer: '127.0.0.1:9' });
+    await mkdir(join(env.root, 'media/configdrive/cloudstack/metadata'), { recursive: true });
+    expect(await cloudstack.metadata(env)).toEqual({ attributes: {}, sshKeys: [], networkUnits: [] });
+    expect(await cloudstack.userdata(env)).toBeNull();
+    const svc = await service(routerRoutes());
+    const env2 = await makeEnv({ dhcpServer: svc.authority });
+    await put(env2.root, '/media/configdrive/openstack/latest/user_data', 'not cloudstack');
+    expect((await cloudstack.metadata(env2)).attributes.COREOS_CLOUDSTACK_INSTANCE_ID).toBe('i-2-47-VM');
+    expect((await cloudstack.userdata(env2))?.toString()).toBe(CLOUD_CONFIG);
+  });
+
+  it('drops hostile values and never follows a link off the drive', async () => {
+    const env = await makeEnv({ dhcpServer: '127.0.0.1:9' });
+    await put(env.root, '/etc/shadow', 'root:$6$secret');
+    await cloudstackDrive(env.root, {
+      'cloudstack/metadata/local_hostname.txt': 'evil\nCOREOS_IPV4_PUBLIC=6.6.6.6',
+      'cloudstack/metadata/availability_zone.txt': 'zone\u00001',
+      'cloudstack/metadata/public_keys.txt': `ssh-rsa ../../etc/passwd\n${ED}\n`,
+    });
+    await rm(join(env.root, 'media/configdrive/cloudstack/metadata/instance_id.txt'));
+    await rm(join(env.root, 'media/configdrive/cloudstack/userdata/user_data.txt'));
+    await link(env.root, '/media/configdrive/cloudstack/metadata/instance_id.txt', '/etc/shadow');
+    await link(env.root, '/media/configdrive/cloudstack/userdata/user_data.txt', '../../../../../etc/shadow');
+    const md = await cloudstack.metadata(env);
+    expect(md.hostname).toBeUndefined();
+    expect(md.attributes).toEqual({
+      COREOS_CLOUDSTACK_CLOUD_IDENTIFIER: 'CloudStack-{0b7a3e1f-9c2d-4e5f-8a6b-7c8d9e0f1a2b}',
+      COREOS_CLOUDSTACK_SERVICE_OFFERING: 'Small Instance',
+      COREOS_CLOUDSTACK_VM_ID: '7c8d9e0f-1a2b-4c3d-8e4f-5a6b7c8d9e0f',
+    });
+    expect(md.sshKeys).toEqual([ED]);
+    expect(await cloudstack.userdata(env)).toBeNull();
+    expect(env.lines.join('\n')).not.toContain('secret');
   });
 });
 

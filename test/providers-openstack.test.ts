@@ -327,6 +327,8 @@ function serveOpenStack(): void {
   serve('/2009-04-04/meta-data/local-ipv4', '10.192.35.66');
   serve('/2009-04-04/meta-data/public-ipv4', '203.0.113.10\n');
   serve('/2009-04-04/meta-data/hostname', 'test-vm.novalocal');
+  serve('/2009-04-04/meta-data/instance-id', 'i-0000a1b2');
+  serve('/2009-04-04/meta-data/instance-type', 'm1.small');
 }
 
 const UNIT_NAME = /^\d\d-oem-[A-Za-z0-9_.-]{1,15}\.(network|netdev)$/;
@@ -342,7 +344,13 @@ describe('openstack config drive', () => {
       'openstack/latest/network_data.json': NETWORK_DATA,
       'openstack/latest/vendor_data.json': {},
       'openstack/2012-08-10/meta_data.json': { uuid: 'old' },
-      'ec2/latest/meta-data.json': { 'local-ipv4': '10.192.35.66', 'public-ipv4': '203.0.113.10', hostname: 'test-vm.novalocal' },
+      'ec2/latest/meta-data.json': {
+        'local-ipv4': '10.192.35.66',
+        'public-ipv4': '203.0.113.10',
+        hostname: 'test-vm.novalocal',
+        'instance-id': 'i-022da7a2',
+        'instance-type': 'm1.small',
+      },
     });
     const md = await openstack.metadata(env());
     expect(md.attributes).toEqual({
@@ -352,6 +360,12 @@ describe('openstack config drive', () => {
       COREOS_HOSTNAME: 'test-vm.novalocal',
       COREOS_OPENSTACK_INSTANCE_UUID: 'f8b406c4-7da1-4d20-8c44-a93dc42308e2',
       COREOS_OPENSTACK_AVAILABILITY_ZONE: 'nova',
+      // Afterburn's openstack attributes: meta_data.json's hostname, the EC2 data's id, type and addresses.
+      COREOS_OPENSTACK_HOSTNAME: 'test-vm.novalocal',
+      COREOS_OPENSTACK_INSTANCE_ID: 'i-022da7a2',
+      COREOS_OPENSTACK_INSTANCE_TYPE: 'm1.small',
+      COREOS_OPENSTACK_IPV4_LOCAL: '10.192.35.66',
+      COREOS_OPENSTACK_IPV4_PUBLIC: '203.0.113.10',
     });
     expect(md.hostname).toBe('test-vm.novalocal');
     expect(md.sshKeys).toEqual([ED, RSA]);
@@ -467,6 +481,12 @@ describe('openstack metadata service', () => {
       COREOS_HOSTNAME: 'test-vm.novalocal',
       COREOS_OPENSTACK_INSTANCE_UUID: 'f8b406c4-7da1-4d20-8c44-a93dc42308e2',
       COREOS_OPENSTACK_AVAILABILITY_ZONE: 'nova',
+      // Afterburn's openstack-metadata attributes, from the EC2-style tree.
+      COREOS_OPENSTACK_HOSTNAME: 'test-vm.novalocal',
+      COREOS_OPENSTACK_INSTANCE_ID: 'i-0000a1b2',
+      COREOS_OPENSTACK_INSTANCE_TYPE: 'm1.small',
+      COREOS_OPENSTACK_IPV4_LOCAL: '10.192.35.66',
+      COREOS_OPENSTACK_IPV4_PUBLIC: '203.0.113.10',
     });
     expect(md.hostname).toBe('test-vm.novalocal');
     expect(md.sshKeys).toEqual([ED, RSA]);
@@ -528,13 +548,69 @@ describe('openstack metadata service', () => {
     serve('/2009-04-04/meta-data/hostname', 'VM-7.example.org');
     const md = await openstack.metadata(env());
     expect(md).toEqual({
-      attributes: { COREOS_IPV4_PRIVATE: '10.1.2.3', COREOS_HOSTNAME: 'vm-7.example.org', COREOS_OPENSTACK_INSTANCE_UUID: 'u-2' },
+      attributes: {
+        COREOS_IPV4_PRIVATE: '10.1.2.3',
+        COREOS_HOSTNAME: 'vm-7.example.org',
+        COREOS_OPENSTACK_INSTANCE_UUID: 'u-2',
+        // The platform's spelling, as Afterburn writes it.
+        COREOS_OPENSTACK_HOSTNAME: 'VM-7.example.org',
+        COREOS_OPENSTACK_IPV4_LOCAL: '10.1.2.3',
+      },
       hostname: 'vm-7.example.org',
       sshKeys: [],
       networkUnits: [],
     });
     expect(logs.some((l) => l.includes('network_data.json: not valid JSON'))).toBe(true);
     expect(logs.some((l) => l.includes('ignoring the public-ipv4 "not-an-ip"'))).toBe(true);
+  });
+
+  it('takes the keys from the EC2-style public-keys when meta_data.json has none, by index only', async () => {
+    serve('/openstack/latest/meta_data.json', JSON.stringify({ uuid: 'u-3', hostname: 'from-meta' }));
+    serve('/2009-04-04/meta-data/public-keys/', '0=mykey\n../1=evil\n2=other\n3=broken');
+    serve('/2009-04-04/meta-data/public-keys/0/openssh-key', `${ED}\n`);
+    serve('/2009-04-04/meta-data/public-keys/2/openssh-key', RSA);
+    serve('/2009-04-04/meta-data/public-keys/3/openssh-key', 'ssh-rsa not*base64 x');
+    const md = await openstack.metadata(env());
+    expect(md.sshKeys).toEqual([ED, RSA]);
+    expect(service.requests.filter((p) => p.includes('public-keys'))).toEqual([
+      '/2009-04-04/meta-data/public-keys/',
+      '/2009-04-04/meta-data/public-keys/0/openssh-key',
+      '/2009-04-04/meta-data/public-keys/2/openssh-key',
+      '/2009-04-04/meta-data/public-keys/3/openssh-key',
+    ]);
+    expect(logs.some((l) => l.includes('"../1=evil"'))).toBe(true);
+    expect(logs.some((l) => l.startsWith('ignoring an invalid SSH key'))).toBe(true);
+    // No EC2 hostname: meta_data.json's is the hostname attribute. Missing id and type: none.
+    expect(md.attributes.COREOS_OPENSTACK_HOSTNAME).toBe('from-meta');
+    expect(md.attributes.COREOS_OPENSTACK_INSTANCE_ID).toBeUndefined();
+    expect(md.attributes.COREOS_OPENSTACK_INSTANCE_TYPE).toBeUndefined();
+    // With keys in meta_data.json the EC2 list is not asked for.
+    service.requests = [];
+    serveOpenStack();
+    expect((await openstack.metadata(env())).sshKeys).toEqual([ED, RSA]);
+    expect(service.requests.filter((p) => p.includes('public-keys'))).toEqual([]);
+  });
+
+  it("drops hostile values of Afterburn's attributes (service and drive)", async () => {
+    serve('/openstack/latest/meta_data.json', JSON.stringify({ uuid: 'u-4' }));
+    serve('/2009-04-04/meta-data/instance-id', 'i-1\nCOREOS_IPV4_PUBLIC=6.6.6.6');
+    serve('/2009-04-04/meta-data/instance-type', 'm1 "small"');
+    serve('/2009-04-04/meta-data/hostname', 'evil\nhost');
+    serve('/2009-04-04/meta-data/local-ipv4', '10.1.2.3; reboot');
+    const md = await openstack.metadata(env());
+    expect(md.attributes).toEqual({ COREOS_OPENSTACK_INSTANCE_UUID: 'u-4' });
+    expect(logs.some((l) => l.includes('the instance-id "i-1\\nCOREOS_IPV4_PUBLIC=6.6.6.6"') && l.includes('not a plain value'))).toBe(true);
+    expect(logs.some((l) => l.includes('the instance-type "m1 \\"small\\""'))).toBe(true);
+    logs.length = 0;
+    await drive({
+      'openstack/latest/meta_data.json': { uuid: 'u-5', hostname: '../../etc/passwd' },
+      'ec2/latest/meta-data.json': { 'instance-id': ['i-1'], 'instance-type': 'm1.small\u0000', 'local-ipv4': '999.1.2.3' },
+    });
+    const d = await openstack.metadata(env());
+    expect(d.attributes).toEqual({ COREOS_OPENSTACK_INSTANCE_UUID: 'u-5' });
+    expect(logs.some((l) => l.includes('the instance-id "i-1"') && l.includes('not a plain value'))).toBe(true);
+    expect(logs.some((l) => l.includes('the instance-type "m1.small\\u0000"'))).toBe(true);
+    expect(logs.some((l) => l.includes('the local-ipv4 "999.1.2.3"'))).toBe(true);
   });
 
   it('goes on without network_data.json and the EC2 values when only they fail', async () => {

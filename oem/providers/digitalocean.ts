@@ -17,8 +17,16 @@
  * `public` and `private` interface lists are read; unit names are ours (10-oem-<n>-<type>.network).
  *
  * Attributes: COREOS_IPV4_PUBLIC/PRIVATE, COREOS_IPV6_PUBLIC/PRIVATE (the first of each),
- * COREOS_HOSTNAME, and COREOS_DIGITALOCEAN_{HOSTNAME, DROPLET_ID, REGION, IPV4_PUBLIC_<n>,
- * IPV4_PRIVATE_<n>, IPV4_ANCHOR_<n>, IPV6_PUBLIC_<n>, IPV6_PRIVATE_<n>}.
+ * COREOS_HOSTNAME, COREOS_DIGITALOCEAN_DROPLET_ID, and Afterburn's set as
+ * COREOS_DIGITALOCEAN_{HOSTNAME, REGION, IPV4_PUBLIC_<n>, IPV6_PUBLIC_<n>, IPV4_ANCHOR_<n> (public
+ * interfaces), IPV4_PRIVATE_<n>, IPV6_PRIVATE_<n>} with <n> the index within the interface's list
+ * (`metadata --format afterburn` writes AFTERBURN_DIGITALOCEAN_*). IPv6 addresses are written in
+ * their short form (2604:a880:800:10::17d:2001), as Afterburn does.
+ *
+ * Differences from Afterburn, on purpose: Afterburn adds a route to each address's own subnet
+ * through the gateway (the subnet is on the link already, so the agent leaves it out) and merges
+ * interfaces that share a MAC address into one unit (DigitalOcean gives each interface its own).
+ * No boot check-in: DigitalOcean expects none.
  */
 import { OemError } from '../../src/shared/errors.js';
 import { httpGet, joinUrl, showUrl } from './http.js';
@@ -67,16 +75,32 @@ function parseV4(v: unknown, log: (l: string) => void, what: string): { address:
   return gateway === undefined ? { address, prefix } : { address, prefix, gateway };
 }
 
+/**
+ * An IPv6 address in its short form (RFC 5952: lower case, the longest run of zero groups as ::);
+ * one with an embedded IPv4 part or a zone is only lowercased.
+ */
+function shortIPv6(address: string): string {
+  const lower = address.toLowerCase();
+  if (!/^[0-9a-f:]+$/.test(lower)) return lower;
+  try {
+    return new URL(`http://[${lower}]/`).hostname.slice(1, -1);
+  } catch {
+    return lower;
+  }
+}
+
 function parseV6(v: unknown, log: (l: string) => void, what: string): { address: string; prefix: number; gateway?: string } | undefined {
   if (!isObject(v)) return undefined;
-  const address = cleanIp(typeof v.ip_address === 'string' ? v.ip_address.toLowerCase() : v.ip_address, log, `${what} address`, 6);
-  if (address === undefined) return undefined;
+  const given = cleanIp(v.ip_address, log, `${what} address`, 6);
+  if (given === undefined) return undefined;
+  const address = shortIPv6(given);
   const prefix = cleanPrefix(v.cidr, 6);
   if (prefix === undefined) {
     log(`digitalocean: ignoring ${what} ${address}: the prefix length ${shown(v.cidr)} is not 0..128`);
     return undefined;
   }
-  const gateway = cleanIp(typeof v.gateway === 'string' ? v.gateway.toLowerCase() : v.gateway, log, `${what} gateway`, 6);
+  const gatewayGiven = cleanIp(v.gateway, log, `${what} gateway`, 6);
+  const gateway = gatewayGiven === undefined ? undefined : shortIPv6(gatewayGiven);
   return gateway === undefined ? { address, prefix } : { address, prefix, gateway };
 }
 
@@ -155,7 +179,8 @@ async function metadata(env: ProviderEnv): Promise<Metadata> {
     const T = i.type.toUpperCase();
     if (i.v4) a[`COREOS_DIGITALOCEAN_IPV4_${T}_${i.index}`] = i.v4.address;
     if (i.v6) a[`COREOS_DIGITALOCEAN_IPV6_${T}_${i.index}`] = i.v6.address;
-    if (i.anchor) a[`COREOS_DIGITALOCEAN_IPV4_ANCHOR_${i.index}`] = i.anchor.address;
+    // Anchor addresses (for reserved IPs) are on public interfaces; Afterburn names only theirs.
+    if (i.anchor && i.type === 'public') a[`COREOS_DIGITALOCEAN_IPV4_ANCHOR_${i.index}`] = i.anchor.address;
     if (i.v4 && a[`COREOS_IPV4_${T}`] === undefined) a[`COREOS_IPV4_${T}`] = i.v4.address;
     if (i.v6 && a[`COREOS_IPV6_${T}`] === undefined) a[`COREOS_IPV6_${T}`] = i.v6.address;
   }

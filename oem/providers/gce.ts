@@ -4,17 +4,23 @@
  * `Metadata-Flavor: Google`, and a response without that header is refused (it is not the metadata
  * server).
  *
- *   instance/network-interfaces/0/ip                          COREOS_IPV4_PRIVATE
- *   instance/network-interfaces/0/access-configs/0/external-ip COREOS_IPV4_PUBLIC
- *   instance/hostname                                         hostname
- *   instance/machine-type                                     COREOS_GCE_MACHINE_TYPE
- *   {project,instance}/attributes/{ssh-keys,sshKeys}          `user:ssh-rsa AAAA... comment` lines;
+ *   instance/network-interfaces/0/ip                          COREOS_IPV4_PRIVATE, COREOS_GCE_IP_LOCAL_0
+ *   instance/network-interfaces/0/access-configs/0/external-ip COREOS_IPV4_PUBLIC, COREOS_GCE_IP_EXTERNAL_0
+ *   instance/hostname                                         hostname, COREOS_HOSTNAME, COREOS_GCE_HOSTNAME
+ *   instance/machine-type                                     COREOS_GCE_MACHINE_TYPE, as the server
+ *                                                             gives it (projects/<n>/machineTypes/<type>)
+ *   {instance,project}/attributes/{ssh-keys,sshKeys}          `user:ssh-rsa AAAA... comment` lines;
  *                                                             the `user:` prefix is dropped, keys
  *                                                             past their google-ssh expireOn too
- *   instance/attributes/block-project-ssh-keys = true         project keys are not used
+ *   instance/attributes/block-project-ssh-keys = true         project keys are not used; neither are
+ *                                                             they when the instance has the legacy
+ *                                                             sshKeys (as Google's guest agent and
+ *                                                             Afterburn do)
  *   instance/attributes/user-data, else project/attributes/user-data
  *
- * Network configuration is DHCP's; the network action adds `169.254.169.254 metadata` to /etc/hosts.
+ * The COREOS_GCE_* attributes are Afterburn's GCP set (`metadata --format afterburn` writes them as
+ * AFTERBURN_GCP_*), with the same values. Network configuration is DHCP's; the network action adds
+ * `169.254.169.254 metadata` to /etc/hosts. No boot check-in: GCE expects none.
  */
 import { httpGet, joinUrl } from './http.js';
 import type { Metadata, MetadataProvider, ProviderEnv, Userdata } from './types.js';
@@ -29,6 +35,9 @@ async function raw(env: ProviderEnv, path: string): Promise<Buffer | null> {
 async function text(env: ProviderEnv, path: string): Promise<string | null> {
   return (await raw(env, path))?.toString('utf8') ?? null;
 }
+
+/** A machine type as the server gives it: projects/<number or id>/machineTypes/<name>, or a bare name. */
+const MACHINE_TYPE = /^(?:projects\/[A-Za-z0-9._-]{1,100}\/machineTypes\/)?[A-Za-z0-9._-]{1,100}$/;
 
 const USER = /^([A-Za-z0-9_][A-Za-z0-9._-]{0,63}):(.*)$/;
 
@@ -69,15 +78,20 @@ export function parseGceSshKeys(value: string, log: (line: string) => void, sour
 }
 
 async function sshKeys(env: ProviderEnv): Promise<string[]> {
-  const block = (await text(env, 'instance/attributes/block-project-ssh-keys'))?.trim().toLowerCase() === 'true';
-  const sources = ['instance/attributes/ssh-keys', 'instance/attributes/sshKeys'];
-  if (block) env.log('gce: block-project-ssh-keys is set: project keys are not used');
-  else sources.push('project/attributes/ssh-keys', 'project/attributes/sshKeys');
   const keys: string[] = [];
-  for (const src of sources) {
+  const read = async (src: string): Promise<number> => {
     const v = await text(env, src);
-    if (v !== null) keys.push(...parseGceSshKeys(v, env.log, src));
-  }
+    if (v === null) return 0;
+    const found = parseGceSshKeys(v, env.log, src);
+    keys.push(...found);
+    return found.length;
+  };
+  await read('instance/attributes/ssh-keys');
+  const legacy = await read('instance/attributes/sshKeys');
+  const block = (await text(env, 'instance/attributes/block-project-ssh-keys'))?.trim().toLowerCase() === 'true';
+  if (block) env.log('gce: block-project-ssh-keys is set: project keys are not used');
+  else if (legacy > 0) env.log('gce: the instance has the legacy sshKeys: project keys are not used');
+  else for (const src of ['project/attributes/ssh-keys', 'project/attributes/sshKeys']) await read(src);
   return cleanSshKeys(keys, env.log, 'the GCE metadata');
 }
 
@@ -93,9 +107,10 @@ async function metadata(env: ProviderEnv): Promise<Metadata> {
     md.hostname = hostname;
     a.COREOS_HOSTNAME = a.COREOS_GCE_HOSTNAME = hostname;
   }
-  // projects/123456/machineTypes/n1-standard-1
-  const machineType = (await text(env, 'instance/machine-type'))?.trim().split('/').pop();
-  if (machineType) a.COREOS_GCE_MACHINE_TYPE = machineType;
+  // projects/123456/machineTypes/n1-standard-1, written as it is (Afterburn's value).
+  const machineType = (await text(env, 'instance/machine-type'))?.trim();
+  if (machineType !== undefined && MACHINE_TYPE.test(machineType)) a.COREOS_GCE_MACHINE_TYPE = machineType;
+  else if (machineType !== undefined && machineType !== '') env.log(`gce: ignoring the machine type ${shown(machineType)}: not a machine type path`);
   md.sshKeys = await sshKeys(env);
   return md;
 }

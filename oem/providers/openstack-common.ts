@@ -17,7 +17,7 @@ import { lstatEntry, readFileIn as readFileInTree, resolveIn } from '../../src/s
 import { HttpError, httpGet, joinUrl, showUrl } from './http.js';
 import { MAX_USERDATA_BYTES } from './local-io.js';
 import type { Metadata, ProviderEnv, Userdata } from './types.js';
-import { cleanHostname, cleanMac, cleanSshKeys, netmaskToPrefix, shown } from './values.js';
+import { cleanHostname, cleanMac, cleanSshKeys, hostnameProblem, netmaskToPrefix, shown } from './values.js';
 
 export const MAX_JSON_BYTES = 1024 * 1024;
 
@@ -162,6 +162,36 @@ export function ec2Attributes(values: { local?: unknown; public?: unknown; hostn
     const name = cleanHostname(values.hostname.trim(), log, `the hostname from ${what}`);
     if (name !== undefined) attrs.COREOS_HOSTNAME = name;
   }
+  return attrs;
+}
+
+/**
+ * Afterburn's openstack attributes (its config drive and metadata service platforms):
+ * COREOS_OPENSTACK_HOSTNAME, _INSTANCE_ID (the EC2-style id), _INSTANCE_TYPE, _IPV4_LOCAL,
+ * _IPV4_PUBLIC, from the values given when they are usable. Addresses are taken as ec2Attributes
+ * checked them (`ec2`: its result); the id and type are checked here, with a log line when dropped.
+ */
+function openstackAttributes(
+  values: { hostname?: unknown; instanceId?: unknown; instanceType?: unknown },
+  ec2: Record<string, string>,
+  what: string,
+  log: Log,
+): Record<string, string> {
+  const attrs: Record<string, string> = {};
+  const plain = (value: unknown, key: string, field: string): void => {
+    if (value === undefined || value === null || value === '') return;
+    const v = typeof value === 'string' ? value.trim() : value;
+    if (typeof v === 'string' && PLAIN_VALUE.test(v)) attrs[key] = v;
+    else log(`ignoring the ${field} ${shown(value)} from ${what}: not a plain value`);
+  };
+  // The name as the platform gave it (case kept, one final dot removed), when it is a host name.
+  // A bad one is not logged here: instanceInfo and ec2Attributes log it where it comes from.
+  const name = typeof values.hostname === 'string' ? values.hostname.trim() : '';
+  if (name !== '' && hostnameProblem(name) === undefined) attrs.COREOS_OPENSTACK_HOSTNAME = name.replace(/\.$/, '');
+  plain(values.instanceId, 'COREOS_OPENSTACK_INSTANCE_ID', 'instance-id');
+  plain(values.instanceType, 'COREOS_OPENSTACK_INSTANCE_TYPE', 'instance-type');
+  if (ec2.COREOS_IPV4_PRIVATE !== undefined) attrs.COREOS_OPENSTACK_IPV4_LOCAL = ec2.COREOS_IPV4_PRIVATE;
+  if (ec2.COREOS_IPV4_PUBLIC !== undefined) attrs.COREOS_OPENSTACK_IPV4_PUBLIC = ec2.COREOS_IPV4_PUBLIC;
   return attrs;
 }
 
@@ -585,6 +615,9 @@ async function driveJson(env: ProviderEnv, drive: Drive, rel: string): Promise<J
 export interface DriveOptions {
   /** Where network configuration comes from, in order of preference. */
   network: ('network_data' | 'vendor_data')[];
+  /** Also Afterburn's openstack attributes (openstackAttributes): meta_data.json's hostname and the
+   * EC2 data's instance-id, instance-type, local-ipv4 and public-ipv4. */
+  openstackAttributes?: boolean;
 }
 
 /**
@@ -595,11 +628,13 @@ export interface DriveOptions {
  */
 export async function driveMetadata(env: ProviderEnv, drive: Drive, options: DriveOptions): Promise<Metadata> {
   const metaRel = `${drive.version}/meta_data.json`;
-  const info = instanceInfo(await driveJson(env, drive, metaRel), posix.join(drive.shownAs, metaRel), env.log);
+  const meta = await driveJson(env, drive, metaRel);
+  const info = instanceInfo(meta, posix.join(drive.shownAs, metaRel), env.log);
   const attributes: Record<string, string> = {};
   const ec2Rel = 'ec2/latest/meta-data.json';
   const ec2 = await driveJson(env, drive, ec2Rel);
-  if (ec2 !== null) Object.assign(attributes, ec2Attributes({ local: ec2['local-ipv4'], public: ec2['public-ipv4'] }, posix.join(drive.shownAs, ec2Rel), env.log));
+  const ec2Attrs = ec2 === null ? {} : ec2Attributes({ local: ec2['local-ipv4'], public: ec2['public-ipv4'] }, posix.join(drive.shownAs, ec2Rel), env.log);
+  Object.assign(attributes, ec2Attrs);
   let network: NetworkConfig = { units: [], attributes: {} };
   for (const source of options.network) {
     if (source === 'network_data') {
@@ -620,6 +655,10 @@ export async function driveMetadata(env: ProviderEnv, drive: Drive, options: Dri
   }
   for (const [k, v] of Object.entries(network.attributes)) attributes[k] ??= v;
   Object.assign(attributes, info.attributes);
+  if (options.openstackAttributes) {
+    const values = { hostname: meta?.hostname, instanceId: ec2?.['instance-id'], instanceType: ec2?.['instance-type'] };
+    Object.assign(attributes, openstackAttributes(values, ec2Attrs, posix.join(drive.shownAs, ec2Rel), env.log));
+  }
   const md: Metadata = { attributes, sshKeys: info.sshKeys, networkUnits: network.units };
   if (info.hostname !== undefined) md.hostname = info.hostname;
   return md;
@@ -656,13 +695,21 @@ async function fetchSecondary(env: ProviderEnv, path: string, limit: number): Pr
   }
 }
 
+export interface ServiceOptions {
+  /** Also Afterburn's openstack attributes (openstackAttributes, from the EC2-style hostname,
+   * instance-id, instance-type, local-ipv4, public-ipv4) and, when meta_data.json has no keys, the
+   * EC2-style public-keys (Afterburn's source of keys on the metadata service). */
+  openstackAttributes?: boolean;
+}
+
 /**
  * Metadata from the OpenStack metadata service at env.metadataUrl: openstack/latest/meta_data.json
  * (404: absent; other failures and a body that is not a JSON object are errors),
  * openstack/latest/network_data.json, and the EC2-style 2009-04-04/meta-data/{local-ipv4,
- * public-ipv4,hostname} (these three: failures are logged and skipped).
+ * public-ipv4,hostname} (these: failures are logged and skipped; with options.openstackAttributes
+ * also instance-id, instance-type and public-keys/).
  */
-export async function serviceMetadata(env: ProviderEnv): Promise<Metadata> {
+export async function serviceMetadata(env: ProviderEnv, options: ServiceOptions = {}): Promise<Metadata> {
   const metaPath = 'openstack/latest/meta_data.json';
   const metaUrl = showUrl(joinUrl(env.metadataUrl, metaPath));
   const body = await fetchLimited(env, metaPath, MAX_JSON_BYTES);
@@ -680,18 +727,58 @@ export async function serviceMetadata(env: ProviderEnv): Promise<Metadata> {
     const b = await fetchSecondary(env, `2009-04-04/meta-data/${name}`, 4096);
     return b === null ? undefined : b.toString('utf8').trim();
   };
+  const local = await ec2('local-ipv4');
+  const pub = await ec2('public-ipv4');
+  const ec2Hostname = await ec2('hostname');
   const ec2Attrs = ec2Attributes(
-    { local: await ec2('local-ipv4'), public: await ec2('public-ipv4'), hostname: await ec2('hostname') },
+    { local, public: pub, hostname: ec2Hostname },
     showUrl(joinUrl(env.metadataUrl, '2009-04-04/meta-data/')),
     env.log,
   );
   const attributes: Record<string, string> = { ...ec2Attrs };
   for (const [k, v] of Object.entries(network.attributes)) attributes[k] ??= v;
   Object.assign(attributes, info.attributes);
+  let sshKeys = info.sshKeys;
+  if (options.openstackAttributes) {
+    const values = {
+      hostname: ec2Hostname !== undefined && ec2Hostname !== '' ? ec2Hostname : meta?.hostname,
+      instanceId: await ec2('instance-id'),
+      instanceType: await ec2('instance-type'),
+    };
+    Object.assign(attributes, openstackAttributes(values, ec2Attrs, showUrl(joinUrl(env.metadataUrl, '2009-04-04/meta-data/')), env.log));
+    if (sshKeys.length === 0) sshKeys = await ec2PublicKeys(env);
+  }
   const hostname = info.hostname ?? attributes.COREOS_HOSTNAME;
-  const md: Metadata = { attributes, sshKeys: info.sshKeys, networkUnits: network.units };
+  const md: Metadata = { attributes, sshKeys, networkUnits: network.units };
   if (hostname !== undefined) md.hostname = hostname;
   return md;
+}
+
+/**
+ * The keys of the EC2-style 2009-04-04/meta-data/public-keys/: lines `<index>=<name>`, each key at
+ * public-keys/<index>/openssh-key. Only the index goes into a URL; failures are logged and skipped.
+ */
+async function ec2PublicKeys(env: ProviderEnv): Promise<string[]> {
+  const base = '2009-04-04/meta-data/public-keys/';
+  const list = await fetchSecondary(env, base, MAX_JSON_BYTES);
+  if (list === null) return [];
+  const keys: string[] = [];
+  const seen = new Set<string>();
+  for (const line of list.toString('utf8').split('\n')) {
+    const entry = line.replace(/\r$/, '');
+    if (entry.trim() === '') continue;
+    const m = /^(\d{1,6})=/.exec(entry);
+    if (!m) {
+      env.log(`openstack: ignoring the public-keys entry ${shown(entry)}: not <index>=<name>`);
+      continue;
+    }
+    const index = String(Number(m[1]));
+    if (seen.has(index)) continue;
+    seen.add(index);
+    const key = await fetchSecondary(env, `${base}${index}/openssh-key`, MAX_JSON_BYTES);
+    if (key !== null) keys.push(key.toString('utf8'));
+  }
+  return cleanSshKeys(keys, env.log, showUrl(joinUrl(env.metadataUrl, base)));
 }
 
 /** openstack/latest/user_data from the metadata service (null: 404 or empty). */
