@@ -16,6 +16,7 @@ import { applyUserdata, classifyUserdata, writeContext, writeHostname, writeNetw
 import { provider as digitalocean } from '../oem/providers/digitalocean.js';
 import { provider as ec2 } from '../oem/providers/ec2.js';
 import { parseGceSshKeys, provider as gce } from '../oem/providers/gce.js';
+import { AGENT_PLATFORMS, agentPlatform } from '../src/shared/platforms.js';
 import { defaultEnv, detectProvider, detectProviderId, oemIdFromCmdline, PROVIDERS } from '../oem/providers/index.js';
 import type { ProviderEnv } from '../oem/providers/types.js';
 import {
@@ -624,8 +625,17 @@ describe('the registry', () => {
     const coreos = ['cloudsigma', 'hyperv', 'ipxe', 'niftycloud', 'pxe', 'rackspace', 'rackspace-onmetal', 'vagrant'];
     expect(Object.keys(PROVIDERS).sort()).toEqual([...new Set([...afterburn, ...coreos])].sort());
     for (const id of Object.keys(PROVIDERS) as (keyof typeof PROVIDERS)[]) {
-      expect([id, ...((await PROVIDERS[id]()).also ?? [])]).toContain(id);
+      const m = await PROVIDERS[id]();
+      expect([m.id, ...(m.also ?? [])]).toContain(id);
+      // A platform that expects a boot check-in has one, and only those (what `oem providers` and the README say).
+      expect(typeof m.checkIn === 'function', `${id} check-in`).toBe(agentPlatform(id)!.does.includes('check-in'));
     }
+    expect(AGENT_PLATFORMS.filter((id) => agentPlatform(id)!.does.includes('check-in'))).toEqual(['azure', 'azurestack', 'packet', 'scaleway']);
+    const root = await makeRoot();
+    const none = await cli(cliArgs('check-in', root, 'ec2'));
+    expect(none.code).toBe(0);
+    expect(none.out).toContain('oem-agent: ec2: the platform expects no boot check-in; nothing to do');
+    expect(mock.seen).toEqual([]);
   });
 
   it('finds the provider: explicit, else flatcar.oem.id= / coreos.oem.id= (the last one wins)', async () => {
