@@ -120,6 +120,8 @@ describe('names', () => {
       'flatcar_production_vagrant_image.libvirt.box',
       'flatcar_production_vagrant_image.virtualbox.box',
       'flatcar_production_vagrant_image.ova',
+      'flatcar_production_vagrant_image.virtualbox.ova',
+      'flatcar_production_vagrant_image.pvm.tgz',
     ]);
     expect(FORMATS.filter((f) => COMPRESSIBLE[f])).toEqual(['raw', 'qcow2', 'vmdk', 'vhd', 'vhdx']);
   });

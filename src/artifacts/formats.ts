@@ -1,14 +1,15 @@
 /**
  * Conversion of a built raw disk image into the formats platforms import: qemu-img for the virtual
- * disk formats, and GNU tar (tar.ts) for the archives (GCE tar.gz, Vagrant boxes, OVA). Nothing
- * holds an image in memory.
+ * disk formats, and GNU tar (tar.ts) for the archives (GCE tar.gz, Vagrant boxes, OVAs,
+ * the Parallels .pvm bundle). Nothing holds an image in memory.
  *
  * Every output is written to the path the caller gives only (callers use temporary names and rename
  * when complete); on failure that path is removed. Intermediate files live in a work directory next
  * to the output (same file system: renames, and the space is counted where the output goes).
  *
  * Reproducibility: the same raw image, name and mtime give the same bytes for raw, qcow2, vmdk, vhd,
- * gce, both boxes and ova. qemu-img itself writes a random content ID into VMDK descriptors and a
+ * gce, both boxes, both OVAs and the Parallels bundle (its IDs and MAC addresses are derived like the
+ * VMDK CID, see `seeded`). qemu-img itself writes a random content ID into VMDK descriptors and a
  * creation time and random unique ID into VHD footers; both are replaced here by values derived from
  * the name, mtime and size (see `seeded`). Likewise for VHDX (`normalizeVhdx`): qemu-img's random
  * sequence numbers and GUIDs in both headers, the disk ID, and the replayed log, which also holds
@@ -23,17 +24,31 @@ import { requireTool, run } from '../tools.js';
 import { exists } from '../shared/safe-fs.js';
 import { hashFile } from './hash.js';
 import { writeTar, type TarEntry, type TarFormat } from './tar.js';
+import {
+  PARALLELS_BASE_SNAPSHOT,
+  PARALLELS_OUI,
+  VIRTUALBOX_OUI,
+  macFrom,
+  parallelsConfig,
+  parallelsDiskDescriptor,
+  parallelsHeader,
+  uuidFrom,
+  virtualboxOvf,
+  type ParallelsHeader,
+} from './vm-configs.js';
 
-export type Format = 'raw' | 'qcow2' | 'vmdk' | 'vhd' | 'vhdx' | 'gce' | 'vagrant-libvirt' | 'vagrant-virtualbox' | 'ova';
+export type Format = 'raw' | 'qcow2' | 'vmdk' | 'vhd' | 'vhdx' | 'gce' | 'vagrant-libvirt' | 'vagrant-virtualbox' | 'ova' | 'virtualbox' | 'parallels';
 
-export const FORMATS: readonly Format[] = ['raw', 'qcow2', 'vmdk', 'vhd', 'vhdx', 'gce', 'vagrant-libvirt', 'vagrant-virtualbox', 'ova'];
+export const FORMATS: readonly Format[] = ['raw', 'qcow2', 'vmdk', 'vhd', 'vhdx', 'gce', 'vagrant-libvirt', 'vagrant-virtualbox', 'ova', 'virtualbox', 'parallels'];
 
 /**
  * File name extension of each format (without the compression suffix).
  *
  * Both Vagrant formats are `.box` files; their extensions name the Vagrant provider as well
  * (`.libvirt.box`, `.virtualbox.box`), always, so the two never collide and an artifact's name does
- * not depend on which other formats were requested. Vagrant does not look at the file name.
+ * not depend on which other formats were requested. Vagrant does not look at the file name. Likewise
+ * the VirtualBox appliance is a `.virtualbox.ova`, never the plain `.ova` of `ova` (VirtualBox needs
+ * the name to end in .ova); the Parallels bundle is a gzip'd tar of a `.pvm` directory.
  */
 export const FORMAT_EXTENSION: Record<Format, string> = {
   raw: 'bin',
@@ -45,6 +60,8 @@ export const FORMAT_EXTENSION: Record<Format, string> = {
   'vagrant-libvirt': 'libvirt.box',
   'vagrant-virtualbox': 'virtualbox.box',
   ova: 'ova',
+  virtualbox: 'virtualbox.ova',
+  parallels: 'pvm.tgz',
 };
 
 /** Formats that get the build's compression suffix (.bz2, ...) added; archives are final as they are. */
@@ -58,6 +75,8 @@ export const COMPRESSIBLE: Record<Format, boolean> = {
   'vagrant-libvirt': false,
   'vagrant-virtualbox': false,
   ova: false,
+  virtualbox: false,
+  parallels: false,
 };
 
 /** `{distro}_production_{provider}_image.{ext}`, e.g. flatcar_production_azure_image.vhd. */
@@ -193,6 +212,85 @@ const CONVERTERS: Record<Format, (c: Ctx) => Promise<void>> = {
       false,
     );
   },
+  virtualbox: async (c) => {
+    // Flatcar's virtualbox type (vm_image_util.sh: DISK_FORMAT vmdk_ide, CONF_FORMAT ovf_virtualbox)
+    // as one appliance: the VMDK for an IDE adapter, streamOptimized as an OVA's disk is, and an OVF
+    // for VirtualBox. Laid out as `ova`: descriptor, disk, SHA256 manifest of both.
+    const diskName = `${c.name}-disk1.vmdk`;
+    const disk = join(c.work, diskName);
+    const capacity = await vmdk(c, disk, 'ide');
+    const ovfName = `${c.name}.ovf`;
+    const ovf = Buffer.from(
+      virtualboxOvf({
+        name: c.name,
+        disk: diskName,
+        diskSize: (await stat(disk)).size,
+        capacity,
+        diskUuid: uuidFrom(seeded('virtualbox disk', c)),
+        machineUuid: uuidFrom(seeded('virtualbox machine', c)),
+        mac: macFrom(VIRTUALBOX_OUI, seeded('virtualbox mac', c)),
+        mtime: c.mtime,
+      }),
+    );
+    const diskSha = (await hashFile(disk, ['sha256'])).hex.sha256;
+    const mf = `SHA256(${ovfName})= ${createHash('sha256').update(ovf).digest('hex')}\nSHA256(${diskName})= ${diskSha}\n`;
+    await archive(
+      c,
+      [
+        { name: ovfName, data: ovf },
+        { name: diskName, path: disk },
+        { name: `${c.name}.mf`, data: Buffer.from(mf) },
+      ],
+      'ustar',
+      false,
+    );
+  },
+  parallels: async (c) => {
+    // Flatcar's parallels type (DISK_FORMAT hdd, CONF_FORMAT pvs, BUNDLE_FORMAT pvm_tgz): a .pvm
+    // bundle, `<name>.pvm/` with the VM's config.pvs and the hard disk directory `<name>.hdd/`
+    // (DiskDescriptor.xml, the expanding image qemu-img writes as the base snapshot's data file,
+    // and the empty file of the disk's own name that Parallels keeps there), as a gzip'd GNU tar.
+    const pvm = `${c.name}.pvm`;
+    const hdd = `${c.name}.hdd`;
+    const dataName = `${hdd}.0.${PARALLELS_BASE_SNAPSHOT}.hds`;
+    const data = join(c.work, dataName);
+    await qemuImg(['convert', '-f', 'raw', '-O', 'parallels', c.raw, data], 'convert the image to a Parallels disk', c);
+    const header = await readParallelsHeader(data);
+    const vs = await virtualSize(data, 'parallels', c);
+    if (header.sectors * 512 !== vs || vs < c.size || vs - c.size >= 512) {
+      throw new OemError(`qemu-img made a Parallels disk of ${vs} bytes (${header.sectors} sectors) from an image of ${c.size} bytes`);
+    }
+    const descriptor = parallelsDiskDescriptor({ name: c.name, dataFile: dataName, header, uid: uuidFrom(seeded('parallels disk', c)) });
+    const config = parallelsConfig({
+      name: c.name,
+      hdd,
+      diskBytes: vs,
+      dataBytes: (await stat(data)).size,
+      vmUuid: uuidFrom(seeded('parallels vm', c)),
+      hddUuid: uuidFrom(seeded('parallels hdd', c)),
+      mac: macFrom(PARALLELS_OUI, seeded('parallels mac', c)),
+      mtime: c.mtime,
+    });
+    await writeTar(
+      c.out,
+      [
+        { name: pvm, dir: true },
+        { name: `${pvm}/config.pvs`, data: Buffer.from(config) },
+        { name: `${pvm}/${hdd}`, dir: true },
+        { name: `${pvm}/${hdd}/DiskDescriptor.xml`, data: Buffer.from(descriptor) },
+        { name: `${pvm}/${hdd}/${hdd}`, data: Buffer.alloc(0) },
+        { name: `${pvm}/${hdd}/${dataName}`, path: data },
+      ],
+      {
+        format: 'gnu',
+        gzip: true,
+        mtime: c.mtime,
+        stage: join(c.work, 'archive'),
+        ...(c.signal ? { signal: c.signal } : {}),
+        ...(c.onProgress ? { onProgress: c.onProgress } : {}),
+      },
+    );
+  },
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -202,9 +300,13 @@ async function qcow2(c: Ctx, out: string): Promise<void> {
   await qemuImg(['convert', '-f', 'raw', '-O', 'qcow2', '-o', 'compat=1.1', c.raw, out], 'convert the image to qcow2', c);
 }
 
-/** A streamOptimized VMDK (what EC2, VMware and VirtualBox import) with a reproducible CID; returns its virtual size. */
-async function vmdk(c: Ctx, out: string): Promise<number> {
-  await qemuImg(['convert', '-f', 'raw', '-O', 'vmdk', '-o', 'subformat=streamOptimized', c.raw, out], 'convert the image to VMDK', c);
+/**
+ * A streamOptimized VMDK (what EC2, VMware and VirtualBox import) with a reproducible CID; returns its
+ * virtual size. `adapter` sets the descriptor's ddb.adapterType (qemu-img's default is ide).
+ */
+async function vmdk(c: Ctx, out: string, adapter?: 'ide'): Promise<number> {
+  const options = adapter ? `subformat=streamOptimized,adapter_type=${adapter}` : 'subformat=streamOptimized';
+  await qemuImg(['convert', '-f', 'raw', '-O', 'vmdk', '-o', options, c.raw, out], 'convert the image to VMDK', c);
   await setVmdkCid(out, seeded('vmdk-cid', c).readUInt32BE(0));
   return virtualSize(out, 'vmdk', c);
 }
@@ -348,6 +450,20 @@ function uuidInto(seed: Buffer, to: Buffer, at: number): void {
   u[6] = (u[6]! & 0x0f) | 0x80;
   u[8] = (u[8]! & 0x3f) | 0x80;
   u.copy(to, at);
+}
+
+/** The header of the Parallels image qemu-img wrote, checked (parallelsHeader). */
+async function readParallelsHeader(path: string): Promise<ParallelsHeader> {
+  const fh = await open(path, 'r');
+  try {
+    const h = Buffer.alloc(64);
+    await fh.read(h, 0, 64, 0);
+    return parallelsHeader(h);
+  } catch (err) {
+    throw new OemError(`qemu-img wrote an unexpected Parallels image ${basename(path)}: ${describe(err)}`);
+  } finally {
+    await fh.close();
+  }
 }
 
 async function virtualSize(path: string, format: string, c: Ctx): Promise<number> {

@@ -1,9 +1,10 @@
 /**
- * The archives among the artifacts (GCE's tar.gz, the Vagrant boxes, the OVA) are written by GNU
- * tar, the tool the platforms document: the entries are staged in a directory (small ones as files,
- * large ones as symlinks to where they are, archived with --dereference, so nothing is copied) and
- * archived in the given order with fixed owner (root:0), mode (0644) and mtime, so the same inputs
- * give the same bytes. `gnu` is GNU tar's format (base-256 sizes, long names); `ustar` is POSIX
+ * The archives among the artifacts (GCE's tar.gz, the Vagrant boxes, the OVAs, the Parallels bundle)
+ * are written by GNU tar, the tool the platforms document: the entries are staged in a directory
+ * (directories made, small files written, large ones as symlinks to where they are, archived with
+ * --dereference, so nothing is copied) and archived member by member in the given order
+ * (--no-recursion) with fixed owner (root:0), mode (0644 files, 0755 directories) and mtime, so the
+ * same inputs give the same bytes. `gnu` is GNU tar's format (base-256 sizes, long names); `ustar` is POSIX
  * ustar, with a pax header only where ustar cannot say it (a name over 100 bytes, a size of 8 GiB or
  * more). The output is streamed through node:zlib for .gz; nothing is held in memory.
  */
@@ -19,8 +20,28 @@ import { requireTool, toolEnv } from '../tools.js';
 
 export type TarFormat = 'gnu' | 'ustar';
 
-/** One member: its name in the archive, and either a file to archive or its bytes. */
-export type TarEntry = { name: string } & ({ path: string } | { data: Buffer });
+/**
+ * One member: its path in the archive ('a' or 'a/b', no leading or trailing '/'), and either `dir`,
+ * a file to archive or its bytes. A member's directory must come before it.
+ */
+export type TarEntry = { name: string } & ({ dir: true } | { path: string } | { data: Buffer });
+
+/** Checks the member names: relative, no empty, '.' or '..' components, unique, directories first. */
+function checkNames(entries: TarEntry[]): void {
+  const dirs = new Set<string>();
+  const seen = new Set<string>();
+  for (const e of entries) {
+    const parts = e.name.split('/');
+    if (!e.name || e.name.includes('\0') || parts.some((p) => !p || p === '.' || p === '..')) {
+      throw new OemError(`invalid archive member name ${JSON.stringify(e.name)}`, { code: 'usage' });
+    }
+    if (seen.has(e.name)) throw new OemError(`duplicate archive member ${JSON.stringify(e.name)}`, { code: 'usage' });
+    seen.add(e.name);
+    const parent = parts.slice(0, -1).join('/');
+    if (parent && !dirs.has(parent)) throw new OemError(`archive member ${JSON.stringify(e.name)} comes before its directory`, { code: 'usage' });
+    if ('dir' in e) dirs.add(e.name);
+  }
+}
 
 export interface TarOptions {
   format: TarFormat;
@@ -36,15 +57,15 @@ export interface TarOptions {
 
 /** The archive `out` (which must not exist) holding `entries` in this order. */
 export async function writeTar(out: string, entries: TarEntry[], o: TarOptions): Promise<void> {
+  checkNames(entries);
   const tar = await requireTool('tar', 'write archives');
   await mkdir(o.stage);
   let total = 0;
   for (const e of entries) {
-    if (!e.name || e.name.includes('/') || e.name.includes('\0') || e.name === '.' || e.name === '..') {
-      throw new OemError(`invalid archive member name ${JSON.stringify(e.name)}`, { code: 'usage' });
-    }
-    const at = join(o.stage, e.name);
-    if ('data' in e) {
+    const at = join(o.stage, ...e.name.split('/'));
+    if ('dir' in e) {
+      await mkdir(at);
+    } else if ('data' in e) {
       await writeFile(at, e.data, { flag: 'wx' });
       total += e.data.length;
     } else {
@@ -56,7 +77,8 @@ export async function writeTar(out: string, entries: TarEntry[], o: TarOptions):
     ...(o.format === 'gnu' ? ['--format=gnu'] : ['--format=posix', '--pax-option=delete=atime,delete=ctime']),
     '--owner=root:0',
     '--group=root:0',
-    '--mode=0644',
+    // Files 0644; directories (only trees have them) 0755.
+    entries.some((e) => 'dir' in e) ? '--mode=u=rwX,go=rX' : '--mode=0644',
     `--mtime=@${o.mtime}`,
     '--dereference',
     '--no-recursion',
