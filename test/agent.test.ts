@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { REPO } from './helpers/cli.js';
+import { MetadataMock } from './helpers/metadata-mock.js';
 
 const AGENT = join(REPO, 'dist', 'agent', 'oem-agent-linux-x64');
 const PATH = '/usr/sbin:/sbin';
@@ -33,7 +34,7 @@ describe('the built oem-agent executable', () => {
   });
 
   it('--help and -h on every subcommand print its usage and exit 0; a bad option prints it and exits 2', async () => {
-    for (const cmd of ['validate', 'provision', 'metadata', 'ssh-keys', 'hostname', 'network', 'userdata', 'version']) {
+    for (const cmd of ['validate', 'provision', 'metadata', 'ssh-keys', 'hostname', 'network', 'userdata', 'check-in', 'version']) {
       for (const flag of ['--help', '-h']) {
         const r = await agent([cmd, flag]);
         expect(r.exitCode, `${cmd} ${flag}: ${r.stderr}`).toBe(0);
@@ -92,6 +93,32 @@ describe('the built oem-agent executable', () => {
       expect(md).toMatch(/^COREOS_EC2_INSTANCE_ID=i-0123456789abcdef0$/m);
     } finally {
       server.close();
+    }
+  });
+
+  it('checks in with an Azure WireServer on 127.0.0.1: the goal state, then the Ready health report', async () => {
+    const mock = await new MetadataMock().start();
+    const goal = `<?xml version="1.0" encoding="utf-8"?>
+<GoalState><Version>2012-11-30</Version><Incarnation>7</Incarnation>
+  <Container><ContainerId>c0ffee00-1111-2222-3333-444455556666</ContainerId>
+    <RoleInstanceList><RoleInstance><InstanceId>vm-instance-1</InstanceId><State>Started</State></RoleInstance></RoleInstanceList>
+  </Container></GoalState>`;
+    mock.reset({
+      '/machine/': (req) => (req.query === 'comp=goalstate' ? { body: goal } : { status: 400 }),
+      'POST /machine/': (req) => (req.query === 'comp=health' ? { status: 200 } : { status: 400 }),
+    });
+    try {
+      const r = await agent(['check-in', '--provider', 'azure', '--root', work, '--wireserver-url', mock.base, '--http-tries', '2', '--http-backoff-ms', '10']);
+      expect(r.exitCode, r.stderr).toBe(0);
+      expect(r.stdout).toContain('oem-agent: azure: checked in');
+      const post = mock.seen.find((x) => x.method === 'POST')!;
+      expect(post.headers['x-ms-version']).toBe('2012-11-30');
+      const report = post.body.toString('utf8');
+      expect(report).toContain('<GoalStateIncarnation>7</GoalStateIncarnation>');
+      expect(report).toContain('<ContainerId>c0ffee00-1111-2222-3333-444455556666</ContainerId>');
+      expect(report).toMatch(/<InstanceId>vm-instance-1<\/InstanceId>\s*<Health>\s*<State>Ready<\/State>/);
+    } finally {
+      await mock.stop();
     }
   });
 

@@ -4,46 +4,22 @@
  * fixtures); and the agent's subcommands end to end on temporary roots. Every env and every CLI call
  * points metadataUrl at the local mock: nothing here talks to 169.254.169.254.
  */
-import { mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { agent, agentArgs, deadUrl, edKey, makeRoot as makeRootIn, MetadataMock, TEST_HTTP, type Reply, type Route, type Seen } from './helpers/metadata-mock.js';
+import { describe, expect, it } from 'vitest';
+import { agent, agentArgs, deadUrl, edKey, type Reply, type Route, type Seen, useMetadataMock } from './helpers/metadata-mock.js';
 import { provider as akamai, TOKEN_TTL_SECONDS } from '../oem/providers/akamai.js';
 import { provider as hetzner } from '../oem/providers/hetzner.js';
 import { provider as upcloud } from '../oem/providers/upcloud.js';
 import { provider as vultr } from '../oem/providers/vultr.js';
-import { defaultEnv } from '../oem/providers/index.js';
 import type { MetadataProvider, ProviderEnv } from '../oem/providers/types.js';
 import { agentPlatform } from '../src/shared/platforms.js';
 
 const KEY = { a: edKey('alice@example'), b: edKey('bob@example'), c: edKey('carol@example') };
 
-const mock = new MetadataMock();
-let work: string;
-let logs: string[];
-
-beforeAll(async () => {
-  await mock.start();
-  work = await mkdtemp(join(tmpdir(), 'oem-providers-avuh-'));
-});
-afterAll(async () => {
-  await mock.stop();
-  await rm(work, { recursive: true, force: true });
-});
-beforeEach(() => {
-  logs = [];
-  mock.always = {};
-  mock.reset();
-});
-
-function env(extra: Partial<ProviderEnv> = {}): ProviderEnv {
-  const e = defaultEnv({ root: '/nonexistent-root', metadataUrl: mock.base, http: TEST_HTTP, log: (l) => logs.push(l), ...extra });
-  expect(e.metadataUrl.startsWith('http://127.0.0.1:')).toBe(true);
-  return e;
-}
-
-const makeRoot = () => makeRootIn(work);
+const m = useMetadataMock('oem-providers-avuh-');
+const { mock, logs, makeRoot } = m;
+const env = (extra: Partial<ProviderEnv> = {}): ProviderEnv => m.env(undefined, extra);
 const json = (v: unknown): Reply => ({ body: JSON.stringify(v), headers: { 'content-type': 'application/json' } });
 const logged = (re: RegExp) => expect(logs.some((l) => re.test(l)), `a log line matching ${re}; got:\n${logs.join('\n')}`).toBe(true);
 /** `full` without `keys`. */

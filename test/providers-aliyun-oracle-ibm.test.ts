@@ -6,52 +6,28 @@
  *
  * Files are written owned by root (and by the core user for SSH keys): CI runs as root.
  */
-import { mkdir, mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { mkdir, readFile, symlink, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { agent, agentArgs, deadUrl, edKey, makeRoot as makeRootIn, MetadataMock, type Reply, type Route, type Seen, TEST_HTTP } from './helpers/metadata-mock.js';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { agent, agentArgs, deadUrl, edKey, type Reply, type Route, type Seen, useMetadataMock } from './helpers/metadata-mock.js';
 import { maskPrefix, plainValue } from '../oem/providers/afterburn-common.js';
 import { provider as aliyun } from '../oem/providers/aliyun.js';
 import { classicNetwork, provider as classic } from '../oem/providers/ibmcloud-classic.js';
 import { cloudConfigParts, parseMetaData, provider as ibmcloud, vendorDataKeys } from '../oem/providers/ibmcloud.js';
-import { defaultEnv } from '../oem/providers/index.js';
 import { provider as oraclecloud } from '../oem/providers/oraclecloud.js';
 import { provider as powervs } from '../oem/providers/powervs.js';
-import type { ProviderEnv } from '../oem/providers/types.js';
 import { validNetworkUnitName } from '../oem/providers/values.js';
 
 const KEY = { a: edKey('alice@example'), b: edKey('bob@example'), c: edKey('carol@example') };
 const USERDATA = '#cloud-config\nhostname: from-userdata\n';
 const DRIVE = '/media/configdrive';
 
-const mock = new MetadataMock();
-let work: string;
-let logs: string[];
+const { mock, work, logs, env, makeRoot } = useMetadataMock('oem-aliyun-oracle-ibm-', () => ({ configDrive: DRIVE }));
 let dead: string;
 
 beforeAll(async () => {
-  await mock.start();
   dead = await deadUrl();
-  work = await mkdtemp(join(tmpdir(), 'oem-aliyun-oracle-ibm-'));
 });
-afterAll(async () => {
-  await mock.stop();
-  await rm(work, { recursive: true, force: true });
-});
-beforeEach(() => {
-  logs = [];
-  mock.always = {};
-  mock.reset();
-});
-
-function env(root = '/nonexistent-root', extra: Partial<ProviderEnv> = {}): ProviderEnv {
-  const e = defaultEnv({ root, metadataUrl: mock.base, configDrive: DRIVE, http: TEST_HTTP, log: (l) => logs.push(l), ...extra });
-  expect(e.metadataUrl.startsWith('http://127.0.0.1:')).toBe(true);
-  return e;
-}
-
-const makeRoot = () => makeRootIn(work);
 const logged = (re: RegExp) => logs.some((l) => re.test(l));
 const EMPTY = { attributes: {}, sshKeys: [], networkUnits: [] };
 
@@ -549,7 +525,7 @@ describe('ibmcloud (cidata drive)', () => {
     expect(await ibmcloud.metadata(env(root))).toEqual(EMPTY);
     expect(await ibmcloud.userdata(env(root))).toBeNull();
     const huge = await rootWithDrive({ 'meta-data': `instance-id: i-1\n${'#'.repeat(300 * 1024)}\n`, 'user-data': Buffer.alloc(16 * 1024 * 1024 + 1, 0x61) });
-    logs = [];
+    logs.length = 0;
     expect(await ibmcloud.metadata(env(huge))).toEqual(EMPTY);
     expect(await ibmcloud.userdata(env(huge))).toBeNull();
     expect(logged(/\/media\/configdrive\/meta-data is larger than 256 KiB; ignored/)).toBe(true);
@@ -673,7 +649,7 @@ describe('ibmcloud-classic (config-2 drive)', () => {
     // A drive without the openstack tree.
     root = await rootWithDrive({ 'ec2/latest/meta-data.json': {} });
     expect(await classic.metadata(env(root))).toEqual(EMPTY);
-    logs = [];
+    logs.length = 0;
     root = await makeRoot();
     expect(await classic.metadata(env(root))).toEqual(EMPTY);
     expect(await classic.userdata(env(root))).toBeNull();

@@ -9,18 +9,15 @@
  * Every env and CLI call sets metadataUrl and wireServerUrl (or a lease) to local addresses: nothing
  * here talks to 168.63.129.16 or 169.254.169.254. Runs as root (the port-80 listener, file owners).
  */
-import { mkdir, mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, symlink, writeFile } from 'node:fs/promises';
 import { createServer as createTcpServer, connect, type Server as TcpServer, type Socket } from 'node:net';
-import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { beforeEach, describe, expect, it } from 'vitest';
 import { OemError } from '../src/shared/errors.js';
 import { parseImdsPublicKeys, parseOvfEnv, parseXml, provider as azure } from '../oem/providers/azure.js';
 import { identityVmName, provider as azurestack } from '../oem/providers/azurestack.js';
-import { defaultEnv } from '../oem/providers/index.js';
-import type { ProviderEnv } from '../oem/providers/types.js';
 import { escapeXml, healthReport, leaseOption245, option245Address, parseGoalState, parseSharedConfig, wireServerBase } from '../oem/providers/wireserver.js';
-import { agent, agentArgs, deadUrl, edKey, makeRoot as makeRootIn, MetadataMock, TEST_HTTP, type Route, type Seen } from './helpers/metadata-mock.js';
+import { agent, agentArgs, deadUrl, edKey, type Route, type Seen, useMetadataMock } from './helpers/metadata-mock.js';
 
 // Real public keys (OpenSSH ssh-keygen), as in ssh-keys.test.ts.
 const ED = 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIENQF7ZfEWz/nirY09uAuYtaLzkukGx70zg/7N+Yf5/f alice@laptop';
@@ -30,30 +27,8 @@ const IMDS_KEY = edKey('from-imds@example');
 const CLOUD_CONFIG = '#cloud-config\nhostname: from-userdata\nssh_authorized_keys:\n  - ssh-ed25519 AAAA...\n';
 const b64 = (s: string) => Buffer.from(s, 'utf8').toString('base64');
 
-const mock = new MetadataMock();
-let work: string;
-let logs: string[];
-
-beforeAll(async () => {
-  await mock.start();
-  work = await mkdtemp(join(tmpdir(), 'oem-azure-test-'));
-});
-afterAll(async () => {
-  await mock.stop();
-  await rm(work, { recursive: true, force: true });
-});
-beforeEach(() => {
-  logs = [];
-  mock.always = {};
-  mock.reset();
-});
-
-const makeRoot = () => makeRootIn(work);
-
-/** An env whose IMDS and WireServer are the mock (unless `extra` says otherwise). */
-function env(root: string, extra: Partial<ProviderEnv> = {}): ProviderEnv {
-  return defaultEnv({ root, metadataUrl: mock.base, wireServerUrl: mock.base, http: TEST_HTTP, log: (l) => logs.push(l), ...extra });
-}
+/** env(root, extra): IMDS and the WireServer are the mock (unless `extra` says otherwise). */
+const { mock, work, logs, env, makeRoot } = useMetadataMock('oem-azure-test-', (m) => ({ wireServerUrl: m.base }));
 
 async function put(root: string, path: string, content: string | Buffer): Promise<void> {
   const host = join(root, path);
@@ -397,7 +372,7 @@ describe('azure: attributes (WireServer shared configuration, IMDS)', () => {
     const root = await makeRoot();
     const attrs = async (over: Record<string, Route>) => {
       mock.reset(azureRoutes(over));
-      logs = [];
+      logs.length = 0;
       return (await azure.metadata(env(root))).attributes;
     };
     const all = { COREOS_AZURE_IPV4_DYNAMIC: '10.0.0.4', COREOS_AZURE_IPV4_VIRTUAL: '40.112.1.2', COREOS_AZURE_VMSIZE: 'Standard_D2s_v3', COREOS_IPV4_PRIVATE: '10.0.0.4', COREOS_IPV4_PUBLIC: '40.112.1.2', COREOS_HOSTNAME: 'vm-from-imds' };
@@ -427,7 +402,7 @@ describe('azure: attributes (WireServer shared configuration, IMDS)', () => {
     const root = await makeRoot();
     const run = async (over: Record<string, Route>) => {
       mock.reset(azureRoutes(over));
-      logs = [];
+      logs.length = 0;
       const md = await azure.metadata(env(root));
       return { md, log: logs.join('\n') };
     };
@@ -462,7 +437,7 @@ describe('azure: attributes (WireServer shared configuration, IMDS)', () => {
     // publicKeys that are not JSON, not a list, entries without keyData, keys that are not keys.
     expect(parseImdsPublicKeys('<html>', (l) => logs.push(l))).toEqual([]);
     expect(parseImdsPublicKeys('{"keyData":"x"}', (l) => logs.push(l))).toEqual([]);
-    logs = [];
+    logs.length = 0;
     expect(parseImdsPublicKeys(JSON.stringify([{ keyData: 42 }, null, { keyData: 'ssh-rsa AAAA /etc/passwd' }, { keyData: `${ED}\nssh-rsa AAAA` }, { keyData: IMDS_KEY }]), (l) => logs.push(l))).toEqual([ED, IMDS_KEY]);
     expect(logs.filter((l) => /ignoring/.test(l))).toHaveLength(4);
   });
@@ -476,7 +451,7 @@ describe('azure: attributes (WireServer shared configuration, IMDS)', () => {
       ['not a url', undefined],
     ] as const) {
       mock.reset(azureRoutes({ '/machine/': { body: goalState({ sharedConfig: url }) } }));
-      logs = [];
+      logs.length = 0;
       const md = await azure.metadata(env(root));
       expect(md.attributes.COREOS_AZURE_IPV4_DYNAMIC).toBeUndefined();
       const other = mock.seen.filter((s) => s.path !== '/machine/' && !s.path.startsWith('/metadata/'));
@@ -707,7 +682,7 @@ describe('azurestack', () => {
     // None, hostile ones, garbage: no hostname, a log line.
     for (const reply of [{ status: 404 }, { body: JSON.stringify({ vmName: 'evil\nname' }) }, { body: JSON.stringify({ vmName: 7 }) }, { body: '<html>' }, { body: '[]' }]) {
       mock.reset({ [IDENTITY]: reply });
-      logs = [];
+      logs.length = 0;
       const m = await azurestack.metadata(env(root));
       expect(m.hostname, JSON.stringify(reply)).toBeUndefined();
       expect(m.attributes).toEqual({});

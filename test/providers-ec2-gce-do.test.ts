@@ -6,19 +6,16 @@
  *
  * Files are written owned by root (and by the core user for SSH keys): CI runs as root.
  */
-import { lstat, mkdir, mkdtemp, readdir, readFile, rm, stat, symlink, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { lstat, mkdir, readdir, readFile, stat, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { agent, agentArgs, deadUrl, edKey, keyBody, makeRoot as makeRootIn, MetadataMock, type Reply, type Route, type Seen } from './helpers/metadata-mock.js';
-import { TEST_HTTP } from './helpers/metadata-mock.js';
+import { beforeEach, describe, expect, it } from 'vitest';
+import { agent, agentArgs, deadUrl, edKey, keyBody, type Reply, type Route, type Seen, useMetadataMock } from './helpers/metadata-mock.js';
 import { applyUserdata, classifyUserdata, writeContext, writeHostname, writeNetworkUnits } from '../oem/providers/actions.js';
 import { provider as digitalocean } from '../oem/providers/digitalocean.js';
 import { provider as ec2 } from '../oem/providers/ec2.js';
 import { parseGceSshKeys, provider as gce } from '../oem/providers/gce.js';
 import { AGENT_PLATFORMS, agentPlatform } from '../src/shared/platforms.js';
 import { defaultEnv, detectProvider, detectProviderId, oemIdFromCmdline, PROVIDERS } from '../oem/providers/index.js';
-import type { ProviderEnv } from '../oem/providers/types.js';
 import {
   cleanHostname,
   cleanSshKeys,
@@ -37,33 +34,7 @@ const body = keyBody;
 
 const KEY = { a: edKey('alice@example'), b: edKey('bob@example'), c: edKey('carol@example'), d: edKey('dave@example'), e: edKey('eve@example') };
 
-const mock = new MetadataMock();
-let work: string;
-let logs: string[];
-
-beforeAll(async () => {
-  await mock.start();
-  work = await mkdtemp(join(tmpdir(), 'oem-providers-test-'));
-});
-afterAll(async () => {
-  await mock.stop();
-  await rm(work, { recursive: true, force: true });
-});
-beforeEach(() => {
-  logs = [];
-  mock.always = {};
-  mock.reset();
-});
-
-const HTTP = TEST_HTTP;
-
-function env(root = '/nonexistent-root', extra: Partial<ProviderEnv> = {}): ProviderEnv {
-  const e = defaultEnv({ root, metadataUrl: mock.base, http: HTTP, log: (l) => logs.push(l), ...extra });
-  expect(e.metadataUrl.startsWith('http://127.0.0.1:')).toBe(true);
-  return e;
-}
-
-const makeRoot = () => makeRootIn(work);
+const { mock, work, logs, env, makeRoot } = useMetadataMock('oem-providers-test-');
 const cli = agent;
 
 /** The CLI with the local mock and fast retries. */

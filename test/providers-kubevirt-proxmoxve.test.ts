@@ -3,16 +3,15 @@
  * roots) in the layouts the platforms write: KubeVirt's config-2 and NoCloud disks, Proxmox VE's
  * cidata drive. Modules directly, then the agent CLI end to end.
  */
-import { mkdir, mkdtemp, readFile, readdir, rm, symlink, truncate, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { mkdir, readFile, readdir, rm, symlink, truncate, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { beforeEach, describe, expect, it } from 'vitest';
 import { parse as parseYaml } from 'yaml';
 import { defaultEnv } from '../oem/providers/index.js';
 import { provider as kubevirt } from '../oem/providers/kubevirt.js';
 import { provider as proxmoxve } from '../oem/providers/proxmoxve.js';
 import type { Metadata, ProviderEnv } from '../oem/providers/types.js';
-import { agent, edKey, keyBody, makeRoot } from './helpers/metadata-mock.js';
+import { agent, edKey, keyBody, useWorkDir } from './helpers/metadata-mock.js';
 
 const DRIVE = '/media/configdrive';
 const KEY_A = edKey('alice@laptop');
@@ -21,23 +20,15 @@ const HEAD = (src: string) => `# Written by oem-agent from ${src}.\n`;
 const KV = HEAD('the KubeVirt cloud-init disk');
 const PVE = HEAD('the Proxmox VE cloud-init drive');
 
-let work: string;
+const { work, logs, log, makeRoot } = useWorkDir('oem-kv-pve-');
 let root: string;
-let logs: string[];
 
-beforeAll(async () => {
-  work = await mkdtemp(join(tmpdir(), 'oem-kv-pve-'));
-});
-afterAll(async () => {
-  await rm(work, { recursive: true, force: true });
-});
 beforeEach(async () => {
-  root = await makeRoot(work);
-  logs = [];
+  root = await makeRoot();
 });
 
 function env(overrides: Partial<ProviderEnv> = {}): ProviderEnv {
-  return defaultEnv({ root, configDrive: DRIVE, log: (l) => logs.push(l), ...overrides });
+  return defaultEnv({ root, configDrive: DRIVE, log, ...overrides });
 }
 
 /** Files on the drive (path relative to it): strings as they are, other values as JSON. */
@@ -334,7 +325,7 @@ describe('kubevirt', () => {
     // Only a network: units and the addresses, nothing else.
     await rm(join(root, DRIVE, 'meta-data'));
     await drive({ 'network-config': NC_V1 });
-    logs = [];
+    logs.length = 0;
     md = await kubevirt.metadata(env());
     expect(md.attributes).toEqual({ COREOS_KUBEVIRT_IPV4: '192.168.1.10', COREOS_KUBEVIRT_IPV6: '2001:db8::10', COREOS_IPV4_PRIVATE: '192.168.1.10', COREOS_IPV6_PUBLIC: '2001:db8::10' });
     expect(md.networkUnits).toEqual(NC_V1_UNITS);
@@ -356,7 +347,7 @@ describe('kubevirt', () => {
     expect(await kubevirt.userdata(env())).toBeNull();
     // An empty directory (nothing mounted) is the same.
     await mkdir(join(root, DRIVE), { recursive: true });
-    logs = [];
+    logs.length = 0;
     expect(await kubevirt.metadata(env())).toEqual({ attributes: {}, sshKeys: [], networkUnits: [] });
     expect(logged('no usable /media/configdrive/meta-data')).toBe(true);
   });
@@ -394,7 +385,7 @@ describe('kubevirt', () => {
     expect(md.attributes.COREOS_KUBEVIRT_INSTANCE_ID).toBeUndefined();
     expect(md.networkUnits).toEqual(NC_V1_UNITS);
     expect(logged('/media/configdrive/meta-data is larger than 1 MiB')).toBe(true);
-    logs = [];
+    logs.length = 0;
     expect(await kubevirt.userdata(env())).toBeNull();
     expect(logged('/media/configdrive/user-data is larger than 16 MiB')).toBe(true);
   });
@@ -416,7 +407,7 @@ describe('kubevirt', () => {
     ];
     for (const [text, why] of cases) {
       await drive({ 'meta-data': text });
-      logs = [];
+      logs.length = 0;
       md = await kubevirt.metadata(env());
       expect(md.attributes.COREOS_KUBEVIRT_INSTANCE_ID, text).toBeUndefined();
       expect(logged(why), `${text}: ${logs.join(' | ')}`).toBe(true);
@@ -424,7 +415,7 @@ describe('kubevirt', () => {
 
     await rm(join(root, DRIVE), { recursive: true });
     await drive({ 'openstack/latest/meta_data.json': '{"uuid": "u-2", ', 'openstack/latest/network_data.json': '[1, 2]' });
-    logs = [];
+    logs.length = 0;
     md = await kubevirt.metadata(env());
     expect(md).toEqual({ attributes: {}, sshKeys: [], networkUnits: [] });
     expect(logged('openstack/latest/meta_data.json: not valid YAML')).toBe(true);
@@ -511,7 +502,7 @@ describe('kubevirt', () => {
     await expect(readFile(join(root, 'etc/hostname'), 'utf8')).rejects.toThrow();
     expect(await readdir(join(root, 'etc/systemd/network')).catch(() => [])).toEqual([]);
 
-    const empty = await makeRoot(work);
+    const empty = await makeRoot();
     const r = await agent(['metadata', '--root', empty, '--provider', 'kubevirt', '--config-drive', DRIVE]);
     expect(r.code).toBe(0);
     expect(r.out).toContain('no cloud-init disk');
@@ -545,7 +536,7 @@ describe('proxmoxve', () => {
     const ignition = '{"ignition": {"version": "3.4.0"}}';
     await rm(join(root, DRIVE, 'meta-data'));
     await drive({ 'user-data': ignition, 'network-config': 'version: 1\nconfig:\n  - type: physical\n    name: eth0\n    subnets: [{type: dhcp}]\n' });
-    logs = [];
+    logs.length = 0;
     md = await proxmoxve.metadata(env());
     expect(md).toEqual({ attributes: {}, sshKeys: [], networkUnits: [{ name: '10-oem-0-eth0.network', content: `${PVE}[Match]\nName=eth0\n\n[Network]\nDHCP=ipv4\n` }] });
     expect(logged('user-data is not a #cloud-config')).toBe(true);
@@ -599,7 +590,7 @@ describe('proxmoxve', () => {
     // That user-data is still userdata (up to 16 MiB); more is refused.
     expect((await proxmoxve.userdata(env()))?.length).toBeGreaterThan(1024 * 1024);
     await truncate(join(root, DRIVE, 'user-data'), 16 * 1024 * 1024 + 1);
-    logs = [];
+    logs.length = 0;
     expect(await proxmoxve.userdata(env())).toBeNull();
     expect(logged('user-data is larger than 16 MiB')).toBe(true);
     md = await proxmoxve.metadata(env());
@@ -615,11 +606,11 @@ describe('proxmoxve', () => {
     expect(logged('/media/configdrive/network-config: not accepted')).toBe(true);
     // A network-config of another shape.
     await drive({ 'network-config': 'version: 3\n' });
-    logs = [];
+    logs.length = 0;
     expect((await proxmoxve.metadata(env())).networkUnits).toEqual([]);
     expect(logged('the version "3" is not supported')).toBe(true);
     await drive({ 'network-config': 'version: 1\nconfig: {type: physical}\n' });
-    logs = [];
+    logs.length = 0;
     expect((await proxmoxve.metadata(env())).networkUnits).toEqual([]);
     expect(logged('no "config" list')).toBe(true);
   });
@@ -698,7 +689,7 @@ config:
     expect((await readdir(join(root, 'etc/systemd/network'))).sort()).toEqual(PVE_UNITS.map((u) => u.name));
     for (const u of PVE_UNITS) expect(await readFile(join(root, 'etc/systemd/network', u.name), 'utf8')).toBe(u.content);
 
-    const empty = await makeRoot(work);
+    const empty = await makeRoot();
     const r = await agent(['network', '--root', empty, '--provider', 'proxmoxve', '--config-drive', DRIVE]);
     expect(r.code).toBe(0);
     expect(r.out).toContain('no cloud-init drive');

@@ -8,48 +8,21 @@
  *
  * Scaleway's user_data is asked from a source port below 1024: tests run as root (CI).
  */
-import { mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { agent, agentArgs, deadUrl, edKey, makeRoot as makeRootIn, MetadataMock, TEST_HTTP, type Reply, type Route } from './helpers/metadata-mock.js';
+import { describe, expect, it } from 'vitest';
+import { agent, agentArgs, deadUrl, edKey, type Reply, type Route, TEST_HTTP, useMetadataMock } from './helpers/metadata-mock.js';
 import { afterburnAttributes } from '../oem/providers/actions.js';
-import { defaultEnv } from '../oem/providers/index.js';
 import { MAX_USERDATA_BYTES } from '../oem/providers/local-io.js';
 import { cleanHttpUrl, provider as packet } from '../oem/providers/packet.js';
 import { lowPortRequest, provider as scaleway } from '../oem/providers/scaleway.js';
-import type { ProviderEnv } from '../oem/providers/types.js';
 import { agentPlatform } from '../src/shared/platforms.js';
 
 const KEY = { a: edKey('alice@example'), b: edKey('bob@example'), c: edKey('carol@example') };
 
-const mock = new MetadataMock();
-let work: string;
-let logs: string[];
-
-beforeAll(async () => {
-  await mock.start();
-  work = await mkdtemp(join(tmpdir(), 'oem-packet-scaleway-test-'));
-});
-afterAll(async () => {
-  await mock.stop();
-  await rm(work, { recursive: true, force: true });
-});
-beforeEach(() => {
-  logs = [];
-  mock.always = {};
-  mock.reset();
-});
-
-function env(root = '/nonexistent-root', extra: Partial<ProviderEnv> = {}): ProviderEnv {
-  const e = defaultEnv({ root, metadataUrl: mock.base, http: TEST_HTTP, log: (l) => logs.push(l), ...extra });
-  expect(e.metadataUrl.startsWith('http://127.0.0.1:')).toBe(true);
-  return e;
-}
-
-const makeRoot = () => makeRootIn(work);
+const { mock, logs, env, makeRoot } = useMetadataMock('oem-packet-scaleway-test-');
 const cli = (cmd: string, root: string, provider: string, ...more: string[]) => agent(agentArgs(cmd, root, provider, mock.base, ...more));
 const json = (doc: unknown): Reply => ({ body: JSON.stringify(doc), headers: { 'Content-Type': 'application/json' } });
 const logged = (re: RegExp) => logs.some((l) => re.test(l));

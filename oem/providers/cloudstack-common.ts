@@ -28,16 +28,16 @@
  * AFTERBURN_CLOUDSTACK_* / AFTERBURN_EXOSCALE_*). Only the values the source has are written. No
  * network configuration (DHCP's) and no boot check-in: neither platform expects one.
  */
-import { readdir } from 'node:fs/promises';
 import { isIP, isIPv4 } from 'node:net';
 import { OemError } from '../../src/shared/errors.js';
 import { httpGet, joinUrl, showUrl } from './http.js';
 import { lstatEntry, readFileIn, resolveIn } from '../../src/shared/safe-fs.js';
+import { LEASES_DIR, leaseEntries, readLeases } from './leases.js';
 import { MAX_SMALL_BYTES, MAX_USERDATA_BYTES, userdataOrNull } from './local-io.js';
 import type { Metadata, MetadataProvider, ProviderEnv, Userdata } from './types.js';
 import { cleanHostname, cleanIp, cleanSshKeys, hostnameProblem, shown } from './values.js';
 
-export const LEASES_DIR = '/run/systemd/netif/leases';
+export { LEASES_DIR };
 
 /** `host[:port]` as a URL authority; throws an OemError for anything else. */
 export function serverAuthority(value: string): string {
@@ -71,41 +71,18 @@ export function serverAuthority(value: string): string {
 
 /** SERVER_ADDRESS of a networkd lease file's text, if it has a valid one. */
 export function leaseServerAddress(text: string): string | undefined {
-  for (const line of text.split('\n')) {
-    const m = /^SERVER_ADDRESS=(.*)$/.exec(line.replace(/\r$/, ''));
-    if (m) {
-      const ip = (m[1] ?? '').trim();
-      return isIPv4(ip) ? ip : undefined;
-    }
-  }
-  return undefined;
+  return serverAddressOfLease(leaseEntries(text));
+}
+
+function serverAddressOfLease(entries: Map<string, string>): string | undefined {
+  const ip = entries.get('SERVER_ADDRESS')?.trim();
+  return ip !== undefined && isIPv4(ip) ? ip : undefined;
 }
 
 /** The DHCP server from networkd's lease files under the root, or undefined. */
 export async function dhcpServerFromLeases(env: ProviderEnv): Promise<string | undefined> {
-  const dir = await resolveIn(env.root, LEASES_DIR);
-  if (dir === null) return undefined;
-  let names: string[];
-  try {
-    names = await readdir(dir);
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT' || code === 'ENOTDIR') return undefined;
-    throw err;
-  }
-  const order = (n: string) => (/^\d+$/.test(n) ? Number(n) : Number.MAX_SAFE_INTEGER);
-  names.sort((a, b) => order(a) - order(b) || (a < b ? -1 : a > b ? 1 : 0));
-  for (const name of names) {
-    if (name.startsWith('.')) continue;
-    let buf: Buffer | null;
-    try {
-      buf = await readFileIn(dir, `/${name}`, MAX_SMALL_BYTES);
-    } catch (err) {
-      env.log(`skipped the lease file ${LEASES_DIR}/${name}: ${(err as Error).message}`);
-      continue;
-    }
-    if (buf === null) continue;
-    const server = leaseServerAddress(buf.toString('utf8'));
+  for await (const { entries } of readLeases(env, (file, err) => env.log(`skipped the lease file ${file}: ${(err as Error).message}`))) {
+    const server = serverAddressOfLease(entries);
     if (server !== undefined) return server;
   }
   return undefined;

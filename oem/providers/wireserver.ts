@@ -30,14 +30,15 @@
  * the shared configuration is asked of the WireServer found above (its path and query only), never
  * of a host the goal state names.
  */
-import { readdir } from 'node:fs/promises';
 import { isIPv4 } from 'node:net';
 import { describe, OemError } from '../../src/shared/errors.js';
-import { readFileIn, resolveIn } from '../../src/shared/safe-fs.js';
 import { HttpError, httpRequest, joinUrl, showUrl } from './http.js';
+import { leaseEntries, readLeases } from './leases.js';
 import { MAX_SMALL_BYTES } from './local-io.js';
 import type { ProviderEnv } from './types.js';
 import { cleanIp, shown } from './values.js';
+
+export { LEASES_DIR } from './leases.js';
 
 // ---------------------------------------------------------------------------------------------
 // XML
@@ -243,8 +244,6 @@ function parseDocument(xml: string, what: string, rootName: string): XmlElement 
 // ---------------------------------------------------------------------------------------------
 // Finding the WireServer
 
-/** systemd-networkd's DHCP leases, one file per interface (named by ifindex). */
-export const LEASES_DIR = '/run/systemd/netif/leases';
 /** Azure's well-known WireServer address (used when no DHCP lease names another). */
 export const WIRESERVER_ADDRESS = '168.63.129.16';
 /** The protocol headers of every WireServer request, as Afterburn sends them. */
@@ -266,39 +265,18 @@ export function option245Address(value: string): string | undefined {
 
 /** The OPTION_245 line of a networkd lease file's text: the address, `null` for a bad value, undefined for none. */
 export function leaseOption245(text: string): string | null | undefined {
-  for (const line of text.split('\n')) {
-    const m = /^OPTION_245=(.*)$/.exec(line.replace(/\r$/, ''));
-    if (m) return option245Address(m[1] ?? '') ?? null;
-  }
-  return undefined;
+  return option245OfLease(leaseEntries(text));
+}
+
+function option245OfLease(entries: Map<string, string>): string | null | undefined {
+  const value = entries.get('OPTION_245');
+  return value === undefined ? undefined : (option245Address(value) ?? null);
 }
 
 /** The WireServer address from the first networkd lease (in ifindex order) with a valid option 245. */
 export async function wireServerFromLeases(env: ProviderEnv, id: string): Promise<{ address: string; file: string } | undefined> {
-  const dir = await resolveIn(env.root, LEASES_DIR);
-  if (dir === null) return undefined;
-  let names: string[];
-  try {
-    names = await readdir(dir);
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT' || code === 'ENOTDIR') return undefined;
-    throw err;
-  }
-  const order = (n: string) => (/^\d+$/.test(n) ? Number(n) : Number.MAX_SAFE_INTEGER);
-  names.sort((a, b) => order(a) - order(b) || (a < b ? -1 : a > b ? 1 : 0));
-  for (const name of names) {
-    if (name.startsWith('.')) continue;
-    const file = `${LEASES_DIR}/${name}`;
-    let buf: Buffer | null;
-    try {
-      buf = await readFileIn(dir, `/${name}`, MAX_SMALL_BYTES);
-    } catch (err) {
-      env.log(`${id}: skipped the lease file ${file}: ${describe(err)}`);
-      continue;
-    }
-    if (buf === null) continue;
-    const address = leaseOption245(buf.toString('utf8'));
+  for await (const { file, entries } of readLeases(env, (f, err) => env.log(`${id}: skipped the lease file ${f}: ${describe(err)}`))) {
+    const address = option245OfLease(entries);
     if (address === null) env.log(`${id}: ignoring the DHCP option 245 in ${file}: not an IPv4 address in hex`);
     else if (address !== undefined) return { address, file };
   }

@@ -1,15 +1,20 @@
 /**
  * What the agent's provider tests share: a metadata service on 127.0.0.1 (an ephemeral port) that
  * answers per route in a platform's documented format and records every request with its body; a
- * dead URL; random SSH keys; a temporary root with the core user; and the agent CLI run in-process.
- * Nothing here talks to 169.254.169.254 or any other address.
+ * dead URL; random SSH keys; a temporary root with the core user; the agent CLI run in-process; and
+ * the hooks that set these up for a test file (useWorkDir, useMetadataMock). Nothing here talks to
+ * 169.254.169.254 or any other address.
  */
 import { randomBytes } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { mkdir, writeFile } from 'node:fs/promises';
+import { mkdir, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { afterAll, beforeAll, beforeEach, expect } from 'vitest';
 import { run } from '../../oem/cli.js';
+import { defaultEnv } from '../../oem/providers/index.js';
+import type { ProviderEnv } from '../../oem/providers/types.js';
 
 function sshString(data: Buffer | string): Buffer {
   const b = typeof data === 'string' ? Buffer.from(data) : data;
@@ -153,4 +158,72 @@ export const TEST_HTTP = { tries: 3, backoffMs: 5, maxBackoffMs: 20, timeoutMs: 
 /** The agent CLI's arguments for a provider command against `base`, with fast retries. */
 export function agentArgs(cmd: string, root: string, provider: string, base: string, ...more: string[]): string[] {
   return [cmd, '--root', root, '--provider', provider, '--metadata-url', base, '--http-tries', '3', '--http-timeout-ms', '2000', '--http-backoff-ms', '5', ...more];
+}
+
+/** What useWorkDir gives a test file. */
+export interface WorkDir {
+  /** The temporary work directory (made before the file's tests, removed after them). */
+  work: string;
+  /** The log lines of the current test (the same array throughout; emptied before each test). */
+  logs: string[];
+  /** A log collector into `logs`. */
+  log: (line: string) => void;
+  /** A new temporary root under `work` (makeRoot). */
+  makeRoot: () => Promise<string>;
+}
+
+/**
+ * Registers a test file's hooks for a temporary work directory named `${prefix}…` under the system
+ * temporary directory and a log collector emptied before each test. Call it at the top level.
+ */
+export function useWorkDir(prefix: string): WorkDir {
+  const work = join(tmpdir(), `${prefix}${process.pid}-${randomBytes(6).toString('hex')}`);
+  const logs: string[] = [];
+  beforeAll(async () => {
+    await mkdir(work, { mode: 0o700 });
+  });
+  afterAll(async () => {
+    await rm(work, { recursive: true, force: true });
+  });
+  beforeEach(() => {
+    logs.length = 0;
+  });
+  return { work, logs, log: (l) => void logs.push(l), makeRoot: () => makeRoot(work) };
+}
+
+/** What useMetadataMock gives a test file. */
+export interface MockedMetadata extends WorkDir {
+  /** Started before the file's tests, stopped after them; emptied (routes, headers) before each test. */
+  mock: MetadataMock;
+  /**
+   * A ProviderEnv for `root` (default /nonexistent-root) whose metadata service is the mock, with fast
+   * retries and the log collector; `defaults`' values, then `extra`'s, win. Its metadataUrl must be
+   * on 127.0.0.1.
+   */
+  env: (root?: string, extra?: Partial<ProviderEnv>) => ProviderEnv;
+}
+
+/**
+ * useWorkDir plus a MetadataMock on 127.0.0.1 and an env() pointed at it. `defaults` (given the
+ * started mock) adds a file's own env values (a config drive, a WireServer URL).
+ */
+export function useMetadataMock(prefix: string, defaults: (mock: MetadataMock) => Partial<ProviderEnv> = () => ({})): MockedMetadata {
+  const dir = useWorkDir(prefix);
+  const mock = new MetadataMock();
+  beforeAll(async () => {
+    await mock.start();
+  });
+  afterAll(async () => {
+    await mock.stop();
+  });
+  beforeEach(() => {
+    mock.always = {};
+    mock.reset();
+  });
+  const env = (root = '/nonexistent-root', extra: Partial<ProviderEnv> = {}): ProviderEnv => {
+    const e = defaultEnv({ root, metadataUrl: mock.base, http: TEST_HTTP, log: dir.log, ...defaults(mock), ...extra });
+    expect(e.metadataUrl.startsWith('http://127.0.0.1:')).toBe(true);
+    return e;
+  };
+  return { ...dir, mock, env };
 }
