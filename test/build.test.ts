@@ -161,7 +161,7 @@ describe('oem build options and failures', () => {
     const refused = await oem(['build', '--provider', 'acme', '--templates', t, ...mirrorArgs('coreos'), '--output-dir', join(work, `acme-${next()}`), '--agent', agent]);
     expect(refused.exitCode).toBe(2);
     expect(expectCleanError(refused)).toBe('provider acme: its units run the agent for "acme", a platform the agent does not serve');
-    expect(refused.stderr).toMatch(/hint: set oem_id to one it serves \(azure, .*\) or leave agent_units out of provider\.yml/);
+    expect(refused.stderr).toMatch(/hint: set oem_id to one it serves \(akamai, aliyun, azure, .*\) or leave agent_units out of provider\.yml/);
     // A platform the agent serves (as Flatcar's STACKIT image uses openstack's).
     await writeFile(join(t, 'acme', 'provider.yml'), 'id: acme\nname: "ACME Cloud"\noem_id: openstack\ngrub:\n  linux_append: "acme.debug=1"\nagent_units: [metadata]\n');
     await writeFile(join(t, 'acme', 'files', 'etc', 'acme.conf'), 'provider={{provider}} version={{version}} channel={{channel}} id={{oem_id}}\n');
