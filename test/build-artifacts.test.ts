@@ -33,6 +33,8 @@ describe('oem build artifacts: formats, compression, signatures', () => {
     const ec2Report = (await oemJson<InspectReport>(['inspect', ec2Raw])).json;
     const oemPart = ec2Report.partitions.find((x) => x.number === 6)!;
     const [oemStart, oemEnd] = [oemPart.firstLba * 512, (oemPart.lastLba + 1) * 512];
+    // ROOT's size in Flatcar's disk layout for the providers that have one (templates/_common/disk-layouts.yml).
+    const GROWN: Record<string, number | undefined> = { openstack: 12943360, vmware: 12943360 };
     const cases = [['ec2', 'vmdk.bz2', 'vmdk'], ['azure', 'vhd.bz2', 'vpc'], ['openstack', 'qcow2.bz2', 'qcow2'], ['vmware', 'vmdk.bz2', 'vmdk'], ['gce', 'tar.gz', 'raw']] as const;
     for (const [p, f, fmt] of cases) {
       const artifact = join(out, p, `flatcar_production_${p}_image.${f}`);
@@ -55,15 +57,28 @@ describe('oem build artifacts: formats, compression, signatures', () => {
       }
       const flat = join(work, `flat-${next()}.bin`);
       await execa('qemu-img', ['convert', '-f', fmt, '-O', 'raw', disk, flat]);
-      // The VHD is padded to whole MiB with zeros; the rest is the disk.
       const size = ec2Report.size;
-      expect((await stat(flat)).size - size, `${p} ${f}: size`).toBeLessThan(1024 * 1024);
-      for (const [from, to] of [[0, oemStart], [oemEnd, size]] as const) {
+      const ins = (await oemJson<InspectReport>(['inspect', flat])).json;
+      expect(ins.oem?.oemId, `${p} ${f}`).toBe(p);
+      const rootPart = ec2Report.partitions.find((x) => x.number === 9)!;
+      if (GROWN[p] !== undefined) {
+        // Flatcar's "vm" layout: ROOT grown to its size, the disk by as much (to a whole MiB), the table valid, every other partition where it was.
+        expect(ins.partitions.map((x) => [x.number, x.firstLba, x.number === 9 ? x.lastLba - x.firstLba + 1 : x.lastLba]), `${p} ${f}`).toEqual(
+          ec2Report.partitions.map((x) => [x.number, x.firstLba, x.number === 9 ? GROWN[p] : x.lastLba]),
+        );
+        expect((await stat(flat)).size, `${p} ${f}: size`).toBe(Math.ceil(((rootPart.firstLba + GROWN[p]! + 33) * 512) / 1048576) * 1048576);
+        expect((await execa('sgdisk', ['-v', flat])).stdout).toMatch(/No problems found/);
+      } else {
+        // The VHD is padded to whole MiB with zeros; the rest is the disk.
+        expect((await stat(flat)).size - size, `${p} ${f}: size`).toBeLessThan(1024 * 1024);
+      }
+      // Byte for byte the same outside OEM: everything for an image of the release's size; the
+      // partitions and ROOT's old extent for a grown one (its GPT names the new size).
+      const ranges = GROWN[p] === undefined ? [[0, oemStart], [oemEnd, size]] : [[34 * 512, oemStart], [oemEnd, (rootPart.lastLba + 1) * 512]];
+      for (const [from, to] of ranges as [number, number][]) {
         const cmp = await execa('cmp', ['-i', String(from), '-n', String(to - from), ec2Raw, flat], { reject: false });
         expect(cmp.exitCode, `${p} ${f}: bytes ${from}-${to} differ: ${cmp.stdout}`).toBe(0);
       }
-      const ins = (await oemJson<InspectReport>(['inspect', flat])).json;
-      expect(ins.oem?.oemId, `${p} ${f}`).toBe(p);
       await rm(flat);
     }
     // Exoscale's disk is 10 GiB, as Flatcar makes it: the image grown, its backup GPT at the new end, every partition where it was.

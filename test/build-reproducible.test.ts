@@ -38,7 +38,7 @@ describe('SOURCE_DATE_EPOCH', () => {
 
   it('makes rootless builds of an ext4-OEM (CoreOS-style) image reproducible in every format, zstd-compressed, two built at once with separate caches', async () => {
     // zstd -T0 here, lbzip2 and the release's own blocks in the Flatcar-style test below.
-    await buildTwiceAtOnce('coreos', 'openstack', ['--backend', 'rootless', '--compress', 'zst']);
+    await buildTwiceAtOnce('coreos', 'cloudstack', ['--backend', 'rootless', '--compress', 'zst']);
   });
 
   it('makes default builds of a btrfs-OEM (Flatcar-style) image reproducible in every format, with keys, two built at once with separate caches; the filesystems stay valid', async () => {

@@ -54,6 +54,9 @@ describe('oem build options and failures', () => {
     await expect(loadProviders(t)).rejects.toThrow(/disk_size: the disk size 1000 is not a whole number of MiB/);
     await writeFile(join(t, 'vmware', 'provider.yml'), 'id: vmware\nname: VMware\noem_id: vmware\narchitectures: [sparc]\n');
     await expect(loadProviders(t)).rejects.toThrow(/unknown architecture "sparc" \(known: x86-64, arm64, ppc64-le\)/);
+    await writeFile(join(t, 'vmware', 'provider.yml'), 'id: vmware\nname: VMware\noem_id: vmware\ndisk_layout: huge\n');
+    await expect(loadProviders(t)).rejects.toThrow(/unknown disk_layout "huge" \(known: vm, azure, vagrant, from templates\/_common\/disk-layouts\.yml\)/);
+    expect((await loadProviders()).find((p) => p.id === 'qemu')!.rootSectors).toBe(12943360);
   });
 
   it('refuses a provider of another architecture, and a disk size that is not whole MiB', async () => {

@@ -30,7 +30,8 @@ function agentCell(p: Provider): string {
 /** The builder's table: one row per provider. */
 export function builderTable(providers: Provider[]): string {
   const rows = providers.map((p) => {
-    const formats = p.formats.map((f) => `\`${FORMAT_EXTENSION[f]}\``).join(', ') + (p.diskSize !== undefined ? ` (${showSize(p.diskSize)} disk)` : '');
+    const grown = [...(p.diskSize !== undefined ? [`${showSize(p.diskSize)} disk`] : []), ...(p.rootSectors !== undefined ? [`ROOT ${showSize(p.rootSectors * 512)}`] : [])];
+    const formats = p.formats.map((f) => `\`${FORMAT_EXTENSION[f]}\``).join(', ') + (grown.length ? ` (${grown.join(', ')})` : '');
     const names = [p.id, ...p.aliases].map((n) => `\`${n}\``).join(', ');
     return `| ${names} | \`${p.oemId}\` | ${images(p)} | ${at3760(p)} | ${formats} | ${agentCell(p)} |`;
   });

@@ -9,7 +9,7 @@ import { rm } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { compressReusing, type SharedPrefixes } from '../artifacts/bzip2-reuse.js';
 import { compressFile } from '../artifacts/compress.js';
-import { growDisk, showSize } from '../artifacts/disk-size.js';
+import { growDisk, showSize, type DiskGrowth } from '../artifacts/disk-size.js';
 import { COMPRESSION_SUFFIX, type Compression } from '../compression.js';
 import { artifactName, COMPRESSIBLE, convert, type Format } from '../artifacts/formats.js';
 import type { SigningKey } from '../artifacts/sign.js';
@@ -23,8 +23,8 @@ export interface ArtifactJob {
   providerId: string;
   distro: Distro;
   formats: Format[];
-  /** The platform's disk size in bytes for the virtual disk formats (the raw image keeps the release's size); undefined: the image's. */
-  diskSize?: number;
+  /** How the virtual disk formats' disk grows (the raw image keeps the release's size); undefined: not at all. */
+  grow?: DiskGrowth;
   compression: Compression;
   /** The decoded base and its block map, for the raw .bz2 from the release's blocks (null: compress whole). */
   base: { raw: string; index: BaseIndex | null };
@@ -52,10 +52,10 @@ export async function makeArtifacts(img: WorkingImage, job: ArtifactJob): Promis
   const order = [...job.formats.filter((f) => f === 'raw'), ...job.formats.filter((f) => f !== 'raw')];
   let grown = false;
   for (const format of order) {
-    if (format !== 'raw' && job.diskSize !== undefined && !grown) {
+    if (format !== 'raw' && job.grow !== undefined && !grown) {
       await img.whole();
-      job.step(`${p}: growing the disk to ${showSize(job.diskSize)}`);
-      await growDisk(img.path, job.diskSize);
+      job.step(`${p}: growing the disk${job.grow.size !== undefined ? ` to ${showSize(job.grow.size)}` : ''}${job.grow.rootSectors !== undefined ? `, ROOT to ${showSize(job.grow.rootSectors * 512)}` : ''}`);
+      await growDisk(img.path, job.grow);
       grown = true;
     }
     const plain = artifactName(job.distro, p, format);

@@ -30,7 +30,8 @@ export default class Providers extends OemCommand {
         const sysext = p.flatcarPlatform ? `Flatcar's oem-${p.flatcarPlatform}` : `own extension, oem_id=${p.ignitionPlatform}`;
         const only = p.generations.length < 3 ? ` [${p.generations.join(', ')} only]` : '';
         const arch = p.architectures ? ` [${p.architectures.join(', ')} only]` : '';
-        const size = p.diskSize !== undefined ? ` (${showSize(p.diskSize)} disk)` : '';
+        const grown = [...(p.diskSize !== undefined ? [`${showSize(p.diskSize)} disk`] : []), ...(p.rootSectors !== undefined ? [`ROOT ${showSize(p.rootSectors * 512)}`] : [])];
+        const size = grown.length ? ` (${grown.join(', ')})` : '';
         this.log(`${p.id.padEnd(w)}  ${p.name}${p.aliases.length ? ` (aliases: ${p.aliases.join(', ')})` : ''}${only}${arch}`);
         this.log(`${''.padEnd(w)}  oem_id=${p.oemId}; 3760+: ${sysext}; formats: ${p.formats.join(', ')}${size}`);
         const none = p.flatcarPlatform && !p.generations.includes('coreos') ? "none (Flatcar's extension brings the platform's agents)" : 'none';

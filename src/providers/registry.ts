@@ -43,6 +43,8 @@ export interface Provider {
    * Undefined: the release's size.
    */
   diskSize?: number;
+  /** Flatcar's disk layout for the platform (`disk_layout`: vm, azure, vagrant): the ROOT partition's size in sectors for the virtual disk formats. */
+  rootSectors?: number;
   /** Template directories, lowest priority first: built-in _common, built-in provider, user's _common, user's provider. */
   dirs: string[];
 }
@@ -68,7 +70,7 @@ function str(v: unknown, key: string, file: string, optional = false): string {
   return s;
 }
 
-const KNOWN_KEYS = new Set(['id', 'name', 'oem_id', 'aliases', 'home_url', 'bug_report_url', 'grub', 'agent_units', 'formats', 'flatcar_platform', 'ignition_platform', 'generations', 'architectures', 'disk_size']);
+const KNOWN_KEYS = new Set(['id', 'name', 'oem_id', 'aliases', 'home_url', 'bug_report_url', 'grub', 'agent_units', 'formats', 'flatcar_platform', 'ignition_platform', 'generations', 'architectures', 'disk_size', 'disk_layout']);
 
 const ARCHITECTURES = ['x86-64', 'arm64', 'ppc64-le'];
 const SIZE_UNITS: Record<string, number> = { '': 1, KiB: 1024, MiB: 1024 ** 2, GiB: 1024 ** 3, TiB: 1024 ** 4 };
@@ -86,7 +88,7 @@ export function parseDiskSize(v: unknown, where: string): number {
 export const PROVIDER_GENERATIONS = ['coreos', 'flatcar', 'flatcar-sysext'] as const;
 export type ProviderGeneration = (typeof PROVIDER_GENERATIONS)[number];
 
-function parseProvider(text: string, file: string, dirs: string[]): Provider {
+function parseProvider(text: string, file: string, dirs: string[], layouts: Record<string, number>): Provider {
   let d: Record<string, unknown>;
   try {
     d = parse(text) as Record<string, unknown>;
@@ -144,8 +146,28 @@ function parseProvider(text: string, file: string, dirs: string[]): Provider {
     }),
     ...(d.architectures !== undefined ? { architectures: architectures(d.architectures, file) } : {}),
     ...(d.disk_size !== undefined ? { diskSize: parseDiskSize(d.disk_size, `${file}: disk_size`) } : {}),
+    ...(d.disk_layout !== undefined ? { rootSectors: layout(d.disk_layout, layouts, file) } : {}),
     dirs,
   };
+}
+
+function layout(v: unknown, layouts: Record<string, number>, file: string): number {
+  if (typeof v !== 'string' || !Object.hasOwn(layouts, v)) {
+    throw new OemError(`${file}: unknown disk_layout ${JSON.stringify(v)} (known: ${Object.keys(layouts).join(', ')}, from templates/_common/disk-layouts.yml)`, { code: 'usage' });
+  }
+  return layouts[v]!;
+}
+
+/** Flatcar's disk layouts that grow ROOT: templates/_common/disk-layouts.yml, name -> sectors. */
+async function diskLayouts(): Promise<Record<string, number>> {
+  const file = join(builtinTemplates(), '_common', 'disk-layouts.yml');
+  const d = parse(await readFile(file, 'utf8')) as Record<string, unknown>;
+  const out: Record<string, number> = {};
+  for (const [k, v] of Object.entries(d ?? {})) {
+    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v <= 0 || v % 2048 !== 0) throw new OemError(`${file}: ${k} must be a whole number of MiB in sectors`);
+    out[k] = v;
+  }
+  return out;
 }
 
 function architectures(v: unknown, file: string): string[] {
@@ -185,8 +207,9 @@ export async function loadProviders(userTemplates?: string): Promise<Provider[]>
     return dirs;
   };
   const out: Provider[] = [];
+  const layouts = await diskLayouts();
   for (const [name, { text, file }] of byId) {
-    const p = parseProvider(text, file, await layers(name));
+    const p = parseProvider(text, file, await layers(name), layouts);
     if (p.id !== name) throw new OemError(`${file}: id ${p.id} does not match its directory ${name}`, { code: 'usage' });
     out.push(p);
   }

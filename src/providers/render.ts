@@ -62,7 +62,7 @@ async function layerFiles(dir: string): Promise<Map<string, string>> {
     }
     for (const n of names) {
       const r = posix.join(rel, n);
-      if (rel === '' && (n === 'README.md' || n === 'provider.yml')) continue;
+      if (rel === '' && (n === 'README.md' || n === 'provider.yml' || n === 'disk-layouts.yml')) continue;
       const st = await lstat(join(base, r));
       if (st.isSymbolicLink()) throw new OemError(`template ${join(base, r)} is a symlink; templates must be plain files`, { code: 'usage' });
       if (st.isDirectory()) await walk(r);
