@@ -197,20 +197,7 @@ const CONVERTERS: Record<Format, (c: Ctx) => Promise<void>> = {
     const diskName = `${c.name}-disk1.vmdk`;
     const disk = join(c.work, diskName);
     const capacity = await vmdk(c, disk);
-    const ovfName = `${c.name}.ovf`;
-    const ovf = Buffer.from(ovfEnvelope({ name: c.name, disk: diskName, diskSize: (await stat(disk)).size, capacity }));
-    const diskSha = (await hashFile(disk, ['sha256'])).hex.sha256;
-    const mf = `SHA256(${ovfName})= ${createHash('sha256').update(ovf).digest('hex')}\nSHA256(${diskName})= ${diskSha}\n`;
-    await archive(
-      c,
-      [
-        { name: ovfName, data: ovf },
-        { name: diskName, path: disk },
-        { name: `${c.name}.mf`, data: Buffer.from(mf) },
-      ],
-      'ustar',
-      false,
-    );
+    await ovaPackage(c, Buffer.from(ovfEnvelope({ name: c.name, disk: diskName, diskSize: (await stat(disk)).size, capacity })), disk);
   },
   virtualbox: async (c) => {
     // Flatcar's virtualbox type (vm_image_util.sh: DISK_FORMAT vmdk_ide, CONF_FORMAT ovf_virtualbox)
@@ -219,7 +206,6 @@ const CONVERTERS: Record<Format, (c: Ctx) => Promise<void>> = {
     const diskName = `${c.name}-disk1.vmdk`;
     const disk = join(c.work, diskName);
     const capacity = await vmdk(c, disk, 'ide');
-    const ovfName = `${c.name}.ovf`;
     const ovf = Buffer.from(
       virtualboxOvf({
         name: c.name,
@@ -232,18 +218,7 @@ const CONVERTERS: Record<Format, (c: Ctx) => Promise<void>> = {
         mtime: c.mtime,
       }),
     );
-    const diskSha = (await hashFile(disk, ['sha256'])).hex.sha256;
-    const mf = `SHA256(${ovfName})= ${createHash('sha256').update(ovf).digest('hex')}\nSHA256(${diskName})= ${diskSha}\n`;
-    await archive(
-      c,
-      [
-        { name: ovfName, data: ovf },
-        { name: diskName, path: disk },
-        { name: `${c.name}.mf`, data: Buffer.from(mf) },
-      ],
-      'ustar',
-      false,
-    );
+    await ovaPackage(c, ovf, disk);
   },
   parallels: async (c) => {
     // Flatcar's parallels type (DISK_FORMAT hdd, CONF_FORMAT pvs, BUNDLE_FORMAT pvm_tgz): a .pvm
@@ -653,6 +628,24 @@ export function ovfEnvelope(o: { name: string; disk: string; diskSize: number; c
 // archives
 
 /** Vagrant boxes list their members by name (bytewise), as `tar` of a sorted directory would. */
+/** An OVA: the descriptor `<name>.ovf` first, then the disk, then `<name>.mf` with the SHA256 of both (ustar, as OVF 1.0 requires). */
+async function ovaPackage(c: Ctx, ovf: Buffer, disk: string): Promise<void> {
+  const ovfName = `${c.name}.ovf`;
+  const diskName = basename(disk);
+  const diskSha = (await hashFile(disk, ['sha256'])).hex.sha256;
+  const mf = `SHA256(${ovfName})= ${createHash('sha256').update(ovf).digest('hex')}\nSHA256(${diskName})= ${diskSha}\n`;
+  await archive(
+    c,
+    [
+      { name: ovfName, data: ovf },
+      { name: diskName, path: disk },
+      { name: `${c.name}.mf`, data: Buffer.from(mf) },
+    ],
+    'ustar',
+    false,
+  );
+}
+
 function sortEntries(entries: TarEntry[]): TarEntry[] {
   return entries.sort((a, b) => Buffer.compare(Buffer.from(a.name), Buffer.from(b.name)));
 }
