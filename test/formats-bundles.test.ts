@@ -616,35 +616,7 @@ describe('failures leave nothing under the output name', () => {
     }
   });
 
-  it('an aborted conversion is interrupted and leaves no output, nor its work directory', async () => {
-    // 32 MiB of incompressible data: the VMDK's deflate (qemu-img) and the bundle's gzip take a while.
-    const busy = join(dir, 'busy.bin');
-    await makeDisk(busy, 48 * MiB, []);
-    await execa('sh', ['-c', `head -c ${32 * MiB} /dev/urandom | dd of="${busy}" bs=1M seek=16 conv=notrunc status=none`]);
-    for (const format of ['virtualbox', 'parallels'] as const) {
-      const sub = await mkdtemp(join(dir, 'abort-'));
-      const out = join(sub, `out.${FORMAT_EXTENSION[format]}`);
-      const ctrl = new AbortController();
-      const running = convert(busy, format, out, { name: NAME, mtime: MTIME, signal: ctrl.signal });
-      // Abort once the conversion has written something (the output or a file in its work directory).
-      const started = async (): Promise<boolean> => {
-        for (const e of await readdir(sub)) {
-          const p = join(sub, e);
-          const st = await stat(p).catch(() => null);
-          if (st?.isFile() && st.size > 0) return true;
-          if (st?.isDirectory()) for (const f of await readdir(p).catch(() => [])) if (((await stat(join(p, f)).catch(() => null))?.size ?? 0) > 0) return true;
-        }
-        return false;
-      };
-      let settled = false;
-      void running.catch(() => undefined).finally(() => (settled = true));
-      while (!settled && !(await started())) await new Promise((r) => setTimeout(r, 5));
-      expect(settled, `${format}: the conversion ended before it could be aborted`).toBe(false);
-      ctrl.abort();
-      await expect(running).rejects.toMatchObject({ code: 'interrupted' });
-      expect(await readdir(sub), format).toEqual([]);
-    }
-  });
+  // An aborted conversion of each bundle: with the other formats' in formats.test.ts.
 
   describe.runIf(process.getuid?.() === 0)('a full file system [root: mounts a 1 MiB tmpfs]', () => {
     let mnt: string | undefined;

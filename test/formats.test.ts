@@ -432,7 +432,7 @@ describe('failures', () => {
     const busy = join(dir, 'busy.bin');
     await makeDisk(busy, 64 * MiB, []);
     await execa('sh', ['-c', `head -c ${48 * MiB} /dev/urandom | dd of="${busy}" bs=1M seek=16 conv=notrunc status=none`]);
-    for (const format of ['gce', 'vmdk', 'ova'] as const) {
+    for (const format of ['gce', 'vmdk', 'ova', 'virtualbox', 'parallels'] as const) {
       const sub = await mkdtemp(join(dir, 'abort-'));
       const out = join(sub, `out.${FORMAT_EXTENSION[format]}`);
       const ctrl = new AbortController();
