@@ -8,7 +8,7 @@
  */
 import { execa } from 'execa';
 import { createHash } from 'node:crypto';
-import { chmod, mkdtemp, open, readFile, readdir, rm, stat, symlink, truncate, writeFile } from 'node:fs/promises';
+import { chmod, mkdtemp, open, readFile, readdir, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { gunzipSync } from 'node:zlib';
@@ -17,6 +17,7 @@ import { COMPRESSIBLE, FORMATS, FORMAT_EXTENSION, artifactName, convert, type Fo
 import { writeTar } from '../src/artifacts/tar.js';
 import { PARALLELS_BASE_SNAPSHOT } from '../src/artifacts/vm-configs.js';
 import { OemError } from '../src/shared/errors.js';
+import { makeDisk, qemuInfo } from './helpers/small-disks.js';
 
 const MiB = 1024 * 1024;
 const MTIME = new Date('2024-01-02T03:04:05Z');
@@ -29,26 +30,6 @@ let dir: string;
 let raw: string;
 let n = 0;
 const outPath = (format: Format) => join(dir, `out-${++n}.${FORMAT_EXTENSION[format]}`);
-
-function noise(length: number, seed: string): Buffer {
-  const parts: Buffer[] = [];
-  for (let i = 0; parts.length * 32 < length; i++) parts.push(createHash('sha256').update(`${seed}:${i}`).digest());
-  return Buffer.concat(parts).subarray(0, length);
-}
-
-async function makeDisk(path: string, size: number, chunks: [offset: number, length: number][]): Promise<void> {
-  await writeFile(path, '');
-  await truncate(path, size);
-  await execa('sgdisk', ['-o', '-n', '1:2048:+16M', '-t', '1:ef00', '-c', '1:EFI-SYSTEM', '-n', '2:0:0', '-c', '2:ROOT', path]);
-  const fh = await open(path, 'r+');
-  for (const [offset, length] of chunks) await fh.write(noise(length, `${path}:${offset}`), 0, length, offset);
-  await fh.close();
-}
-
-async function qemuInfo(path: string, format: string): Promise<Record<string, unknown> & { 'virtual-size': number; format: string }> {
-  const { stdout } = await execa('qemu-img', ['info', '-f', format, '--output', 'json', path]);
-  return JSON.parse(stdout) as Record<string, unknown> & { 'virtual-size': number; format: string };
-}
 
 /** qemu-img compare exits 0 when the guest-visible contents are identical; check finds no errors. */
 async function sameContents(image: string, format: string): Promise<void> {

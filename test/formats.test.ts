@@ -5,7 +5,7 @@
  */
 import { execa } from 'execa';
 import { createHash } from 'node:crypto';
-import { link, mkdir, mkdtemp, open, readFile, readdir, rm, stat, symlink, truncate, writeFile } from 'node:fs/promises';
+import { link, mkdir, mkdtemp, open, readFile, readdir, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { gunzipSync } from 'node:zlib';
@@ -13,6 +13,7 @@ import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { COMPRESSIBLE, FORMATS, FORMAT_EXTENSION, artifactName, convert, normalizeVhdx, type Format } from '../src/artifacts/formats.js';
 import { writeTar } from '../src/artifacts/tar.js';
 import { OemError } from '../src/shared/errors.js';
+import { makeDisk, noise, qemuInfo } from './helpers/small-disks.js';
 
 const MiB = 1024 * 1024;
 const MTIME = new Date('2024-01-02T03:04:05Z');
@@ -26,27 +27,6 @@ let raw: string;
 let odd: string;
 let n = 0;
 const outPath = (ext: string) => join(dir, `out-${++n}.${ext}`);
-
-/** Deterministic pseudo-random bytes (SHA-256 in counter mode). */
-function noise(length: number, seed: string): Buffer {
-  const parts: Buffer[] = [];
-  for (let i = 0; parts.length * 32 < length; i++) parts.push(createHash('sha256').update(`${seed}:${i}`).digest());
-  return Buffer.concat(parts).subarray(0, length);
-}
-
-async function makeDisk(path: string, size: number, chunks: [offset: number, length: number][]): Promise<void> {
-  await writeFile(path, '');
-  await truncate(path, size);
-  await execa('sgdisk', ['-o', '-n', '1:2048:+16M', '-t', '1:ef00', '-c', '1:EFI-SYSTEM', '-n', '2:0:0', '-c', '2:ROOT', path]);
-  const fh = await open(path, 'r+');
-  for (const [offset, length] of chunks) await fh.write(noise(length, `${path}:${offset}`), 0, length, offset);
-  await fh.close();
-}
-
-async function qemuInfo(path: string, format?: string): Promise<Record<string, unknown> & { 'virtual-size': number; format: string }> {
-  const { stdout } = await execa('qemu-img', ['info', ...(format ? ['-f', format] : []), '--output', 'json', path]);
-  return JSON.parse(stdout) as Record<string, unknown> & { 'virtual-size': number; format: string };
-}
 
 /** qemu-img compare exits 0 when the guest-visible contents are identical (a larger image's extra area must be zero). */
 async function sameContents(rawPath: string, image: string, format?: string): Promise<void> {
