@@ -32,6 +32,7 @@ import {
   parallelsConfig,
   parallelsDiskDescriptor,
   parallelsHeader,
+  ovfEnvelope,
   uuidFrom,
   virtualboxOvf,
   type ParallelsHeader,
@@ -525,101 +526,6 @@ function vagrantfile(provider: 'libvirt' | 'virtualbox'): string {
     '  config.vm.synced_folder ".", "/vagrant", disabled: true',
     ...providerBlock,
     'end',
-    '',
-  ].join('\n');
-}
-
-function xml(s: string): string {
-  return s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;').replace(/'/g, '&apos;');
-}
-
-/**
- * An OVF 1.0 envelope: one VM (1 CPU, 1 GiB RAM, a SATA controller with the one disk, one NIC on
- * NAT) and one streamOptimized VMDK. rasd elements are in schema (alphabetical) order.
- */
-export function ovfEnvelope(o: { name: string; disk: string; diskSize: number; capacity: number }): string {
-  const n = xml(o.name);
-  const item = (fields: [string, string][]) =>
-    ['      <Item>', ...fields.sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([k, v]) => `        <rasd:${k}>${v}</rasd:${k}>`), '      </Item>'];
-  return [
-    '<?xml version="1.0" encoding="UTF-8"?>',
-    '<Envelope ovf:version="1.0" xml:lang="en-US" xmlns="http://schemas.dmtf.org/ovf/envelope/1" xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1" xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData" xmlns:vssd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_VirtualSystemSettingData" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">',
-    '  <References>',
-    `    <File ovf:href="${xml(o.disk)}" ovf:id="file1" ovf:size="${o.diskSize}"/>`,
-    '  </References>',
-    '  <DiskSection>',
-    '    <Info>List of the virtual disks used in the package</Info>',
-    `    <Disk ovf:capacity="${o.capacity}" ovf:diskId="vmdisk1" ovf:fileRef="file1" ovf:format="http://www.vmware.com/interfaces/specifications/vmdk.html#streamOptimized"/>`,
-    '  </DiskSection>',
-    '  <NetworkSection>',
-    '    <Info>Logical networks used in the package</Info>',
-    '    <Network ovf:name="NAT">',
-    '      <Description>Logical network used by this appliance.</Description>',
-    '    </Network>',
-    '  </NetworkSection>',
-    `  <VirtualSystem ovf:id="${n}">`,
-    '    <Info>A virtual machine</Info>',
-    `    <Name>${n}</Name>`,
-    '    <OperatingSystemSection ovf:id="101">',
-    '      <Info>The kind of installed guest operating system</Info>',
-    '      <Description>Linux 64-Bit</Description>',
-    '    </OperatingSystemSection>',
-    '    <VirtualHardwareSection>',
-    '      <Info>Virtual hardware requirements for a virtual machine</Info>',
-    '      <System>',
-    '        <vssd:ElementName>Virtual Hardware Family</vssd:ElementName>',
-    '        <vssd:InstanceID>0</vssd:InstanceID>',
-    `        <vssd:VirtualSystemIdentifier>${n}</vssd:VirtualSystemIdentifier>`,
-    '        <vssd:VirtualSystemType>virtualbox-2.2</vssd:VirtualSystemType>',
-    '      </System>',
-    ...item([
-      ['Caption', '1 virtual CPU'],
-      ['Description', 'Number of virtual CPUs'],
-      ['ElementName', '1 virtual CPU'],
-      ['InstanceID', '1'],
-      ['ResourceType', '3'],
-      ['VirtualQuantity', '1'],
-    ]),
-    ...item([
-      ['AllocationUnits', 'byte * 2^20'],
-      ['Caption', '1024 MB of memory'],
-      ['Description', 'Memory Size'],
-      ['ElementName', '1024 MB of memory'],
-      ['InstanceID', '2'],
-      ['ResourceType', '4'],
-      ['VirtualQuantity', '1024'],
-    ]),
-    ...item([
-      ['Address', '0'],
-      ['Caption', 'sataController0'],
-      ['Description', 'SATA Controller'],
-      ['ElementName', 'sataController0'],
-      ['InstanceID', '3'],
-      ['ResourceSubType', 'AHCI'],
-      ['ResourceType', '20'],
-    ]),
-    ...item([
-      ['AutomaticAllocation', 'true'],
-      ['Caption', "Ethernet adapter on 'NAT'"],
-      ['Connection', 'NAT'],
-      ['ElementName', "Ethernet adapter on 'NAT'"],
-      ['InstanceID', '4'],
-      ['ResourceSubType', 'E1000'],
-      ['ResourceType', '10'],
-    ]),
-    ...item([
-      ['AddressOnParent', '0'],
-      ['Caption', 'disk1'],
-      ['Description', 'Disk Image'],
-      ['ElementName', 'disk1'],
-      ['HostResource', '/disk/vmdisk1'],
-      ['InstanceID', '5'],
-      ['Parent', '3'],
-      ['ResourceType', '17'],
-    ]),
-    '    </VirtualHardwareSection>',
-    '  </VirtualSystem>',
-    '</Envelope>',
     '',
   ].join('\n');
 }

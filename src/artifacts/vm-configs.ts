@@ -63,6 +63,112 @@ export interface VirtualBoxOvfOptions {
   cpus?: number;
 }
 
+/** An OVF hardware Item: rasd elements in schema (alphabetical) order. */
+function ovfItem(fields: [string, string][]): string[] {
+  return ['      <Item>', ...fields.sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([k, v]) => `        <rasd:${k}>${xml(v)}</rasd:${k}>`), '      </Item>'];
+}
+
+/**
+ * The opening of an OVF 1.0 envelope, up to the VirtualSystem's Name: the one streamOptimized disk
+ * file and the NAT network. With `vboxDiskUuid`, VirtualBox's namespace and the disk's vbox:uuid.
+ */
+function ovfOpening(o: { name: string; disk: string; diskSize: number; capacity: number }, vboxDiskUuid?: string): string[] {
+  const n = xml(o.name);
+  const vbox = vboxDiskUuid !== undefined;
+  return [
+    '<?xml version="1.0" encoding="UTF-8"?>',
+    `<Envelope ovf:version="1.0" xml:lang="en-US" xmlns="http://schemas.dmtf.org/ovf/envelope/1" xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1" xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData" xmlns:vssd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_VirtualSystemSettingData" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"${vbox ? ' xmlns:vbox="http://www.virtualbox.org/ovf/machine"' : ''}>`,
+    '  <References>',
+    `    <File ovf:href="${xml(o.disk)}" ovf:id="file1" ovf:size="${o.diskSize}"/>`,
+    '  </References>',
+    '  <DiskSection>',
+    '    <Info>List of the virtual disks used in the package</Info>',
+    `    <Disk ovf:capacity="${o.capacity}" ovf:diskId="vmdisk1" ovf:fileRef="file1" ovf:format="http://www.vmware.com/interfaces/specifications/vmdk.html#streamOptimized"${vbox ? ` vbox:uuid="${vboxDiskUuid}"` : ''}/>`,
+    '  </DiskSection>',
+    '  <NetworkSection>',
+    '    <Info>Logical networks used in the package</Info>',
+    '    <Network ovf:name="NAT">',
+    '      <Description>Logical network used by this appliance.</Description>',
+    '    </Network>',
+    '  </NetworkSection>',
+    `  <VirtualSystem ovf:id="${n}">`,
+    '    <Info>A virtual machine</Info>',
+    `    <Name>${n}</Name>`,
+  ];
+}
+
+/**
+ * An OVF 1.0 envelope: one VM (1 CPU, 1 GiB RAM, a SATA controller with the one disk, one NIC on
+ * NAT) and one streamOptimized VMDK. rasd elements are in schema (alphabetical) order.
+ */
+export function ovfEnvelope(o: { name: string; disk: string; diskSize: number; capacity: number }): string {
+  const n = xml(o.name);
+  return [
+    ...ovfOpening(o),
+    '    <OperatingSystemSection ovf:id="101">',
+    '      <Info>The kind of installed guest operating system</Info>',
+    '      <Description>Linux 64-Bit</Description>',
+    '    </OperatingSystemSection>',
+    '    <VirtualHardwareSection>',
+    '      <Info>Virtual hardware requirements for a virtual machine</Info>',
+    '      <System>',
+    '        <vssd:ElementName>Virtual Hardware Family</vssd:ElementName>',
+    '        <vssd:InstanceID>0</vssd:InstanceID>',
+    `        <vssd:VirtualSystemIdentifier>${n}</vssd:VirtualSystemIdentifier>`,
+    '        <vssd:VirtualSystemType>virtualbox-2.2</vssd:VirtualSystemType>',
+    '      </System>',
+    ...ovfItem([
+      ['Caption', '1 virtual CPU'],
+      ['Description', 'Number of virtual CPUs'],
+      ['ElementName', '1 virtual CPU'],
+      ['InstanceID', '1'],
+      ['ResourceType', '3'],
+      ['VirtualQuantity', '1'],
+    ]),
+    ...ovfItem([
+      ['AllocationUnits', 'byte * 2^20'],
+      ['Caption', '1024 MB of memory'],
+      ['Description', 'Memory Size'],
+      ['ElementName', '1024 MB of memory'],
+      ['InstanceID', '2'],
+      ['ResourceType', '4'],
+      ['VirtualQuantity', '1024'],
+    ]),
+    ...ovfItem([
+      ['Address', '0'],
+      ['Caption', 'sataController0'],
+      ['Description', 'SATA Controller'],
+      ['ElementName', 'sataController0'],
+      ['InstanceID', '3'],
+      ['ResourceSubType', 'AHCI'],
+      ['ResourceType', '20'],
+    ]),
+    ...ovfItem([
+      ['AutomaticAllocation', 'true'],
+      ['Caption', "Ethernet adapter on 'NAT'"],
+      ['Connection', 'NAT'],
+      ['ElementName', "Ethernet adapter on 'NAT'"],
+      ['InstanceID', '4'],
+      ['ResourceSubType', 'E1000'],
+      ['ResourceType', '10'],
+    ]),
+    ...ovfItem([
+      ['AddressOnParent', '0'],
+      ['Caption', 'disk1'],
+      ['Description', 'Disk Image'],
+      ['ElementName', 'disk1'],
+      ['HostResource', '/disk/vmdisk1'],
+      ['InstanceID', '5'],
+      ['Parent', '3'],
+      ['ResourceType', '17'],
+    ]),
+    '    </VirtualHardwareSection>',
+    '  </VirtualSystem>',
+    '</Envelope>',
+    '',
+  ].join('\n');
+}
+
 /**
  * An OVF 1.0 envelope describing a VirtualBox VM: a PIIX4 IDE controller (two OVF IDE controllers,
  * its two channels, as VirtualBox exports it) with the streamOptimized disk as primary master, an
@@ -75,28 +181,9 @@ export function virtualboxOvf(o: VirtualBoxOvfOptions): string {
   const cpus = o.cpus ?? VM_CPUS;
   if (!/^[0-9A-F]{12}$/.test(o.mac)) throw new Error(`invalid MAC address ${o.mac}`);
   const n = xml(o.name);
-  const item = (fields: [string, string][]) =>
-    ['      <Item>', ...fields.sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([k, v]) => `        <rasd:${k}>${xml(v)}</rasd:${k}>`), '      </Item>'];
   const stamp = new Date(o.mtime * 1000).toISOString().replace(/\.\d{3}Z$/, 'Z');
   return [
-    '<?xml version="1.0" encoding="UTF-8"?>',
-    '<Envelope ovf:version="1.0" xml:lang="en-US" xmlns="http://schemas.dmtf.org/ovf/envelope/1" xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1" xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData" xmlns:vssd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_VirtualSystemSettingData" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" xmlns:vbox="http://www.virtualbox.org/ovf/machine">',
-    '  <References>',
-    `    <File ovf:href="${xml(o.disk)}" ovf:id="file1" ovf:size="${o.diskSize}"/>`,
-    '  </References>',
-    '  <DiskSection>',
-    '    <Info>List of the virtual disks used in the package</Info>',
-    `    <Disk ovf:capacity="${o.capacity}" ovf:diskId="vmdisk1" ovf:fileRef="file1" ovf:format="http://www.vmware.com/interfaces/specifications/vmdk.html#streamOptimized" vbox:uuid="${o.diskUuid}"/>`,
-    '  </DiskSection>',
-    '  <NetworkSection>',
-    '    <Info>Logical networks used in the package</Info>',
-    '    <Network ovf:name="NAT">',
-    '      <Description>Logical network used by this appliance.</Description>',
-    '    </Network>',
-    '  </NetworkSection>',
-    `  <VirtualSystem ovf:id="${n}">`,
-    '    <Info>A virtual machine</Info>',
-    `    <Name>${n}</Name>`,
+    ...ovfOpening(o, o.diskUuid),
     '    <OperatingSystemSection ovf:id="100">',
     '      <Info>The kind of installed guest operating system</Info>',
     '      <Description>Linux 2.6.x 64-Bit</Description>',
@@ -110,7 +197,7 @@ export function virtualboxOvf(o: VirtualBoxOvfOptions): string {
     `        <vssd:VirtualSystemIdentifier>${n}</vssd:VirtualSystemIdentifier>`,
     '        <vssd:VirtualSystemType>virtualbox-2.2</vssd:VirtualSystemType>',
     '      </System>',
-    ...item([
+    ...ovfItem([
       ['Caption', `${cpus} virtual CPU`],
       ['Description', 'Number of virtual CPUs'],
       ['ElementName', `${cpus} virtual CPU`],
@@ -118,7 +205,7 @@ export function virtualboxOvf(o: VirtualBoxOvfOptions): string {
       ['ResourceType', '3'],
       ['VirtualQuantity', String(cpus)],
     ]),
-    ...item([
+    ...ovfItem([
       ['AllocationUnits', 'byte * 2^20'],
       ['Caption', `${memory} MB of memory`],
       ['Description', 'Memory Size'],
@@ -127,7 +214,7 @@ export function virtualboxOvf(o: VirtualBoxOvfOptions): string {
       ['ResourceType', '4'],
       ['VirtualQuantity', String(memory)],
     ]),
-    ...item([
+    ...ovfItem([
       ['Address', '0'],
       ['Caption', 'ideController0'],
       ['Description', 'IDE Controller'],
@@ -136,7 +223,7 @@ export function virtualboxOvf(o: VirtualBoxOvfOptions): string {
       ['ResourceSubType', 'PIIX4'],
       ['ResourceType', '5'],
     ]),
-    ...item([
+    ...ovfItem([
       ['Address', '1'],
       ['Caption', 'ideController1'],
       ['Description', 'IDE Controller'],
@@ -145,7 +232,7 @@ export function virtualboxOvf(o: VirtualBoxOvfOptions): string {
       ['ResourceSubType', 'PIIX4'],
       ['ResourceType', '5'],
     ]),
-    ...item([
+    ...ovfItem([
       ['AutomaticAllocation', 'true'],
       ['Caption', "Ethernet adapter on 'NAT'"],
       ['Connection', 'NAT'],
@@ -154,7 +241,7 @@ export function virtualboxOvf(o: VirtualBoxOvfOptions): string {
       ['ResourceSubType', 'E1000'],
       ['ResourceType', '10'],
     ]),
-    ...item([
+    ...ovfItem([
       ['AddressOnParent', '0'],
       ['Caption', 'disk1'],
       ['Description', 'Disk Image'],
