@@ -144,11 +144,10 @@ describe('oem build artifacts: formats, compression, signatures', () => {
     for (const provider of ['qemu', 'gce']) {
       const want = await sha512(join(plain, provider, `coreos_production_${provider}_image.bin`));
       const bz2 = join(packed, provider, `coreos_production_${provider}_image.bin.bz2`);
-      for (const tool of ['bzip2', 'lbzip2', 'pbzip2']) {
-        const disk = join(work, `reuse-${tool}-${next()}.bin`);
-        await execa('sh', ['-c', `${tool} -dc "${bz2}" | dd of="${disk}" bs=64K conv=sparse status=none`]);
-        expect(await sha512(disk), `${provider}: ${tool}`).toBe(want);
-        await rm(disk);
+      // Every stock decoder on the first; the second (which shares the first's leading blocks) with lbzip2.
+      for (const tool of provider === 'qemu' ? ['bzip2', 'lbzip2', 'pbzip2'] : ['lbzip2']) {
+        const { stdout } = await execa('bash', ['-o', 'pipefail', '-c', `${tool} -dc "$1" | sha512sum`, 'bash', bz2]);
+        expect(stdout.split(' ')[0], `${provider}: ${tool}`).toBe(want);
       }
       // The DIGESTS and manifest describe the file as written.
       const digests = await readFile(join(packed, provider, `coreos_production_${provider}_image.bin.bz2.DIGESTS`), 'utf8');
