@@ -74,6 +74,8 @@ export interface BuildOptions extends BaseSource {
   signKey?: string;
   signPassphrase?: string;
   concurrency?: number;
+  /** Fetch, verify and decode the base into the cache, and build nothing (a CI pipeline's prepare job). */
+  prepareOnly?: boolean;
   log?: (line: string) => void;
   /** Steps and their progress (downloading, decoding, each provider's artifacts). */
   progress?: ProgressSink;
@@ -98,7 +100,7 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
   const report = { log, step, progress };
   const all = await loadProviders(opts.templates);
   const wanted: Provider[] = opts.allProviders ? all : [...new Map(opts.providers.map((n) => findProvider(all, n)).map((p) => [p.id, p])).values()];
-  if (!wanted.length) throw new OemError('no provider given: use --provider P (repeatable) or --all-providers', { code: 'usage', hint: 'see oem providers' });
+  if (!wanted.length && !opts.prepareOnly) throw new OemError('no provider given: use --provider P (repeatable) or --all-providers', { code: 'usage', hint: 'see oem providers' });
 
   const sshKeys: SshKey[] = [];
   for (const f of opts.sshKeyFiles ?? []) sshKeys.push(...(await readKeyFile(f)));
@@ -122,7 +124,7 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
   const signer = opts.signKey ? await loadSigningKey(opts.signKey, opts.signPassphrase) : null;
 
   const base = await resolveBase(opts, report);
-  const agent = await loadAgent(opts, base.board);
+  const agent = opts.prepareOnly ? null : await loadAgent(opts, base.board);
 
   const outputDir = resolve(opts.outputDir);
   await mkdir(outputDir, { recursive: true });
@@ -134,6 +136,18 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
     const prefixes: SharedPrefixes = { dir: work, made: new Map() };
     const concurrency = opts.concurrency ?? Math.max(1, Math.min(availableParallelism(), 4));
     const generation: BuildGeneration = image.sysext ? 'flatcar-sysext' : image.generation;
+    const result = (builds: ProviderBuild[]): BuildResult => ({
+      distro: base.distro,
+      channel: base.channel,
+      board: base.board,
+      version: base.version,
+      generation,
+      base: { image: basename(base.compressed), sha512: base.sha512, verified: base.verified, insecure: opts.insecure ?? false, signedBy: base.signedBy },
+      backend,
+      outputDir,
+      builds,
+    });
+    if (opts.prepareOnly) return result([]);
     const arch = boardArchitecture(base.board);
     const unfit = wanted.map((p) => ({ p, why: unfitReason(p, generation, arch) })).filter((u): u is { p: Provider; why: string } => u.why !== undefined);
     if (unfit.length && !opts.allProviders) {
@@ -156,17 +170,7 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
       }
       throw err;
     });
-    return {
-      distro: base.distro,
-      channel: base.channel,
-      board: base.board,
-      version: base.version,
-      generation,
-      base: { image: basename(base.compressed), sha512: base.sha512, verified: base.verified, insecure: opts.insecure ?? false, signedBy: base.signedBy },
-      backend,
-      outputDir,
-      builds,
-    };
+    return result(builds);
   } finally {
     await releaseWork();
   }

@@ -51,6 +51,7 @@ export default class Build extends OemCommand {
     'sign-key': Flags.string({ description: 'armored OpenPGP secret key: writes a detached .sig for each artifact and a clearsigned .DIGESTS.asc' }),
     'sign-passphrase-file': Flags.string({ description: 'file holding the passphrase of --sign-key (or set OEM_SIGN_PASSPHRASE)' }),
     concurrency: Flags.integer({ description: 'providers built at once (default: cores, at most 4)', min: 1 }),
+    'prepare-only': Flags.boolean({ description: 'fetch, verify and decode the base into the cache, and build nothing (a CI pipeline\'s prepare job)', default: false, exclusive: ['provider', 'all-providers'] }),
   };
 
   async run(): Promise<BuildResult> {
@@ -84,6 +85,7 @@ export default class Build extends OemCommand {
         ...(flags['sign-key'] ? { signKey: flags['sign-key'] } : {}),
         ...pass,
         ...(flags.concurrency ? { concurrency: flags.concurrency } : {}),
+        prepareOnly: flags['prepare-only'],
         log: (l) => rep.log(l),
         progress: rep,
       }),
@@ -91,6 +93,7 @@ export default class Build extends OemCommand {
     if (r.base.insecure) process.stderr.write('oem: WARNING: --insecure: the base image was NOT verified (recorded in each manifest)\n');
     if (!json) {
       this.log(`${r.distro} ${r.channel} ${r.board} ${r.version} (${r.generation === 'flatcar-sysext' ? 'provider content as system extensions' : `${r.generation}-style`}), ${r.backend} backend`);
+      if (flags['prepare-only']) this.log(`base prepared in the cache (${r.base.image}); nothing built`);
       for (const b of r.builds) this.log(`${b.provider.padEnd(18)} ${b.image}`);
     }
     return r;
