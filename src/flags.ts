@@ -1,5 +1,7 @@
 /** Flags shared by the commands that get releases (fetch, build). */
 import { Flags } from '@oclif/core';
+import { readFile } from 'node:fs/promises';
+import { OemError } from './shared/errors.js';
 import type { Distro } from './release/verify.js';
 
 export const releaseFlags = {
@@ -36,4 +38,16 @@ export function releaseSource(flags: {
     ...(flags['image-name'] ? { imageName: flags['image-name'] } : {}),
     ...(flags['cache-dir'] ? { cacheDir: flags['cache-dir'] } : {}),
   };
+}
+
+/** The signing key's passphrase: from --sign-passphrase-file, else OEM_SIGN_PASSPHRASE. */
+export async function signPassphrase(file: string | undefined): Promise<{ signPassphrase?: string }> {
+  if (file) {
+    const text = await readFile(file, 'utf8').catch(() => {
+      throw new OemError(`cannot read --sign-passphrase-file ${file}`, { code: 'usage' });
+    });
+    return { signPassphrase: text.replace(/\r?\n$/, '') };
+  }
+  const env = process.env.OEM_SIGN_PASSPHRASE;
+  return env !== undefined ? { signPassphrase: env } : {};
 }

@@ -1,11 +1,9 @@
 import { Flags } from '@oclif/core';
-import { readFile } from 'node:fs/promises';
 import { OemCommand } from '../base-command.js';
 import { COMPRESSIONS, type Compression } from '../compression.js';
 import { FORMATS, type Format } from '../artifacts/formats.js';
-import { OemError } from '../shared/errors.js';
 import { build, type BuildResult } from '../build.js';
-import { releaseFlags, releaseSource } from '../flags.js';
+import { releaseFlags, releaseSource, signPassphrase } from '../flags.js';
 import { runWithProgress } from '../progress.js';
 import type { BuildGeneration } from '../build/base.js';
 import { SYSEXT_FORMATS, type SysextFormat } from '../sysext/make.js';
@@ -57,7 +55,7 @@ export default class Build extends OemCommand {
   async run(): Promise<BuildResult> {
     const { flags } = await this.parse(Build);
     const json = this.jsonEnabled();
-    const pass = await passphrase(flags['sign-passphrase-file']);
+    const pass = await signPassphrase(flags['sign-passphrase-file']);
     const r = await runWithProgress('Building', json, (rep) =>
       build({
         providers: flags.provider ?? [],
@@ -98,16 +96,4 @@ export default class Build extends OemCommand {
     }
     return r;
   }
-}
-
-/** The signing key's passphrase: from --sign-passphrase-file, else OEM_SIGN_PASSPHRASE. */
-async function passphrase(file: string | undefined): Promise<{ signPassphrase?: string }> {
-  if (file) {
-    const text = await readFile(file, 'utf8').catch(() => {
-      throw new OemError(`cannot read --sign-passphrase-file ${file}`, { code: 'usage' });
-    });
-    return { signPassphrase: text.replace(/\r?\n$/, '') };
-  }
-  const env = process.env.OEM_SIGN_PASSPHRASE;
-  return env !== undefined ? { signPassphrase: env } : {};
 }

@@ -1,7 +1,6 @@
 import { Args, Flags } from '@oclif/core';
-import { readFile } from 'node:fs/promises';
 import { OemCommand } from '../base-command.js';
-import { OemError } from '../shared/errors.js';
+import { signPassphrase } from '../flags.js';
 import type { ReleaseIndex } from '../publish/index-file.js';
 import { INDEX, publishRelease, SUMS } from '../publish/release.js';
 
@@ -30,7 +29,7 @@ export default class Publish extends OemCommand {
   async run(): Promise<ReleaseIndex> {
     const { argv, flags } = await this.parse(Publish);
     const json = this.jsonEnabled();
-    const pass = await passphrase(flags['sign-passphrase-file']);
+    const pass = await signPassphrase(flags['sign-passphrase-file']);
     const log = (l: string) => process.stderr.write(`oem: ${l}\n`);
     const r = await publishRelease({
       groups: argv as string[],
@@ -46,16 +45,4 @@ export default class Publish extends OemCommand {
     }
     return x;
   }
-}
-
-/** The signing key's passphrase: from --sign-passphrase-file, else OEM_SIGN_PASSPHRASE. */
-async function passphrase(file: string | undefined): Promise<{ signPassphrase?: string }> {
-  if (file) {
-    const text = await readFile(file, 'utf8').catch(() => {
-      throw new OemError(`cannot read --sign-passphrase-file ${file}`, { code: 'usage' });
-    });
-    return { signPassphrase: text.replace(/\r?\n$/, '') };
-  }
-  const env = process.env.OEM_SIGN_PASSPHRASE;
-  return env !== undefined ? { signPassphrase: env } : {};
 }

@@ -3,17 +3,11 @@
  * board, version and base image (its sha512); a provider in two groups is taken once if both are
  * byte-identical, else refused.
  */
-import type { Manifest, ProviderDir } from './group.js';
+import type { Manifest, ProviderDir, ReleaseIdentity } from './group.js';
 import { refuse } from './refuse.js';
 
-export interface Release {
-  /** The release's identity, from the first provider directory. */
-  distro: string;
-  channel: string;
-  board: string;
-  version: string;
-  generation: string;
-  base: { image: string; sha512: string };
+/** The release's identity (from the first provider directory) and its providers. */
+export interface Release extends ReleaseIdentity {
   /** One directory per provider, sorted by provider. */
   providers: ProviderDir[];
 }

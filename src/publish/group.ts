@@ -15,16 +15,20 @@ import { mapInOrder } from '../concurrency.js';
 import { describe } from '../shared/errors.js';
 import { mismatch, refuse } from './refuse.js';
 
-/** What `oem publish` reads of a provider's manifest.json (publishProvider writes more). */
-export interface Manifest {
-  provider: string;
-  oemId: string;
+/** Which release a group was built from: every group of one release agrees on all of it. */
+export interface ReleaseIdentity {
   distro: string;
   channel: string;
   board: string;
   version: string;
   generation: string;
   base: { image: string; sha512: string };
+}
+
+/** What `oem publish` reads of a provider's manifest.json (publishProvider writes more). */
+export interface Manifest extends ReleaseIdentity {
+  provider: string;
+  oemId: string;
   signingKey: { fingerprint: string; signingKeyFingerprint: string } | null;
   artifacts: { name: string; format: string; compression: string; size: number; sha512: string }[];
 }

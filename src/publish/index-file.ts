@@ -4,6 +4,7 @@
  * the release directory).
  */
 import type { Release } from './combine.js';
+import type { ReleaseIdentity } from './group.js';
 
 export interface IndexArtifact {
   provider: string;
@@ -18,13 +19,7 @@ export interface IndexArtifact {
   signature: string | null;
 }
 
-export interface ReleaseIndex {
-  distro: string;
-  channel: string;
-  board: string;
-  version: string;
-  generation: string;
-  base: { image: string; sha512: string };
+export interface ReleaseIndex extends ReleaseIdentity {
   /** Whether every artifact has a detached signature. */
   signed: boolean;
   /** The key that signed them, when all are signed by one key (per their manifests). */
