@@ -339,4 +339,47 @@ describe('the generated GitLab pipeline, run by gitlab-ci-local on the test mirr
       await server.close();
     }
   });
+
+  it('a cache miss and a failed build job: the run fails, publish does not run', async () => {
+    // A fake oem: fetch and --prepare-only leave no cache, group 1 builds, group 2 fails, publish leaves a marker.
+    const repo = join(dir, 'fail-run');
+    await execa('git', ['init', '-q', repo]);
+    const marker = join(dir, 'fail-run-published');
+    const fake = join(dir, 'fake-oem.sh');
+    await writeFile(
+      fake,
+      [
+        '#!/bin/sh',
+        'case "$1" in',
+        `  fetch) echo '{"version":"3975.2.2"}' ;;`,
+        '  build)',
+        '    out=; prev=',
+        '    for a; do [ "$a" = --prepare-only ] && exit 0; [ "$prev" = --output-dir ] && out="$a"; prev="$a"; done',
+        '    if [ "$OEM_GROUP" = 2 ]; then echo "fake oem: group 2 fails" >&2; exit 1; fi',
+        '    mkdir -p "$out/qemu" && echo image > "$out/qemu/flatcar_production_qemu_image.bin" ;;',
+        `  publish) touch ${marker}; mkdir -p release ;;`,
+        '  *) exit 2 ;;',
+        'esac',
+        '',
+      ].join('\n'),
+      { mode: 0o755 },
+    );
+    const some = ['qemu', 'ec2'].flatMap((p) => ['--provider', p]);
+    const g = await oem(['pipeline', '--ci', 'gitlab', '--oem-command', fake, ...some, '--jobs', '2', '--release', '3975.2.2', '--source-date-epoch', '1700000000', '--output', join(repo, '.gitlab-ci.yml')]);
+    expect(g.exitCode, g.stderr).toBe(0);
+    await execa('git', ['add', '.gitlab-ci.yml'], { cwd: repo });
+    await execa('git', ['-c', 'user.name=oem', '-c', 'user.email=oem@example.invalid', 'commit', '-qm', 'pipeline'], { cwd: repo });
+    const r = await execa(GITLAB_CI_LOCAL, ['--force-shell-executor', '--shell-isolation'], { cwd: repo, reject: false, env: { NO_COLOR: '1' } });
+    const log = `${String(r.stdout)}\n${String(r.stderr)}`;
+    expect(r.exitCode, log).not.toBe(0);
+    expect(log).toMatch(/PASS +prepare/);
+    expect(log).toMatch(/PASS +build: \[1,/);
+    expect(log).toMatch(/FAIL +build: \[2,/);
+    // Nothing to cache after prepare, so the build jobs say they found none.
+    expect(log).toContain('WARNING: .oem-cache/: no matching files');
+    expect(log).toMatch(/build: \[1,\S*\] +> oem: no cached base \(cache miss\): oem build fetches, verifies and decodes the release itself/);
+    expect(log).not.toMatch(/(PASS|FAIL) +publish/);
+    await expect(readFile(marker)).rejects.toThrow();
+    await expect(readdir(join(repo, 'release'))).rejects.toThrow();
+  });
 });
