@@ -54,16 +54,23 @@ async function smallDisk(path: string): Promise<void> {
   await pokeAt(path, 40 * 1024 * 1024, Buffer.from('some text on ROOT before the build\n'.repeat(1000)));
 }
 
-const COMPRESSORS: [string, string[]][] = [
-  ['lbzip2', ['-9']],
-  ['bzip2', ['-9']],
-  ['bzip2', ['-1']],
-  ['pbzip2', ['-9']],
+/** Release compressors, and the stock decoders each output is read back with: all three for the official releases' bzip2 -9, the release's own tool for the others (the output's stream structure is ours, whatever made the release). */
+const COMPRESSORS: [string, string[], string[]][] = [
+  ['lbzip2', ['-9'], ['lbzip2']],
+  ['bzip2', ['-9'], ['bzip2', 'lbzip2', 'pbzip2']],
+  ['bzip2', ['-1'], ['bzip2']],
+  ['pbzip2', ['-9'], ['pbzip2']],
 ];
 
+/** The sha512 of what `dec -dc file` writes (through a pipe: nothing is written to disk); fails when the decoder does. */
+async function decodedSha512(dec: string, file: string): Promise<string> {
+  const { stdout } = await execa('bash', ['-o', 'pipefail', '-c', `${dec} -dc "$1" | sha512sum`, 'bash', file]);
+  return stdout.split(' ')[0]!;
+}
+
 describe('a built image as .bz2 from the release\'s own blocks', () => {
-  for (const [tool, args] of COMPRESSORS) {
-    it(`release made by ${tool} ${args.join(' ')}: decodes with bzip2, lbzip2 and pbzip2 to exactly the built image`, async () => {
+  for (const [tool, args, decoders] of COMPRESSORS) {
+    it(`release made by ${tool} ${args.join(' ')}: decodes with ${decoders.join(', ')} to exactly the built image`, async () => {
       // The small fixture plus 3 MB of incompressible data in USR-A, so that there are data blocks too.
       const base = join(work, `base-${n++}.bin`);
       await smallDisk(base);
@@ -99,12 +106,7 @@ describe('a built image as .bz2 from the release\'s own blocks', () => {
       expect(r.sha512).toBe(await sha512(out));
 
       const want = await sha512(built);
-      for (const dec of ['bzip2', 'lbzip2', 'pbzip2']) {
-        const disk = join(work, `dec-${n++}.bin`);
-        await execa('sh', ['-c', `${dec} -dc "${out}" | dd of="${disk}" bs=64K conv=sparse status=none`]);
-        expect(await sha512(disk), `${dec} -dc`).toBe(want);
-        await rm(disk);
-      }
+      for (const dec of decoders) expect(await decodedSha512(dec, out), `${dec} -dc`).toBe(want);
       // bzip2 -t checks every stream and block CRC.
 
       // The chunks the build needed are now mapped block by block, in the cache.
@@ -116,10 +118,7 @@ describe('a built image as .bz2 from the release\'s own blocks', () => {
       const s = await compressReusing(again.index!, again.raw, base, same, [oemPart, rootPart]);
       expect(s.recompressed).toBe(0);
       expect(s.reusedBlocks).toBe(s.blocks);
-      const disk = join(work, `dec-${n++}.bin`);
-      await execa('sh', ['-c', `bzip2 -dc "${same}" | dd of="${disk}" bs=64K conv=sparse status=none`]);
-      expect(await sha512(disk)).toBe(await sha512(base));
-      await rm(disk);
+      expect(await decodedSha512(decoders[0]!, same)).toBe(await sha512(base));
       await rm(built);
       await rm(base);
     });

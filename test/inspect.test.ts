@@ -133,7 +133,7 @@ describe('oem inspect agrees with sgdisk and blkid', () => {
 
   it('reads .gz, .xz and .zst images too, with the same result', async () => {
     const raw = (await oemJson<InspectReport>(['inspect', fixtures.flatcar.raw])).json;
-    for (const [ext, cmd, compression] of [['gz', 'gzip -c', 'gz'], ['xz', 'xz -T0 -c', 'xz'], ['zst', 'zstd -q -c', 'zst']] as const) {
+    for (const [ext, cmd, compression] of [['gz', 'gzip -1 -c', 'gz'], ['xz', 'xz -0 -T0 -c', 'xz'], ['zst', 'zstd -1 -q -c', 'zst']] as const) {
       const p = join(work, `image.bin.${ext}`);
       await execa('sh', ['-c', `${cmd} "${fixtures.flatcar.raw}" > "${p}"`]);
       const { result, json } = await oemJson<InspectReport>(['inspect', p]);
