@@ -6,7 +6,7 @@ import { defineConfig } from 'vitest/config';
  * The slowest test files, slowest first (see the end of a run's output): started first, so that on a
  * fresh checkout (no timing cache yet) the run does not end waiting on one of them started last.
  */
-const SLOW_FIRST = ['inject-key', 'build-sysext', 'build-providers-flatcar', 'build-providers-coreos', 'build', 'build-artifacts', 'inspect', 'fetch', 'build-reproducible', 'compress', 'pipeline', 'bzip2-reuse', 'publish', 'formats', 'formats-bundles', 'inspect-sysext'];
+const SLOW_FIRST = ['inject-key', 'build', 'build-artifacts', 'build-sysext', 'pipeline', 'build-providers-flatcar', 'build-providers-coreos', 'fetch', 'inspect', 'compress', 'build-reproducible', 'publish', 'bzip2-reuse', 'formats', 'formats-bundles', 'inspect-sysext'];
 
 class SlowFirst extends BaseSequencer {
   override async sort(files: TestSpecification[]): Promise<TestSpecification[]> {
