@@ -597,34 +597,7 @@ describe('failures leave nothing under the output name', () => {
     }
   });
 
-  // An aborted conversion of each bundle: with the other formats' in formats.test.ts.
-
-  describe.runIf(process.getuid?.() === 0)('a full file system [root: mounts a 1 MiB tmpfs]', () => {
-    let mnt: string | undefined;
-    beforeAll(async () => {
-      const m = await mkdtemp(join(dir, 'small-'));
-      const r = await execa('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', m], { reject: false });
-      if (r.exitCode === 0) mnt = m;
-    });
-    afterAll(async () => {
-      if (mnt) await execa('umount', [mnt], { reject: false });
-    });
-
-    for (const format of ['virtualbox', 'parallels'] as const) {
-      it(`${format}: noSpace naming the output, which is removed`, async (ctx) => {
-        if (!mnt) return ctx.skip(); // mount not permitted here (e.g. an unprivileged container)
-        const out = join(mnt, `out.${FORMAT_EXTENSION[format]}`);
-        const err = await convert(raw, format, out, { name: NAME, mtime: MTIME }).then(
-          () => undefined,
-          (e: unknown) => e,
-        );
-        expect(err).toBeInstanceOf(OemError);
-        expect(err).toMatchObject({ code: 'noSpace' });
-        expect((err as OemError).message).toContain(out);
-        expect(await readdir(mnt)).toEqual([]);
-      });
-    }
-  });
+  // An aborted conversion and a full file system for each bundle: with the other formats' in formats.test.ts.
 
   it('refuses an existing output and leaves it alone', async () => {
     for (const format of ['virtualbox', 'parallels'] as const) {

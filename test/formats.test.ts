@@ -457,7 +457,7 @@ describe('failures', () => {
       if (mnt) await execa('umount', [mnt], { reject: false });
     });
 
-    for (const format of ['gce', 'qcow2', 'vmdk', 'vhd', 'ova'] as const) {
+    for (const format of ['gce', 'qcow2', 'vmdk', 'vhd', 'ova', 'virtualbox', 'parallels'] as const) {
       it(`${format}: noSpace naming the output, which is removed`, async (ctx) => {
         if (!mnt) return ctx.skip(); // mount not permitted here (e.g. an unprivileged container)
         const out = join(mnt, `out.${FORMAT_EXTENSION[format]}`);

@@ -178,3 +178,26 @@ export async function httpGetJson(url: string, env: Pick<ProviderEnv, 'http' | '
     throw new OemError(`${showUrl(url)} did not return valid JSON (${b.length} bytes): ${describe(err)}`, { code: 'network' });
   }
 }
+
+/**
+ * GET a JSON object (a platform's metadata document): null when absent with `optional`; a body over
+ * `maxBytes`, one that is not JSON, or JSON that is not an object is an OemError naming `who` and the URL.
+ */
+export async function httpGetJsonObject(
+  url: string,
+  env: Pick<ProviderEnv, 'http' | 'log'>,
+  opts: HttpOptions & { who: string; maxBytes: number },
+): Promise<Record<string, unknown> | null> {
+  const { who, maxBytes, ...rest } = opts;
+  const b = await httpGet(url, env, { ...rest, headers: { Accept: 'application/json', ...rest.headers } });
+  if (b === null) return null;
+  if (b.length > maxBytes) throw new OemError(`${who}: ${showUrl(url)} is ${b.length} bytes, more than the ${maxBytes} a metadata document may be`, { code: 'network' });
+  let doc: unknown;
+  try {
+    doc = JSON.parse(b.toString('utf8'));
+  } catch (err) {
+    throw new OemError(`${who}: ${showUrl(url)} is not valid JSON (${b.length} bytes): ${describe(err)}`, { code: 'network' });
+  }
+  if (typeof doc !== 'object' || doc === null || Array.isArray(doc)) throw new OemError(`${who}: ${showUrl(url)} is not a JSON object`, { code: 'network' });
+  return doc as Record<string, unknown>;
+}

@@ -33,7 +33,7 @@
  */
 import { describe, OemError } from '../../src/shared/errors.js';
 import { isIP } from 'node:net';
-import { httpGet, httpRequest, joinUrl, showUrl } from './http.js';
+import { httpGet, httpGetJsonObject, httpRequest, joinUrl, showUrl } from './http.js';
 import { MAX_SMALL_BYTES, readRootFile, userdataOrNull } from './local-io.js';
 import type { Metadata, MetadataProvider, ProviderEnv, Userdata } from './types.js';
 import { cleanHostname, cleanIp, cleanMac, cleanPrefix, cleanSshKeys, netmaskToPrefix, networkUnitName, shown } from './values.js';
@@ -61,18 +61,7 @@ const WORD = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
 
 /** `metadata`, parsed; null when the service has none (404). */
 async function fetchDocument(env: ProviderEnv): Promise<Json | null> {
-  const url = joinUrl(env.metadataUrl, '/metadata');
-  const b = await httpGet(url, env, { optional: true, headers: { Accept: 'application/json' } });
-  if (b === null) return null;
-  if (b.length > MAX_DOCUMENT_BYTES) throw new OemError(`packet: ${showUrl(url)} is ${b.length} bytes, more than the ${MAX_DOCUMENT_BYTES} a metadata document may be`, { code: 'network' });
-  let doc: unknown;
-  try {
-    doc = JSON.parse(b.toString('utf8'));
-  } catch (err) {
-    throw new OemError(`packet: ${showUrl(url)} is not valid JSON (${b.length} bytes): ${describe(err)}`, { code: 'network' });
-  }
-  if (!isObject(doc)) throw new OemError(`packet: ${showUrl(url)} is not a JSON object`, { code: 'network' });
-  return doc;
+  return httpGetJsonObject(joinUrl(env.metadataUrl, '/metadata'), env, { optional: true, who: 'packet', maxBytes: MAX_DOCUMENT_BYTES });
 }
 
 /** An http(s) URL without credentials, at most 2048 characters (normalized), or undefined with a log line. */

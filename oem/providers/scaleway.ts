@@ -25,7 +25,7 @@ import { request as plainRequest, type IncomingMessage, type RequestOptions } fr
 import { request as tlsRequest } from 'node:https';
 import { describe, OemError } from '../../src/shared/errors.js';
 import { retryableStatus, RetriesExhausted, withRetries } from '../../src/shared/retry.js';
-import { httpGet, HttpError, joinUrl, showUrl } from './http.js';
+import { httpGetJsonObject, HttpError, joinUrl, showUrl } from './http.js';
 import { MAX_SMALL_BYTES, MAX_USERDATA_BYTES, userdataOrNull } from './local-io.js';
 import type { Metadata, MetadataProvider, ProviderEnv, Userdata } from './types.js';
 import { cleanHostname, cleanIp, cleanSshKeys, shown } from './values.js';
@@ -212,18 +212,7 @@ export async function lowPortRequest(rawUrl: string, env: ProviderEnv, opts: Low
 
 /** conf?format=json, parsed; null when the service has none (404). */
 async function fetchDocument(env: ProviderEnv): Promise<Json | null> {
-  const url = joinUrl(env.metadataUrl, '/conf?format=json');
-  const b = await httpGet(url, env, { optional: true, headers: { Accept: 'application/json' } });
-  if (b === null) return null;
-  if (b.length > MAX_DOCUMENT_BYTES) throw new OemError(`scaleway: ${showUrl(url)} is ${b.length} bytes, more than the ${MAX_DOCUMENT_BYTES} a metadata document may be`, { code: 'network' });
-  let doc: unknown;
-  try {
-    doc = JSON.parse(b.toString('utf8'));
-  } catch (err) {
-    throw new OemError(`scaleway: ${showUrl(url)} is not valid JSON (${b.length} bytes): ${describe(err)}`, { code: 'network' });
-  }
-  if (!isObject(doc)) throw new OemError(`scaleway: ${showUrl(url)} is not a JSON object`, { code: 'network' });
-  return doc;
+  return httpGetJsonObject(joinUrl(env.metadataUrl, '/conf?format=json'), env, { optional: true, who: 'scaleway', maxBytes: MAX_DOCUMENT_BYTES });
 }
 
 function word(value: unknown, log: Log, what: string): string | undefined {
