@@ -88,16 +88,16 @@ console.log(JSON.stringify(out));
 beforeAll(async () => {
   work = await mkdtemp(join(tmpdir(), 'oem-compress-test-'));
   small = join(work, 'small.bin');
-  await writeFile(small, Buffer.concat([randomBytes(1 * MiB), text(2 * MiB), Buffer.alloc(1 * MiB), randomBytes(1234)]));
+  await writeFile(small, Buffer.concat([randomBytes(MiB / 4), text(MiB / 2), Buffer.alloc(1 * MiB), randomBytes(1234)]));
   big = join(work, 'big.bin');
   const fh = await open(big, 'wx');
   try {
     await fh.truncate(BIG_SIZE);
     // Random blocks, unaligned ones too, a text run and a block at the very end.
-    // (Random data is what costs xz time: 256 KiB pieces keep it to seconds.)
-    for (const mib of [0, 1, 17, 40, 48, 49, 72, 90]) await fh.write(randomBytes(MiB / 4), 0, MiB / 4, mib * MiB);
+    // (Random data is what costs xz time, about 0.4 s a MiB: 64 KiB pieces keep it to a second.)
+    for (const mib of [0, 1, 17, 40, 48, 49, 72, 90]) await fh.write(randomBytes(MiB / 16), 0, MiB / 16, mib * MiB);
     await fh.write(randomBytes(100_000), 0, 100_000, 60 * MiB + 12345);
-    await fh.write(text(2 * MiB), 0, 2 * MiB, 24 * MiB + 7);
+    await fh.write(text(MiB / 2), 0, MiB / 2, 24 * MiB + 7);
     await fh.write(randomBytes(4096), 0, 4096, BIG_SIZE - 4096);
   } finally {
     await fh.close();
@@ -207,7 +207,7 @@ describe('compressFile', () => {
   it('stops when aborted and removes the partial output', { timeout: 120_000 }, async () => {
     const out = `${big}.aborted.xz`;
     const ctrl = new AbortController();
-    const t = setTimeout(() => ctrl.abort(), 300);
+    const t = setTimeout(() => ctrl.abort(), 50);
     const started = Date.now();
     const err = await compressFile(big, out, 'xz', ctrl.signal).catch((e: unknown) => e);
     clearTimeout(t);

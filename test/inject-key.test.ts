@@ -8,7 +8,7 @@ import { access, copyFile, mkdir, mkdtemp, readFile, readdir, rm, stat, writeFil
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { buildTestImage, type TreeEntry } from '../scripts/lib/test-image.js';
+import { withRoot, type TreeEntry } from '../scripts/lib/test-image.js';
 import type { InjectKeyResult } from '../src/inject-key.js';
 import { expectCleanError, oem, oemJson } from './helpers/cli.js';
 import { fsck, isRoot, leftovers, part, readExtTree } from './helpers/image-read.js';
@@ -38,7 +38,12 @@ const env = () => ({ OEM_TMPDIR: work });
 let n = 0;
 const out = (name = 'out') => join(work, `${name}-${n++}.bin`);
 /** The hostile images, made once and used by both backends (inject-key never changes its input). */
-const hostileImages = new Map<string, Promise<{ path: string; canary: string }>>();
+const hostileImages = new Map<string, Promise<{ path: string; canary: string; sha: string }>>();
+
+/** The shared fixture of a generation with ROOT made anew holding `root` (an empty ROOT by default). */
+async function variant(gen: 'coreos' | 'flatcar', name: string, root: TreeEntry[] = []): Promise<{ path: string }> {
+  return { path: await withRoot(fixtures[gen].raw, join(work, name), root) };
+}
 
 const backends = [
   { name: 'rootless', run: true },
@@ -102,16 +107,12 @@ for (const b of backends) {
     });
 
     it('running it twice does not duplicate keys, and keeps other key sets', async () => {
-      const img = await buildTestImage({
-        path: join(work, `sets-${n++}.bin`),
-        generation: 'coreos',
-        root: [
+      const img = await variant('coreos', `sets-${n++}.bin`, [
           { path: 'home/core', type: 'dir', uid: 1000, gid: 1000, mode: 0o755 },
           { path: 'home/core/.ssh', type: 'dir', uid: 1000, gid: 1000, mode: 0o700 },
           { path: 'home/core/.ssh/authorized_keys.d', type: 'dir', uid: 1000, gid: 1000, mode: 0o700 },
           { path: 'home/core/.ssh/authorized_keys.d/coreos-ignition', content: `${keyLines[1]}\n`, uid: 1000, gid: 1000, mode: 0o600 },
-        ],
-      });
+      ]);
       const o = out();
       expect((await oem(['inject-key', img.path, '--key', keyA, '--output', o, '--backend', b.name], { env: env() })).exitCode).toBe(0);
       const first = await readExtTree(o, 9);
@@ -125,15 +126,11 @@ for (const b of backends) {
     });
 
     it('imports an existing authorized_keys as the key set old_authorized_keys', async () => {
-      const img = await buildTestImage({
-        path: join(work, `legacy-${n++}.bin`),
-        generation: 'flatcar',
-        root: [
+      const img = await variant('flatcar', `legacy-${n++}.bin`, [
           { path: 'home/core', type: 'dir', uid: 1000, gid: 1000, mode: 0o755 },
           { path: 'home/core/.ssh', type: 'dir', uid: 1000, gid: 1000, mode: 0o700 },
           { path: 'home/core/.ssh/authorized_keys', content: `# mine\n${keyLines[1]}\n`, uid: 1000, gid: 1000, mode: 0o600 },
-        ],
-      });
+      ]);
       const o = out();
       const { json } = await oemJson<InjectKeyResult>(['inject-key', img.path, '--key', keyA, '--output', o, '--backend', b.name], { env: env() });
       expect(json.keySets).toEqual(['oem', 'old_authorized_keys']);
@@ -185,13 +182,12 @@ for (const b of backends) {
             hostileImages.set(name, (async () => {
               const canary = await mkdtemp(join(work, 'canary-'));
               await writeFile(join(canary, 'victim'), 'untouched\n');
-              const built = await buildTestImage({ path: join(work, `hostile-${n++}.bin`), generation: 'coreos', root: entries(canary) });
-              return { path: built.path, canary };
+              const built = await variant('coreos', `hostile-${n++}.bin`, entries(canary));
+              return { path: built.path, canary, sha: await sha(built.path) };
             })());
           }
-          const { path, canary } = await hostileImages.get(name)!;
+          const { path, canary, sha: before } = await hostileImages.get(name)!;
           const img = { path };
-          const before = await sha(img.path);
           const o = out('hostile');
           const r = await oem(['inject-key', img.path, '--key', keyA, '--output', o, '--backend', b.name], { env: env() });
           expect(r.exitCode).toBe(3);
@@ -207,7 +203,7 @@ for (const b of backends) {
     });
 
     it('fails on a full ROOT partition, naming it, and leaves no output', async () => {
-      const img = await buildTestImage({ path: join(work, `full-${n++}.bin`), generation: 'coreos' });
+      const img = await variant('coreos', `full-${n++}.bin`);
       const { offset } = await part(img.path, 9);
       const dev = `${img.path}?offset=${offset}`;
       const stats = (await execa('debugfs', ['-R', 'stats', dev])).stdout;
@@ -261,7 +257,7 @@ describe('oem inject-key refuses bad input before writing anything', () => {
   });
 
   it('a partition without a filesystem, and a dirty filesystem', async () => {
-    const img = await buildTestImage({ path: join(work, `nofs-${n++}.bin`), generation: 'coreos' });
+    const img = await variant('coreos', `nofs-${n++}.bin`);
     const { offset } = await part(img.path, 9);
     await execa('debugfs', ['-w', '-R', 'ssv state 0', `${img.path}?offset=${offset}`]);
     let r = await oem(['inject-key', img.path, '--key', keyA, '--output', out()], { env: env() });

@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { beforeAll, describe, expect, it } from 'vitest';
 import type { BuildResult } from '../../src/build.js';
-import { inspectImage, type InspectReport } from '../../src/image/inspect.js';
+import type { InspectReport } from '../../src/image/inspect.js';
 import { checkCloudConfig, checkIgnition } from '../../src/providers/validate.js';
 import { oemJson } from './cli.js';
 import { part, readTree } from './image-read.js';
@@ -68,14 +68,20 @@ export function allProvidersSuite(gen: 'coreos' | 'flatcar'): void {
     it('puts the provider content into OEM, checked by oem inspect and independent tools', { timeout: 300_000 }, async () => {
       for (const [i, b] of result.builds.entries()) {
         const img = await raw(b.image);
-        // The oem inspect command reads the .bz2 itself for the first; the same code reads the decompressed image of the rest in-process.
-        const ins = i === 0 ? (await oemJson<InspectReport>(['inspect', b.image])).json : await inspectImage(img);
-        expect(ins.oem?.oemId).toBe(b.oemId);
-        expect(ins.oem?.oemRelease).toMatchObject({ ID: b.oemId, VERSION_ID: fixtures[gen].version });
+        // The oem inspect command reads the first .bz2 itself (inspect of every output format is
+        // tested in build-artifacts.test.ts); every provider's OEM is read back with independent tools.
+        if (i === 0) {
+          const ins = (await oemJson<InspectReport>(['inspect', b.image])).json;
+          expect(ins.oem?.oemId).toBe(b.oemId);
+          expect(ins.oem?.oemRelease).toMatchObject({ ID: b.oemId, VERSION_ID: fixtures[gen].version });
+        }
         const tree = await readTree(img, 6, gen === 'coreos' ? 'ext4' : 'btrfs');
         const grub = tree.get('/grub.cfg')!;
         expect(grub).toMatchObject({ type: 'file', mode: 0o644, uid: 0, gid: 0 });
         for (const line of grub.content!.trim().split('\n')) expect(line).toMatch(/^(#.*|set [a-z_]+="[^"]*")$/);
+        expect(grub.content).toContain(`set oem_id="${b.oemId}"`);
+        const release = Object.fromEntries(tree.get('/oem-release')!.content!.trim().split('\n').map((l) => l.split('=', 2) as [string, string]));
+        expect(release).toMatchObject({ ID: b.oemId, VERSION_ID: fixtures[gen].version });
         expect(tree.get('/bin/oem-agent')).toMatchObject({ type: 'file', mode: 0o755, uid: 0, gid: 0 });
         expect(tree.get('/bin/oem-agent')!.content).toContain('xz -dc "$here/oem-agent.xz"');
         expect(tree.get('/bin/oem-agent.xz')).toMatchObject({ type: 'file', mode: 0o644, uid: 0, gid: 0 });
