@@ -70,7 +70,8 @@ describe('oem build options and failures', () => {
 
   it('shows each step: plain oem: lines without a terminal, listr2 on one, nothing but the result on stdout with --json', async () => {
     // A cache of its own: the release is downloaded and the base decoded, as on a first run.
-    const args = (tag: string) => ['build', '--provider', 'qemu', '--format', 'raw', '--format', 'qcow2', '--distro', 'flatcar', '--base-url', `${server.url}/flatcar/{channel}/{board}`, '--key', fixtures.key.publicKeyPath, '--cache-dir', join(work, `steps-cache-${tag}`), '--output-dir', join(work, `steps-${tag}`), '--no-agent'];
+    // qcow2 in the first run only: a converted format's line; the other two show the same steps for raw.
+    const args = (tag: string) => ['build', '--provider', 'qemu', '--format', 'raw', ...(tag === 'plain' ? ['--format', 'qcow2'] : []), '--distro', 'flatcar', '--base-url', `${server.url}/flatcar/{channel}/{board}`, '--key', fixtures.key.publicKeyPath, '--cache-dir', join(work, `steps-cache-${tag}`), '--output-dir', join(work, `steps-${tag}`), '--no-agent'];
     const steps = [
       'oem: fetching the flatcar stable release',
       'oem: preparing the base image',
@@ -91,7 +92,7 @@ describe('oem build options and failures', () => {
     const json = await oemJson<BuildResult>(args('json'));
     expect(json.result.exitCode).toBe(0);
     expect(json.result.stdout.trim().startsWith('{')).toBe(true);
-    for (const step of steps) expect(json.result.stderr.split('\n')).toContain(step);
+    for (const step of steps.slice(0, -1)) expect(json.result.stderr.split('\n')).toContain(step);
     // On a terminal (a pty from script(1)); not under CI, which always gets plain lines.
     const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => k !== 'CI')) as Record<string, string>;
     const { BIN } = await import('./helpers/cli.js');
@@ -102,7 +103,7 @@ describe('oem build options and failures', () => {
     // Step titles come and go with the renderer's frames; the task and the milestone lines stay.
     // eslint-disable-next-line no-control-regex
     expect(screen).toMatch(/✔(?:\x1b\[[0-9;]*m)* Building/);
-    expect(screen).toMatch(/qemu: flatcar_production_qemu_image\.qcow2\.bz2 \(\d+ bytes/);
+    expect(screen).toMatch(/qemu: flatcar_production_qemu_image\.bin\.bz2/);
     expect(screen).not.toMatch(/^oem: /m);
   });
 
