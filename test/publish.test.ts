@@ -2,7 +2,7 @@
 import { execa } from 'execa';
 import { access, mkdir, mkdtemp, open, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { basename, join } from 'node:path';
-import { beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, inject, it } from 'vitest';
 import type { BuildResult } from '../src/build.js';
 import type { ReleaseIndex } from '../src/publish/index-file.js';
 import { expectCleanError, oem, oemJson } from './helpers/cli.js';
@@ -199,12 +199,31 @@ describe('oem publish', () => {
     expect(await exists(join(g1, 'qemu', `${IMG('qemu')}.sig`))).toBe(false);
     expect(JSON.parse(await readFile(join(g1, 'qemu', 'manifest.json'), 'utf8'))).toMatchObject({ signingKey: null });
 
-    // A signed release published again without a key: its signatures carried over as they are.
+    // A signed release published again without --sign-key: its signatures are carried over only once
+    // they verify against the signer's public key (--key), and by the key the manifests name.
+    const unchecked = await oem(['publish', out, '--output-dir', join(work, `unchecked-${next()}`)]);
+    expect(unchecked.exitCode).toBe(2);
+    expect(expectCleanError(unchecked)).toMatch(/: digitalocean is signed, and oem publish does not pass on signatures it has not checked$/);
+    expect(unchecked.stderr).toContain('hint: give the signer\'s public key with --key FILE');
     const carried = join(work, `carried-${next()}`);
-    const c = await oemJson<ReleaseIndex>(['publish', out, '--output-dir', carried]);
+    const c = await oemJson<ReleaseIndex>(['publish', out, '--output-dir', carried, '--key', pub]);
     expect(c.result.exitCode, c.result.stderr).toBe(0);
     expect(c.json).toEqual(r.json);
     await execa('gpg', ['--batch', '--verify', join(carried, 'qemu', `${IMG('qemu')}.sig`), join(carried, 'qemu', IMG('qemu'))], { env });
+    // Another key: refused (exit 4), nothing published.
+    const otherKey = join(work, `other-${next()}.asc`);
+    await writeFile(otherKey, inject('fixtures').key.armoredPublic);
+    const wrongOut = join(work, `wrong-${next()}`);
+    const wrong = await oem(['publish', out, '--output-dir', wrongOut, '--key', otherKey]);
+    expect(wrong.exitCode).toBe(4);
+    expect(expectCleanError(wrong)).toMatch(/digitalocean\/flatcar_production_digitalocean_image\.bin\.bz2: signed by unknown key [0-9A-F]+, not by /);
+    expect(await exists(wrongOut)).toBe(false);
+    // A signature swapped for another artifact's: the bytes are not what it signed (exit 4).
+    const swapped = await copy(out);
+    await execa('cp', [join(swapped, 'qemu', `${IMG('qemu')}.sig`), join(swapped, 'gce', `${IMG('gce')}.sig`)]);
+    const sw = await oem(['publish', swapped, '--output-dir', join(work, `swapped-${next()}`), '--key', pub]);
+    expect(sw.exitCode).toBe(4);
+    expect(expectCleanError(sw)).toMatch(/gce\/flatcar_production_gce_image\.bin\.bz2: BAD signature/);
     // A public key is not a signing key: refused before anything is read.
     const bad = await oem(['publish', g1, '--output-dir', join(work, `bad-${next()}`), '--sign-key', pub]);
     expect(bad.exitCode).toBe(2);

@@ -2,6 +2,8 @@ import { Flags } from '@oclif/core';
 import { writeFile } from 'node:fs/promises';
 import { OemCommand } from '../base-command.js';
 import { FORMATS, type Format } from '../artifacts/formats.js';
+import { COMPRESSIONS } from '../compression.js';
+import { SYSEXT_FORMATS } from '../sysext/make.js';
 import { releaseFlags } from '../flags.js';
 import { describePlan, makePipeline, type PlanGroup, type Skipped } from '../pipeline/index.js';
 import { OemError } from '../shared/errors.js';
@@ -31,6 +33,21 @@ export default class Pipeline extends OemCommand {
     'source-date-epoch': Flags.string({ description: "a fixed SOURCE_DATE_EPOCH for every job (default: the pipeline's own, else the prepare job's time)" }),
     'runs-on': Flags.string({ description: 'GitHub: the runner label of every job', default: 'ubuntu-latest' }),
     'ci-image': Flags.string({ description: 'GitLab: the image of every job', default: 'node:20-bookworm' }),
+    'oem-package': Flags.string({
+      description: 'install oem in every job with npm install -g from this (a tarball of npm pack, its URL, a registry name, a directory), with the Debian packages it needs',
+    }),
+    // What the build jobs pass on to oem build (paths relative to the checkout, as the jobs see them).
+    templates: Flags.string({ description: 'build jobs: a template tree overlaid on the built-in one (relative to the checkout)' }),
+    config: Flags.string({ description: 'build jobs: your provisioning config (relative to the checkout)' }),
+    'ssh-key': Flags.string({ description: 'build jobs: SSH public key for core (relative to the checkout; repeatable)', multiple: true }),
+    ignition: Flags.string({ description: 'build jobs: your Ignition config (relative to the checkout)' }),
+    sysext: Flags.string({ description: 'build jobs: your own system extension (relative to the checkout; repeatable)', multiple: true }),
+    'sysext-format': Flags.string({ description: "build jobs: file system of a provider's own extension", options: [...SYSEXT_FORMATS] }),
+    compress: Flags.string({ description: 'build jobs: compression of raw and disk-format artifacts', options: [...COMPRESSIONS] }),
+    'disk-size': Flags.string({ description: "build jobs: size of the virtual disk formats' disk, e.g. 10GiB" }),
+    agent: Flags.string({ description: 'build jobs: embed this oem-agent executable (relative to the checkout)' }),
+    'no-agent': Flags.boolean({ description: 'build jobs: build without the runtime agent', default: false }),
+    backend: Flags.string({ description: 'build jobs: how to write', options: ['auto', 'mount', 'rootless'] }),
   };
 
   async run(): Promise<{ ci: string; output: string | null; total: number; jobs: PlanGroup[]; skipped: Skipped[]; notes: string[]; pipeline?: string }> {
@@ -58,6 +75,20 @@ export default class Pipeline extends OemCommand {
       ...(flags['source-date-epoch'] !== undefined ? { sourceDateEpoch: flags['source-date-epoch'] } : {}),
       runsOn: flags['runs-on'],
       ciImage: flags['ci-image'],
+      ...(flags['oem-package'] !== undefined ? { oemPackage: flags['oem-package'] } : {}),
+      build: {
+        ...(flags.templates !== undefined ? { templates: flags.templates } : {}),
+        ...(flags.config !== undefined ? { config: flags.config } : {}),
+        ...(flags['ssh-key'] ? { sshKeys: flags['ssh-key'] } : {}),
+        ...(flags.ignition !== undefined ? { ignition: flags.ignition } : {}),
+        ...(flags.sysext ? { sysexts: flags.sysext } : {}),
+        ...(flags['sysext-format'] !== undefined ? { sysextFormat: flags['sysext-format'] } : {}),
+        ...(flags.compress !== undefined ? { compress: flags.compress } : {}),
+        ...(flags['disk-size'] !== undefined ? { diskSize: flags['disk-size'] } : {}),
+        ...(flags.agent !== undefined ? { agent: flags.agent } : {}),
+        noAgent: flags['no-agent'],
+        ...(flags.backend !== undefined ? { backend: flags.backend } : {}),
+      },
       argv: recorded(this.argv),
     });
     if (flags.output) await writeFile(flags.output, text);

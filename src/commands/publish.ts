@@ -24,6 +24,11 @@ export default class Publish extends OemCommand {
     'output-dir': Flags.string({ char: 'o', description: 'the release directory to make (must not exist, or be empty)', required: true }),
     'sign-key': Flags.string({ description: 'armored OpenPGP secret key: signs every artifact anew (.sig, .DIGESTS.asc) and the index (.asc)' }),
     'sign-passphrase-file': Flags.string({ description: 'file holding the passphrase of --sign-key (or set OEM_SIGN_PASSPHRASE)' }),
+    key: Flags.string({
+      description: "public key the groups' own signatures must verify against, to pass them on without --sign-key (repeatable)",
+      multiple: true,
+      exclusive: ['sign-key'],
+    }),
   };
 
   async run(): Promise<ReleaseIndex> {
@@ -36,6 +41,7 @@ export default class Publish extends OemCommand {
       outputDir: flags['output-dir'],
       ...(flags['sign-key'] ? { signKey: flags['sign-key'] } : {}),
       ...pass,
+      ...(flags.key?.length ? { keys: flags.key } : {}),
       log,
     });
     const x = r.index;

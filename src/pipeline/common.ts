@@ -30,6 +30,10 @@ export interface PipelineSpec {
   runsOn: string;
   /** GitLab: the jobs' image. */
   ciImage: string;
+  /** The build flags every build job passes on (content and output options; paths relative to the checkout). */
+  buildArgs: string[];
+  /** What `npm install -g` installs oem from in every job (with the system packages it needs); undefined: the jobs' machines have it. */
+  oemPackage?: string;
 }
 
 /** Single-quoted for POSIX sh when needed. */
@@ -92,7 +96,50 @@ export function buildScript(s: PipelineSpec): string {
     'set --',
     'for p in $OEM_PROVIDERS; do set -- "$@" --provider "$p"; done',
     `echo "oem: job $OEM_GROUP builds $OEM_PROVIDERS of $OEM_VERSION"`,
-    `$OEM build ${releaseArgs(s)} --release "$OEM_VERSION" "$@"${formats} --output-dir "${GROUPS_DIR}/$OEM_GROUP"`,
+    `$OEM build ${releaseArgs(s)} --release "$OEM_VERSION" "$@"${formats}${s.buildArgs.map((a) => ` ${shq(a)}`).join('')} --output-dir "${GROUPS_DIR}/$OEM_GROUP"`,
+  ].join('\n');
+}
+
+/**
+ * The tools oem runs and their Debian packages: installed by a job that installs oem (--oem-package)
+ * when any is missing, with sudo unless the job runs as root.
+ */
+export const JOB_TOOLS: Readonly<Record<string, string>> = {
+  sgdisk: 'gdisk',
+  debugfs: 'e2fsprogs',
+  btrfs: 'btrfs-progs',
+  mdir: 'mtools',
+  'qemu-img': 'qemu-utils',
+  bzip2: 'bzip2',
+  lbzip2: 'lbzip2',
+  xz: 'xz-utils',
+  zstd: 'zstd',
+  mksquashfs: 'squashfs-tools',
+  'mkfs.erofs': 'erofs-utils',
+};
+
+/** Where a job installs oem (inside the job's directory, so no root is needed). */
+export const TOOL_DIR = '.oem-tool';
+
+/**
+ * The install step of every job when --oem-package is given: the missing system packages, then oem
+ * from the package with npm into TOOL_DIR. Leaves TOOL_DIR/bin to be put on PATH (each engine does
+ * it its own way), then checks that $OEM runs.
+ */
+export function installScript(s: PipelineSpec): string | undefined {
+  if (s.oemPackage === undefined) return undefined;
+  const tools = Object.entries(JOB_TOOLS).map(([t, p]) => `${t}:${p}`).join(' ');
+  return [
+    'set -eu',
+    'missing=',
+    `for t in ${tools}; do command -v "\${t%%:*}" >/dev/null 2>&1 || missing="$missing \${t#*:}"; done`,
+    'if [ -n "$missing" ]; then',
+    '  if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi',
+    '  echo "oem: installing the Debian packages$missing"',
+    '  $SUDO apt-get update -qq',
+    '  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing',
+    'fi',
+    `npm install -g --no-fund --no-audit --prefix "$PWD/${TOOL_DIR}" ${shq(s.oemPackage)}`,
   ].join('\n');
 }
 

@@ -6,13 +6,23 @@
  * written to a file in the job).
  */
 import { Document } from 'yaml';
-import { buildScript, cacheKeyStem, GROUPS_DIR, header, prepareScript, publishCommand, RELEASE_DIR, type PipelineSpec } from './common.js';
+import { buildScript, cacheKeyStem, GROUPS_DIR, header, installScript, prepareScript, publishCommand, RELEASE_DIR, TOOL_DIR, type PipelineSpec } from './common.js';
 
 export const ARTIFACT_PREFIX = 'oem-group-';
 
 export function githubWorkflow(s: PipelineSpec, argv: string[]): string {
   const stem = cacheKeyStem(s);
-  const checkout = { uses: 'actions/checkout@v4' };
+  const install = installScript(s);
+  // Every job starts from a checkout (and, with --oem-package, installs oem and its packages).
+  const checkout = [
+    { uses: 'actions/checkout@v4' },
+    ...(install === undefined
+      ? []
+      : [
+          { uses: 'actions/setup-node@v4', with: { 'node-version': '20' } },
+          { name: 'Install oem', run: `${install}\necho "$PWD/${TOOL_DIR}/bin" >> "$GITHUB_PATH"` },
+        ]),
+  ];
   const groupDirs = s.plan.groups.map((g) => `${GROUPS_DIR}/${ARTIFACT_PREFIX}${g.index}`);
   const prepare = prepareScript(s);
   const wf = {
@@ -35,7 +45,7 @@ export function githubWorkflow(s: PipelineSpec, argv: string[]): string {
           'cache-key': '${{ steps.fetch.outputs.cache-key }}',
         },
         steps: [
-          checkout,
+          ...checkout,
           {
             name: 'Restore the oem cache',
             id: 'restore',
@@ -78,7 +88,7 @@ export function githubWorkflow(s: PipelineSpec, argv: string[]): string {
           OEM_PROVIDERS: '${{ matrix.providers }}',
         },
         steps: [
-          checkout,
+          ...checkout,
           {
             name: 'Restore the decoded base',
             uses: 'actions/cache/restore@v4',
@@ -98,7 +108,7 @@ export function githubWorkflow(s: PipelineSpec, argv: string[]): string {
         'runs-on': s.runsOn,
         env: { OEM_VERSION: '${{ needs.prepare.outputs.version }}', SOURCE_DATE_EPOCH: '${{ needs.prepare.outputs.source-date-epoch }}' },
         steps: [
-          checkout,
+          ...checkout,
           {
             name: 'Download every group',
             uses: 'actions/download-artifact@v4',

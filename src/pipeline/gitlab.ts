@@ -9,13 +9,14 @@
  * re-checks it and downloads a newer one, and the prepare job drops older versions).
  */
 import { Document } from 'yaml';
-import { buildScript, cacheKeyStem, GROUPS_DIR, header, prepareScript, publishCommand, RELEASE_DIR, type PipelineSpec } from './common.js';
+import { buildScript, cacheKeyStem, GROUPS_DIR, header, installScript, prepareScript, publishCommand, RELEASE_DIR, TOOL_DIR, type PipelineSpec } from './common.js';
 
 export function gitlabPipeline(s: PipelineSpec, argv: string[]): string {
   const key = `${cacheKeyStem(s)}${s.release === 'current' ? `${s.channel}-current` : s.release}`;
   const cache = (policy: 'pull' | 'pull-push') => ({ key, paths: [`${s.cacheDir}/`], policy });
   const groupDirs = s.plan.groups.map((g) => `${GROUPS_DIR}/${g.index}`);
   const prepare = prepareScript(s);
+  const install = installScript(s);
   const ci = {
     stages: ['prepare', 'build', 'publish'],
     variables: {
@@ -23,7 +24,11 @@ export function gitlabPipeline(s: PipelineSpec, argv: string[]): string {
       OEM_CACHE_DIR: s.cacheDir,
       ...(s.sourceDateEpoch !== undefined ? { SOURCE_DATE_EPOCH: s.sourceDateEpoch } : {}),
     },
-    default: { image: s.ciImage },
+    default: {
+      image: s.ciImage,
+      // With --oem-package: oem and its packages, installed in every job (before_script shares the job's shell).
+      ...(install === undefined ? {} : { before_script: [install, `export PATH="$PWD/${TOOL_DIR}/bin:$PATH"`] }),
+    },
     prepare: {
       stage: 'prepare',
       cache: cache('pull-push'),

@@ -9,6 +9,7 @@ import { basename, dirname, join, relative, resolve, isAbsolute } from 'node:pat
 import { clearsign, loadSigningKey, signFile, type SigningKey } from '../artifacts/sign.js';
 import { acquire } from '../cleanup.js';
 import { OemError } from '../shared/errors.js';
+import { checkCarriedSignatures } from './carried-signatures.js';
 import { combine } from './combine.js';
 import { readGroup } from './group.js';
 import { indexJson, releaseIndex, sha512sums, type ReleaseIndex } from './index-file.js';
@@ -20,6 +21,8 @@ export interface PublishOptions {
   outputDir: string;
   signKey?: string;
   signPassphrase?: string;
+  /** Public keys the groups' own signatures must verify against when they are carried over (no signKey). */
+  keys?: string[];
   log?: (line: string) => void;
 }
 
@@ -62,6 +65,8 @@ export async function publishRelease(opts: PublishOptions): Promise<PublishResul
     groups.push(await readGroup(g));
   }
   const release = combine(groups);
+  // Signatures passed on as they are must verify first; signing anew replaces them.
+  if (!signer) await checkCarriedSignatures(release.providers, opts.keys ?? [], log);
 
   const parent = dirname(out);
   await mkdir(parent, { recursive: true });
