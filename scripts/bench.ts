@@ -2,7 +2,7 @@
  * `npm run bench`: oem against the hand-made pipeline, on one machine, in one run (needs root: the
  * recipes use losetup and mount, as the distributor notes do).
  *
- *   npm run bench [-- --dir DIR] [--usr-data-mb N] [--fresh] [--skip-recipes]
+ *   npm run bench [-- --dir DIR] [--usr-data-mb N] [--fresh] [--skip-recipes] [--formats F,F] [--skip-cold-formats]
  *
  * Makes (once, kept in DIR between runs) the full-size test release: a 4,756,340,736-byte
  * Flatcar-style image with about 900 MB of real data, lbzip2-compressed, signed with a throw-away key
@@ -12,8 +12,10 @@
  *      bzip2 -9;
  *   2. the same with lbzip2 both ways;
  *   3. oem build --provider ec2 --format raw, cache cold (release downloaded, not yet decoded), warm;
- *   4. oem build for 4 providers and for all providers, cold, one run each.
- * All oem runs write the same as the recipes: the raw image as .bin.bz2, OEM content and an SSH key.
+ *   4. oem build for 4 providers and for all providers, cold, one run each;
+ *   5. one row per format: ec2 built with that format alone (default compression), warm and cold; raw
+ *      with --compress zst; and every default format of every provider, cold.
+ * Runs 1-4 write the same as the recipes: the raw image as .bin.bz2, OEM content and an SSH key.
  * Prints a table with ratios and the targets (the oem runs against the lbzip2 recipe), and writes bench/results/<time>.json and
  * bench/results/latest.json.
  */
@@ -26,6 +28,7 @@ import { parseArgs } from 'node:util';
 import { compressBzip2, generateTestKey, publishRelease } from './lib/mirror.js';
 import { startMirrorServer } from './lib/mirror-server.js';
 import { buildTestImage, FULL_SIZE } from './lib/test-image.js';
+import { FORMATS } from '../src/artifacts/formats.js';
 
 const REPO = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const BIN = join(REPO, 'bin', 'run.js');
@@ -77,6 +80,9 @@ async function main(): Promise<void> {
       'usr-data-mb': { type: 'string', default: '900' },
       fresh: { type: 'boolean', default: false },
       'skip-recipes': { type: 'boolean', default: false },
+      // Comma-separated formats for the per-format rows (default: all), and whether to time them cold too.
+      formats: { type: 'string' },
+      'skip-cold-formats': { type: 'boolean', default: false },
     },
   });
   if (process.getuid?.() !== 0 && !values['skip-recipes']) {
@@ -157,6 +163,27 @@ async function main(): Promise<void> {
     results.push(await build('oem all providers, cold', ['--all-providers']));
     const providers = (JSON.parse((await execa(process.execPath, [BIN, 'providers', '--json'])).stdout) as unknown[]).length;
 
+    // One row per format (issue 19): ec2 with that format alone and its default compression, warm (the
+    // base decoded and its pieces cached by the runs above) and cold; then raw with --compress zst, and
+    // every default format of every provider, cold.
+    const formats = values.formats ? String(values.formats).split(',') : [...FORMATS];
+    const buildAs = (name: string, args: string[]) => timed(name, [process.execPath, BIN, 'build', '--provider', 'ec2', ...args, '--ssh-key', sshKey, ...common, '--output-dir', join(work, 'fmt')]);
+    for (const f of formats) {
+      await rm(join(work, 'fmt'), { recursive: true, force: true });
+      results.push(await buildAs(`format ${f}, warm`, ['--format', f]));
+      if (!values['skip-cold-formats']) {
+        await cold();
+        await rm(join(work, 'fmt'), { recursive: true, force: true });
+        results.push(await buildAs(`format ${f}, cold`, ['--format', f]));
+      }
+    }
+    await rm(join(work, 'fmt'), { recursive: true, force: true });
+    results.push(await buildAs('format raw --compress zst, warm', ['--format', 'raw', '--compress', 'zst']));
+    await rm(join(work, 'fmt'), { recursive: true, force: true });
+    await cold();
+    results.push(await timed('oem all providers, every default format, cold', [process.execPath, BIN, 'build', '--all-providers', '--ssh-key', sshKey, ...common, '--output-dir', join(work, 'all-formats')]));
+    await rm(join(work, 'all-formats'), { recursive: true, force: true });
+
     // Checks, untimed: the ec2 output is a valid bzip2 file; a raw (uncompressed) output is sparse.
     await execa('lbzip2', ['-t', join(work, 'out', 'ec2', 'flatcar_production_ec2_image.bin.bz2')]);
     await execa(process.execPath, [BIN, 'build', '--provider', 'qemu', '--format', 'raw', '--compress', 'none', ...common, '--output-dir', join(work, 'raw')], { stdin: 'ignore' });
@@ -176,6 +203,8 @@ async function main(): Promise<void> {
       { target: 'one provider, cold <= 1.0x recipe 2', value: ratio(one, r2), limit: 1.0 },
       { target: 'one provider, warm <= 0.2x recipe 2', value: ratio(warm, r2), limit: 0.2 },
       { target: 'all providers <= 2x one provider (both cold)', value: ratio(all, one), limit: 2.0 },
+      ...formats.map((f) => ({ target: `format ${f}, warm <= 0.3x recipe 2`, value: ratio(t[`format ${f}, warm`]!, r2), limit: 0.3 })),
+      { target: 'every default format of every provider, cold <= 2x one provider raw (cold)', value: ratio(t['oem all providers, every default format, cold']!, one), limit: 2.0 },
       { target: 'peak RSS of oem < 256 MiB', value: peak, limit: 256 },
       { target: 'raw outputs sparse (allocated/apparent)', value: Math.round((sparse.allocatedBytes / sparse.apparentBytes) * 1000) / 1000, limit: 1 },
     ].map((x) => ({ ...x, met: x.value === null ? null : x.value < x.limit || (x.limit !== 256 && x.limit !== 1 && x.value === x.limit) }));

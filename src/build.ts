@@ -208,7 +208,7 @@ async function buildOne(p: Provider, c: Ctx): Promise<ProviderBuild> {
     const compression = c.opts.compress ?? 'bz2';
     const size = c.opts.diskSize ?? p.diskSize;
     const grow = size !== undefined || p.rootSectors !== undefined ? { ...(size !== undefined ? { size } : {}), ...(p.rootSectors !== undefined ? { rootSectors: p.rootSectors } : {}) } : undefined;
-    const job = { providerId: p.id, distro: base.distro, formats, ...(grow ? { grow } : {}), compression, base: { raw: image.raw, index: image.index }, prefixes: c.prefixes, signer: c.signer, mtime: buildTime(), outDir: tmpDir, work: c.work, log: c.log, step: c.step, progress: (d: number, t: number) => c.progress(d, t, 'percent') };
+    const job = { providerId: p.id, distro: base.distro, formats, ...(grow ? { grow } : {}), compression, base: { raw: image.raw, index: image.index }, prefixes: c.prefixes, pieceCache: image.index ? join(dirname(image.index.file), 'pieces') : join(c.work, 'pieces'), signer: c.signer, mtime: buildTime(), outDir: tmpDir, work: c.work, log: c.log, step: c.step, progress: (d: number, t: number) => c.progress(d, t, 'percent') };
     // Only the raw .bz2 from the release's blocks needs no whole copy of the disk.
     const whole = !(reusesBlocks(job) && formats.every((f) => f === 'raw'));
     const working = await workingImage(image.raw, image.layout, join(c.work, `${p.id}.bin`), whole);

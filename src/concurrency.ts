@@ -13,6 +13,8 @@
  * After a failure no further item starts; those running are waited for, then the error is thrown
  * (the first in the items' order that the consumer reaches, else the first to happen).
  */
+const CONSUMED: Promise<unknown> = Promise.resolve(undefined);
+
 export async function mapInOrder<T, R>(
   items: readonly T[],
   limit: number,
@@ -49,6 +51,8 @@ export async function mapInOrder<T, R>(
       if (p === undefined) throw failure ? failure.error : new Error(`internal: item ${i} was never started`);
       const r = await p;
       if (consume) {
+        // Not kept: a consumed result may be large (a compressed piece of an image).
+        started[i] = CONSUMED as Promise<R>;
         await consume(r, i);
         consumed = i + 1;
         pump();

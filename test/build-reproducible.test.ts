@@ -21,18 +21,26 @@ describe('SOURCE_DATE_EPOCH', () => {
   async function buildTwiceAtOnce(distro: 'flatcar' | 'coreos', provider: string, extra: string[]): Promise<string> {
     const tag = next();
     const outs = [join(work, `rep-${tag}-a`), join(work, `rep-${tag}-b`)];
-    const runs = await Promise.all(
-      outs.map((out) =>
-        oem(['build', '--provider', provider, ...ALL_FORMATS, ...extra, '--distro', distro, '--base-url', `${server.url}/${distro}/{channel}/{board}`, '--key', fixtures.key.publicKeyPath, '--cache-dir', `${out}-cache`, '--output-dir', out, '--agent', agent], {
-          env: { OEM_TMPDIR: work, SOURCE_DATE_EPOCH: '1700000000' },
-        }),
-      ),
-    );
+    const build = (out: string, cache: string) =>
+      oem(['build', '--provider', provider, ...ALL_FORMATS, ...extra, '--distro', distro, '--base-url', `${server.url}/${distro}/{channel}/{board}`, '--key', fixtures.key.publicKeyPath, '--cache-dir', cache, '--output-dir', out, '--agent', agent], {
+        env: { OEM_TMPDIR: work, SOURCE_DATE_EPOCH: '1700000000' },
+      });
+    const runs = await Promise.all(outs.map((out) => build(out, `${out}-cache`)));
     for (const r of runs) expect(r.exitCode, r.stderr).toBe(0);
+    // And once more from the first one's cache, warm: every compressed piece comes from the piece cache.
+    const warm = join(work, `rep-${tag}-warm`);
+    const again = await build(warm, `${outs[0]!}-cache`);
+    expect(again.exitCode, again.stderr).toBe(0);
+    expect(again.stderr).toMatch(/ 0\.0 MiB compressed now, (\d+) of \1 pieces from the piece cache/);
     const files = (await readdir(join(outs[0]!, provider))).sort();
     expect(files).toEqual((await readdir(join(outs[1]!, provider))).sort());
+    expect(files).toEqual((await readdir(join(warm, provider))).sort());
     expect(files.filter((f) => !/\.(DIGESTS|json|txt)$/.test(f))).toHaveLength(9);
-    for (const f of files) expect(await sha512(join(outs[1]!, provider, f)), f).toBe(await sha512(join(outs[0]!, provider, f)));
+    for (const f of files) {
+      const want = await sha512(join(outs[0]!, provider, f));
+      expect(await sha512(join(outs[1]!, provider, f)), f).toBe(want);
+      expect(await sha512(join(warm, provider, f)), `${f}, warm`).toBe(want);
+    }
     return outs[0]!;
   }
 

@@ -159,6 +159,15 @@ describe('disk formats (qemu-img as the reader)', () => {
     const aligned = await converted(raw, 'vhd');
     expect((await qemuInfo(aligned, 'vpc'))['virtual-size']).toBe(40 * MiB);
     await sameContents(raw, aligned, 'vpc');
+    // What qemu-img's own conversion writes, byte for byte, but for the footer's time, unique ID and checksum.
+    const theirs = outPath('vhd');
+    await execa('qemu-img', ['create', '-q', '-f', 'vpc', '-o', 'subformat=fixed,force_size=on', theirs, String(41 * MiB)]);
+    await execa('qemu-img', ['convert', '-n', '--target-is-zero', '-f', 'raw', '-O', 'vpc', odd, theirs]);
+    const [a, b] = [await readFile(out), await readFile(theirs)];
+    expect(a.length).toBe(b.length);
+    expect(a.subarray(0, -512).equals(b.subarray(0, -512))).toBe(true);
+    const [fa, fb] = [a.subarray(-512), b.subarray(-512)];
+    for (const [from, to] of [[0, 24], [28, 64], [84, 512]]) expect(fa.subarray(from, to).equals(fb.subarray(from, to)), `footer bytes ${from}-${to}`).toBe(true);
   });
 
   it('vhdx: dynamic, same contents', async () => {

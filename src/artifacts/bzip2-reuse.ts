@@ -9,7 +9,8 @@
  * once as there are cores. Compressed pieces are kept in the base's cache entry by the SHA-256 of their
  * bytes, so what several providers or later builds share (the agent, runs of zeros) is compressed
  * once. The output is a concatenation of standard bzip2 streams, which stock bzip2, lbzip2 and pbzip2
- * decode to exactly the built image.
+ * decode to exactly the built image. A `trailer` (what a container adds after the disk's bytes, as a
+ * fixed VHD's footer) is one more stream at the end: the .vhd.bz2 of a fixed VHD is made the same way.
  */
 import { createHash, randomBytes, type Hash } from 'node:crypto';
 import { constants } from 'node:fs';
@@ -188,7 +189,7 @@ export async function compressReusing(
   raw: string,
   out: string,
   regions: Region[],
-  opts: { pieceCache?: string; shared?: SharedPrefixes; signal?: AbortSignal } = {},
+  opts: { pieceCache?: string; shared?: SharedPrefixes; signal?: AbortSignal; trailer?: Buffer } = {},
 ): Promise<ReuseResult> {
   const signal = opts.signal;
   const tool = await bzip2Tool();
@@ -254,6 +255,11 @@ export async function compressReusing(
         changed += unit.end - unit.start;
         recompressed += await compressPieces(tool, { base: baseFh, raw: rawFh, regions }, unit.start, unit.end, sink, opts.pieceCache, signal);
       }
+    }
+    // What follows the image in the output's format (a fixed VHD's padding and footer): a stream of its own.
+    if (opts.trailer?.length) {
+      await sink(await compressBuffer(tool, opts.trailer, signal));
+      recompressed += opts.trailer.length;
     }
     ok = true;
   } catch (err) {

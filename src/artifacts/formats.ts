@@ -18,6 +18,7 @@
 import { createHash } from 'node:crypto';
 import { crc32c } from '../image/crc32c.js';
 import { mkdtemp, open, rename, rm, stat, statfs } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { basename, dirname, join } from 'node:path';
 import { OemError, describe } from '../shared/errors.js';
 import { requireTool, run } from '../tools.js';
@@ -288,19 +289,53 @@ async function vmdk(c: Ctx, out: string, adapter?: 'ide'): Promise<number> {
 }
 
 /**
- * Azure: a fixed VHD whose virtual size is a whole number of MiB (rounded up, the padding zero). The
- * VHD is created at the rounded size (sparse) and the raw image converted into it, which pads without
- * copying the raw image first; force_size keeps qemu-img from rounding to a CHS geometry.
+ * Azure: a fixed VHD whose virtual size is a whole number of MiB (rounded up, the padding zero). A
+ * fixed VHD is the disk's bytes, then the 512-byte footer qemu-img writes (made here by `qemu-img
+ * create` of an empty VHD of the same size, which costs nothing), so the raw image is copied (sparse,
+ * a reflink where the file system can) and the padding and footer appended: no conversion.
  */
 async function vhd(c: Ctx): Promise<void> {
-  const rounded = Math.max(MiB, Math.ceil(c.size / MiB) * MiB);
-  await qemuImg(['create', '-q', '-f', 'vpc', '-o', 'subformat=fixed,force_size=on', c.out, String(rounded)], 'create the VHD', c);
-  await qemuImg(['convert', '-n', '--target-is-zero', '-f', 'raw', '-O', 'vpc', c.raw, c.out], 'convert the image to VHD', c);
-  await patchVhdFooter(c.out, c);
+  const trailer = await fixedVhdTrailer(c.size, { name: c.name, mtime: c.mtime, work: c.work });
+  await tool('cp', ['--sparse=always', '--reflink=auto', '--', c.raw, c.out], `copy ${c.raw}`, c);
+  const fh = await open(c.out, 'r+');
+  try {
+    await fh.write(trailer, 0, trailer.length, c.size);
+  } finally {
+    await fh.close();
+  }
   const vs = await virtualSize(c.out, 'vpc', c);
   const fileSize = (await stat(c.out)).size;
-  if (vs !== rounded || vs % MiB !== 0 || fileSize !== vs + 512) {
-    throw new OemError(`qemu-img made a VHD of virtual size ${vs} in a file of ${fileSize} bytes; Azure needs a fixed VHD of ${rounded} + 512 bytes`);
+  if (vs % MiB !== 0 || fileSize !== vs + 512 || vs < c.size) {
+    throw new OemError(`the VHD made has virtual size ${vs} in a file of ${fileSize} bytes; Azure needs a fixed VHD of whole MiB + 512 bytes`);
+  }
+}
+
+/**
+ * What follows a disk of `size` bytes in its fixed VHD: zeros up to a whole MiB, then the footer of
+ * qemu-img (`subformat=fixed,force_size=on`) with the time and unique ID made reproducible.
+ */
+export async function fixedVhdTrailer(size: number, opts: { name: string; mtime: Date | number; work?: string }): Promise<Buffer> {
+  const rounded = Math.max(MiB, Math.ceil(size / MiB) * MiB);
+  const dir = opts.work ?? (await mkdtemp(join(tmpdir(), 'oem-vhd-')));
+  const empty = join(dir, `footer-${process.pid}.vhd`);
+  const c: Ctx = { raw: '', size, out: empty, name: opts.name, mtime: typeof opts.mtime === 'number' ? opts.mtime : epochSeconds(opts.mtime), work: dir };
+  try {
+    await requireTool('qemu-img', 'make the VHD footer');
+    await qemuImg(['create', '-q', '-f', 'vpc', '-o', 'subformat=fixed,force_size=on', empty, String(rounded)], 'make the VHD footer', c);
+    const fh = await open(empty, 'r');
+    const footer = Buffer.alloc(512);
+    try {
+      const { size: fileSize } = await fh.stat();
+      if (fileSize !== rounded + 512) throw new OemError(`qemu-img made a fixed VHD of ${fileSize} bytes for ${rounded}; expected ${rounded + 512}`);
+      await fh.read(footer, 0, 512, rounded);
+    } finally {
+      await fh.close();
+    }
+    patchVhdFooterBuffer(footer, c, empty);
+    return Buffer.concat([Buffer.alloc(rounded - size), footer]);
+  } finally {
+    await rm(empty, { force: true });
+    if (!opts.work) await rm(dir, { recursive: true, force: true });
   }
 }
 
@@ -331,24 +366,15 @@ async function setVmdkCid(path: string, cid: number): Promise<void> {
 }
 
 /** VHD footer: sets the timestamp to mtime and the unique ID to a seeded one, and fixes the checksum. */
-async function patchVhdFooter(path: string, c: Ctx): Promise<void> {
-  const fh = await open(path, 'r+');
-  try {
-    const { size } = await fh.stat();
-    const f = Buffer.alloc(512);
-    await fh.read(f, 0, 512, size - 512);
-    if (f.toString('latin1', 0, 8) !== 'conectix' || f.readUInt32BE(60) !== 2) throw new OemError(`${path} does not end in a fixed VHD footer`);
-    const VHD_EPOCH = 946_684_800; // 2000-01-01T00:00:00Z
-    f.writeUInt32BE(Math.min(0xffffffff, Math.max(0, c.mtime - VHD_EPOCH)), 24);
-    uuidInto(seeded('vhd-id', c), f, 68);
-    f.writeUInt32BE(0, 64);
-    let sum = 0;
-    for (const b of f) sum += b;
-    f.writeUInt32BE(~sum >>> 0, 64);
-    await fh.write(f, 0, 512, size - 512);
-  } finally {
-    await fh.close();
-  }
+function patchVhdFooterBuffer(f: Buffer, c: Ctx, path: string): void {
+  if (f.toString('latin1', 0, 8) !== 'conectix' || f.readUInt32BE(60) !== 2) throw new OemError(`${path} does not end in a fixed VHD footer`);
+  const VHD_EPOCH = 946_684_800; // 2000-01-01T00:00:00Z
+  f.writeUInt32BE(Math.min(0xffffffff, Math.max(0, c.mtime - VHD_EPOCH)), 24);
+  uuidInto(seeded('vhd-id', c), f, 68);
+  f.writeUInt32BE(0, 64);
+  let sum = 0;
+  for (const b of f) sum += b;
+  f.writeUInt32BE(~sum >>> 0, 64);
 }
 
 /** 32 bytes derived from the conversion's inputs, for IDs that qemu-img would make random. */

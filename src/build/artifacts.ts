@@ -5,13 +5,13 @@
  * compressed where that applies (src/artifacts/compress.ts). Each is hashed and described as it is
  * made (publish.ts).
  */
-import { rm } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
+import { rm, stat } from 'node:fs/promises';
+import { join } from 'node:path';
 import { compressReusing, type SharedPrefixes } from '../artifacts/bzip2-reuse.js';
-import { compressFile } from '../artifacts/compress.js';
+import { compressPieced, type PiecedKind } from '../artifacts/pieced.js';
 import { growDisk, showSize, type DiskGrowth } from '../artifacts/disk-size.js';
 import { COMPRESSION_SUFFIX, type Compression } from '../compression.js';
-import { artifactName, COMPRESSIBLE, convert, type Format } from '../artifacts/formats.js';
+import { artifactName, COMPRESSIBLE, convert, fixedVhdTrailer, type Format } from '../artifacts/formats.js';
 import type { SigningKey } from '../artifacts/sign.js';
 import type { BaseIndex } from '../image/base-cache.js';
 import type { Distro } from '../release/verify.js';
@@ -29,6 +29,8 @@ export interface ArtifactJob {
   /** The decoded base and its block map, for the raw .bz2 from the release's blocks (null: compress whole). */
   base: { raw: string; index: BaseIndex | null };
   prefixes: SharedPrefixes;
+  /** Where compressed pieces are kept by their content (the base's cache entry, else the run's work directory). */
+  pieceCache: string;
   signer: SigningKey | null;
   /** The time written into archives and descriptors (SOURCE_DATE_EPOCH or now). */
   mtime: Date;
@@ -43,6 +45,13 @@ export interface ArtifactJob {
 /** Whether the raw .bz2 is made from the release's own blocks (a bzip2 base and bz2 output). */
 export function reusesBlocks(job: Pick<ArtifactJob, 'base' | 'compression'>): boolean {
   return job.base.index !== null && job.compression === 'bz2';
+}
+
+/** Compressed in pieces kept in the piece cache: only what differs from earlier builds is compressed again. */
+async function pieced(input: string, out: string, job: ArtifactJob): Promise<{ tool: string; h: Hashes }> {
+  const r = await compressPieced(input, out, job.compression as PiecedKind, { cacheDir: job.pieceCache, onProgress: job.progress });
+  const mib = (n: number) => `${(n / 1048576).toFixed(1)} MiB`;
+  return { tool: `${r.tool}: ${mib(r.compressed)} compressed now, ${r.cached} of ${r.pieces} pieces from the piece cache`, h: r };
 }
 
 export async function makeArtifacts(img: WorkingImage, job: ArtifactJob): Promise<ArtifactInfo[]> {
@@ -65,21 +74,29 @@ export async function makeArtifacts(img: WorkingImage, job: ArtifactJob): Promis
     job.step(`${p}: ${name}`);
     let tool = '';
     let h: Hashes | undefined;
-    if (format === 'raw' && reusesBlocks(job) && job.base.index) {
+    // A fixed VHD is the disk's bytes and a footer: its .bz2 is the raw image's and one more stream.
+    const vhdReuse = format === 'vhd' && !grown && compress && reusesBlocks(job);
+    if ((format === 'raw' || vhdReuse) && reusesBlocks(job) && job.base.index) {
       // The release's own compressed blocks for everything this build did not change.
-      const r = await compressReusing(job.base.index, job.base.raw, img.path, out, img.written, { pieceCache: join(dirname(job.base.index.file), 'pieces'), shared: job.prefixes });
+      const size = (await stat(job.base.raw)).size;
+      const trailer = vhdReuse ? await fixedVhdTrailer(size, { name: plain.replace(/\.[^.]+$/, ''), mtime: job.mtime, work: job.work }) : undefined;
+      const r = await compressReusing(job.base.index, job.base.raw, img.path, out, img.written, {
+        pieceCache: job.pieceCache,
+        shared: job.prefixes,
+        ...(trailer ? { trailer } : {}),
+      });
       const mib = (n: number) => `${(n / 1048576).toFixed(1)} MiB`;
       tool = `${r.tool} for ${mib(r.recompressed)} (of ${mib(r.changed)} changed; the rest from the piece cache), the release's bzip2 blocks for the rest (${r.reusedBlocks} of ${r.blocks})`;
       h = r;
     } else if (format === 'raw' && compress) {
       await img.whole();
-      tool = (await compressFile(img.path, out, job.compression, undefined, job.progress)).tool;
+      ({ tool, h } = await pieced(img.path, out, job));
     } else {
       await img.whole();
       const converted = compress ? join(job.work, `${p}.${format}`) : out;
       await convert(img.path, format, converted, { name: plain.replace(/\.[^.]+$/, ''), mtime: job.mtime, onProgress: job.progress });
       if (compress) {
-        tool = (await compressFile(converted, out, job.compression, undefined, job.progress)).tool;
+        ({ tool, h } = await pieced(converted, out, job));
         await rm(converted, { force: true });
       }
     }

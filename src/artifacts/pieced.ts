@@ -1,0 +1,193 @@
+/**
+ * Compression in pieces, each kept in a cache by the SHA-256 of its bytes: the artifacts of one
+ * release differ only where a build wrote (OEM, ROOT), so what every build of every provider shares
+ * (the USR partitions, the runs of zeros) is compressed once and then only copied.
+ *
+ * The input is cut at fixed offsets into pieces of PIECE bytes; each piece is compressed on its own
+ * (a complete .bz2, .gz, .xz or .zst stream) and the output is their concatenation, which the stock
+ * tools decode as one: bzip2, lbzip2 and pbzip2, gzip (members), xz and zstd (streams, frames) all
+ * read concatenations. A piece wholly in a hole of a sparse input is not read. Pieces are compressed
+ * as many at once as there are cores, and the output is hashed as it is written.
+ *
+ *   bz2   lbzip2 -n1 -9 (else bzip2 -9)
+ *   gz    Node's zlib, level 9 (no name, no time: the same bytes on every machine with this Node)
+ *   xz    xz -6 -T1
+ *   zst   zstd -10
+ *
+ * The same input gives the same bytes, from a cold cache or a warm one. A piece compresses a little
+ * worse than the whole file would (each starts with an empty dictionary): about 1% for 8 MiB pieces.
+ */
+import { createHash, randomBytes, type Hash } from 'node:crypto';
+import { mkdir, open, readFile, rename, rm, writeFile, type FileHandle } from 'node:fs/promises';
+import { availableParallelism } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { gzip as gzipCb } from 'node:zlib';
+import type { Compression } from '../compression.js';
+import { mapInOrder } from '../concurrency.js';
+import { dataExtents } from '../image/sparse.js';
+import { OemError, describe } from '../shared/errors.js';
+import { filter, requireTool } from '../tools.js';
+import { bzip2Tool } from './compress.js';
+
+const gzip = promisify(gzipCb);
+
+/** The size of a piece: large enough for the compressors' ratio, small enough to reuse most of an image. */
+export const PIECE = 8 * 1024 * 1024;
+
+export type PiecedKind = Exclude<Compression, 'none'>;
+
+export interface PiecedResult {
+  tool: string;
+  pieces: number;
+  /** Pieces taken from the cache, and the input bytes compressed now. */
+  cached: number;
+  compressed: number;
+  size: number;
+  md5: string;
+  sha1: string;
+  sha512: string;
+}
+
+interface Codec {
+  /** Names the tool in logs, and goes into every cache key (another tool makes other bytes). */
+  id: string;
+  compress: (data: Buffer, signal?: AbortSignal) => Promise<Buffer>;
+}
+
+async function external(tool: string, args: string[], data: Buffer, signal?: AbortSignal): Promise<Buffer> {
+  const out: Buffer[] = [];
+  await filter(tool, args, data, (c) => out.push(c), {
+    ...(signal ? { signal } : {}),
+    failure: (why) => new OemError(`${tool} failed to compress: ${why}`),
+  });
+  return Buffer.concat(out);
+}
+
+async function codec(kind: PiecedKind): Promise<Codec> {
+  switch (kind) {
+    case 'bz2': {
+      const tool = await bzip2Tool();
+      const args = tool === 'lbzip2' ? ['-n1', '-9', '-c'] : ['-9', '-c'];
+      return { id: `${tool} -9`, compress: (d, s) => external(tool, args, d, s) };
+    }
+    case 'gz':
+      return { id: `node:zlib ${process.versions.zlib} -9`, compress: async (d) => gzip(d, { level: 9, memLevel: 9 }) };
+    case 'xz':
+      await requireTool('xz', 'compress to .xz');
+      return { id: 'xz -6', compress: (d, s) => external('xz', ['-6', '-T1', '-c'], d, s) };
+    case 'zst':
+      await requireTool('zstd', 'compress to .zst');
+      return { id: 'zstd -10', compress: (d, s) => external('zstd', ['-10', '-T1', '-q', '-c'], d, s) };
+    default:
+      throw new OemError(`no piecewise compression for ${JSON.stringify(kind)}`, { code: 'usage' });
+  }
+}
+
+/**
+ * Compresses `input` (and then `trailer`, bytes that follow it in the output's format) to a new file
+ * `output`, in pieces cached in `cacheDir`. `output` is removed on failure.
+ */
+export async function compressPieced(
+  input: string,
+  output: string,
+  kind: PiecedKind,
+  opts: { cacheDir: string; trailer?: Buffer; signal?: AbortSignal; onProgress?: (done: number, total: number) => void },
+): Promise<PiecedResult> {
+  const c = await codec(kind);
+  const keyPrefix = createHash('sha256').update(c.id).digest('hex').slice(0, 12);
+  await mkdir(opts.cacheDir, { recursive: true });
+  let src: FileHandle;
+  try {
+    src = await open(input, 'r');
+  } catch (err) {
+    throw new OemError(`cannot read ${input}: ${describe(err)}`, { cause: err });
+  }
+  let dst: FileHandle | undefined;
+  let created = false;
+  let ok = false;
+  const h: Record<'md5' | 'sha1' | 'sha512', Hash> = { md5: createHash('md5'), sha1: createHash('sha1'), sha512: createHash('sha512') };
+  let size = 0;
+  let cached = 0;
+  let compressed = 0;
+  try {
+    const total = (await src.stat()).size;
+    const data = await dataExtents(input, 0, total);
+    const hole = (a: number, b: number) => data !== null && !data.some(([x, y]) => x < b && a < y);
+    dst = await open(output, 'wx').catch((err: NodeJS.ErrnoException) => {
+      throw new OemError(`cannot create ${output}: ${describe(err)}`, { cause: err, ...(err.code === 'EEXIST' ? { hint: 'remove it first' } : {}) });
+    });
+    // Created exclusively: from here on a failure removes it.
+    created = true;
+    const out = dst;
+    const pieces: { at: number; len: number; bytes?: Buffer }[] = [];
+    for (let at = 0; at < total; at += PIECE) pieces.push({ at, len: Math.min(PIECE, total - at) });
+    if (opts.trailer?.length) pieces.push({ at: total, len: opts.trailer.length, bytes: opts.trailer });
+    const inFlight = new Map<string, Promise<Buffer>>();
+    const piece = async (p: (typeof pieces)[number]): Promise<Buffer> => {
+      if (opts.signal?.aborted) throw new OemError('interrupted while compressing', { code: 'interrupted' });
+      let bytes = p.bytes;
+      if (!bytes) {
+        bytes = Buffer.alloc(p.len);
+        if (!hole(p.at, p.at + p.len)) {
+          let got = 0;
+          while (got < p.len) {
+            const { bytesRead } = await src.read(bytes, got, p.len - got, p.at + got);
+            if (!bytesRead) throw new OemError(`${input} changed while it was compressed (shorter than ${total} bytes)`);
+            got += bytesRead;
+          }
+        }
+      }
+      const file = join(opts.cacheDir, `${keyPrefix}-${createHash('sha256').update(bytes).digest('hex')}.${kind}`);
+      // The same bytes at once (runs of zeros): looked up or compressed by the first, awaited by the others.
+      const running = inFlight.get(file);
+      if (running) {
+        cached++;
+        return running;
+      }
+      const data = bytes;
+      const made = (async () => {
+        const hit = await readFile(file).catch(() => null);
+        if (hit) {
+          cached++;
+          return hit;
+        }
+        const z = await c.compress(data, opts.signal);
+        compressed += data.length;
+        const tmp = `${file}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
+        await writeFile(tmp, z)
+          .then(() => rename(tmp, file))
+          .catch(() => rm(tmp, { force: true }));
+        return z;
+      })();
+      inFlight.set(file, made);
+      try {
+        return await made;
+      } finally {
+        inFlight.delete(file);
+      }
+    };
+    let done = 0;
+    await mapInOrder(pieces, availableParallelism() + 1, piece, async (z, i) => {
+      for (const x of Object.values(h)) x.update(z);
+      let w = 0;
+      while (w < z.length) w += (await out.write(z, w, z.length - w)).bytesWritten;
+      size += z.length;
+      done += pieces[i]!.len;
+      opts.onProgress?.(done, total + (opts.trailer?.length ?? 0));
+    });
+    if (opts.signal?.aborted) throw new OemError('interrupted while compressing', { code: 'interrupted' });
+    dst = undefined;
+    await out.close();
+    ok = true;
+    return { tool: `${c.id} in ${PIECE / 1048576} MiB pieces`, pieces: pieces.length, cached, compressed, size, md5: h.md5.digest('hex'), sha1: h.sha1.digest('hex'), sha512: h.sha512.digest('hex') };
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOSPC' || code === 'EDQUOT') throw new OemError(`no space left on the device while writing ${output}`, { code: 'noSpace', hint: 'free some space or write the output elsewhere' });
+    throw err;
+  } finally {
+    await src.close();
+    await dst?.close().catch(() => undefined);
+    if (!ok && created) await rm(output, { force: true });
+  }
+}

@@ -1,0 +1,102 @@
+/**
+ * compressPieced: the concatenated pieces decode with the stock tools to exactly the input (and the
+ * trailer), the same bytes come from a cold and a warm cache, only changed pieces are compressed
+ * again, holes are not read, and failures leave no output.
+ */
+import { execa } from 'execa';
+import { createHash, randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { mkdtemp, open, readFile, readdir, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { compressPieced, PIECE, type PiecedKind } from '../src/artifacts/pieced.js';
+
+let work: string;
+/** Three pieces and a bit: random data and text, a hole of two whole pieces, and a partial last piece. */
+let input: string;
+const SIZE = 3 * PIECE + 12345;
+
+const DECODERS: Record<PiecedKind, string[]> = {
+  bz2: ['bzip2 -dc', 'lbzip2 -dc', 'pbzip2 -dc'],
+  gz: ['gzip -dc'],
+  xz: ['xz -dc'],
+  zst: ['zstd -dcq'],
+};
+
+async function decodesTo(cmd: string, file: string, expected: string): Promise<void> {
+  const r = await execa('bash', ['-o', 'pipefail', '-c', `${cmd} < "$1" | cmp - "$2"`, 'bash', file, expected], { reject: false });
+  expect(r.exitCode, `${cmd}: ${r.stderr}${r.stdout}`).toBe(0);
+}
+
+const sha512 = async (p: string) => createHash('sha512').update(await readFile(p)).digest('hex');
+
+beforeAll(async () => {
+  work = await mkdtemp(join(tmpdir(), 'oem-pieced-test-'));
+  input = join(work, 'input.bin');
+  const fh = await open(input, 'wx');
+  try {
+    await fh.truncate(SIZE);
+    await fh.write(randomBytes(64 * 1024), 0, 64 * 1024, 1000);
+    await fh.write(Buffer.from('flatcar oem piece\n'.repeat(4000)), 0, 72000, 200_000);
+    await fh.write(randomBytes(100), 0, 100, SIZE - 100);
+  } finally {
+    await fh.close();
+  }
+});
+afterAll(async () => {
+  await rm(work, { recursive: true, force: true });
+});
+
+describe('compressPieced', () => {
+  for (const kind of ['bz2', 'gz', 'xz', 'zst'] as const) {
+    it(`${kind}: decodes with ${DECODERS[kind].map((d) => d.split(' ')[0]).join(', ')} to the input; the same bytes warm and cold`, async () => {
+      const cache = join(work, `cache-${kind}`);
+      const a = join(work, `a.${kind}`);
+      const first = await compressPieced(input, a, kind, { cacheDir: cache });
+      expect(first.pieces).toBe(4);
+      // The two pieces of the hole are one piece of zeros: compressed once, then taken from the cache.
+      expect(first.compressed).toBeLessThanOrEqual(SIZE - PIECE);
+      expect(first.sha512).toBe(await sha512(a));
+      for (const d of DECODERS[kind]) await decodesTo(d, a, input);
+      // Warm: nothing compressed, the same bytes.
+      const b = join(work, `b.${kind}`);
+      const second = await compressPieced(input, b, kind, { cacheDir: cache });
+      expect(second).toMatchObject({ cached: 4, compressed: 0, sha512: first.sha512, size: first.size });
+      // Another cache, cold: the same bytes again.
+      const c = join(work, `c.${kind}`);
+      expect((await compressPieced(input, c, kind, { cacheDir: join(work, `other-${kind}`) })).sha512).toBe(first.sha512);
+      for (const f of [a, b, c]) await rm(f);
+    });
+  }
+
+  it('compresses again only the pieces that changed, and appends a trailer as one more stream', async () => {
+    const cache = join(work, 'cache-change');
+    await compressPieced(input, join(work, 'before.bz2'), 'bz2', { cacheDir: cache });
+    const changed = join(work, 'changed.bin');
+    await execa('cp', ['--sparse=always', input, changed]);
+    const fh = await open(changed, 'r+');
+    await fh.write(Buffer.from('changed'), 0, 7, PIECE + 5);
+    await fh.close();
+    const trailer = Buffer.concat([Buffer.alloc(1000), Buffer.from('conectix-like footer')]);
+    const out = join(work, 'changed.bz2');
+    const r = await compressPieced(changed, out, 'bz2', { cacheDir: cache, trailer });
+    expect(r.pieces).toBe(5);
+    expect(r.compressed).toBe(PIECE + trailer.length);
+    const whole = join(work, 'whole.bin');
+    await execa('sh', ['-c', `cat "$1" > "$3" && printf '%s' "$2" | base64 -d >> "$3"`, 'sh', changed, trailer.toString('base64'), whole]);
+    await decodesTo('bzip2 -dc', out, whole);
+    await decodesTo('lbzip2 -dc', out, whole);
+  });
+
+  it('refuses an existing output, and removes the partial output when interrupted', async () => {
+    const out = join(work, 'exists.gz');
+    await writeFile(out, 'mine');
+    await expect(compressPieced(input, out, 'gz', { cacheDir: join(work, 'c1') })).rejects.toThrow(/cannot create .*exists\.gz.*EEXIST|already exists/);
+    expect(await readFile(out, 'utf8')).toBe('mine');
+    const aborted = join(work, 'aborted.xz');
+    await expect(compressPieced(input, aborted, 'xz', { cacheDir: join(work, 'c2'), signal: AbortSignal.abort() })).rejects.toMatchObject({ code: 'interrupted' });
+    expect(existsSync(aborted)).toBe(false);
+    expect((await readdir(work)).filter((f) => f.startsWith('aborted'))).toEqual([]);
+  });
+});
