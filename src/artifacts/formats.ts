@@ -296,6 +296,7 @@ async function vmdk(c: Ctx, out: string, adapter?: 'ide'): Promise<number> {
  */
 async function vhd(c: Ctx): Promise<void> {
   const trailer = await fixedVhdTrailer(c.size, { name: c.name, mtime: c.mtime, work: c.work });
+  c.onProgress?.(0, c.size + trailer.length);
   await tool('cp', ['--sparse=always', '--reflink=auto', '--', c.raw, c.out], `copy ${c.raw}`, c);
   const fh = await open(c.out, 'r+');
   try {
@@ -303,6 +304,7 @@ async function vhd(c: Ctx): Promise<void> {
   } finally {
     await fh.close();
   }
+  c.onProgress?.(c.size + trailer.length, c.size + trailer.length);
   const vs = await virtualSize(c.out, 'vpc', c);
   const fileSize = (await stat(c.out)).size;
   if (vs % MiB !== 0 || fileSize !== vs + 512 || vs < c.size) {
