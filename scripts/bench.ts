@@ -13,7 +13,7 @@
  *   2. the same with lbzip2 both ways;
  *   3. oem build --provider ec2 --format raw, cache cold (release downloaded, not yet decoded), warm;
  *   4. oem build for 4 providers and for all providers, cold, one run each;
- *   5. one row per format: ec2 built with that format alone (default compression), warm and cold; raw
+ *   5. one row per format: ec2 built with that format alone (default compression), cold, then warm; raw
  *      with --compress zst; and every default format of every provider, cold.
  * Runs 1-4 write the same as the recipes: the raw image as .bin.bz2, OEM content and an SSH key.
  * Prints a table with ratios and the targets (the oem runs against the lbzip2 recipe), and writes bench/results/<time>.json and
@@ -163,21 +163,25 @@ async function main(): Promise<void> {
     results.push(await build('oem all providers, cold', ['--all-providers']));
     const providers = (JSON.parse((await execa(process.execPath, [BIN, 'providers', '--json'])).stdout) as unknown[]).length;
 
-    // One row per format (issue 19): ec2 with that format alone and its default compression, warm (the
-    // base decoded and its pieces cached by the runs above) and cold; then raw with --compress zst, and
-    // every default format of every provider, cold.
+    // One row per format (issue 19): ec2 with that format alone and its default compression, cold (the
+    // release downloaded, nothing decoded or compressed yet), then warm (built again from that cache:
+    // the base decoded, the compressed pieces kept); then raw with --compress zst, and every default
+    // format of every provider, cold. With --skip-cold-formats the first build is from the base the
+    // runs above decoded, with no pieces of that format yet.
     const formats = values.formats ? String(values.formats).split(',') : [...FORMATS];
-    const buildAs = (name: string, args: string[]) => timed(name, [process.execPath, BIN, 'build', '--provider', 'ec2', ...args, '--ssh-key', sshKey, ...common, '--output-dir', join(work, 'fmt')]);
-    for (const f of formats) {
+    const buildAs = async (name: string, args: string[]) => {
       await rm(join(work, 'fmt'), { recursive: true, force: true });
-      results.push(await buildAs(`format ${f}, warm`, ['--format', f]));
-      if (!values['skip-cold-formats']) {
+      return timed(name, [process.execPath, BIN, 'build', '--provider', 'ec2', ...args, '--ssh-key', sshKey, ...common, '--output-dir', join(work, 'fmt')]);
+    };
+    for (const f of formats) {
+      if (values['skip-cold-formats']) await buildAs(`format ${f}, first`, ['--format', f]);
+      else {
         await cold();
-        await rm(join(work, 'fmt'), { recursive: true, force: true });
         results.push(await buildAs(`format ${f}, cold`, ['--format', f]));
       }
+      results.push(await buildAs(`format ${f}, warm`, ['--format', f]));
     }
-    await rm(join(work, 'fmt'), { recursive: true, force: true });
+    await buildAs('format raw --compress zst, first', ['--format', 'raw', '--compress', 'zst']);
     results.push(await buildAs('format raw --compress zst, warm', ['--format', 'raw', '--compress', 'zst']));
     await rm(join(work, 'fmt'), { recursive: true, force: true });
     await cold();

@@ -100,7 +100,27 @@ async function extraArgs(tool: string, src: FileHandle): Promise<string[]> {
 
 const NO_SPACE = /No space left on device|ENOSPC/i;
 
-function noSpace(output: string): OemError {
+/** Opens a compressor's input; a failure names it. */
+export async function openInput(input: string): Promise<FileHandle> {
+  try {
+    return await open(input, 'r');
+  } catch (err) {
+    throw new OemError(`cannot read ${input}: ${describe(err)}`, { cause: err });
+  }
+}
+
+/** Creates a compressor's output exclusively (an existing file is never replaced); a failure names it. */
+export async function createOutput(output: string): Promise<FileHandle> {
+  try {
+    return await open(output, 'wx');
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    if (e.code === 'ENOSPC') throw noSpace(output);
+    throw new OemError(`cannot create ${output}: ${describe(err)}`, { cause: err, ...(e.code === 'EEXIST' ? { hint: 'remove it first' } : {}) });
+  }
+}
+
+export function noSpace(output: string): OemError {
   return new OemError(`no space left on the device while writing ${output}`, { code: 'noSpace', hint: 'free some space or write the output elsewhere' });
 }
 
@@ -129,25 +149,14 @@ export async function compressFile(
 ): Promise<{ tool: string }> {
   const plan = await planFor(kind);
   if (signal?.aborted) throw new OemError('interrupted while compressing', { code: 'interrupted' });
-  let src: FileHandle;
-  try {
-    src = await open(input, 'r');
-  } catch (err) {
-    throw new OemError(`cannot read ${input}: ${describe(err)}`, { cause: err });
-  }
+  const src = await openInput(input);
   let dst: FileHandle | undefined;
   let created = false;
   let ok = false;
   try {
-    try {
-      dst = await open(output, 'wx');
-      created = true;
-    } catch (err) {
-      const e = err as NodeJS.ErrnoException;
-      if (e.code === 'ENOSPC') throw noSpace(output);
-      throw new OemError(`cannot create ${output}: ${describe(err)}`, { cause: err, ...(e.code === 'EEXIST' ? { hint: 'remove it first' } : {}) });
-    }
+    dst = await createOutput(output);
     // Created exclusively: from here on a failure removes it.
+    created = true;
     if (plan.kind === 'zlib') {
       // The streams close the handles when done (with autoClose false, pipeline() would wait
       // forever for their 'close'); closing them again below does nothing.

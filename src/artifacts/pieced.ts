@@ -18,7 +18,7 @@
  * worse than the whole file would (each starts with an empty dictionary): about 1% for 8 MiB pieces.
  */
 import { createHash, randomBytes, type Hash } from 'node:crypto';
-import { mkdir, open, readFile, rename, rm, writeFile, type FileHandle } from 'node:fs/promises';
+import { mkdir, readFile, rename, rm, writeFile, type FileHandle } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -26,9 +26,9 @@ import { gzip as gzipCb } from 'node:zlib';
 import type { Compression } from '../compression.js';
 import { mapInOrder } from '../concurrency.js';
 import { dataExtents } from '../image/sparse.js';
-import { OemError, describe } from '../shared/errors.js';
+import { OemError } from '../shared/errors.js';
 import { filter, requireTool } from '../tools.js';
-import { bzip2Tool } from './compress.js';
+import { bzip2Tool, createOutput, noSpace, openInput } from './compress.js';
 
 const gzip = promisify(gzipCb);
 
@@ -97,12 +97,7 @@ export async function compressPieced(
   const c = await codec(kind);
   const keyPrefix = createHash('sha256').update(c.id).digest('hex').slice(0, 12);
   await mkdir(opts.cacheDir, { recursive: true });
-  let src: FileHandle;
-  try {
-    src = await open(input, 'r');
-  } catch (err) {
-    throw new OemError(`cannot read ${input}: ${describe(err)}`, { cause: err });
-  }
+  const src = await openInput(input);
   let dst: FileHandle | undefined;
   let created = false;
   let ok = false;
@@ -114,9 +109,7 @@ export async function compressPieced(
     const total = (await src.stat()).size;
     const data = await dataExtents(input, 0, total);
     const hole = (a: number, b: number) => data !== null && !data.some(([x, y]) => x < b && a < y);
-    dst = await open(output, 'wx').catch((err: NodeJS.ErrnoException) => {
-      throw new OemError(`cannot create ${output}: ${describe(err)}`, { cause: err, ...(err.code === 'EEXIST' ? { hint: 'remove it first' } : {}) });
-    });
+    dst = await createOutput(output);
     // Created exclusively: from here on a failure removes it.
     created = true;
     const out = dst;
@@ -183,7 +176,7 @@ export async function compressPieced(
     return { tool: `${c.id} in ${PIECE / 1048576} MiB pieces`, pieces: pieces.length, cached, compressed, size, md5: h.md5.digest('hex'), sha1: h.sha1.digest('hex'), sha512: h.sha512.digest('hex') };
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
-    if (code === 'ENOSPC' || code === 'EDQUOT') throw new OemError(`no space left on the device while writing ${output}`, { code: 'noSpace', hint: 'free some space or write the output elsewhere' });
+    if (code === 'ENOSPC' || code === 'EDQUOT') throw noSpace(output);
     throw err;
   } finally {
     await src.close();
