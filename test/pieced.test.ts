@@ -5,12 +5,14 @@
  */
 import { execa } from 'execa';
 import { createHash, randomBytes } from 'node:crypto';
-import { existsSync } from 'node:fs';
+import { createWriteStream, existsSync } from 'node:fs';
 import { mkdtemp, open, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { compressPieced, PIECE, type PiecedKind } from '../src/artifacts/pieced.js';
+import { compressPieced, piecedGzip, PIECE, type PiecedKind } from '../src/artifacts/pieced.js';
 
 let work: string;
 /** Three pieces and a bit: random data and text, a hole of two whole pieces, and a partial last piece. */
@@ -87,6 +89,30 @@ describe('compressPieced', () => {
     await execa('sh', ['-c', `cat "$1" > "$3" && printf '%s' "$2" | base64 -d >> "$3"`, 'sh', changed, trailer.toString('base64'), whole]);
     await decodesTo('bzip2 -dc', out, whole);
     await decodesTo('lbzip2 -dc', out, whole);
+  });
+
+  it('piecedGzip: a stream (an archive) in pieces that gzip reads as the stream; the same bytes warm', async () => {
+    const cache = join(work, 'cache-stream');
+    const run = async (out: string) => {
+      const gz = piecedGzip({ cacheDir: cache, level: 6 });
+      // Chunks of odd sizes, as a pipe delivers them.
+      const data = await readFile(input);
+      const chunks = function* () {
+        for (let at = 0; at < data.length; at += 65_537) yield data.subarray(at, at + 65_537);
+      };
+      await pipeline(Readable.from(chunks()), gz, createWriteStream(out));
+      return gz.store;
+    };
+    const a = join(work, 'stream-a.gz');
+    const first = await run(a);
+    expect(first.compressed).toBeLessThanOrEqual(SIZE - PIECE);
+    await decodesTo('gzip -dc', a, input);
+    expect((await execa('gzip', ['-t', a], { reject: false })).exitCode).toBe(0);
+    const b = join(work, 'stream-b.gz');
+    const second = await run(b);
+    expect(second.compressed).toBe(0);
+    expect(second.cached).toBe(4);
+    expect(await sha512(b)).toBe(await sha512(a));
   });
 
   it('refuses an existing output, and removes the partial output when interrupted', async () => {

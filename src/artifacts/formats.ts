@@ -94,6 +94,8 @@ export interface ConvertOptions {
   signal?: AbortSignal;
   /** How far the running step of the conversion is (qemu-img's own progress, or bytes archived). */
   onProgress?: (done: number, total: number) => void;
+  /** Where gzip'd archives keep their compressed pieces by content (pieced.ts); none: one gzip stream. */
+  pieceCache?: string;
 }
 
 const MiB = 1024 * 1024;
@@ -116,7 +118,17 @@ export async function convert(raw: string, format: Format, out: string, opts: Co
   }
   if (await exists(out, { follow: false })) throw new OemError(`${out} already exists`);
 
-  const ctx: Ctx = { raw, size, out, name: opts.name, mtime, ...(opts.signal ? { signal: opts.signal } : {}), ...(opts.onProgress ? { onProgress: opts.onProgress } : {}), work: '' };
+  const ctx: Ctx = {
+    raw,
+    size,
+    out,
+    name: opts.name,
+    mtime,
+    ...(opts.signal ? { signal: opts.signal } : {}),
+    ...(opts.onProgress ? { onProgress: opts.onProgress } : {}),
+    ...(opts.pieceCache ? { pieceCache: opts.pieceCache } : {}),
+    work: '',
+  };
   try {
     opts.signal?.throwIfAborted();
     ctx.work = await mkdtemp(join(dirname(out), `.${basename(out)}.work-`));
@@ -139,6 +151,7 @@ interface Ctx {
   mtime: number;
   signal?: AbortSignal;
   onProgress?: (done: number, total: number) => void;
+  pieceCache?: string;
   /** An empty directory next to `out`, removed afterwards. */
   work: string;
 }
@@ -265,6 +278,7 @@ const CONVERTERS: Record<Format, (c: Ctx) => Promise<void>> = {
         stage: join(c.work, 'archive'),
         ...(c.signal ? { signal: c.signal } : {}),
         ...(c.onProgress ? { onProgress: c.onProgress } : {}),
+        ...(c.pieceCache ? { pieceCache: c.pieceCache } : {}),
       },
     );
   },
@@ -592,5 +606,6 @@ async function archive(c: Ctx, entries: TarEntry[], format: TarFormat, gzip: boo
     stage: join(c.work, 'archive'),
     ...(c.signal ? { signal: c.signal } : {}),
     ...(c.onProgress ? { onProgress: c.onProgress } : {}),
+    ...(c.pieceCache ? { pieceCache: c.pieceCache } : {}),
   });
 }

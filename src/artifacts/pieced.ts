@@ -20,6 +20,7 @@
 import { createHash, randomBytes, type Hash } from 'node:crypto';
 import { mkdir, readFile, rename, rm, writeFile, type FileHandle } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
+import { Transform } from 'node:stream';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { gzip as gzipCb } from 'node:zlib';
@@ -84,6 +85,94 @@ async function codec(kind: PiecedKind): Promise<Codec> {
   }
 }
 
+/** Compressed pieces by content: from the cache, from a compression running for the same bytes, or compressed now. */
+class PieceStore {
+  cached = 0;
+  compressed = 0;
+  private readonly inFlight = new Map<string, Promise<Buffer>>();
+  private readonly keyPrefix: string;
+  constructor(
+    private readonly c: Codec,
+    private readonly cacheDir: string,
+    private readonly ext: string,
+    private readonly signal?: AbortSignal,
+  ) {
+    this.keyPrefix = createHash('sha256').update(c.id).digest('hex').slice(0, 12);
+  }
+
+  get(bytes: Buffer): Promise<Buffer> {
+    if (this.signal?.aborted) return Promise.reject(new OemError('interrupted while compressing', { code: 'interrupted' }));
+    const file = join(this.cacheDir, `${this.keyPrefix}-${createHash('sha256').update(bytes).digest('hex')}.${this.ext}`);
+    // The same bytes at once (runs of zeros): looked up or compressed by the first, awaited by the others.
+    const running = this.inFlight.get(file);
+    if (running) {
+      this.cached++;
+      return running;
+    }
+    const made = (async () => {
+      const hit = await readFile(file).catch(() => null);
+      if (hit) {
+        this.cached++;
+        return hit;
+      }
+      const z = await this.c.compress(bytes, this.signal);
+      this.compressed += bytes.length;
+      const tmp = `${file}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
+      await writeFile(tmp, z)
+        .then(() => rename(tmp, file))
+        .catch(() => rm(tmp, { force: true }));
+      return z;
+    })();
+    this.inFlight.set(file, made);
+    return made.finally(() => this.inFlight.delete(file));
+  }
+}
+
+/** A promise that may be left unawaited when the stream fails first: its rejection is not unhandled. */
+function handled<T>(p: Promise<T>): Promise<T> {
+  p.catch(() => undefined);
+  return p;
+}
+
+/**
+ * A stream's gzip in pieces (the archives: GNU tar's output): the same multi-member gzip as
+ * compressPieced, at `level`, cut from the stream every PIECE bytes. Pieces are compressed as many at
+ * once as there are cores, in order; the stream waits while they are.
+ */
+export function piecedGzip(opts: { cacheDir: string; level: number; signal?: AbortSignal }): Transform & { store: PieceStore } {
+  const store = new PieceStore({ id: `node:zlib ${process.versions.zlib} -${opts.level}`, compress: async (d) => gzip(d, { level: opts.level }) }, opts.cacheDir, 'gz', opts.signal);
+  const limit = availableParallelism() + 1;
+  const queue: Promise<Buffer>[] = [];
+  let pending: Buffer[] = [];
+  let pendingLength = 0;
+  let ready: Promise<unknown> | undefined;
+  const t = new Transform({
+    transform(chunk: Buffer, _enc, cb) {
+      void (async () => {
+        ready ??= mkdir(opts.cacheDir, { recursive: true });
+        await ready;
+        pending.push(chunk);
+        pendingLength += chunk.length;
+        while (pendingLength >= PIECE) {
+          const all = Buffer.concat(pending);
+          queue.push(handled(store.get(all.subarray(0, PIECE))));
+          pending = [all.subarray(PIECE)];
+          pendingLength = all.length - PIECE;
+          while (queue.length >= limit) t.push(await queue.shift()!);
+        }
+      })().then(() => cb(), (err: unknown) => cb(err as Error));
+    },
+    flush(cb) {
+      void (async () => {
+        await ready;
+        if (pendingLength > 0) queue.push(handled(store.get(Buffer.concat(pending))));
+        while (queue.length) t.push(await queue.shift()!);
+      })().then(() => cb(), (err: unknown) => cb(err as Error));
+    },
+  });
+  return Object.assign(t, { store });
+}
+
 /**
  * Compresses `input` (and then `trailer`, bytes that follow it in the output's format) to a new file
  * `output`, in pieces cached in `cacheDir`. `output` is removed on failure.
@@ -95,7 +184,7 @@ export async function compressPieced(
   opts: { cacheDir: string; trailer?: Buffer; signal?: AbortSignal; onProgress?: (done: number, total: number) => void },
 ): Promise<PiecedResult> {
   const c = await codec(kind);
-  const keyPrefix = createHash('sha256').update(c.id).digest('hex').slice(0, 12);
+  const store = new PieceStore(c, opts.cacheDir, kind, opts.signal);
   await mkdir(opts.cacheDir, { recursive: true });
   const src = await openInput(input);
   let dst: FileHandle | undefined;
@@ -103,8 +192,6 @@ export async function compressPieced(
   let ok = false;
   const h: Record<'md5' | 'sha1' | 'sha512', Hash> = { md5: createHash('md5'), sha1: createHash('sha1'), sha512: createHash('sha512') };
   let size = 0;
-  let cached = 0;
-  let compressed = 0;
   try {
     const total = (await src.stat()).size;
     const data = await dataExtents(input, 0, total);
@@ -116,7 +203,6 @@ export async function compressPieced(
     const pieces: { at: number; len: number; bytes?: Buffer }[] = [];
     for (let at = 0; at < total; at += PIECE) pieces.push({ at, len: Math.min(PIECE, total - at) });
     if (opts.trailer?.length) pieces.push({ at: total, len: opts.trailer.length, bytes: opts.trailer });
-    const inFlight = new Map<string, Promise<Buffer>>();
     const piece = async (p: (typeof pieces)[number]): Promise<Buffer> => {
       if (opts.signal?.aborted) throw new OemError('interrupted while compressing', { code: 'interrupted' });
       let bytes = p.bytes;
@@ -131,34 +217,7 @@ export async function compressPieced(
           }
         }
       }
-      const file = join(opts.cacheDir, `${keyPrefix}-${createHash('sha256').update(bytes).digest('hex')}.${kind}`);
-      // The same bytes at once (runs of zeros): looked up or compressed by the first, awaited by the others.
-      const running = inFlight.get(file);
-      if (running) {
-        cached++;
-        return running;
-      }
-      const data = bytes;
-      const made = (async () => {
-        const hit = await readFile(file).catch(() => null);
-        if (hit) {
-          cached++;
-          return hit;
-        }
-        const z = await c.compress(data, opts.signal);
-        compressed += data.length;
-        const tmp = `${file}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
-        await writeFile(tmp, z)
-          .then(() => rename(tmp, file))
-          .catch(() => rm(tmp, { force: true }));
-        return z;
-      })();
-      inFlight.set(file, made);
-      try {
-        return await made;
-      } finally {
-        inFlight.delete(file);
-      }
+      return store.get(bytes);
     };
     let done = 0;
     await mapInOrder(pieces, availableParallelism() + 1, piece, async (z, i) => {
@@ -173,7 +232,7 @@ export async function compressPieced(
     dst = undefined;
     await out.close();
     ok = true;
-    return { tool: `${c.id} in ${PIECE / 1048576} MiB pieces`, pieces: pieces.length, cached, compressed, size, md5: h.md5.digest('hex'), sha1: h.sha1.digest('hex'), sha512: h.sha512.digest('hex') };
+    return { tool: `${c.id} in ${PIECE / 1048576} MiB pieces`, pieces: pieces.length, cached: store.cached, compressed: store.compressed, size, md5: h.md5.digest('hex'), sha1: h.sha1.digest('hex'), sha512: h.sha512.digest('hex') };
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     if (code === 'ENOSPC' || code === 'EDQUOT') throw noSpace(output);

@@ -6,7 +6,8 @@
  * (--no-recursion) with fixed owner (root:0), mode (0644 files, 0755 directories) and mtime, so the
  * same inputs give the same bytes. `gnu` is GNU tar's format (base-256 sizes, long names); `ustar` is POSIX
  * ustar, with a pax header only where ustar cannot say it (a name over 100 bytes, a size of 8 GiB or
- * more). The output is streamed through node:zlib for .gz; nothing is held in memory.
+ * more). The output is streamed through node:zlib for .gz (in pieces kept by content when given a
+ * piece cache, see pieced.ts); nothing is held in memory but a few pieces.
  */
 import { execa } from 'execa';
 import { createWriteStream } from 'node:fs';
@@ -17,6 +18,7 @@ import { pipeline } from 'node:stream/promises';
 import { createGzip } from 'node:zlib';
 import { OemError } from '../shared/errors.js';
 import { requireTool, toolEnv } from '../tools.js';
+import { piecedGzip } from './pieced.js';
 
 export type TarFormat = 'gnu' | 'ustar';
 
@@ -53,6 +55,8 @@ export interface TarOptions {
   signal?: AbortSignal;
   /** Bytes of the archive written so far, of about `total`. */
   onProgress?: (done: number, total: number) => void;
+  /** gzip in pieces kept here by content (pieced.ts), so that unchanged parts are compressed once. */
+  pieceCache?: string;
 }
 
 /** The archive `out` (which must not exist) holding `entries` in this order. */
@@ -111,7 +115,8 @@ export async function writeTar(out: string, entries: TarEntry[], o: TarOptions):
   const dest = createWriteStream(out, { flags: 'wx' });
   const opts = o.signal ? { signal: o.signal } : {};
   // node:zlib writes no file name and mtime 0 into the gzip header: the output depends on the data only.
-  const written = o.gzip ? pipeline(sub.stdout, count, createGzip({ level: 6 }), dest, opts) : pipeline(sub.stdout, count, dest, opts);
+  const gz = o.pieceCache ? piecedGzip({ cacheDir: o.pieceCache, level: 6, ...(o.signal ? { signal: o.signal } : {}) }) : createGzip({ level: 6 });
+  const written = o.gzip ? pipeline(sub.stdout, count, gz, dest, opts) : pipeline(sub.stdout, count, dest, opts);
   const [r, writeError] = await Promise.all([sub, written.then(() => null, (err: unknown) => err)]);
   if (r.isCanceled || o.signal?.aborted) throw new OemError('interrupted while archiving', { code: 'interrupted' });
   if (r.exitCode !== 0) {

@@ -94,7 +94,7 @@ export async function makeArtifacts(img: WorkingImage, job: ArtifactJob): Promis
     } else {
       await img.whole();
       const converted = compress ? join(job.work, `${p}.${format}`) : out;
-      await convert(img.path, format, converted, { name: plain.replace(/\.[^.]+$/, ''), mtime: job.mtime, onProgress: job.progress });
+      await convert(img.path, format, converted, { name: plain.replace(/\.[^.]+$/, ''), mtime: job.mtime, onProgress: job.progress, pieceCache: job.pieceCache });
       if (compress) {
         ({ tool, h } = await pieced(converted, out, job));
         await rm(converted, { force: true });
