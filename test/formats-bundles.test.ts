@@ -550,8 +550,15 @@ describe('failures leave nothing under the output name', () => {
   }
 
   const cases: [what: string, replace: Record<string, string | null>][] = [
-    // qemu-img writes part of its output, then fails.
-    ['qemu-img fails mid-conversion', { 'qemu-img': 'if [ "$1" = convert ]; then for a; do last=$a; done; head -c 65536 /dev/zero > "$last"; echo "qemu-img: write failed" >&2; exit 1; fi\nexec "$REAL" "$@"' }],
+    // qemu-img writes part of its output, then fails (converting, or creating the VMDK that vmdk.ts fills).
+    [
+      'qemu-img fails mid-conversion',
+      {
+        'qemu-img':
+          'case "$1" in\n  convert) for a; do last=$a; done; head -c 65536 /dev/zero > "$last"; echo "qemu-img: write failed" >&2; exit 1 ;;\n' +
+          '  create) for a; do prev=$last; last=$a; done; head -c 512 /dev/zero > "$prev"; echo "qemu-img: write failed" >&2; exit 1 ;;\nesac\nexec "$REAL" "$@"',
+      },
+    ],
     // tar writes part of the archive, then fails.
     ['tar fails mid-archive', { tar: 'head -c 100000 /dev/zero; echo "tar: member: Cannot stat" >&2; exit 2' }],
     ['qemu-img is missing', { 'qemu-img': null }],

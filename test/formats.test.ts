@@ -7,7 +7,7 @@ import { execa } from 'execa';
 import { createHash } from 'node:crypto';
 import { link, mkdir, mkdtemp, open, readFile, readdir, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { COMPRESSIBLE, FORMATS, FORMAT_EXTENSION, artifactName, convert, normalizeVhdx, type Format } from '../src/artifacts/formats.js';
@@ -135,6 +135,21 @@ describe('disk formats (qemu-img as the reader)', () => {
     const descriptor = (await readFile(out)).subarray(512, 2048).toString('latin1');
     expect(descriptor).toContain(`SPARSE "${NAME}.vmdk"`);
     expect(descriptor).toMatch(/^CID=[0-9a-f]{8}$/m);
+    // Laid out as qemu-img's own conversion: the same header, descriptor (but the random CID), grain
+    // directories and grain tables, so every grain at the same place; then an end-of-stream marker.
+    const theirs = join(dir, `theirs-${++n}`, `${NAME}.vmdk`);
+    await execa('mkdir', ['-p', dirname(theirs)]);
+    await execa('qemu-img', ['convert', '-f', 'raw', '-O', 'vmdk', '-o', 'subformat=streamOptimized', raw, theirs]);
+    const [a, b] = [await readFile(out), await readFile(theirs)];
+    const overhead = Number(a.readBigUInt64LE(64)) * 512;
+    const noCid = (x: Buffer) => x.subarray(0, overhead).toString('latin1').replace(/^CID=[0-9a-f]{8}$/m, 'CID=');
+    expect(noCid(a)).toBe(noCid(b));
+    const tables = (x: Buffer) => {
+      const gd = Number(x.readBigUInt64LE(56)) * 512;
+      return [0, 1, 2, 3].map((t) => x.readUInt32LE(gd + t * 4)).filter(Boolean).map((s) => x.subarray(s * 512, s * 512 + 2048).toString('hex')).join('');
+    };
+    expect(tables(a)).toBe(tables(b));
+    expect(a.subarray(-512).equals(Buffer.alloc(512))).toBe(true);
   });
 
   it('vhd: fixed, virtual size rounded up to whole MiB, footer time = mtime, padding zero', async () => {

@@ -25,6 +25,7 @@ import { requireTool, run } from '../tools.js';
 import { exists } from '../shared/safe-fs.js';
 import { hashFile } from './hash.js';
 import { writeTar, type TarEntry, type TarFormat } from './tar.js';
+import { writeVmdkGrains } from './vmdk.js';
 import {
   PARALLELS_BASE_SNAPSHOT,
   PARALLELS_OUI,
@@ -295,9 +296,21 @@ async function qcow2(c: Ctx, out: string): Promise<void> {
  * A streamOptimized VMDK (what EC2, VMware and VirtualBox import) with a reproducible CID; returns its
  * virtual size. `adapter` sets the descriptor's ddb.adapterType (qemu-img's default is ide).
  */
+/**
+ * A streamOptimized VMDK: qemu-img makes the empty disk (header, descriptor and grain directories, as
+ * it would for a conversion), vmdk.ts writes the grains in qemu-img's layout, from the piece cache
+ * where the disk did not change.
+ */
 async function vmdk(c: Ctx, out: string, adapter?: 'ide'): Promise<number> {
   const options = adapter ? `subformat=streamOptimized,adapter_type=${adapter}` : 'subformat=streamOptimized';
-  await qemuImg(['convert', '-f', 'raw', '-O', 'vmdk', '-o', options, c.raw, out], 'convert the image to VMDK', c);
+  await qemuImg(['create', '-q', '-f', 'vmdk', '-o', options, out, String(c.size)], 'create the VMDK', c);
+  try {
+    await writeVmdkGrains(c.raw, out, { ...(c.pieceCache ? { cacheDir: c.pieceCache } : {}), ...(c.signal ? { signal: c.signal } : {}), ...(c.onProgress ? { onProgress: c.onProgress } : {}) });
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOSPC' || code === 'EDQUOT') throw noSpace(c.out, err);
+    throw err;
+  }
   await setVmdkCid(out, seeded('vmdk-cid', c).readUInt32BE(0));
   return virtualSize(out, 'vmdk', c);
 }
