@@ -88,7 +88,7 @@ describe('oem build options and failures', () => {
       expect(i, `${step} in order in:\n${plain.stderr}`).toBeGreaterThan(at);
       at = i;
     }
-    expect(plain.stderr).toMatch(/^oem: qemu: flatcar_production_qemu_image\.qcow2\.bz2 \(\d+ bytes, compressed with l?bzip2 -9 in 8 MiB pieces: \d+\.\d MiB compressed now, \d+ of \d+ pieces from the piece cache\)$/m);
+    expect(plain.stderr).toMatch(/^oem: qemu: flatcar_production_qemu_image\.qcow2\.bz2 \(\d+ bytes, compressed with l?bzip2 -9 in 4 MiB pieces: \d+\.\d MiB compressed now, \d+ of \d+ pieces from the piece cache\)$/m);
     const json = await oemJson<BuildResult>(args('json'));
     expect(json.result.exitCode).toBe(0);
     expect(json.result.stdout.trim().startsWith('{')).toBe(true);

@@ -174,8 +174,9 @@ const CONVERTERS: Record<Format, (c: Ctx) => Promise<void>> = {
     await normalizeVhdx(c.out, (purpose) => seeded(purpose, c));
   },
   gce: async (c) => {
-    // GCE imports a gzip'd tar in GNU format whose only member is disk.raw.
-    await archive(c, [{ name: 'disk.raw', path: c.raw }], 'gnu', true);
+    // GCE imports a gzip'd tar in GNU format whose only member is disk.raw, sparse as its import
+    // documentation and Flatcar's image pipeline make it (tar -S): only the disk's data is archived.
+    await archive(c, [{ name: 'disk.raw', path: c.raw }], 'gnu', true, true);
   },
   'vagrant-libvirt': async (c) => {
     const img = join(c.work, 'box.img');
@@ -611,10 +612,11 @@ function sortEntries(entries: TarEntry[]): TarEntry[] {
   return entries.sort((a, b) => Buffer.compare(Buffer.from(a.name), Buffer.from(b.name)));
 }
 
-async function archive(c: Ctx, entries: TarEntry[], format: TarFormat, gzip: boolean): Promise<void> {
+async function archive(c: Ctx, entries: TarEntry[], format: TarFormat, gzip: boolean, sparse = false): Promise<void> {
   await writeTar(c.out, entries, {
     format,
     gzip,
+    sparse,
     mtime: c.mtime,
     stage: join(c.work, 'archive'),
     ...(c.signal ? { signal: c.signal } : {}),

@@ -3,7 +3,7 @@
  * release differ only where a build wrote (OEM, ROOT), so what every build of every provider shares
  * (the USR partitions, the runs of zeros) is compressed once and then only copied.
  *
- * The input is cut at fixed offsets into pieces of PIECE bytes; each piece is compressed on its own
+ * The input is cut at fixed offsets into pieces of PIECE (4 MiB) bytes; each piece is compressed on its own
  * (a complete .bz2, .gz, .xz or .zst stream) and the output is their concatenation, which the stock
  * tools decode as one: bzip2, lbzip2 and pbzip2, gzip (members), xz and zstd (streams, frames) all
  * read concatenations. A piece wholly in a hole of a sparse input is not read. Pieces are compressed
@@ -15,7 +15,7 @@
  *   zst   zstd -10
  *
  * The same input gives the same bytes, from a cold cache or a warm one. A piece compresses a little
- * worse than the whole file would (each starts with an empty dictionary): about 1% for 8 MiB pieces.
+ * worse than the whole file would (each starts with an empty dictionary): about 1% for 4 MiB pieces.
  */
 import { createHash, randomBytes, type Hash } from 'node:crypto';
 import { mkdir, readFile, rename, rm, writeFile, type FileHandle } from 'node:fs/promises';
@@ -34,7 +34,7 @@ import { bzip2Tool, createOutput, noSpace, openInput } from './compress.js';
 const gzip = promisify(gzipCb);
 
 /** The size of a piece: large enough for the compressors' ratio, small enough to reuse most of an image. */
-export const PIECE = 8 * 1024 * 1024;
+export const PIECE = 4 * 1024 * 1024;
 
 export type PiecedKind = Exclude<Compression, 'none'>;
 
@@ -85,6 +85,16 @@ async function codec(kind: PiecedKind): Promise<Codec> {
   }
 }
 
+const ZEROS = Buffer.alloc(PIECE);
+
+function isZero(b: Buffer): boolean {
+  for (let at = 0; at < b.length; at += ZEROS.length) {
+    const part = b.subarray(at, at + ZEROS.length);
+    if (!part.equals(ZEROS.subarray(0, part.length))) return false;
+  }
+  return true;
+}
+
 /** Compressed pieces by content: from the cache, from a compression running for the same bytes, or compressed now. */
 class PieceStore {
   cached = 0;
@@ -102,7 +112,9 @@ class PieceStore {
 
   get(bytes: Buffer): Promise<Buffer> {
     if (this.signal?.aborted) return Promise.reject(new OemError('interrupted while compressing', { code: 'interrupted' }));
-    const file = join(this.cacheDir, `${this.keyPrefix}-${createHash('sha256').update(bytes).digest('hex')}.${this.ext}`);
+    // Runs of zeros (most of a disk) are known by a comparison, not hashed.
+    const key = isZero(bytes) ? `zeros-${bytes.length}` : createHash('sha256').update(bytes).digest('hex');
+    const file = join(this.cacheDir, `${this.keyPrefix}-${key}.${this.ext}`);
     // The same bytes at once (runs of zeros): looked up or compressed by the first, awaited by the others.
     const running = this.inFlight.get(file);
     if (running) {

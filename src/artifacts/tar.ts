@@ -57,6 +57,8 @@ export interface TarOptions {
   onProgress?: (done: number, total: number) => void;
   /** gzip in pieces kept here by content (pieced.ts), so that unchanged parts are compressed once. */
   pieceCache?: string;
+  /** GNU tar --sparse: holes of the files are not archived (GCE's documented `tar -S`). */
+  sparse?: boolean;
 }
 
 /** The archive `out` (which must not exist) holding `entries` in this order. */
@@ -84,6 +86,7 @@ export async function writeTar(out: string, entries: TarEntry[], o: TarOptions):
     // Files 0644; directories (only trees have them) 0755.
     entries.some((e) => 'dir' in e) ? '--mode=u=rwX,go=rX' : '--mode=0644',
     `--mtime=@${o.mtime}`,
+    ...(o.sparse ? ['--sparse'] : []),
     '--dereference',
     '--no-recursion',
     '-C',
@@ -125,4 +128,6 @@ export async function writeTar(out: string, entries: TarEntry[], o: TarOptions):
     throw writeError ?? new OemError(`tar failed to write ${out}: ${last}`);
   }
   if (writeError) throw writeError;
+  // A sparse archive holds less than the files' sizes: the end is the whole.
+  o.onProgress?.(total, total);
 }

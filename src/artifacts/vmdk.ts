@@ -10,7 +10,7 @@
  * directories are taken from `qemu-img create` of an empty disk of the same size and options (the
  * file is just that overhead); the grains and the tables are written here.
  *
- * The grains of each 8 MiB of the disk, with their markers, are kept in the piece cache by the
+ * The grains of each 4 MiB of the disk, with their markers, are kept in the piece cache by the
  * SHA-256 of the disk's bytes there and their offset (a marker names its sector): every build shares
  * what the release did not change. Grains are deflated (zlib, level 6 as qemu-img's compress()) as
  * many at once as there are cores.
@@ -30,8 +30,10 @@ const deflate = promisify(deflateCb);
 const SECTOR = 512;
 const GRAIN_SECTORS = 128;
 const GRAIN = GRAIN_SECTORS * SECTOR;
-/** Grains per piece of the disk that is cached as one (8 MiB). */
-const PIECE_GRAINS = 128;
+/** Grains per piece of the disk that is cached as one (4 MiB). */
+const PIECE_GRAINS = 64;
+/** Grains deflated at once per piece (zlib's state is about 256 KiB each). */
+const DEFLATES = 4;
 const PIECE = PIECE_GRAINS * GRAIN;
 const FLAG_COMPRESSED = 1 << 16;
 const FLAG_MARKERS = 1 << 17;
@@ -90,13 +92,12 @@ async function makeSegment(data: Buffer, offset: number): Promise<Segment> {
   const grains: [number, number][] = [];
   const parts: Buffer[] = [];
   let sectors = 0;
-  const jobs: Promise<Buffer | null>[] = [];
-  for (let g = 0; g * GRAIN < data.length; g++) {
+  const indexes = Array.from({ length: Math.ceil(data.length / GRAIN) }, (_, g) => g);
+  const zs = await mapInOrder(indexes, DEFLATES, async (g) => {
     const grain = data.subarray(g * GRAIN, (g + 1) * GRAIN);
     const whole = grain.length === GRAIN ? grain : Buffer.concat([grain, Buffer.alloc(GRAIN - grain.length)]);
-    jobs.push(whole.equals(ZERO_GRAIN) ? Promise.resolve(null) : deflate(whole, { level: 6 }));
-  }
-  const zs = await Promise.all(jobs);
+    return whole.equals(ZERO_GRAIN) ? null : deflate(whole, { level: 6 });
+  });
   zs.forEach((z, g) => {
     if (!z) return;
     const marker = Buffer.alloc(12);
