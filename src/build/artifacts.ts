@@ -47,10 +47,11 @@ export function reusesBlocks(job: Pick<ArtifactJob, 'base' | 'compression'>): bo
   return job.base.index !== null && job.compression === 'bz2';
 }
 
+const mib = (n: number) => `${(n / 1048576).toFixed(1)} MiB`;
+
 /** Compressed in pieces kept in the piece cache: only what differs from earlier builds is compressed again. */
 async function pieced(input: string, out: string, job: ArtifactJob): Promise<{ tool: string; h: Hashes }> {
   const r = await compressPieced(input, out, job.compression as PiecedKind, { cacheDir: job.pieceCache, onProgress: job.progress });
-  const mib = (n: number) => `${(n / 1048576).toFixed(1)} MiB`;
   return { tool: `${r.tool}: ${mib(r.compressed)} compressed now, ${r.cached} of ${r.pieces} pieces from the piece cache`, h: r };
 }
 
@@ -75,7 +76,7 @@ export async function makeArtifacts(img: WorkingImage, job: ArtifactJob): Promis
     let tool = '';
     let h: Hashes | undefined;
     // A fixed VHD is the disk's bytes and a footer: its .bz2 is the raw image's and one more stream.
-    const vhdReuse = format === 'vhd' && !grown && compress && reusesBlocks(job);
+    const vhdReuse = format === 'vhd' && !grown;
     if ((format === 'raw' || vhdReuse) && reusesBlocks(job) && job.base.index) {
       // The release's own compressed blocks for everything this build did not change.
       const size = (await stat(job.base.raw)).size;
@@ -85,7 +86,6 @@ export async function makeArtifacts(img: WorkingImage, job: ArtifactJob): Promis
         shared: job.prefixes,
         ...(trailer ? { trailer } : {}),
       });
-      const mib = (n: number) => `${(n / 1048576).toFixed(1)} MiB`;
       tool = `${r.tool} for ${mib(r.recompressed)} (of ${mib(r.changed)} changed; the rest from the piece cache), the release's bzip2 blocks for the rest (${r.reusedBlocks} of ${r.blocks})`;
       h = r;
     } else if (format === 'raw' && compress) {
