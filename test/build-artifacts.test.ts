@@ -14,7 +14,7 @@ describe('oem build artifacts: formats, compression, signatures', () => {
   it('builds each provider\'s default formats, readable by independent tools', async () => {
     const out = join(work, `formats-${next()}`);
     const { result } = await oemJson<BuildResult>(
-      ['build', '--provider', 'ec2', '--provider', 'azure', '--provider', 'gce', '--provider', 'openstack', '--provider', 'vmware', '--provider', 'vagrant', '--provider', 'exoscale', ...mirrorArgs('flatcar'), '--output-dir', out, '--no-agent'],
+      ['build', '--provider', 'ec2', '--provider', 'azure', '--provider', 'gce', '--provider', 'openstack', '--provider', 'vmware', '--provider', 'vagrant', '--provider', 'exoscale', '--provider', 'aliyun', '--provider', 'ibmcloud', ...mirrorArgs('flatcar'), '--output-dir', out, '--no-agent'],
       { env: { OEM_TMPDIR: work } },
     );
     expect(result.exitCode).toBe(0);
@@ -26,6 +26,7 @@ describe('oem build artifacts: formats, compression, signatures', () => {
     expect(await names('vmware')).toEqual(['flatcar_production_vmware_image.ova', 'flatcar_production_vmware_image.vmdk.bz2']);
     expect(await names('vagrant')).toEqual(['flatcar_production_vagrant_image.libvirt.box', 'flatcar_production_vagrant_image.virtualbox.box']);
     expect(await names('exoscale')).toEqual(['flatcar_production_exoscale_image.qcow2.bz2']);
+    expect(await names('aliyun')).toEqual(['flatcar_production_aliyun_image.qcow2.bz2']);
     // Every disk format holds the same disk as the raw artifact: for ec2 exactly (qemu-img compare with
     // its own raw), for the other providers everywhere but their OEM partition (their own content,
     // read back by oem inspect), byte for byte with cmp over the disks qemu-img reads out of them.
@@ -35,7 +36,8 @@ describe('oem build artifacts: formats, compression, signatures', () => {
     const [oemStart, oemEnd] = [oemPart.firstLba * 512, (oemPart.lastLba + 1) * 512];
     // ROOT's size in Flatcar's disk layout for the providers that have one (templates/_common/disk-layouts.yml).
     const GROWN: Record<string, number | undefined> = { openstack: 12943360, vmware: 12943360 };
-    const cases = [['ec2', 'vmdk.bz2', 'vmdk'], ['azure', 'vhd.bz2', 'vpc'], ['openstack', 'qcow2.bz2', 'qcow2'], ['vmware', 'vmdk.bz2', 'vmdk'], ['gce', 'tar.gz', 'raw']] as const;
+    // (aliyun and ibmcloud: two qcow2 of one layout, whose first part is made once for the run and shared.)
+    const cases = [['ec2', 'vmdk.bz2', 'vmdk'], ['azure', 'vhd.bz2', 'vpc'], ['openstack', 'qcow2.bz2', 'qcow2'], ['aliyun', 'qcow2.bz2', 'qcow2'], ['ibmcloud', 'qcow2.bz2', 'qcow2'], ['vmware', 'vmdk.bz2', 'vmdk'], ['gce', 'tar.gz', 'raw']] as const;
     for (const [p, f, fmt] of cases) {
       const artifact = join(out, p, `flatcar_production_${p}_image.${f}`);
       let disk = join(work, `disk-${next()}.${fmt}`);

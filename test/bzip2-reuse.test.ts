@@ -2,7 +2,8 @@
  * Reusing a release's bzip2 blocks (src/image/bzip2-blocks.ts, src/image/base-cache.ts,
  * src/artifacts/bzip2-reuse.ts): for releases compressed by bzip2 (-9 and -1), lbzip2 and pbzip2
  * (concatenated streams), a changed image written through compressReusing decompresses with stock
- * bzip2, lbzip2 and pbzip2 to exactly that image.
+ * bzip2, lbzip2 and pbzip2 to exactly that image; a qcow2 or VHDX of it (src/artifacts/layout.ts), to
+ * exactly the file qemu-img wrote.
  */
 import { execa } from 'execa';
 import { createHash, randomBytes } from 'node:crypto';
@@ -12,6 +13,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { compressReusing } from '../src/artifacts/bzip2-reuse.js';
+import { qcow2Layout, vhdxLayout } from '../src/artifacts/layout.js';
 import { prepareBase } from '../src/image/base-cache.js';
 import { Bzip2IndexError, indexBlocks } from '../src/image/bzip2-blocks.js';
 import { OemError } from '../src/shared/errors.js';
@@ -158,5 +160,78 @@ describe('indexing a .bz2', () => {
     expect((err as OemError).code).toBe('badImage');
     const left = await execa('sh', ['-c', `ls -A "${cacheDir}/bases" 2>/dev/null || true`]);
     expect(left.stdout.trim()).toBe('');
+  });
+});
+
+describe('a qcow2 and a VHDX of the built image as .bz2 from the release\'s own blocks', () => {
+  /** A release with data blocks around runs of zeros in USR-A, and a built image changed in OEM and ROOT (made once, never changed). */
+  let made: ReturnType<typeof makeRelease> | undefined;
+  const release = () => (made ??= makeRelease());
+  async function makeRelease() {
+    const base = join(work, `vbase-${n++}.bin`);
+    await smallDisk(base);
+    const usr = (await part(base, 3)).offset;
+    for (const [at, len] of [[300_000, 2_500_000], [5 * 1024 * 1024 + 777, 1_000_000], [9 * 1024 * 1024, 3 * 1024 * 1024]] as const) await pokeAt(base, usr + at, randomBytes(len));
+    const bz2 = `${base}.bz2`;
+    await execa('sh', ['-c', `lbzip2 -9 -c "${base}" > "${bz2}"`]);
+    const prepared = await prepareBase(bz2, await sha512(bz2), { cacheDir: join(work, `cache-${n++}`), workDir: work });
+    const oemPart = await part(base, 6);
+    const rootPart = await part(base, 9);
+    const built = join(work, `vbuilt-${n++}.bin`);
+    await copyFile(base, built);
+    await pokeAt(built, oemPart.offset + 70_000, randomBytes(300_000));
+    await pokeAt(built, rootPart.offset + 1234, Buffer.from('hello, root'));
+    return { base, prepared, built, regions: [oemPart, rootPart] };
+  }
+
+  for (const format of ['qcow2', 'vhdx'] as const) {
+    it(`${format}: decodes to exactly the file qemu-img wrote; only the changed ranges and the tables are compressed`, async () => {
+      const { prepared, built, regions } = await release();
+      const file = join(work, `conv-${n++}.${format}`);
+      await execa('qemu-img', ['convert', '-f', 'raw', '-O', format, ...(format === 'vhdx' ? ['-o', 'subformat=dynamic'] : []), built, file]);
+      const size = (await stat(built)).size;
+      const layout = format === 'qcow2' ? await qcow2Layout(file, size) : await vhdxLayout(file, size);
+      expect(layout.some((s) => 'image' in s)).toBe(true);
+      const out = join(work, `conv-${n++}.${format}.bz2`);
+      const r = await compressReusing(prepared.index!, prepared.raw, built, out, regions, { layout });
+      expect(r.reusedBlocks).toBeGreaterThan(0);
+      const tables = layout.reduce((a, s) => a + ('bytes' in s ? s.bytes.length : 0), 0);
+      // What was compressed now: the tables, the changed ranges and the blocks cut by a run of zeros the file leaves out.
+      expect(r.recompressed).toBeLessThan(tables + 8 * 1024 * 1024);
+      expect(r.sha512).toBe(await sha512(out));
+      for (const dec of ['lbzip2', 'bzip2']) expect(await decodedSha512(dec, out), `${dec} -dc`).toBe(await sha512(file));
+    });
+  }
+
+  it('a grown disk (the vm layouts): the moved partition table and the new end come from the built image', async () => {
+    const { prepared, built: original, regions } = await release();
+    const built = join(work, `grown-${n++}.bin`);
+    await execa('cp', ['--sparse=always', original, built]);
+    const baseSize = (await stat(built)).size;
+    await truncate(built, baseSize + 32 * 1024 * 1024);
+    await execa('sgdisk', ['-e', built]);
+    const file = join(work, `grown-${n++}.qcow2`);
+    await execa('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', built, file]);
+    const layout = await qcow2Layout(file, (await stat(built)).size);
+    const out = `${file}.bz2`;
+    const grown = [...regions, { offset: 0, size: 1024 * 1024 }, { offset: baseSize - 1024 * 1024, size: 33 * 1024 * 1024 }];
+    const r = await compressReusing(prepared.index!, prepared.raw, built, out, grown, { layout });
+    expect(r.reusedBlocks).toBeGreaterThan(0);
+    expect(await decodedSha512('lbzip2', out)).toBe(await sha512(file));
+    await execa('sh', ['-c', `lbzip2 -dc "${out}" > "${file}.back" && qemu-img compare -f qcow2 -F raw "${file}.back" "${built}"`]);
+  });
+
+  it('refuses what qemu-img does not write on conversion: compressed clusters, a backing file, another disk size', async () => {
+    const { built } = await release();
+    const size = (await stat(built)).size;
+    const compressed = join(work, `c-${n++}.qcow2`);
+    await execa('qemu-img', ['convert', '-c', '-f', 'raw', '-O', 'qcow2', built, compressed]);
+    await expect(qcow2Layout(compressed, size)).rejects.toThrow(/compressed clusters/);
+    const overlay = join(work, `o-${n++}.qcow2`);
+    await execa('qemu-img', ['create', '-q', '-f', 'qcow2', '-F', 'raw', '-b', built, overlay]);
+    await expect(qcow2Layout(overlay, size)).rejects.toThrow(/backing file/);
+    await expect(qcow2Layout(compressed, size + 512)).rejects.toThrow(/bytes, the image/);
+    await expect(vhdxLayout(compressed, size)).rejects.toThrow(/not a VHDX/);
+    await expect(qcow2Layout(built, size)).rejects.toThrow(/not a qcow2/);
   });
 });

@@ -17,7 +17,7 @@ import { constants } from 'node:fs';
 import { copyFile, mkdir, open, readFile, rename, rm, writeFile, type FileHandle } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
-import { mapInOrder } from '../concurrency.js';
+import { mapInOrder, pieceSlots } from '../concurrency.js';
 import { OemError } from '../shared/errors.js';
 import { dataExtents } from '../image/sparse.js';
 import { refineChunk, type BaseIndex } from '../image/base-cache.js';
@@ -102,17 +102,22 @@ class Differ {
   }
 }
 
-type Unit = { kind: 'reuse'; first: number; last: number } | { kind: 'new'; start: number; end: number };
+/** One part of the output: the release's blocks first..last, the image's [start, end) compressed now, or bytes. */
+type Step = { kind: 'reuse'; first: number; last: number } | { kind: 'new'; start: number; end: number } | { kind: 'bytes'; data: Buffer };
 
-/** Which blocks to copy and which ranges to compress anew. */
-async function planUnits(index: BaseIndex, d: Differ, regions: Region[]): Promise<Unit[]> {
+/**
+ * What the output is made of, in order: ranges of the built image, and bytes of the output's
+ * container (a qcow2's tables, a fixed VHD's footer) that are compressed as they are.
+ */
+export type Segment = { image: [number, number] } | { bytes: Buffer };
+
+/** Which blocks hold bytes the build changed (their chunks refined: they have their own range). */
+async function dirtyBlocks(index: BaseIndex, d: Differ, regions: Region[]): Promise<boolean[]> {
   const overlaps = (u: number, len: number) => regions.some((r) => u < r.offset + r.size && r.offset < u + len);
-  const dirtyIn = (u: number, len: number) => {
+  const dirtyIn = async (u: number, len: number) => {
     const parts = regions.map((r): Extent => [Math.max(u, r.offset), Math.min(u + len, r.offset + r.size)]).filter(([a, b]) => a < b);
-    return (async () => {
-      for (const [a, b] of parts) if (await d.differs(a, b)) return true;
-      return false;
-    })();
+    for (const [a, b] of parts) if (await d.differs(a, b)) return true;
+    return false;
   };
   const dirty = new Array<boolean>(index.blocks.length).fill(false);
   for (const c of index.chunks) {
@@ -123,21 +128,80 @@ async function planUnits(index: BaseIndex, d: Differ, regions: Region[]): Promis
       dirty[i] = overlaps(b.u!, b.len!) && (await dirtyIn(b.u!, b.len!));
     }
   }
-  const units: Unit[] = [];
-  for (let i = 0; i < index.blocks.length; i++) {
-    const b = index.blocks[i]!;
-    const last = units[units.length - 1];
-    if (dirty[i]) {
-      // Dirty blocks were refined: they have their own range.
-      if (last?.kind === 'new' && last.end === b.u!) last.end = b.u! + b.len!;
-      else units.push({ kind: 'new', start: b.u!, end: b.u! + b.len! });
-    } else if (last?.kind === 'reuse' && last.last === i - 1 && index.blocks[i - 1]!.end === b.bit) {
-      last.last = i;
-    } else {
-      units.push({ kind: 'reuse', first: i, last: i });
+  return dirty;
+}
+
+/** A run of blocks with its decoded range: a whole chunk, or one block of a refined chunk. */
+interface Item {
+  first: number;
+  last: number;
+  start: number;
+  end: number;
+  dirty: boolean;
+}
+
+/**
+ * Which blocks to copy, which ranges of the image to compress anew and which bytes to compress, for
+ * the output `segments`. A block is copied when its whole decoded range is unchanged and lies inside
+ * one image segment; chunks that a segment starts or ends inside are refined for that.
+ */
+async function planSteps(index: BaseIndex, dirty: boolean[], segments: Segment[]): Promise<Step[]> {
+  const inside = (c: { u: number; len: number }, p: number) => c.u < p && p < c.u + c.len;
+  for (const s of segments) {
+    if (!('image' in s)) continue;
+    for (const p of s.image) {
+      const c = index.chunks.find((x) => inside(x, p));
+      if (c) await refineChunk(index, c);
     }
   }
-  return units;
+  const items: Item[] = [];
+  for (const c of index.chunks) {
+    if (index.blocks[c.first]!.u === undefined) {
+      items.push({ first: c.first, last: c.last, start: c.u, end: c.u + c.len, dirty: false });
+      continue;
+    }
+    for (let i = c.first; i <= c.last; i++) {
+      const b = index.blocks[i]!;
+      items.push({ first: i, last: i, start: b.u!, end: b.u! + b.len!, dirty: dirty[i]! });
+    }
+  }
+  const baseEnd = items.length ? items[items.length - 1]!.end : 0;
+  const steps: Step[] = [];
+  const reuse = (first: number, last: number) => {
+    const prev = steps[steps.length - 1];
+    if (prev?.kind === 'reuse' && prev.last === first - 1 && index.blocks[prev.last]!.end === index.blocks[first]!.bit) prev.last = last;
+    else steps.push({ kind: 'reuse', first, last });
+  };
+  const fresh = (start: number, end: number) => {
+    if (start >= end) return;
+    const prev = steps[steps.length - 1];
+    if (prev?.kind === 'new' && prev.end === start) prev.end = end;
+    else steps.push({ kind: 'new', start, end });
+  };
+  for (const seg of segments) {
+    if ('bytes' in seg) {
+      if (seg.bytes.length) steps.push({ kind: 'bytes', data: seg.bytes });
+      continue;
+    }
+    const [s, e] = seg.image;
+    if (!(Number.isSafeInteger(s) && Number.isSafeInteger(e) && 0 <= s && s <= e)) throw new OemError(`invalid image range [${s}, ${e}) in an output layout`);
+    // The first item that ends after s (items are sorted and contiguous).
+    let lo = 0;
+    let hi = items.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (items[mid]!.end <= s) lo = mid + 1;
+      else hi = mid;
+    }
+    for (let k = lo; k < items.length && items[k]!.start < e; k++) {
+      const it = items[k]!;
+      if (!it.dirty && it.start >= s && it.end <= e && it.end > it.start) reuse(it.first, it.last);
+      else fresh(Math.max(s, it.start), Math.min(e, it.end));
+    }
+    // Beyond the release's image (a grown disk): compressed anew.
+    fresh(Math.max(s, baseEnd), e);
+  }
+  return steps;
 }
 
 type Hashes = { md5: Hash; sha1: Hash; sha512: Hash };
@@ -153,25 +217,39 @@ interface Prefix {
   h: Hashes;
 }
 
-/** Output prefixes (the release's blocks up to the first changed one) shared by the builds of one run. */
+/**
+ * Output prefixes shared by the builds of one run: what comes before the first part that depends on
+ * what a build changed (the release's blocks; for a qcow2 also its tables and the image's ranges
+ * there), keyed by what it is made of.
+ */
 export interface SharedPrefixes {
   dir: string;
-  made: Map<number, Promise<Prefix>>;
+  made: Map<string, Promise<Prefix>>;
 }
 
-async function makePrefix(index: BaseIndex, src: FileHandle, last: number, dir: string): Promise<Prefix> {
-  const path = join(dir, `prefix-${last}-${randomBytes(4).toString('hex')}.bz2`);
+/** What a list of steps is: equal keys, equal output. */
+function stepsKey(steps: Step[]): string {
+  const h = createHash('sha256');
+  for (const s of steps) {
+    if (s.kind === 'reuse') h.update(`r${s.first}-${s.last};`);
+    else if (s.kind === 'new') h.update(`n${s.start}-${s.end};`);
+    else h.update(`b${createHash('sha256').update(s.data).digest('hex')};`);
+  }
+  return h.digest('hex');
+}
+
+async function makePrefix(dir: string, write: (sink: (b: Buffer) => Promise<void>) => Promise<void>): Promise<Prefix> {
+  const path = join(dir, `prefix-${randomBytes(6).toString('hex')}.bz2`);
   const h = newHashes();
   const fh = await open(path, 'wx');
   let size = 0;
   try {
-    const blocks = index.blocks.slice(0, last + 1);
-    for await (const piece of runStream(src, blocks[0]!.bit, blocks[last]!.end, blocks.map((b) => b.crc))) {
+    await write(async (piece) => {
       for (const x of Object.values(h)) x.update(piece);
       let done = 0;
       while (done < piece.length) done += (await fh.write(piece, done, piece.length - done)).bytesWritten;
       size += piece.length;
-    }
+    });
   } finally {
     await fh.close();
   }
@@ -179,9 +257,40 @@ async function makePrefix(index: BaseIndex, src: FileHandle, last: number, dir: 
 }
 
 /**
+ * How many of the first steps are the same for every build of a run (given the same layout there):
+ * those before the first that touches the changed partitions, ending at the last chunk before the
+ * first region (dirty chunks are refined and split runs differently per build). A reuse step across
+ * that end is split there. Bytes just before the end are left out: a container's table there may
+ * describe the changed range.
+ */
+function sharedSteps(index: BaseIndex, steps: Step[], regions: Region[]): number {
+  const regionStart = Math.min(...regions.map((r) => r.offset));
+  let upTo = -1;
+  let end = 0;
+  for (const c of index.chunks) {
+    if (c.u + c.len > regionStart) break;
+    [upTo, end] = [c.last, c.u + c.len];
+  }
+  let n = 0;
+  for (; n < steps.length; n++) {
+    const st = steps[n]!;
+    if (st.kind === 'bytes' || (st.kind === 'new' && st.end <= end) || (st.kind === 'reuse' && st.last <= upTo)) continue;
+    if (st.kind === 'reuse' && st.first <= upTo) {
+      steps.splice(n + 1, 0, { kind: 'reuse', first: upTo + 1, last: st.last });
+      st.last = upTo;
+      n++;
+    }
+    break;
+  }
+  while (n > 0 && steps[n - 1]!.kind === 'bytes') n--;
+  return steps.slice(0, n).some((st) => st.kind === 'reuse') ? n : 0;
+}
+
+/**
  * Writes the built image (the base, with `regions` taken from `raw`: only those need to be valid in
- * `raw`) to a new file `out` as bzip2, reusing the base's compressed blocks. Hashes the output as it
- * goes. `out` is removed on failure.
+ * `raw`) to a new file `out` as bzip2, reusing the base's compressed blocks. With `layout`, the output
+ * is those segments in order instead (ranges of the built image and bytes, e.g. a qcow2 of it); a
+ * `trailer` is bytes after the image. Hashes the output as it goes. `out` is removed on failure.
  */
 export async function compressReusing(
   index: BaseIndex,
@@ -189,78 +298,72 @@ export async function compressReusing(
   raw: string,
   out: string,
   regions: Region[],
-  opts: { pieceCache?: string; shared?: SharedPrefixes; signal?: AbortSignal; trailer?: Buffer } = {},
+  opts: { pieceCache?: string; shared?: SharedPrefixes; signal?: AbortSignal; trailer?: Buffer; layout?: Segment[] } = {},
 ): Promise<ReuseResult> {
   const signal = opts.signal;
   const tool = await bzip2Tool();
   const d = await Differ.open(baseRaw, raw, regions);
-  let units: Unit[];
+  let dirty: boolean[];
   try {
-    units = await planUnits(index, d, regions);
+    dirty = await dirtyBlocks(index, d, regions);
   } finally {
     await d.close();
   }
-  const src = await open(index.bz2, 'r');
+  const layout: Segment[] = opts.layout ? [...opts.layout] : [{ image: [0, Math.max(index.size, ...regions.map((r) => r.offset + r.size))] }];
+  if (opts.trailer?.length) layout.push({ bytes: opts.trailer });
+  const steps = await planSteps(index, dirty, layout);
+  const shared = opts.shared ? sharedSteps(index, steps, regions) : 0;
+
   let h = newHashes();
   let size = 0;
   let reusedBlocks = 0;
-  // The output up to the first changed block is the same for every build of a run: made once.
-  // It ends at the last chunk before the first region, the same for all, whatever each changed.
-  const regionStart = Math.min(...regions.map((r) => r.offset));
-  let shareUpTo = -1;
-  for (const c of index.chunks) if (c.u + c.len <= regionStart) shareUpTo = c.last;
-  const first = units[0];
-  if (opts.shared && first?.kind === 'reuse' && shareUpTo >= 0 && first.last >= shareUpTo) {
-    if (first.last > shareUpTo) units.splice(1, 0, { kind: 'reuse', first: shareUpTo + 1, last: first.last });
-    first.last = shareUpTo;
-    let made = opts.shared.made.get(first.last);
-    if (!made) {
-      made = makePrefix(index, src, first.last, opts.shared.dir);
-      opts.shared.made.set(first.last, made);
-      made.catch(() => opts.shared!.made.delete(first.last));
-    }
-    let prefix: Prefix;
-    try {
-      prefix = await made;
-    } catch (err) {
-      await src.close();
-      throw err;
-    }
-    await copyFile(prefix.path, out, constants.COPYFILE_EXCL);
-    h = { md5: prefix.h.md5.copy(), sha1: prefix.h.sha1.copy(), sha512: prefix.h.sha512.copy() };
-    size = prefix.size;
-    reusedBlocks = first.last + 1;
-    units.shift();
-  }
-  const fh = await open(out, size ? 'a' : 'wx');
-  let ok = false;
-  const sink = async (buf: Buffer) => {
-    for (const x of Object.values(h)) x.update(buf);
-    let done = 0;
-    while (done < buf.length) done += (await fh.write(buf, done, buf.length - done)).bytesWritten;
-    size += buf.length;
-  };
   let recompressed = 0;
   let changed = 0;
+  const src = await open(index.bz2, 'r');
   const rawFh = await open(raw, 'r');
   const baseFh = await open(baseRaw, 'r');
-  try {
-    for (const unit of units) {
+  const emit = async (list: Step[], sink: (b: Buffer) => Promise<void>) => {
+    for (const step of list) {
       if (signal?.aborted) throw new OemError('interrupted while compressing', { code: 'interrupted' });
-      if (unit.kind === 'reuse') {
-        const blocks = index.blocks.slice(unit.first, unit.last + 1);
-        reusedBlocks += blocks.length;
+      if (step.kind === 'reuse') {
+        const blocks = index.blocks.slice(step.first, step.last + 1);
         for await (const piece of runStream(src, blocks[0]!.bit, blocks[blocks.length - 1]!.end, blocks.map((b) => b.crc))) await sink(piece);
+      } else if (step.kind === 'new') {
+        changed += step.end - step.start;
+        recompressed += await compressPieces(tool, { base: baseFh, raw: rawFh, regions }, step.start, step.end, sink, opts.pieceCache, signal);
       } else {
-        changed += unit.end - unit.start;
-        recompressed += await compressPieces(tool, { base: baseFh, raw: rawFh, regions }, unit.start, unit.end, sink, opts.pieceCache, signal);
+        // The container's own bytes (a qcow2's tables, a fixed VHD's footer): streams of their own.
+        recompressed += await compressPieces(tool, { bytes: step.data }, 0, step.data.length, sink, opts.pieceCache, signal);
       }
     }
-    // What follows the image in the output's format (a fixed VHD's padding and footer): a stream of its own.
-    if (opts.trailer?.length) {
-      await sink(await compressBuffer(tool, opts.trailer, signal));
-      recompressed += opts.trailer.length;
+  };
+  for (const st of steps) if (st.kind === 'reuse') reusedBlocks += st.last - st.first + 1;
+  let fh: FileHandle | undefined;
+  let ok = false;
+  try {
+    if (shared) {
+      // Made once per run: copied, with the hashes over it.
+      const head = steps.splice(0, shared);
+      const key = stepsKey(head);
+      let made = opts.shared!.made.get(key);
+      if (!made) {
+        made = makePrefix(opts.shared!.dir, (sink) => emit(head, sink));
+        opts.shared!.made.set(key, made);
+        made.catch(() => opts.shared!.made.delete(key));
+      }
+      const prefix = await made;
+      await copyFile(prefix.path, out, constants.COPYFILE_EXCL);
+      h = { md5: prefix.h.md5.copy(), sha1: prefix.h.sha1.copy(), sha512: prefix.h.sha512.copy() };
+      size = prefix.size;
     }
+    fh = await open(out, size ? 'a' : 'wx');
+    const dst = fh;
+    await emit(steps, async (buf: Buffer) => {
+      for (const x of Object.values(h)) x.update(buf);
+      let done = 0;
+      while (done < buf.length) done += (await dst.write(buf, done, buf.length - done)).bytesWritten;
+      size += buf.length;
+    });
     ok = true;
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOSPC') throw new OemError(`no space left on the device while writing ${out}`, { code: 'noSpace', hint: 'free some space or write the output elsewhere' });
@@ -269,8 +372,9 @@ export async function compressReusing(
     await rawFh.close();
     await baseFh.close();
     await src.close();
-    await fh.close();
-    if (!ok) await rm(out, { force: true });
+    await fh?.close();
+    // (An existing `out` is refused by the copy or the exclusive open: then nothing was made here to remove.)
+    if (!ok && (fh || size)) await rm(out, { force: true });
   }
   return { tool, blocks: index.blocks.length, reusedBlocks, changed, recompressed, size, md5: h.md5.digest('hex'), sha1: h.sha1.digest('hex'), sha512: h.sha512.digest('hex') };
 }
@@ -283,7 +387,7 @@ const PIECE = 1024 * 1024;
  */
 async function compressPieces(
   tool: string,
-  image: { base: FileHandle; raw: FileHandle; regions: Region[] },
+  image: { base: FileHandle; raw: FileHandle; regions: Region[] } | { bytes: Buffer },
   start: number,
   end: number,
   sink: (b: Buffer) => Promise<void>,
@@ -298,14 +402,18 @@ async function compressPieces(
   }
   if (cacheDir) await mkdir(cacheDir, { recursive: true });
   let compressed = 0;
-  const piece = async ([a, b]: Extent): Promise<Buffer> => {
+  const piece = ([a, b]: Extent): Promise<Buffer> => pieceSlots.use(async () => {
     // The built image: the base, with the regions the build wrote taken from `raw`.
-    const data = Buffer.alloc(b - a);
-    await readInto(image.base, data, 0, b - a, a);
-    for (const r of image.regions) {
-      const from = Math.max(a, r.offset);
-      const to = Math.min(b, r.offset + r.size);
-      if (from < to) await readInto(image.raw, data, from - a, to - from, from);
+    let data: Buffer;
+    if ('bytes' in image) data = image.bytes.subarray(a, b);
+    else {
+      data = Buffer.alloc(b - a);
+      await readInto(image.base, data, 0, b - a, a);
+      for (const r of image.regions) {
+        const from = Math.max(a, r.offset);
+        const to = Math.min(b, r.offset + r.size);
+        if (from < to) await readInto(image.raw, data, from - a, to - from, from);
+      }
     }
     const file = cacheDir ? join(cacheDir, `${createHash('sha256').update(data).digest('hex')}.bz2`) : null;
     const hit = file ? await readFile(file).catch(() => null) : null;
@@ -319,7 +427,7 @@ async function compressPieces(
         .catch(() => rm(tmp, { force: true }));
     }
     return out;
-  };
+  });
   // One compressor per core, and one more, so that a core is busy while a piece is written.
   await mapInOrder(bounds, availableParallelism() + 1, piece, (buf) => sink(buf));
   return compressed;

@@ -7,7 +7,9 @@
  */
 import { rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { compressReusing, type SharedPrefixes } from '../artifacts/bzip2-reuse.js';
+import { compressReusing, type Segment, type SharedPrefixes } from '../artifacts/bzip2-reuse.js';
+import { qcow2Layout, vhdxLayout } from '../artifacts/layout.js';
+import { OemError } from '../shared/errors.js';
 import { compressPieced, type PiecedKind } from '../artifacts/pieced.js';
 import { growDisk, showSize, type DiskGrowth } from '../artifacts/disk-size.js';
 import { COMPRESSION_SUFFIX, type Compression } from '../compression.js';
@@ -47,12 +49,25 @@ export function reusesBlocks(job: Pick<ArtifactJob, 'base' | 'compression'>): bo
   return job.base.index !== null && job.compression === 'bz2';
 }
 
+const MiB = 1024 * 1024;
 const mib = (n: number) => `${(n / 1048576).toFixed(1)} MiB`;
 
 /** Compressed in pieces kept in the piece cache: only what differs from earlier builds is compressed again. */
 async function pieced(input: string, out: string, job: ArtifactJob): Promise<{ tool: string; h: Hashes }> {
   const r = await compressPieced(input, out, job.compression as PiecedKind, { cacheDir: job.pieceCache, onProgress: job.progress });
   return { tool: `${r.tool}: ${mib(r.compressed)} compressed now, ${r.cached} of ${r.pieces} pieces from the piece cache`, h: r };
+}
+
+/** A qcow2's or VHDX's layout (layout.ts) for bzip2 from the release's blocks; null for other formats, or when unreadable. */
+async function fileLayout(format: Format, path: string, image: string): Promise<Segment[] | null> {
+  if (format !== 'qcow2' && format !== 'vhdx') return null;
+  const size = (await stat(image)).size;
+  try {
+    return format === 'qcow2' ? await qcow2Layout(path, size) : await vhdxLayout(path, size);
+  } catch (err) {
+    if (err instanceof OemError) return null;
+    throw err;
+  }
 }
 
 export async function makeArtifacts(img: WorkingImage, job: ArtifactJob): Promise<ArtifactInfo[]> {
@@ -96,8 +111,23 @@ export async function makeArtifacts(img: WorkingImage, job: ArtifactJob): Promis
       const converted = compress ? join(job.work, `${p}.${format}`) : out;
       await convert(img.path, format, converted, { name: plain.replace(/\.[^.]+$/, ''), mtime: job.mtime, onProgress: job.progress, pieceCache: job.pieceCache });
       if (compress) {
-        ({ tool, h } = await pieced(converted, out, job));
-        await rm(converted, { force: true });
+        try {
+          const layout = reusesBlocks(job) && job.base.index ? await fileLayout(format, converted, img.path) : null;
+          if (layout && job.base.index) {
+            // The disk's bytes in the file are the image's: the release's bzip2 blocks, as for raw.
+            const baseSize = (await stat(job.base.raw)).size;
+            const size = (await stat(img.path)).size;
+            // A grown disk: its partition tables and what follows the release's end differ too.
+            const regions = grown ? [...img.written, { offset: 0, size: MiB }, { offset: baseSize - MiB, size: size - baseSize + MiB }] : img.written;
+            const r = await compressReusing(job.base.index, job.base.raw, img.path, out, regions, { pieceCache: job.pieceCache, shared: job.prefixes, layout });
+            tool = `${r.tool} for ${mib(r.recompressed)} (of ${mib(r.changed)} of the disk not in the release's blocks, and the ${format}'s tables; the rest from the piece cache), the release's bzip2 blocks for the rest (${r.reusedBlocks} of ${r.blocks})`;
+            h = r;
+          } else {
+            ({ tool, h } = await pieced(converted, out, job));
+          }
+        } finally {
+          await rm(converted, { force: true });
+        }
       }
     }
     h ??= await hashes(out);
