@@ -1,10 +1,11 @@
 /**
  * compressPieced: the concatenated pieces decode with the stock tools to exactly the input (and the
  * trailer), the same bytes come from a cold and a warm cache, only changed pieces are compressed
- * again, holes are not read, and failures leave no output.
+ * again, pieces are cut by content (the same data shifted in the file finds its pieces), holes are not
+ * read, and failures leave no output.
  */
 import { execa } from 'execa';
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import { createWriteStream, existsSync } from 'node:fs';
 import { mkdtemp, open, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -12,12 +13,23 @@ import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { compressPieced, piecedGzip, PIECE, type PiecedKind } from '../src/artifacts/pieced.js';
+import { compressPieced, MAX_PIECE, MIN_PIECE, pieceEnd, piecedGzip, PIECE, type PiecedKind } from '../src/artifacts/pieced.js';
 
 let work: string;
-/** Three pieces and a bit: random data and text, a hole of two whole pieces, and a partial last piece. */
+/**
+ * 5 MiB of incompressible data (cut by content: the same on every run), text, a hole of several MiB,
+ * and a few bytes at the end.
+ */
 let input: string;
-const SIZE = 3 * PIECE + 12345;
+const SIZE = 4 * PIECE + 12345;
+const DATA = 5 * 1024 * 1024;
+
+/** Bytes that look random and are the same on every run (SHA-256 in counter mode). */
+function pseudoRandom(n: number, seed: string): Buffer {
+  const out = Buffer.alloc(n);
+  for (let at = 0, i = 0; at < n; at += 32, i++) createHash('sha256').update(`${seed} ${i}`).digest().copy(out, at);
+  return out;
+}
 
 const DECODERS: Record<PiecedKind, string[]> = {
   bz2: ['bzip2 -dc', 'lbzip2 -dc', 'pbzip2 -dc'],
@@ -39,9 +51,9 @@ beforeAll(async () => {
   const fh = await open(input, 'wx');
   try {
     await fh.truncate(SIZE);
-    await fh.write(randomBytes(64 * 1024), 0, 64 * 1024, 1000);
-    await fh.write(Buffer.from('flatcar oem piece\n'.repeat(4000)), 0, 72000, 200_000);
-    await fh.write(randomBytes(100), 0, 100, SIZE - 100);
+    await fh.write(pseudoRandom(DATA, 'b'), 0, DATA, 0);
+    await fh.write(Buffer.from('flatcar oem piece\n'.repeat(4000)), 0, 72000, DATA + 200_000);
+    await fh.write(pseudoRandom(100, 'end'), 0, 100, SIZE - 100);
   } finally {
     await fh.close();
   }
@@ -50,21 +62,59 @@ afterAll(async () => {
   await rm(work, { recursive: true, force: true });
 });
 
+/** Where the input's pieces end, found the way pieceEnd says, reading the whole input. */
+let cuts: number[] = [];
+beforeAll(async () => {
+  let data = await readFile(input);
+  let at = 0;
+  cuts = [];
+  while (data.length) {
+    const end = pieceEnd(data, true);
+    cuts.push((at += end));
+    data = data.subarray(end);
+  }
+});
+
+describe('pieceEnd', () => {
+  it('cuts data by its content, between MIN_PIECE and MAX_PIECE; zeros never cut', () => {
+    // The input's incompressible data is cut by its content (these bytes: at 3.05 MiB), not at MAX_PIECE.
+    expect(cuts[0]).toBeGreaterThanOrEqual(MIN_PIECE);
+    expect(cuts[0]).toBeLessThan(MAX_PIECE);
+    expect(cuts[cuts.length - 1]).toBe(SIZE);
+    for (let i = 1; i < cuts.length; i++) expect(cuts[i]! - cuts[i - 1]!).toBeLessThanOrEqual(MAX_PIECE);
+    expect(pieceEnd(Buffer.alloc(MAX_PIECE + 5), false)).toBe(MAX_PIECE);
+    expect(pieceEnd(Buffer.alloc(MIN_PIECE + 5), false)).toBe(-1);
+    expect(pieceEnd(Buffer.alloc(MIN_PIECE + 5), true)).toBe(MIN_PIECE + 5);
+    // The same bytes after a prefix of another length are cut at the same places.
+    const data = pseudoRandom(3 * MAX_PIECE, 'shift');
+    const at = (b: Buffer) => {
+      const out: number[] = [];
+      for (let x = 0; x < b.length; ) out.push((x += pieceEnd(b.subarray(x), true)));
+      return out;
+    };
+    const plain = at(data);
+    const shifted = at(Buffer.concat([Buffer.alloc(777, 1), data])).map((x) => x - 777);
+    expect(plain.length).toBeGreaterThan(3);
+    // (A cut could fall into the first 777 bytes' reach, about one time in 2,700; not with these bytes.)
+    expect(shifted).toEqual(plain);
+  });
+});
+
 describe('compressPieced', () => {
   for (const kind of ['bz2', 'gz', 'xz', 'zst'] as const) {
     it(`${kind}: decodes with ${DECODERS[kind].map((d) => d.split(' ')[0]).join(', ')} to the input; the same bytes warm and cold`, async () => {
       const cache = join(work, `cache-${kind}`);
       const a = join(work, `a.${kind}`);
       const first = await compressPieced(input, a, kind, { cacheDir: cache });
-      expect(first.pieces).toBe(4);
-      // The two pieces of the hole are one piece of zeros: compressed once, then taken from the cache.
-      expect(first.compressed).toBeLessThanOrEqual(SIZE - PIECE);
+      expect(first.pieces).toBe(cuts.length);
+      expect(first.compressed).toBeGreaterThan(DATA);
+      expect(first.compressed).toBeLessThanOrEqual(SIZE);
       expect(first.sha512).toBe(await sha512(a));
       for (const d of DECODERS[kind]) await decodesTo(d, a, input);
       // Warm: nothing compressed, the same bytes.
       const b = join(work, `b.${kind}`);
       const second = await compressPieced(input, b, kind, { cacheDir: cache });
-      expect(second).toMatchObject({ cached: 4, compressed: 0, sha512: first.sha512, size: first.size });
+      expect(second).toMatchObject({ cached: cuts.length, compressed: 0, sha512: first.sha512, size: first.size });
       // Another cache, cold: the same bytes again.
       const c = join(work, `c.${kind}`);
       expect((await compressPieced(input, c, kind, { cacheDir: join(work, `other-${kind}`) })).sha512).toBe(first.sha512);
@@ -83,8 +133,11 @@ describe('compressPieced', () => {
     const trailer = Buffer.concat([Buffer.alloc(1000), Buffer.from('conectix-like footer')]);
     const out = join(work, 'changed.bz2');
     const r = await compressPieced(changed, out, 'bz2', { cacheDir: cache, trailer });
-    expect(r.pieces).toBe(5);
-    expect(r.compressed).toBe(PIECE + trailer.length);
+    expect(r.pieces).toBe(cuts.length + 1);
+    // The piece with the change, and the trailer.
+    const k = cuts.findIndex((c) => c > PIECE + 5);
+    expect(r.compressed).toBe(cuts[k]! - (k ? cuts[k - 1]! : 0) + trailer.length);
+    expect(r.cached).toBe(cuts.length - 1);
     const whole = join(work, 'whole.bin');
     await execa('sh', ['-c', `cat "$1" > "$3" && printf '%s' "$2" | base64 -d >> "$3"`, 'sh', changed, trailer.toString('base64'), whole]);
     await decodesTo('bzip2 -dc', out, whole);
@@ -105,14 +158,26 @@ describe('compressPieced', () => {
     };
     const a = join(work, 'stream-a.gz');
     const first = await run(a);
-    expect(first.compressed).toBeLessThanOrEqual(SIZE - PIECE);
+    expect(first.compressed).toBeLessThanOrEqual(SIZE);
     await decodesTo('gzip -dc', a, input);
     expect((await execa('gzip', ['-t', a], { reject: false })).exitCode).toBe(0);
     const b = join(work, 'stream-b.gz');
     const second = await run(b);
     expect(second.compressed).toBe(0);
-    expect(second.cached).toBe(4);
+    expect(second.cached).toBe(cuts.length);
     expect(await sha512(b)).toBe(await sha512(a));
+  });
+
+  it('the same data behind a longer header (another container\'s tables) is compressed again only up to its first cut', async () => {
+    const cache = join(work, 'cache-shift');
+    const first = await compressPieced(input, join(work, 'unshifted.gz'), 'gz', { cacheDir: cache });
+    const shifted = join(work, 'shifted.bin');
+    await writeFile(shifted, Buffer.concat([Buffer.from('a header of another length\n'.repeat(40)), await readFile(input)]));
+    const out = join(work, 'shifted.gz');
+    const r = await compressPieced(shifted, out, 'gz', { cacheDir: cache });
+    expect(r.cached).toBe(first.pieces - 1);
+    expect(r.compressed).toBe(cuts[0]! + 40 * 27);
+    await decodesTo('gzip -dc', out, shifted);
   });
 
   it('refuses an existing output, and removes the partial output when interrupted', async () => {

@@ -3,19 +3,25 @@
  * release differ only where a build wrote (OEM, ROOT), so what every build of every provider shares
  * (the USR partitions, the runs of zeros) is compressed once and then only copied.
  *
- * The input is cut at fixed offsets into pieces of PIECE (4 MiB) bytes; each piece is compressed on its own
- * (a complete .bz2, .gz, .xz or .zst stream) and the output is their concatenation, which the stock
- * tools decode as one: bzip2, lbzip2 and pbzip2, gzip (members), xz and zstd (streams, frames) all
- * read concatenations. A piece wholly in a hole of a sparse input is not read. Pieces are compressed
- * as many at once as there are cores, and the output is hashed as it is written.
+ * The input is cut into pieces where its content says (content-defined chunking: a gear hash over the
+ * last 32 bytes, a cut where its top 21 bits are zero), between MIN_PIECE (2 MiB) and MAX_PIECE
+ * (8 MiB) long, about PIECE (4 MiB) on average. The same bytes are cut at the same places wherever
+ * they sit: a container whose tables before the disk's data are longer or shorter (a VMDK of a larger
+ * disk, a tar whose sparse map differs, a qcow2 in a box) still finds the pieces of the disk's data
+ * that another artifact compressed. Runs of zeros never cut (pieces of MAX_PIECE). Each piece is
+ * compressed on its own (a complete .bz2, .gz, .xz or .zst stream) and the output is their
+ * concatenation, which the stock tools decode as one: bzip2, lbzip2 and pbzip2, gzip (members), xz
+ * and zstd (streams, frames) all read concatenations. Holes of a sparse input are not read. Pieces are
+ * compressed as many at once as there are cores, and the output is hashed as it is written.
  *
  *   bz2   lbzip2 -n1 -9 (else bzip2 -9)
  *   gz    Node's zlib, level 9 (no name, no time: the same bytes on every machine with this Node)
  *   xz    xz -6 -T1
  *   zst   zstd -10
  *
- * The same input gives the same bytes, from a cold cache or a warm one. A piece compresses a little
- * worse than the whole file would (each starts with an empty dictionary): about 1% for 4 MiB pieces.
+ * The same input gives the same bytes, from a cold cache or a warm one, on every machine (the gear
+ * table is derived from SHA-256). A piece compresses a little worse than the whole file would (each
+ * starts with an empty dictionary): about 1% for 4 MiB pieces.
  */
 import { createHash, randomBytes, type Hash } from 'node:crypto';
 import { mkdir, readFile, rename, rm, writeFile, type FileHandle } from 'node:fs/promises';
@@ -25,7 +31,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { gzip as gzipCb } from 'node:zlib';
 import type { Compression } from '../compression.js';
-import { mapInOrder } from '../concurrency.js';
+import { mapInOrder, pieceSlots } from '../concurrency.js';
 import { dataExtents } from '../image/sparse.js';
 import { OemError } from '../shared/errors.js';
 import { filter, requireTool } from '../tools.js';
@@ -33,8 +39,42 @@ import { bzip2Tool, createOutput, noSpace, openInput } from './compress.js';
 
 const gzip = promisify(gzipCb);
 
-/** The size of a piece: large enough for the compressors' ratio, small enough to reuse most of an image. */
+/** The average size of a piece: large enough for the compressors' ratio, small enough to reuse most of an image. */
 export const PIECE = 4 * 1024 * 1024;
+export const MIN_PIECE = PIECE / 2;
+export const MAX_PIECE = PIECE * 2;
+/** A cut where the hash's top 21 bits are zero: one in 2 MiB after MIN_PIECE. */
+const CUT_SHIFT = 32 - Math.log2(PIECE - MIN_PIECE);
+const WINDOW = 32;
+
+/**
+ * One pseudo-random 32-bit value per byte value, the same on every machine. A run of zeros leaves the
+ * hash at -GEAR[0], whose top bits are not zero: zeros never cut.
+ */
+const GEAR = (() => {
+  const t = new Int32Array(256);
+  for (let i = 0; i < 256; i++) t[i] = createHash('sha256').update(`oem piece gear ${i}`).digest().readInt32LE(0);
+  t[0] = 0x9e3779b9 | 0;
+  return t;
+})();
+
+/**
+ * Where the piece that starts at `data[0]` ends: at the first cut at or after MIN_PIECE, else at
+ * MAX_PIECE; at the end of `data` when it is the input's end (`final`). -1: more data is needed.
+ */
+export function pieceEnd(data: Buffer, final: boolean): number {
+  const limit = Math.min(data.length, MAX_PIECE);
+  if (limit > MIN_PIECE && !isZero(data.subarray(MIN_PIECE - WINDOW, limit))) {
+    // The hash at i depends on bytes i-31..i only (older ones are shifted out).
+    let h = 0;
+    for (let i = MIN_PIECE - WINDOW; i < limit; i++) {
+      h = ((h << 1) + GEAR[data[i]!]!) | 0;
+      if (i >= MIN_PIECE - 1 && h >>> CUT_SHIFT === 0) return i + 1;
+    }
+  }
+  if (data.length >= MAX_PIECE) return MAX_PIECE;
+  return final ? data.length : -1;
+}
 
 export type PiecedKind = Exclude<Compression, 'none'>;
 
@@ -148,7 +188,7 @@ function handled<T>(p: Promise<T>): Promise<T> {
 
 /**
  * A stream's gzip in pieces (the archives: GNU tar's output): the same multi-member gzip as
- * compressPieced, at `level`, cut from the stream every PIECE bytes. Pieces are compressed as many at
+ * compressPieced, at `level`, cut from the stream as compressPieced cuts a file. Pieces are compressed as many at
  * once as there are cores, in order; the stream waits while they are.
  */
 export function piecedGzip(opts: { cacheDir: string; level: number; signal?: AbortSignal }): Transform & { store: PieceStore } {
@@ -165,11 +205,12 @@ export function piecedGzip(opts: { cacheDir: string; level: number; signal?: Abo
         await ready;
         pending.push(chunk);
         pendingLength += chunk.length;
-        while (pendingLength >= PIECE) {
+        while (pendingLength >= MAX_PIECE) {
           const all = Buffer.concat(pending);
-          queue.push(handled(store.get(all.subarray(0, PIECE))));
-          pending = [all.subarray(PIECE)];
-          pendingLength = all.length - PIECE;
+          const end = pieceEnd(all, false);
+          queue.push(handled(pieceSlots.use(() => store.get(all.subarray(0, end)))));
+          pending = [all.subarray(end)];
+          pendingLength = all.length - end;
           while (queue.length >= limit) t.push(await queue.shift()!);
         }
       })().then(() => cb(), (err: unknown) => cb(err as Error));
@@ -177,12 +218,43 @@ export function piecedGzip(opts: { cacheDir: string; level: number; signal?: Abo
     flush(cb) {
       void (async () => {
         await ready;
-        if (pendingLength > 0) queue.push(handled(store.get(Buffer.concat(pending))));
+        let rest = Buffer.concat(pending);
+        while (rest.length > 0) {
+          const end = pieceEnd(rest, true);
+          queue.push(handled(pieceSlots.use(() => store.get(rest.subarray(0, end)))));
+          rest = rest.subarray(end);
+          while (queue.length >= limit) t.push(await queue.shift()!);
+        }
         while (queue.length) t.push(await queue.shift()!);
       })().then(() => cb(), (err: unknown) => cb(err as Error));
     },
   });
   return Object.assign(t, { store });
+}
+
+/** The pieces of a file (pieceEnd), read once; windows wholly in a hole are not read (zeros do not cut). */
+async function cutFile(src: FileHandle, total: number, hole: (a: number, b: number) => boolean): Promise<{ at: number; len: number }[]> {
+  const pieces: { at: number; len: number }[] = [];
+  const buf = Buffer.alloc(MAX_PIECE);
+  for (let at = 0; at < total; ) {
+    const end = Math.min(total, at + MAX_PIECE);
+    let len: number;
+    if (end - at <= MIN_PIECE || hole(at + MIN_PIECE - WINDOW, end)) len = end - at;
+    else {
+      const n = end - at;
+      buf.fill(0, 0, MIN_PIECE - WINDOW);
+      let got = MIN_PIECE - WINDOW;
+      while (got < n) {
+        const { bytesRead } = await src.read(buf, got, n - got, at + got);
+        if (!bytesRead) throw new OemError(`the input changed while it was compressed (shorter than ${total} bytes)`);
+        got += bytesRead;
+      }
+      len = pieceEnd(buf.subarray(0, n), end === total);
+    }
+    pieces.push({ at, len });
+    at += len;
+  }
+  return pieces;
 }
 
 /**
@@ -212,10 +284,9 @@ export async function compressPieced(
     // Created exclusively: from here on a failure removes it.
     created = true;
     const out = dst;
-    const pieces: { at: number; len: number; bytes?: Buffer }[] = [];
-    for (let at = 0; at < total; at += PIECE) pieces.push({ at, len: Math.min(PIECE, total - at) });
+    const pieces: { at: number; len: number; bytes?: Buffer }[] = await cutFile(src, total, hole);
     if (opts.trailer?.length) pieces.push({ at: total, len: opts.trailer.length, bytes: opts.trailer });
-    const piece = async (p: (typeof pieces)[number]): Promise<Buffer> => {
+    const piece = (p: (typeof pieces)[number]): Promise<Buffer> => pieceSlots.use(async () => {
       if (opts.signal?.aborted) throw new OemError('interrupted while compressing', { code: 'interrupted' });
       let bytes = p.bytes;
       if (!bytes) {
@@ -230,7 +301,7 @@ export async function compressPieced(
         }
       }
       return store.get(bytes);
-    };
+    });
     let done = 0;
     await mapInOrder(pieces, availableParallelism() + 1, piece, async (z, i) => {
       for (const x of Object.values(h)) x.update(z);
@@ -244,7 +315,7 @@ export async function compressPieced(
     dst = undefined;
     await out.close();
     ok = true;
-    return { tool: `${c.id} in ${PIECE / 1048576} MiB pieces`, pieces: pieces.length, cached: store.cached, compressed: store.compressed, size, md5: h.md5.digest('hex'), sha1: h.sha1.digest('hex'), sha512: h.sha512.digest('hex') };
+    return { tool: `${c.id} in pieces of about ${PIECE / 1048576} MiB`, pieces: pieces.length, cached: store.cached, compressed: store.compressed, size, md5: h.md5.digest('hex'), sha1: h.sha1.digest('hex'), sha512: h.sha512.digest('hex') };
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     if (code === 'ENOSPC' || code === 'EDQUOT') throw noSpace(output);
