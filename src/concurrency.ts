@@ -1,7 +1,8 @@
 /**
- * The one concurrency helper: run a function over items, at most `limit` at once, with the results
- * taken in the items' order.
+ * Concurrency helpers: run a function over items, at most `limit` at once, with the results taken in
+ * the items' order; and the slots that bound the pieces compressed at once in the process.
  */
+import { availableParallelism } from 'node:os';
 
 /**
  * Runs `fn` over `items`, at most `limit` at once, and resolves to the results in the items' order.
@@ -68,3 +69,31 @@ export async function mapInOrder<T, R>(
     await Promise.allSettled(started);
   }
 }
+
+/** A counting semaphore: `use` runs its function when one of `n` slots is free. */
+export class Slots {
+  private free: number;
+  private readonly waiting: (() => void)[] = [];
+  constructor(n: number) {
+    this.free = Math.max(1, Math.floor(n));
+  }
+
+  async use<R>(fn: () => Promise<R>): Promise<R> {
+    if (this.free > 0) this.free--;
+    else await new Promise<void>((resolve) => this.waiting.push(resolve));
+    try {
+      return await fn();
+    } finally {
+      const next = this.waiting.shift();
+      if (next) next();
+      else this.free++;
+    }
+  }
+}
+
+/**
+ * The pieces being read and compressed at once in this process, by whichever artifact or provider:
+ * one per core and one more. Builds of several providers at once share them, so that their
+ * compressions do not hold twice the pieces in memory for the same CPU.
+ */
+export const pieceSlots = new Slots(availableParallelism() + 1);

@@ -1,6 +1,6 @@
-/** mapInOrder (src/concurrency.ts): the one helper for running work concurrently, in order. */
+/** mapInOrder and Slots (src/concurrency.ts): running work concurrently, in order, within a bound. */
 import { describe, expect, it } from 'vitest';
-import { mapInOrder } from '../src/concurrency.js';
+import { mapInOrder, Slots } from '../src/concurrency.js';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -91,5 +91,33 @@ describe('mapInOrder', () => {
       ),
     ).rejects.toThrow('cannot write 2');
     expect(started.length).toBeLessThanOrEqual(4);
+  });
+});
+
+describe('Slots', () => {
+  it('runs at most n at once across every caller, in the order they asked, and frees a slot on failure', async () => {
+    const slots = new Slots(2);
+    let active = 0;
+    let most = 0;
+    const order: number[] = [];
+    const job = (i: number, ms: number, fail = false) =>
+      slots.use(async () => {
+        order.push(i);
+        active++;
+        most = Math.max(most, active);
+        await sleep(ms);
+        active--;
+        if (fail) throw new Error(`job ${i} failed`);
+        return i;
+      });
+    // Two "artifacts" at once, each running three pieces through the same slots.
+    const a = mapInOrder([0, 1, 2], 3, (i) => job(i, 10));
+    const b = Promise.allSettled([job(10, 5, true), job(11, 1), job(12, 1)]);
+    expect(await a).toEqual([0, 1, 2]);
+    const settled = await b;
+    expect(settled[0]).toMatchObject({ status: 'rejected' });
+    expect(settled.slice(1).map((s) => (s as PromiseFulfilledResult<number>).value)).toEqual([11, 12]);
+    expect(most).toBe(2);
+    expect(order).toEqual([0, 1, 2, 10, 11, 12]);
   });
 });

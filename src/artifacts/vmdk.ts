@@ -21,7 +21,7 @@ import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { deflate as deflateCb } from 'node:zlib';
-import { mapInOrder } from '../concurrency.js';
+import { mapInOrder, pieceSlots } from '../concurrency.js';
 import { dataExtents } from '../image/sparse.js';
 import { OemError } from '../shared/errors.js';
 
@@ -149,7 +149,7 @@ export async function writeVmdkGrains(
     for (let at = 0; at < size; at += PIECE) pieces.push(at);
     if (opts.cacheDir) await mkdir(opts.cacheDir, { recursive: true });
     let cachedPieces = 0;
-    const segment = async (at: number): Promise<Segment> => {
+    const segment = (at: number): Promise<Segment> => pieceSlots.use(async () => {
       if (opts.signal?.aborted) throw new OemError('interrupted while writing the VMDK', { code: 'interrupted' });
       const len = Math.min(PIECE, size - at);
       if (hole(at, at + len)) return { grains: [], bytes: Buffer.alloc(0) };
@@ -168,7 +168,7 @@ export async function writeVmdkGrains(
           .catch(() => rm(tmp, { force: true }));
       }
       return s;
-    };
+    });
     let sector = h.overHead;
     await mapInOrder(pieces, availableParallelism() + 1, segment, async (s, i) => {
       const first = pieces[i]! / GRAIN;
