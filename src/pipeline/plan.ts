@@ -3,12 +3,15 @@
  * provider's output directory is made by one build) goes to one group, and the groups are balanced by
  * the work their formats cost, greedy longest-first into N bins.
  *
- * The weights are estimates, relative to a raw `.bin.bz2` (1: it reuses the release's bzip2 blocks and
- * compresses only the changed ones, see "Fast from a cached release" in the README): a format that
- * qemu-img converts from the whole disk and that is then compressed whole costs a few times that (qcow2
- * and vhdx skip zeros, ~3; vmdk streamOptimized deflates everything, vhd is fixed-size, gce tars and
- * gzips the disk, ~4), an archive that holds a converted disk and is gzipped or checksummed again ~5.
- * They are not measured per machine; they only need to order the work right.
+ * The weights are measured costs, relative to a raw `.bin.bz2` (1: it reuses the release's bzip2
+ * blocks and compresses only the changed ones, see "Fast from a cached release" in the README), of
+ * each format's first artifact in a job (a job starts with the decoded base but no compressed pieces):
+ * the full-size test release on 2 cores (`npm run bench`, each format's cold row less raw's), in units
+ * of about 2.5 s. A fixed VHD, a qcow2 and a VHDX also reuse the release's blocks (1-3: a copy or a
+ * conversion of the disk first); an OVA or the VirtualBox appliance deflates every grain of the disk
+ * once (6); a VMDK's .bz2 then compresses the deflated grains with bzip2 too (18); GCE's tar.gz, the
+ * Parallels bundle and the libvirt box gzip the whole disk (17); the VirtualBox box deflates the grains
+ * and gzips them (10). They only need to order the work right.
  */
 import type { Format } from '../artifacts/formats.js';
 import type { Provider } from '../providers/registry.js';
@@ -16,16 +19,16 @@ import type { Provider } from '../providers/registry.js';
 /** The estimated cost of one artifact of each format (see the module comment). */
 export const FORMAT_WEIGHTS: Readonly<Record<Format, number>> = {
   raw: 1,
-  qcow2: 3,
+  vhd: 1,
+  qcow2: 2,
   vhdx: 3,
-  vmdk: 4,
-  vhd: 4,
-  gce: 4,
-  'vagrant-libvirt': 5,
-  'vagrant-virtualbox': 5,
-  ova: 5,
-  virtualbox: 5,
-  parallels: 5,
+  ova: 6,
+  virtualbox: 6,
+  'vagrant-virtualbox': 10,
+  gce: 17,
+  parallels: 17,
+  'vagrant-libvirt': 17,
+  vmdk: 18,
 };
 
 /** Every provider's own work (writing OEM and ROOT, the manifest, the digests). */
@@ -33,7 +36,7 @@ export const PROVIDER_WEIGHT = 1;
 /** Added per non-raw format when the provider's disk is grown (disk_size, disk_layout): more disk to convert. */
 export const GROWTH_WEIGHT = 1;
 /** The work one default job is sized for, when --jobs is not given. */
-export const JOB_TARGET = 10;
+export const JOB_TARGET = 20;
 
 export interface PlanItem {
   provider: string;
