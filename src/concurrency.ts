@@ -94,6 +94,7 @@ export class Slots {
 /**
  * The pieces being read and compressed at once in this process, by whichever artifact or provider:
  * one per core and one more. Builds of several providers at once share them, so that their
- * compressions do not hold twice the pieces in memory for the same CPU.
+ * compressions do not hold twice the pieces in memory for the same CPU. (One per core was measured
+ * too: every default format of every provider took 229 s instead of 217, for a peak 14 MB lower.)
  */
 export const pieceSlots = new Slots(availableParallelism() + 1);

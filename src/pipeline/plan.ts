@@ -6,12 +6,12 @@
  * The weights are measured costs, relative to a raw `.bin.bz2` (1: it reuses the release's bzip2
  * blocks and compresses only the changed ones, see "Fast from a cached release" in the README), of
  * each format's first artifact in a job (a job starts with the decoded base but no compressed pieces):
- * the full-size test release on 2 cores (`npm run bench`, each format's cold row less raw's), in units
- * of about 2.5 s. A fixed VHD, a qcow2 and a VHDX also reuse the release's blocks (1-3: a copy or a
- * conversion of the disk first); an OVA or the VirtualBox appliance deflates every grain of the disk
- * once (6); a VMDK's .bz2 then compresses the deflated grains with bzip2 too (18); GCE's tar.gz, the
- * Parallels bundle and the libvirt box gzip the whole disk (17); the VirtualBox box deflates the grains
- * and gzips them (10). They only need to order the work right.
+ * the full-size test release on 2 cores (`npm run bench`: each format's cold row less raw's), in units
+ * of about 1.6 s. A fixed VHD reuses the raw image's blocks (1); a VHDX and a qcow2 reuse them after a
+ * conversion and, the first time, mapping the release's blocks at their clusters' edges (4, 5); an OVA
+ * or the VirtualBox appliance deflates every grain of the disk once (9); the libvirt box and GCE's
+ * tar.gz gzip the disk (10, 11); the VirtualBox box and the Parallels bundle do both or convert first
+ * (13); a VMDK's .bz2 deflates every grain and then bzip2s them (18). They only need to order the work.
  */
 import type { Format } from '../artifacts/formats.js';
 import type { Provider } from '../providers/registry.js';
@@ -20,14 +20,14 @@ import type { Provider } from '../providers/registry.js';
 export const FORMAT_WEIGHTS: Readonly<Record<Format, number>> = {
   raw: 1,
   vhd: 1,
-  qcow2: 2,
-  vhdx: 3,
-  ova: 6,
-  virtualbox: 6,
-  'vagrant-virtualbox': 10,
-  gce: 17,
-  parallels: 17,
-  'vagrant-libvirt': 17,
+  vhdx: 4,
+  qcow2: 5,
+  ova: 9,
+  virtualbox: 9,
+  'vagrant-libvirt': 10,
+  gce: 11,
+  'vagrant-virtualbox': 13,
+  parallels: 13,
   vmdk: 18,
 };
 
