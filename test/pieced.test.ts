@@ -8,11 +8,12 @@ import { execa } from 'execa';
 import { createHash } from 'node:crypto';
 import { createWriteStream, existsSync } from 'node:fs';
 import { mkdtemp, open, readFile, readdir, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { pieceSlots } from '../src/concurrency.js';
 import { compressPieced, MAX_PIECE, MIN_PIECE, pieceEnd, piecedGzip, PIECE, type PiecedKind } from '../src/artifacts/pieced.js';
 
 let work: string;
@@ -43,6 +44,7 @@ async function decodesTo(cmd: string, file: string, expected: string): Promise<v
   expect(r.exitCode, `${cmd}: ${r.stderr}${r.stdout}`).toBe(0);
 }
 
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 const sha512 = async (p: string) => createHash('sha512').update(await readFile(p)).digest('hex');
 
 beforeAll(async () => {
@@ -166,6 +168,22 @@ describe('compressPieced', () => {
     expect(second.compressed).toBe(0);
     expect(second.cached).toBe(cuts.length);
     expect(await sha512(b)).toBe(await sha512(a));
+  });
+
+  it('piecedGzip: the pieces of the stream\'s end are the right ones when they wait for a slot', async () => {
+    // Every slot of the process busy while the stream ends: its last pieces wait (a build of another
+    // provider compressing at the same time). Less than MAX_PIECE, cut by content: all at the end.
+    const data = pseudoRandom(MAX_PIECE - 12345, 'b');
+    expect(pieceEnd(data, true)).toBeLessThan(data.length);
+    const busy = Array.from({ length: availableParallelism() + 1 }, () => pieceSlots.use(() => sleep(300)));
+    const gz = piecedGzip({ cacheDir: join(work, 'cache-busy'), level: 1 });
+    const out = join(work, 'busy.gz');
+    await pipeline(Readable.from([data]), gz, createWriteStream(out));
+    await Promise.all(busy);
+    expect(gz.store.compressed).toBe(data.length);
+    const back = join(work, 'busy.bin');
+    await writeFile(back, data);
+    await decodesTo('gzip -dc', out, back);
   });
 
   it('the same data behind a longer header (another container\'s tables) is compressed again only up to its first cut', async () => {

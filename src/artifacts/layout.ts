@@ -21,8 +21,11 @@ interface Mapped {
   length: number;
 }
 
-/** The tables and headers of a file from qemu-img are small; more than this in between is refused. */
-const MAX_BYTES = 256 * 1024 * 1024;
+/**
+ * The tables and headers of a file from qemu-img are small (a VHDX's, with its log, 16 MiB): more
+ * than this in between is refused (they are held in memory), and the file is compressed as it is.
+ */
+const MAX_BYTES = 64 * 1024 * 1024;
 
 async function readAt(fh: FileHandle, at: number, n: number): Promise<Buffer> {
   const b = Buffer.alloc(n);

@@ -208,7 +208,9 @@ export function piecedGzip(opts: { cacheDir: string; level: number; signal?: Abo
         while (pendingLength >= MAX_PIECE) {
           const all = Buffer.concat(pending);
           const end = pieceEnd(all, false);
-          queue.push(handled(pieceSlots.use(() => store.get(all.subarray(0, end)))));
+          // The piece is taken now: its compression may start later, when a slot is free.
+          const piece = all.subarray(0, end);
+          queue.push(handled(pieceSlots.use(() => store.get(piece))));
           pending = [all.subarray(end)];
           pendingLength = all.length - end;
           while (queue.length >= limit) t.push(await queue.shift()!);
@@ -221,7 +223,8 @@ export function piecedGzip(opts: { cacheDir: string; level: number; signal?: Abo
         let rest = Buffer.concat(pending);
         while (rest.length > 0) {
           const end = pieceEnd(rest, true);
-          queue.push(handled(pieceSlots.use(() => store.get(rest.subarray(0, end)))));
+          const piece = rest.subarray(0, end);
+          queue.push(handled(pieceSlots.use(() => store.get(piece))));
           rest = rest.subarray(end);
           while (queue.length >= limit) t.push(await queue.shift()!);
         }
