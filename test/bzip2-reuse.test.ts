@@ -197,7 +197,10 @@ describe('a qcow2 and a VHDX of the built image as .bz2 from the release\'s own 
       expect(r.reusedBlocks).toBeGreaterThan(0);
       const tables = layout.reduce((a, s) => a + ('bytes' in s ? s.bytes.length : 0), 0);
       // What was compressed now: the tables, the changed ranges and the blocks cut by a run of zeros the file leaves out.
-      expect(r.recompressed).toBeLessThan(tables + 8 * 1024 * 1024);
+      // Less of the disk than the 6.5 MB of incompressible data in USR (and its runs of zeros, and the
+      // changed OEM): the release's blocks carried much of it (measured: 1.9 MB for qcow2, 5.7 MB for
+      // VHDX, whose payload blocks also cut runs of zeros; without reuse, more than 6.9 MB).
+      expect(r.recompressed - tables).toBeLessThan(6_500_000);
       expect(r.sha512).toBe(await sha512(out));
       for (const dec of ['lbzip2', 'bzip2']) expect(await decodedSha512(dec, out), `${dec} -dc`).toBe(await sha512(file));
     });

@@ -146,11 +146,22 @@ interface Item {
  * one image segment; chunks that a segment starts or ends inside are refined for that.
  */
 async function planSteps(index: BaseIndex, dirty: boolean[], segments: Segment[]): Promise<Step[]> {
-  const inside = (c: { u: number; len: number }, p: number) => c.u < p && p < c.u + c.len;
+  // The chunk a boundary falls strictly inside, if any (chunks are sorted and contiguous).
+  const chunkInside = (p: number) => {
+    let lo = 0;
+    let hi = index.chunks.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (index.chunks[mid]!.u + index.chunks[mid]!.len <= p) lo = mid + 1;
+      else hi = mid;
+    }
+    const c = index.chunks[lo];
+    return c && c.u < p ? c : undefined;
+  };
   for (const s of segments) {
     if (!('image' in s)) continue;
     for (const p of s.image) {
-      const c = index.chunks.find((x) => inside(x, p));
+      const c = chunkInside(p);
       if (c) await refineChunk(index, c);
     }
   }

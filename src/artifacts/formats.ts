@@ -26,6 +26,7 @@ import { exists } from '../shared/safe-fs.js';
 import { hashFile } from './hash.js';
 import { writeTar, type TarEntry, type TarFormat } from './tar.js';
 import { writeVmdkGrains } from './vmdk.js';
+import { VHDX_METADATA_REGION, VHDX_PAGE83 } from './layout.js';
 import {
   PARALLELS_BASE_SNAPSHOT,
   PARALLELS_OUI,
@@ -409,9 +410,6 @@ function patchVhdFooterBuffer(f: Buffer, c: Ctx, path: string): void {
 
 /** 32 bytes derived from the conversion's inputs, for IDs that qemu-img would make random. */
 const KiB = 1024;
-/** GUIDs as stored on disk (the first three fields little-endian). */
-const VHDX_METADATA_REGION = Buffer.from('06a27c8b90479a4bb8fe575f050f886e', 'hex');
-const VHDX_PAGE83 = Buffer.from('ab12cabee6b2234593efc309e000c746', 'hex');
 
 /**
  * Replaces what qemu-img leaves random or history-dependent in a VHDX with seeded values: the

@@ -126,13 +126,14 @@ export async function qcow2Layout(path: string, diskSize: number): Promise<Segme
 }
 
 /** GUIDs as stored in a VHDX (the first three fields little-endian). */
-const guid = (s: string): Buffer => {
+export const guid = (s: string): Buffer => {
   const h = s.replace(/-/g, '');
   const b = Buffer.from(h, 'hex');
   return Buffer.concat([Buffer.from(b.subarray(0, 4)).reverse(), Buffer.from(b.subarray(4, 6)).reverse(), Buffer.from(b.subarray(6, 8)).reverse(), b.subarray(8)]);
 };
 const BAT = guid('2DC27766-F623-4200-9D64-115E9BFD4A08');
-const METADATA = guid('8B7CA206-4790-4B9A-B8FE-575F050F886E');
+export const VHDX_METADATA_REGION = guid('8B7CA206-4790-4B9A-B8FE-575F050F886E');
+export const VHDX_PAGE83 = guid('BECA12AB-B2E6-4523-93EF-C309E000C746');
 const FILE_PARAMETERS = guid('CAA16737-FA36-4D43-B3B6-33F0AA44E76B');
 const VIRTUAL_DISK_SIZE = guid('2FA54224-CD1B-4876-B211-5DBED83BF4B8');
 const LOGICAL_SECTOR_SIZE = guid('8141BF1D-A96F-4709-BA47-F233A8FAAB5F');
@@ -156,7 +157,7 @@ export async function vhdxLayout(path: string, diskSize: number): Promise<Segmen
       const id = regions.subarray(e, e + 16);
       const at = safe(regions.readBigUInt64LE(e + 16), 'VHDX region offset');
       if (id.equals(BAT)) [batAt, batLength] = [at, regions.readUInt32LE(e + 24)];
-      else if (id.equals(METADATA)) metaAt = at;
+      else if (id.equals(VHDX_METADATA_REGION)) metaAt = at;
     }
     if (batAt < 0 || metaAt < 0) throw new OemError('no BAT or metadata region');
     const table = await readAt(fh, metaAt, 64 * 1024);

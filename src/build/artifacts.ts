@@ -58,14 +58,16 @@ async function pieced(input: string, out: string, job: ArtifactJob): Promise<{ t
   return { tool: `${r.tool}: ${mib(r.compressed)} compressed now, ${r.cached} of ${r.pieces} pieces from the piece cache`, h: r };
 }
 
-/** A qcow2's or VHDX's layout (layout.ts) for bzip2 from the release's blocks; null for other formats, or when unreadable. */
-async function fileLayout(format: Format, path: string, image: string): Promise<Segment[] | null> {
+/**
+ * A qcow2's or VHDX's layout (layout.ts) for bzip2 from the release's blocks; null for other formats;
+ * why not, when the file is not as qemu-img writes it (then it is compressed in pieces).
+ */
+async function fileLayout(format: Format, path: string, size: number): Promise<Segment[] | string | null> {
   if (format !== 'qcow2' && format !== 'vhdx') return null;
-  const size = (await stat(image)).size;
   try {
     return format === 'qcow2' ? await qcow2Layout(path, size) : await vhdxLayout(path, size);
   } catch (err) {
-    if (err instanceof OemError) return null;
+    if (err instanceof OemError) return err.message;
     throw err;
   }
 }
@@ -112,11 +114,12 @@ export async function makeArtifacts(img: WorkingImage, job: ArtifactJob): Promis
       await convert(img.path, format, converted, { name: plain.replace(/\.[^.]+$/, ''), mtime: job.mtime, onProgress: job.progress, pieceCache: job.pieceCache });
       if (compress) {
         try {
-          const layout = reusesBlocks(job) && job.base.index ? await fileLayout(format, converted, img.path) : null;
-          if (layout && job.base.index) {
+          const size = (await stat(img.path)).size;
+          const layout = reusesBlocks(job) && job.base.index ? await fileLayout(format, converted, size) : null;
+          if (typeof layout === 'string') job.log(`${p}: ${name}: compressed as it is: ${layout}`);
+          if (Array.isArray(layout) && job.base.index) {
             // The disk's bytes in the file are the image's: the release's bzip2 blocks, as for raw.
             const baseSize = (await stat(job.base.raw)).size;
-            const size = (await stat(img.path)).size;
             // A grown disk: its partition tables and what follows the release's end differ too.
             const regions = grown ? [...img.written, { offset: 0, size: MiB }, { offset: baseSize - MiB, size: size - baseSize + MiB }] : img.written;
             const r = await compressReusing(job.base.index, job.base.raw, img.path, out, regions, { pieceCache: job.pieceCache, shared: job.prefixes, layout });
