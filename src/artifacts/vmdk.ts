@@ -10,7 +10,7 @@
  * directories are taken from `qemu-img create` of an empty disk of the same size and options (the
  * file is just that overhead); the grains and the tables are written here.
  *
- * The grains of each 4 MiB of the disk, with their markers, are kept in the piece cache by the
+ * The grains of each 2 MiB of the disk, with their markers, are kept in the piece cache by the
  * SHA-256 of the disk's bytes there and their offset (a marker names its sector): every build shares
  * what the release did not change. Grains are deflated (zlib, level 6 as qemu-img's compress()) as
  * many at once as there are cores.
@@ -30,8 +30,8 @@ const deflate = promisify(deflateCb);
 const SECTOR = 512;
 const GRAIN_SECTORS = 128;
 const GRAIN = GRAIN_SECTORS * SECTOR;
-/** Grains per piece of the disk that is cached as one (4 MiB). */
-const PIECE_GRAINS = 64;
+/** Grains per piece of the disk that is cached as one (2 MiB). */
+const PIECE_GRAINS = 32;
 /** Grains deflated at once per piece (zlib's state is about 256 KiB each). */
 const DEFLATES = 4;
 const PIECE = PIECE_GRAINS * GRAIN;
@@ -70,14 +70,15 @@ interface Segment {
   bytes: Buffer;
 }
 
-function encodeSegment(s: Segment): Buffer {
+/** The head of a cached segment (its grains' places); the segment's bytes follow it in the file. */
+function segmentHead(s: Segment): Buffer {
   const head = Buffer.alloc(4 + s.grains.length * 8);
   head.writeUInt32LE(s.grains.length, 0);
   s.grains.forEach(([g, sec], i) => {
     head.writeUInt32LE(g, 4 + i * 8);
     head.writeUInt32LE(sec, 8 + i * 8);
   });
-  return Buffer.concat([head, s.bytes]);
+  return head;
 }
 
 function decodeSegment(b: Buffer): Segment {
@@ -90,7 +91,6 @@ function decodeSegment(b: Buffer): Segment {
 /** The markers and zlib streams of the non-zero grains of `data`, the disk's bytes from `offset`. */
 async function makeSegment(data: Buffer, offset: number): Promise<Segment> {
   const grains: [number, number][] = [];
-  const parts: Buffer[] = [];
   let sectors = 0;
   const indexes = Array.from({ length: Math.ceil(data.length / GRAIN) }, (_, g) => g);
   const zs = await mapInOrder(indexes, DEFLATES, async (g) => {
@@ -100,16 +100,19 @@ async function makeSegment(data: Buffer, offset: number): Promise<Segment> {
   });
   zs.forEach((z, g) => {
     if (!z) return;
-    const marker = Buffer.alloc(12);
-    marker.writeBigUInt64LE(BigInt(offset / SECTOR + g * GRAIN_SECTORS), 0);
-    marker.writeUInt32LE(z.length, 8);
-    const len = 12 + z.length;
-    const padded = Math.ceil(len / SECTOR) * SECTOR;
     grains.push([g, sectors]);
-    parts.push(marker, z, Buffer.alloc(padded - len));
-    sectors += padded / SECTOR;
+    sectors += Math.ceil((12 + z.length) / SECTOR);
   });
-  return { grains, bytes: Buffer.concat(parts) };
+  // One buffer for the whole segment: each grain's marker and zlib stream, zeros to the next sector.
+  const bytes = Buffer.alloc(sectors * SECTOR);
+  for (const [g, sec] of grains) {
+    const z = zs[g]!;
+    const at = sec * SECTOR;
+    bytes.writeBigUInt64LE(BigInt(offset / SECTOR + g * GRAIN_SECTORS), at);
+    bytes.writeUInt32LE(z.length, at + 8);
+    z.copy(bytes, at + 12);
+  }
+  return { grains, bytes };
 }
 
 /**
@@ -163,7 +166,7 @@ export async function writeVmdkGrains(
       const s = await makeSegment(bytes, at);
       if (file) {
         const tmp = `${file}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
-        await writeFile(tmp, encodeSegment(s))
+        await writeFile(tmp, [segmentHead(s), s.bytes])
           .then(() => rename(tmp, file))
           .catch(() => rm(tmp, { force: true }));
       }
