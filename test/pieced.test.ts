@@ -99,7 +99,7 @@ describe('pieceEnd', () => {
     expect(plain.length).toBeGreaterThan(3);
     // Every cut but the last is by content (a cut forced at MAX_PIECE does not find its place again).
     for (let i = 0; i < plain.length - 1; i++) expect(plain[i]! - (plain[i - 1] ?? 0)).toBeLessThan(MAX_PIECE);
-    // (A cut could fall into the first 777 bytes' reach, about one time in 2,700; not with these bytes.)
+    // (A cut could fall into the first 777 bytes' reach, about one time in 1,300; not with these bytes.)
     expect(shifted).toEqual(plain);
   });
 });

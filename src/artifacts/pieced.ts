@@ -46,7 +46,7 @@ const gzip = promisify(gzipCb);
 export const PIECE = 2 * 1024 * 1024;
 export const MIN_PIECE = PIECE / 2;
 export const MAX_PIECE = PIECE * 2;
-/** A cut where the hash's top 21 bits are zero: one in 2 MiB after MIN_PIECE. */
+/** A cut where the hash's top 20 bits are zero: one in 1 MiB after MIN_PIECE. */
 const CUT_SHIFT = 32 - Math.log2(PIECE - MIN_PIECE);
 const WINDOW = 32;
 
@@ -212,7 +212,7 @@ export function piecedGzip(opts: { cacheDir: string; level: number; signal?: Abo
           const all = Buffer.concat(pending);
           const end = pieceEnd(all, false);
           // The piece is taken now: its compression may start later, when a slot is free. Both parts
-          // are copies, so that neither keeps the whole of \`all\` alive while it waits.
+          // are copies, so that neither keeps the whole of `all` alive while it waits.
           const piece = Buffer.from(all.subarray(0, end));
           queue.push(handled(pieceSlots.use(() => store.get(piece))));
           pending = [Buffer.from(all.subarray(end))];
