@@ -12,6 +12,7 @@ import { gunzipSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { COMPRESSIBLE, FORMATS, FORMAT_EXTENSION, artifactName, convert, normalizeVhdx, type Format } from '../src/artifacts/formats.js';
 import { writeTar } from '../src/artifacts/tar.js';
+import { writeVmdkGrains } from '../src/artifacts/vmdk.js';
 import { OemError } from '../src/shared/errors.js';
 import { makeDisk, noise, qemuInfo } from './helpers/small-disks.js';
 
@@ -350,6 +351,27 @@ describe('reproducibility', () => {
       expect(await sha256(a)).toBe(await sha256(b));
     });
   }
+
+  it('vmdk: a second conversion takes every grain from the piece cache, and writes the same bytes', async () => {
+    const cache = join(dir, 'vmdk-cache');
+    // The same file name in two directories: the descriptor names its extent file.
+    const grains = async (sub: string) => {
+      await mkdir(join(dir, sub));
+      const out = join(dir, sub, 'disk.vmdk');
+      await execa('qemu-img', ['create', '-q', '-f', 'vmdk', '-o', 'subformat=streamOptimized', out, String((await stat(raw)).size)]);
+      return { out, ...(await writeVmdkGrains(raw, out, { cacheDir: cache })) };
+    };
+    const cold = await grains('vmdk-cold');
+    expect(cold.cachedPieces).toBe(0);
+    const kept = (await readdir(cache)).filter((f) => f.endsWith('.seg'));
+    expect(kept.length).toBeGreaterThanOrEqual(4); // the pieces holding the disk's data, at least
+    const warm = await grains('vmdk-warm');
+    expect(warm.cachedPieces).toBe(kept.length);
+    // The same file but for the random content ID qemu-img create writes (convert replaces it).
+    const bytes = async (f: string) => (await readFile(f)).toString('latin1').replace(/\bCID=[0-9a-f]{8}/, 'CID=');
+    expect((await bytes(warm.out)) === (await bytes(cold.out))).toBe(true);
+    await sameContents(raw, warm.out, 'vmdk');
+  });
 
   it('vhdx: the patched headers, zeroed log and disk ID are still valid (qemu-img check, compare)', async () => {
     const a = outPath('vhdx');
