@@ -6,7 +6,7 @@
  * (--no-recursion) with fixed owner (root:0), mode (0644 files, 0755 directories) and mtime, so the
  * same inputs give the same bytes. `gnu` is GNU tar's format (base-256 sizes, long names); `ustar` is POSIX
  * ustar, with a pax header only where ustar cannot say it (a name over 100 bytes, a size of 8 GiB or
- * more). The output is streamed through node:zlib for .gz (in pieces kept by content when given a
+ * more). An uncompressed archive is written by tar itself; a .gz is streamed through node:zlib (in pieces kept by content when given a
  * piece cache, see pieced.ts); nothing is held in memory but a few pieces.
  */
 import { execa } from 'execa';
@@ -18,6 +18,7 @@ import { pipeline } from 'node:stream/promises';
 import { createGzip } from 'node:zlib';
 import { OemError } from '../shared/errors.js';
 import { requireTool, toolEnv } from '../tools.js';
+import { noSpace } from './compress.js';
 import { piecedGzip } from './pieced.js';
 
 export type TarFormat = 'gnu' | 'ustar';
@@ -95,36 +96,51 @@ export async function writeTar(out: string, entries: TarEntry[], o: TarOptions):
     '--verbatim-files-from',
     '-T',
     '-',
+    // Uncompressed, tar writes the file itself (created here, exclusively): piping 300 MiB through
+    // this process took ten times as long. --force-local: a ':' in the name is not a remote host.
+    '--force-local',
     '-cf',
-    '-',
+    o.gzip ? '-' : resolve(out),
   ];
+  if (!o.gzip) await writeFile(out, '', { flag: 'wx' });
   const sub = execa(tar, args, {
     input: entries.map((e) => `${e.name}\0`).join(''),
     env: toolEnv(),
     extendEnv: false,
     encoding: 'buffer',
     buffer: { stdout: false, stderr: true },
+    ...(o.gzip ? {} : { stdout: 'ignore' as const }),
     reject: false,
     ...(o.signal ? { cancelSignal: o.signal } : {}),
   });
-  let done = 0;
-  const count = new Transform({
-    transform(chunk: Buffer, _enc, cb) {
-      done += chunk.length;
-      o.onProgress?.(Math.min(done, total), total);
-      cb(null, chunk);
-    },
-  });
-  const dest = createWriteStream(out, { flags: 'wx' });
-  const opts = o.signal ? { signal: o.signal } : {};
-  // node:zlib writes no file name and mtime 0 into the gzip header: the output depends on the data only.
-  const gz = o.pieceCache ? piecedGzip({ cacheDir: o.pieceCache, level: 6, ...(o.signal ? { signal: o.signal } : {}) }) : createGzip({ level: 6 });
-  const written = o.gzip ? pipeline(sub.stdout, count, gz, dest, opts) : pipeline(sub.stdout, count, dest, opts);
+  let written: Promise<unknown>;
+  if (o.gzip) {
+    let done = 0;
+    const count = new Transform({
+      transform(chunk: Buffer, _enc, cb) {
+        done += chunk.length;
+        o.onProgress?.(Math.min(done, total), total);
+        cb(null, chunk);
+      },
+    });
+    const dest = createWriteStream(out, { flags: 'wx' });
+    const opts = o.signal ? { signal: o.signal } : {};
+    // node:zlib writes no file name and mtime 0 into the gzip header: the output depends on the data only.
+    const gz = o.pieceCache ? piecedGzip({ cacheDir: o.pieceCache, level: 6, ...(o.signal ? { signal: o.signal } : {}) }) : createGzip({ level: 6 });
+    written = pipeline(sub.stdout!, count, gz, dest, opts);
+  } else {
+    // Progress: the file's size as tar writes it.
+    const timer = setInterval(() => {
+      stat(out).then((s) => o.onProgress?.(Math.min(s.size, total), total), () => undefined);
+    }, 500);
+    written = sub.finally(() => clearInterval(timer));
+  }
   const [r, writeError] = await Promise.all([sub, written.then(() => null, (err: unknown) => err)]);
   if (r.isCanceled || o.signal?.aborted) throw new OemError('interrupted while archiving', { code: 'interrupted' });
   if (r.exitCode !== 0) {
     const stderr = Buffer.from((r.stderr as Uint8Array | undefined) ?? []).toString('utf8');
     const last = stderr.trim().split('\n').filter(Boolean).pop() ?? `exit code ${r.exitCode}`;
+    if (!writeError && /no space left on device|disk quota exceeded/i.test(stderr)) throw noSpace(out);
     throw writeError ?? new OemError(`tar failed to write ${out}: ${last}`);
   }
   if (writeError) throw writeError;
