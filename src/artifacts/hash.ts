@@ -1,12 +1,21 @@
 /**
  * Hashes, off the main thread. Hashing is a large share of a build's work (an artifact of 300 MiB
  * is read for MD5, SHA-1 and SHA-512; the piece caches key every piece by its SHA-256). Done on the
- * main thread it ran one at a time, with nothing else able to run meanwhile; here a file's digests are
- * taken by worker threads (one per algorithm, each reading the file itself, so they run at once) and a
- * buffer's SHA-256 by WebCrypto, which digests on libuv's thread pool.
+ * main thread it ran one at a time, with nothing else able to run meanwhile. Here a file's digests
+ * are taken by worker threads (one per algorithm, each reading the file itself, as many at once as
+ * there are cores) and a buffer's SHA-256 by WebCrypto, which digests on libuv's thread pool.
  */
-import { webcrypto } from 'node:crypto';
+import { createHash, webcrypto } from 'node:crypto';
+import { readFile, stat } from 'node:fs/promises';
+import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
+import { Slots } from '../concurrency.js';
+
+/** Hash workers running at once, in the whole process: one per core (each is an isolate of about 9 MB). */
+const hashSlots = new Slots(availableParallelism());
+
+/** Files up to this size are hashed on the main thread (about 0.1 s for the three digests). */
+const SMALL = 16 * 1024 * 1024;
 
 /** A worker's whole program (CommonJS, evaluated: nothing to find on disk, under tsx or from dist). */
 const WORKER = `
@@ -40,7 +49,7 @@ interface Reply {
 }
 
 function hashInWorker(path: string, algorithm: string): Promise<{ hex: string; size: number }> {
-  return new Promise((resolve, reject) => {
+  return hashSlots.use(() => new Promise((resolve, reject) => {
     const w = new Worker(WORKER, { eval: true, workerData: { path, algorithm }, resourceLimits: { maxOldGenerationSizeMb: 16, maxYoungGenerationSizeMb: 2 } });
     let settled = false;
     w.once('message', (m: Reply) => {
@@ -59,11 +68,17 @@ function hashInWorker(path: string, algorithm: string): Promise<{ hex: string; s
       if (!settled) reject(new Error(`the hash worker for ${path} exited with ${code}`));
       settled = true;
     });
-  });
+  }));
 }
 
 /** The hex digests of `path` for each algorithm (node:crypto names: md5, sha1, sha256, sha512), and its size. */
 export async function hashFile<A extends string>(path: string, algorithms: readonly A[]): Promise<{ hex: Record<A, string>; size: number }> {
+  // A small file is hashed here: starting a worker costs more than that.
+  const st = await stat(path);
+  if (st.isFile() && st.size <= SMALL) {
+    const data = await readFile(path);
+    return { hex: Object.fromEntries(algorithms.map((a) => [a, createHash(a).update(data).digest('hex')])) as Record<A, string>, size: data.length };
+  }
   const done = await Promise.all(algorithms.map((a) => hashInWorker(path, a)));
   const size = done[0]?.size ?? 0;
   if (done.some((d) => d.size !== size)) throw new Error(`${path} changed while it was hashed`);
