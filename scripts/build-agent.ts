@@ -88,10 +88,8 @@ async function main(): Promise<void> {
   await writeFile(seaConfig, JSON.stringify({ main: bundle, output: blob, disableExperimentalSEAWarning: true, useSnapshot: false, useCodeCache: false }));
   await execa(x64, ['--experimental-sea-config', seaConfig], { cwd: out });
 
-  // Both boards at once. xz -3 (blocks of 12 MiB, so -T0 splits each file; a 4 MiB dictionary, so
-  // unpacking at boot needs 5 MiB): 11 % larger than -6 (29.3 against 26.4 MB for the x64 agent) for
-  // half its work (42 against 89 CPU seconds on this project's machines). The agent is built before
-  // every test run; -6 was most of that run's preparation.
+  // Both boards at once. xz -6 (blocks of 24 MiB, so -T0 splits each file): within 1.2 % of -9e's
+  // size for about two thirds of its time (-6 61 s, -9e 90 s for the x64 agent on one core).
   const arm64 = await nodeBinary('arm64');
   await Promise.all(ARCHES.map(async (arch) => {
     const node = arch === 'x64' ? x64 : arm64;
@@ -104,7 +102,7 @@ async function main(): Promise<void> {
     await execa(process.execPath, [join(root, 'node_modules', 'postject', 'dist', 'cli.js'), tmp, 'NODE_SEA_BLOB', blob, '--sentinel-fuse', FUSE]);
     await rename(tmp, target);
     log(`built ${target} (${((await stat(target)).size / 1048576).toFixed(1)} MiB)`);
-    await execa('sh', ['-c', `xz -3 -T0 -c "${target}" > "${target}.xz.tmp" && mv "${target}.xz.tmp" "${target}.xz"`]);
+    await execa('sh', ['-c', `xz -6 -T0 -c "${target}" > "${target}.xz.tmp" && mv "${target}.xz.tmp" "${target}.xz"`]);
     log(`compressed ${target}.xz (${((await stat(`${target}.xz`)).size / 1048576).toFixed(1)} MiB)`);
   }));
   await rm(blob, { force: true });

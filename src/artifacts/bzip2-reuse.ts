@@ -18,7 +18,6 @@ import { copyFile, mkdir, open, readFile, rename, rm, writeFile, type FileHandle
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { mapInOrder, pieceSlots } from '../concurrency.js';
-import { sha256Hex } from './hash.js';
 import { OemError } from '../shared/errors.js';
 import { dataExtents } from '../image/sparse.js';
 import { refineChunk, type BaseIndex } from '../image/base-cache.js';
@@ -427,7 +426,7 @@ async function compressPieces(
         if (from < to) await readInto(image.raw, data, from - a, to - from, from);
       }
     }
-    const file = cacheDir ? join(cacheDir, `${await sha256Hex(data)}.bz2`) : null;
+    const file = cacheDir ? join(cacheDir, `${createHash('sha256').update(data).digest('hex')}.bz2`) : null;
     const hit = file ? await readFile(file).catch(() => null) : null;
     if (hit) return hit;
     const out = await compressBuffer(tool, data, signal);

@@ -26,7 +26,7 @@
  * GCE archive built at once went from 270 to 222 MB in one measurement (each piece in flight is read,
  * compressed, and waits for its turn to be written).
  */
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash, randomBytes, type Hash } from 'node:crypto';
 import { mkdir, readFile, rename, rm, writeFile, type FileHandle } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import { Transform } from 'node:stream';
@@ -39,7 +39,6 @@ import { dataExtents } from '../image/sparse.js';
 import { OemError } from '../shared/errors.js';
 import { filter, requireTool } from '../tools.js';
 import { bzip2Tool, createOutput, noSpace, openInput } from './compress.js';
-import { hashFile, sha256Hex } from './hash.js';
 
 const gzip = promisify(gzipCb);
 
@@ -157,11 +156,8 @@ class PieceStore {
   get(bytes: Buffer): Promise<Buffer> {
     if (this.signal?.aborted) return Promise.reject(new OemError('interrupted while compressing', { code: 'interrupted' }));
     // Runs of zeros (most of a disk) are known by a comparison, not hashed.
-    const zeros = isZero(bytes);
-    return (zeros ? Promise.resolve(`zeros-${bytes.length}`) : sha256Hex(bytes)).then((key) => this.byKey(bytes, join(this.cacheDir, `${this.keyPrefix}-${key}.${this.ext}`)));
-  }
-
-  private byKey(bytes: Buffer, file: string): Promise<Buffer> {
+    const key = isZero(bytes) ? `zeros-${bytes.length}` : createHash('sha256').update(bytes).digest('hex');
+    const file = join(this.cacheDir, `${this.keyPrefix}-${key}.${this.ext}`);
     // The same bytes at once (runs of zeros): looked up or compressed by the first, awaited by the others.
     const running = this.inFlight.get(file);
     if (running) {
@@ -285,6 +281,8 @@ export async function compressPieced(
   let dst: FileHandle | undefined;
   let created = false;
   let ok = false;
+  const h: Record<'md5' | 'sha1' | 'sha512', Hash> = { md5: createHash('md5'), sha1: createHash('sha1'), sha512: createHash('sha512') };
+  let size = 0;
   try {
     const total = (await src.stat()).size;
     const data = await dataExtents(input, 0, total);
@@ -313,18 +311,18 @@ export async function compressPieced(
     });
     let done = 0;
     await mapInOrder(pieces, availableParallelism() + 1, piece, async (z, i) => {
+      for (const x of Object.values(h)) x.update(z);
       let w = 0;
       while (w < z.length) w += (await out.write(z, w, z.length - w)).bytesWritten;
+      size += z.length;
       done += pieces[i]!.len;
       opts.onProgress?.(done, total + (opts.trailer?.length ?? 0));
     });
     if (opts.signal?.aborted) throw new OemError('interrupted while compressing', { code: 'interrupted' });
     dst = undefined;
     await out.close();
-    // Digested after it is written, by worker threads (hash.ts), so that they do not hold up the pieces.
-    const { hex, size } = await hashFile(output, ['md5', 'sha1', 'sha512']);
     ok = true;
-    return { tool: `${c.id} in pieces of about ${PIECE / 1048576} MiB`, pieces: pieces.length, cached: store.cached, compressed: store.compressed, size, ...hex };
+    return { tool: `${c.id} in pieces of about ${PIECE / 1048576} MiB`, pieces: pieces.length, cached: store.cached, compressed: store.compressed, size, md5: h.md5.digest('hex'), sha1: h.sha1.digest('hex'), sha512: h.sha512.digest('hex') };
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     if (code === 'ENOSPC' || code === 'EDQUOT') throw noSpace(output);
