@@ -1,11 +1,10 @@
 /**
  * A file's hashes, in one read of it into one buffer used again and again (no allocation per chunk).
  *
- * Tried and not kept: hashing off the main thread, a file's digests in a worker thread and the piece
- * caches' SHA-256 keys by WebCrypto on libuv's thread pool. The worker's isolate (about 9 MB, 27 MB
- * with one per algorithm) and WebCrypto's copy of each piece raised the peak memory of a cold build of
- * every format of every provider from 247 to 259-263 MiB (four runs), over its 256 MiB, for no gain
- * this machine's noise could show.
+ * Tried and not kept: hashing off the main thread (a file's digests in a worker thread, the piece
+ * caches' SHA-256 keys by WebCrypto on libuv's thread pool). Cold builds of every format of every
+ * provider showed neither a speed-up nor a memory cost within this machine's noise, so the simpler
+ * code stayed (README, Performance).
  */
 import { createHash } from 'node:crypto';
 import { open } from 'node:fs/promises';
@@ -27,4 +26,3 @@ export async function hashFile<A extends string>(path: string, algorithms: reado
   }
   return { hex: Object.fromEntries(algorithms.map((a, i) => [a, h[i]!.digest('hex')])) as Record<A, string>, size };
 }
-

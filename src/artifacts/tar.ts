@@ -6,8 +6,9 @@
  * (--no-recursion) with fixed owner (root:0), mode (0644 files, 0755 directories) and mtime, so the
  * same inputs give the same bytes. `gnu` is GNU tar's format (base-256 sizes, long names); `ustar` is POSIX
  * ustar, with a pax header only where ustar cannot say it (a name over 100 bytes, a size of 8 GiB or
- * more). An uncompressed archive is written by tar itself; a .gz is streamed through node:zlib (in pieces kept by content when given a
- * piece cache, see pieced.ts); nothing is held in memory but a few pieces.
+ * more). An uncompressed archive is written by tar itself; a .gz is streamed through node:zlib (in
+ * pieces kept by content when given a piece cache, see pieced.ts); nothing is held in memory but a
+ * few pieces.
  */
 import { execa } from 'execa';
 import { createWriteStream } from 'node:fs';
