@@ -36,6 +36,17 @@ async function sameContents(rawPath: string, image: string, format?: string): Pr
   expect(r.exitCode).toBe(0);
 }
 
+/**
+ * A streamOptimized VMDK split for comparison: its descriptor's text without the content ID, and the
+ * file's other bytes up to `end`. qemu-img writes its random CID without leading zeros (1 to 8 hex
+ * digits), so two VMDKs that differ only there compare equal.
+ */
+function vmdkWithoutCid(x: Buffer, end = x.length): { descriptor: string; rest: Buffer } {
+  const [d0, d1] = [Number(x.readBigUInt64LE(28)) * 512, Number(x.readBigUInt64LE(28) + x.readBigUInt64LE(36)) * 512];
+  const descriptor = x.toString('latin1', d0, d1).replace(/\0+$/, '').replace(/^CID=[0-9a-f]{1,8}$/m, 'CID=');
+  return { descriptor, rest: Buffer.concat([x.subarray(0, d0), x.subarray(d1, end)]) };
+}
+
 async function sha256(path: string): Promise<string> {
   return createHash('sha256').update(await readFile(path)).digest('hex');
 }
@@ -143,14 +154,11 @@ describe('disk formats (qemu-img as the reader)', () => {
     await execa('qemu-img', ['convert', '-f', 'raw', '-O', 'vmdk', '-o', 'subformat=streamOptimized', raw, theirs]);
     const [a, b] = [await readFile(out), await readFile(theirs)];
     const overhead = Number(a.readBigUInt64LE(64)) * 512;
-    // qemu-img writes its CID without leading zeros (1 to 8 digits), so the descriptor's text is
-    // compared without it, and the rest of the overhead byte for byte.
-    const [dStart, dEnd] = [Number(a.readBigUInt64LE(28)) * 512, Number(a.readBigUInt64LE(28) + a.readBigUInt64LE(36)) * 512];
-    const noCid = (x: Buffer) => x.toString('latin1', dStart, dEnd).replace(/\0+$/, '').replace(/^CID=[0-9a-f]{1,8}$/m, 'CID=');
-    expect(noCid(a)).toBe(noCid(b));
-    expect(noCid(b)).toMatch(/^CID=$/m);
-    const outside = (x: Buffer) => Buffer.concat([x.subarray(0, dStart), x.subarray(dEnd, overhead)]).toString('hex');
-    expect(outside(a)).toBe(outside(b));
+    // The descriptor's text but the CID, and the rest of the overhead byte for byte.
+    const [ours, qemu] = [vmdkWithoutCid(a, overhead), vmdkWithoutCid(b, overhead)];
+    expect(ours.descriptor).toBe(qemu.descriptor);
+    expect(qemu.descriptor).toMatch(/^CID=$/m);
+    expect(ours.rest.toString('hex')).toBe(qemu.rest.toString('hex'));
     const tables = (x: Buffer) => {
       const gd = Number(x.readBigUInt64LE(56)) * 512;
       return [0, 1, 2, 3].map((t) => x.readUInt32LE(gd + t * 4)).filter(Boolean).map((s) => x.subarray(s * 512, s * 512 + 2048).toString('hex')).join('');
@@ -373,15 +381,10 @@ describe('reproducibility', () => {
     expect(kept.length).toBeGreaterThanOrEqual(4); // the pieces holding the disk's data, at least
     const warm = await grains('vmdk-warm');
     expect(warm.cachedPieces).toBe(kept.length);
-    // The same file but for the random content ID qemu-img create writes (convert replaces it), which
-    // has no leading zeros (1 to 8 digits): the descriptor's text without it, the rest byte for byte.
-    const bytes = async (f: string) => {
-      const x = await readFile(f);
-      const [d0, d1] = [Number(x.readBigUInt64LE(28)) * 512, Number(x.readBigUInt64LE(28) + x.readBigUInt64LE(36)) * 512];
-      const text = x.toString('latin1', d0, d1).replace(/\0+$/, '').replace(/^CID=[0-9a-f]{1,8}$/m, 'CID=');
-      return `${text}|${Buffer.concat([x.subarray(0, d0), x.subarray(d1)]).toString('latin1')}`;
-    };
-    expect((await bytes(warm.out)) === (await bytes(cold.out))).toBe(true);
+    // The same file but for the random content ID qemu-img create writes (convert replaces it).
+    const [w, c] = [vmdkWithoutCid(await readFile(warm.out)), vmdkWithoutCid(await readFile(cold.out))];
+    expect(w.descriptor).toBe(c.descriptor);
+    expect(w.rest.equals(c.rest)).toBe(true);
     await sameContents(raw, warm.out, 'vmdk');
   });
 
@@ -528,6 +531,24 @@ describe('failures', () => {
         expect(err).toMatchObject({ code: 'noSpace' });
         expect((err as OemError).message).toContain(out);
         expect(await readdir(mnt)).toEqual([]);
+      });
+    }
+
+    // The OVAs' VMDK fills the disk before their tar runs; here only the archive does not fit: GNU tar
+    // writing the file itself (uncompressed), and the gzip stream written by this process.
+    for (const gzip of [false, true]) {
+      it(`an archive${gzip ? ' (.gz)' : ''} that does not fit: noSpace naming it`, async (ctx) => {
+        if (!mnt) return ctx.skip();
+        const out = join(mnt, `archive-${++n}.tar${gzip ? '.gz' : ''}`);
+        const stage = join(dir, `stage-${n}`);
+        const err = await writeTar(out, [{ name: 'disk.raw', path: raw }], { format: 'gnu', gzip, mtime: EPOCH, stage }).then(
+          () => undefined,
+          (e: unknown) => e,
+        );
+        expect(err).toBeInstanceOf(OemError);
+        expect(err).toMatchObject({ code: 'noSpace' });
+        expect((err as OemError).message).toContain(out);
+        await rm(out, { force: true });
       });
     }
   });

@@ -141,10 +141,13 @@ export async function writeTar(out: string, entries: TarEntry[], o: TarOptions):
   if (r.exitCode !== 0) {
     const stderr = Buffer.from((r.stderr as Uint8Array | undefined) ?? []).toString('utf8');
     const last = stderr.trim().split('\n').filter(Boolean).pop() ?? `exit code ${r.exitCode}`;
-    if (!writeError && /no space left on device|disk quota exceeded/i.test(stderr)) throw noSpace(out);
+    // Writing the file itself, GNU tar reports a full disk as a short write ("Wrote only 4096 of
+    // 10240 bytes"), without the errno.
+    if (!writeError && /no space left on device|disk quota exceeded|wrote only \d+ of \d+ bytes/i.test(stderr)) throw noSpace(out);
+    if ((writeError as NodeJS.ErrnoException | null)?.code === 'ENOSPC') throw noSpace(out);
     throw writeError ?? new OemError(`tar failed to write ${out}: ${last}`);
   }
-  if (writeError) throw writeError;
+  if (writeError) throw (writeError as NodeJS.ErrnoException).code === 'ENOSPC' ? noSpace(out) : writeError;
   // A sparse archive holds less than the files' sizes: the end is the whole.
   o.onProgress?.(total, total);
 }
