@@ -5,10 +5,5 @@ if (major < 20 || (major === 20 && minor < 15)) {
   process.stderr.write(`oem: error: Node.js 20.15 or newer is needed, this is ${process.version}\n`);
   process.exit(1);
 }
-// A young generation of 1 MiB semi-spaces (V8's default is up to 16): the builder streams gigabytes
-// through short-lived buffers, and collecting them sooner keeps the peak memory down (about 30 MB
-// with several artifacts at once) for no measurable time.
-const { setFlagsFromString } = await import('node:v8');
-setFlagsFromString('--max-semi-space-size=1');
 const { execute } = await import('@oclif/core');
 await execute({ dir: import.meta.url });

@@ -4,7 +4,7 @@ import { describe, expect, it } from 'vitest';
 import { mkdtemp, open, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { BZIP2_OUTPUT_CHUNK, bunzip2Stream } from '../src/image/bzip2.js';
+import { BZIP2_OUTPUT_CHUNK, bunzip2Length, bunzip2Stream } from '../src/image/bzip2.js';
 import { indexBlocks } from '../src/image/bzip2-blocks.js';
 
 /** Compresses with a real bzip2 implementation (bzip2, lbzip2 or pbzip2). */
@@ -70,11 +70,15 @@ async function decode(compressed: Uint8Array, size: number | 'random' = 65536): 
   return Buffer.concat(parts);
 }
 
-/** Decodes and expects byte-exact output (compared without printing megabytes on failure). */
+/**
+ * Decodes and expects byte-exact output (compared without printing megabytes on failure), and the
+ * same length from bunzip2Length, which walks the same blocks without writing them.
+ */
 async function expectRoundTrip(compressed: Uint8Array, original: Uint8Array, size: number | 'random' = 65536): Promise<void> {
   const out = await decode(compressed, size);
   expect(out.length).toBe(original.length);
   expect(out.equals(original)).toBe(true);
+  expect(await bunzip2Length(chunks(compressed, size))).toBe(original.length);
 }
 
 async function decodeError(compressed: Uint8Array): Promise<Error> {
@@ -167,6 +171,7 @@ describe('bunzip2Stream', () => {
         total += c.length;
       }
       expect(total).toBe(zeros.length);
+      expect(await bunzip2Length(chunks(bz, 4096))).toBe(zeros.length);
     }
   });
 
