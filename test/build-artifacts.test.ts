@@ -157,6 +157,29 @@ describe('oem build artifacts: formats, compression, signatures', () => {
     }
   });
 
+  it('a qcow2 whose layout block reuse does not accept (compressed clusters) is compressed as it is, and said so', async () => {
+    // qemu-img on PATH that writes compressed clusters (convert -c): a file that is not the disk's
+    // clusters verbatim, so the release's blocks cannot stand in for it.
+    const bin = join(work, `wrapper-${next()}`);
+    await execa('mkdir', ['-p', bin]);
+    const real = (await execa('sh', ['-c', 'command -v qemu-img'])).stdout.trim();
+    await writeFile(join(bin, 'qemu-img'), `#!/bin/sh\nif [ "$1" = convert ]; then shift; exec "${real}" convert -c "$@"; fi\nexec "${real}" "$@"\n`, { mode: 0o755 });
+    const out = join(work, `as-it-is-${next()}`);
+    const r = await oem(['build', '--provider', 'ec2', '--format', 'raw', '--format', 'qcow2', ...mirrorArgs('flatcar'), '--output-dir', out, '--no-agent'], {
+      env: { OEM_TMPDIR: work, PATH: `${bin}:${process.env.PATH}` },
+    });
+    expect(r.exitCode, r.stderr).toBe(0);
+    expect(r.stderr).toMatch(/^oem: ec2: flatcar_production_ec2_image\.qcow2\.bz2: compressed as it is: .*compressed/m);
+    expect(r.stderr).toMatch(/flatcar_production_ec2_image\.qcow2\.bz2 \(\d+ bytes, compressed with lbzip2 -9 in pieces/);
+    // Still the same disk as the raw artifact (ec2's disk keeps the release's size), read by qemu-img.
+    const disk = await raw(join(out, 'ec2', 'flatcar_production_ec2_image.bin.bz2'));
+    const qcow2 = join(work, `as-it-is-${next()}.qcow2`);
+    await execa('sh', ['-c', `lbzip2 -dc "$1" > "$2"`, 'sh', join(out, 'ec2', 'flatcar_production_ec2_image.qcow2.bz2'), qcow2]);
+    expect((await execa('qemu-img', ['compare', '-f', 'raw', '-F', 'qcow2', disk, qcow2], { reject: false })).exitCode).toBe(0);
+    await rm(qcow2);
+    await rm(disk);
+  });
+
   it('--sign-key: a detached .sig per artifact (gpg and oem verify accept it) and a clearsigned .DIGESTS.asc', async () => {
     const gnupg = await mkdtemp(join(work, 'gpg-'));
     const env = { GNUPGHOME: gnupg };
