@@ -6,7 +6,8 @@
  *   blocks are small (runs of zeros: a 16 KiB block decodes to up to 45 MB), and starting a process
  *   per block costs more than decoding it. Measured on this 2-core machine, 57 such blocks of a
  *   64 MiB test image (43.7 MB decoded): 151 ms in-process, 777 ms with one `lbzip2 -n1 -dc` per
- *   block, 721 ms with `bzip2 -dc`. Large blocks still go to the tools.
+ *   block, 721 ms with `bzip2 -dc`. Large blocks still go to the tools. Only the length is needed,
+ *   so bunzip2Length walks each block without writing (or checksumming) its bytes.
  * - **A fallback** when neither `lbzip2` nor `bzip2` is installed (or `OEM_BZIP2=js`): about
  *   47 MiB/s on the same image (`bzip2 -dc` 1.5 s, `lbzip2 -dc` 0.6 s for its 64 MiB); on
  *   incompressible data it is far slower than the tools.
