@@ -136,7 +136,13 @@ export async function writeTar(out: string, entries: TarEntry[], o: TarOptions):
     }, 500);
     written = sub.finally(() => clearInterval(timer));
   }
-  const [r, writeError] = await Promise.all([sub, written.then(() => null, (err: unknown) => err)]);
+  const [r, writeError] = await Promise.all([
+    sub,
+    written.then(
+      () => null,
+      (err: unknown) => ((err as NodeJS.ErrnoException).code === 'ENOSPC' ? noSpace(out) : err),
+    ),
+  ]);
   if (r.isCanceled || o.signal?.aborted) throw new OemError('interrupted while archiving', { code: 'interrupted' });
   if (r.exitCode !== 0) {
     const stderr = Buffer.from((r.stderr as Uint8Array | undefined) ?? []).toString('utf8');
@@ -144,10 +150,9 @@ export async function writeTar(out: string, entries: TarEntry[], o: TarOptions):
     // Writing the file itself, GNU tar reports a full disk as a short write ("Wrote only 4096 of
     // 10240 bytes"), without the errno.
     if (!writeError && /no space left on device|disk quota exceeded|wrote only \d+ of \d+ bytes/i.test(stderr)) throw noSpace(out);
-    if ((writeError as NodeJS.ErrnoException | null)?.code === 'ENOSPC') throw noSpace(out);
     throw writeError ?? new OemError(`tar failed to write ${out}: ${last}`);
   }
-  if (writeError) throw (writeError as NodeJS.ErrnoException).code === 'ENOSPC' ? noSpace(out) : writeError;
+  if (writeError) throw writeError;
   // A sparse archive holds less than the files' sizes: the end is the whole.
   o.onProgress?.(total, total);
 }
