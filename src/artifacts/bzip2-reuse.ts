@@ -12,7 +12,7 @@
  * decode to exactly the built image. A `trailer` (what a container adds after the disk's bytes, as a
  * fixed VHD's footer) is one more stream at the end: the .vhd.bz2 of a fixed VHD is made the same way.
  */
-import { createHash, randomBytes, type Hash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
 import { copyFile, mkdir, open, readFile, rename, rm, writeFile, type FileHandle } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
@@ -24,6 +24,7 @@ import { refineChunk, type BaseIndex } from '../image/base-cache.js';
 import { runStream } from '../image/bzip2-blocks.js';
 import { filter } from '../tools.js';
 import { bzip2Tool } from './compress.js';
+import { newHashes, sha256Hex, type Hashes } from './hash.js';
 
 export interface Region {
   offset: number;
@@ -215,12 +216,6 @@ async function planSteps(index: BaseIndex, dirty: boolean[], segments: Segment[]
   return steps;
 }
 
-type Hashes = { md5: Hash; sha1: Hash; sha512: Hash };
-
-function newHashes(): Hashes {
-  return { md5: createHash('md5'), sha1: createHash('sha1'), sha512: createHash('sha512') };
-}
-
 interface Prefix {
   path: string;
   size: number;
@@ -244,7 +239,7 @@ function stepsKey(steps: Step[]): string {
   for (const s of steps) {
     if (s.kind === 'reuse') h.update(`r${s.first}-${s.last};`);
     else if (s.kind === 'new') h.update(`n${s.start}-${s.end};`);
-    else h.update(`b${createHash('sha256').update(s.data).digest('hex')};`);
+    else h.update(`b${sha256Hex(s.data)};`);
   }
   return h.digest('hex');
 }
@@ -426,7 +421,7 @@ async function compressPieces(
         if (from < to) await readInto(image.raw, data, from - a, to - from, from);
       }
     }
-    const file = cacheDir ? join(cacheDir, `${createHash('sha256').update(data).digest('hex')}.bz2`) : null;
+    const file = cacheDir ? join(cacheDir, `${sha256Hex(data)}.bz2`) : null;
     const hit = file ? await readFile(file).catch(() => null) : null;
     if (hit) return hit;
     const out = await compressBuffer(tool, data, signal);

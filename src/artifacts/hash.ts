@@ -6,10 +6,22 @@
  * provider showed neither a speed-up nor a memory cost within this machine's noise, so the simpler
  * code stayed (README, Performance).
  */
-import { createHash } from 'node:crypto';
+import { createHash, type Hash } from 'node:crypto';
 import { open } from 'node:fs/promises';
 
 const CHUNK = 1024 * 1024;
+
+/** The running digests of an artifact for its DIGESTS file. */
+export type Hashes = { md5: Hash; sha1: Hash; sha512: Hash };
+
+export function newHashes(): Hashes {
+  return { md5: createHash('md5'), sha1: createHash('sha1'), sha512: createHash('sha512') };
+}
+
+/** The SHA-256 of `bytes` in hex: the key of the piece caches. */
+export function sha256Hex(bytes: Uint8Array): string {
+  return createHash('sha256').update(bytes).digest('hex');
+}
 
 /** The hex digests of `path` for each algorithm (node:crypto names: md5, sha1, sha256, sha512), and its size. */
 export async function hashFile<A extends string>(path: string, algorithms: readonly A[]): Promise<{ hex: Record<A, string>; size: number }> {

@@ -26,7 +26,7 @@
  * GCE archive built at once went from 270 to 222 MB in one measurement (each piece in flight is read,
  * compressed, and waits for its turn to be written).
  */
-import { createHash, randomBytes, type Hash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { mkdir, readFile, rename, rm, writeFile, type FileHandle } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import { Transform } from 'node:stream';
@@ -39,6 +39,7 @@ import { dataExtents } from '../image/sparse.js';
 import { OemError } from '../shared/errors.js';
 import { filter, requireTool } from '../tools.js';
 import { bzip2Tool, createOutput, noSpace, openInput } from './compress.js';
+import { newHashes, sha256Hex } from './hash.js';
 
 const gzip = promisify(gzipCb);
 
@@ -156,7 +157,7 @@ class PieceStore {
   get(bytes: Buffer): Promise<Buffer> {
     if (this.signal?.aborted) return Promise.reject(new OemError('interrupted while compressing', { code: 'interrupted' }));
     // Runs of zeros (most of a disk) are known by a comparison, not hashed.
-    const key = isZero(bytes) ? `zeros-${bytes.length}` : createHash('sha256').update(bytes).digest('hex');
+    const key = isZero(bytes) ? `zeros-${bytes.length}` : sha256Hex(bytes);
     const file = join(this.cacheDir, `${this.keyPrefix}-${key}.${this.ext}`);
     // The same bytes at once (runs of zeros): looked up or compressed by the first, awaited by the others.
     const running = this.inFlight.get(file);
@@ -281,7 +282,7 @@ export async function compressPieced(
   let dst: FileHandle | undefined;
   let created = false;
   let ok = false;
-  const h: Record<'md5' | 'sha1' | 'sha512', Hash> = { md5: createHash('md5'), sha1: createHash('sha1'), sha512: createHash('sha512') };
+  const h = newHashes();
   let size = 0;
   try {
     const total = (await src.stat()).size;

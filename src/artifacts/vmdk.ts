@@ -15,7 +15,7 @@
  * what the release did not change. Grains are deflated (zlib, level 6 as qemu-img's compress()) as
  * many at once as there are cores.
  */
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { mkdir, open, readFile, rename, rm, writeFile, type FileHandle } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
@@ -24,6 +24,7 @@ import { deflate as deflateCb } from 'node:zlib';
 import { mapInOrder, pieceSlots } from '../concurrency.js';
 import { dataExtents } from '../image/sparse.js';
 import { OemError } from '../shared/errors.js';
+import { sha256Hex } from './hash.js';
 
 const deflate = promisify(deflateCb);
 
@@ -157,7 +158,7 @@ export async function writeVmdkGrains(
       const len = Math.min(PIECE, size - at);
       if (hole(at, at + len)) return { grains: [], bytes: Buffer.alloc(0) };
       const bytes = await readAt(src, at, len);
-      const file = opts.cacheDir ? join(opts.cacheDir, `vmdk-${process.versions.zlib}-${at}-${createHash('sha256').update(bytes).digest('hex')}.seg`) : null;
+      const file = opts.cacheDir ? join(opts.cacheDir, `vmdk-${process.versions.zlib}-${at}-${sha256Hex(bytes)}.seg`) : null;
       const hit = file ? await readFile(file).catch(() => null) : null;
       if (hit) {
         cachedPieces++;

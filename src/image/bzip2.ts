@@ -526,7 +526,8 @@ export async function bunzip2Length(input: AsyncIterable<Uint8Array>): Promise<n
 async function* decode(input: AsyncIterable<Uint8Array>, lengthOnly: boolean): AsyncGenerator<Buffer | number> {
   const inp = new BitInput(input[Symbol.asyncIterator]());
   const dec = new BlockDecoder();
-  let out = Buffer.allocUnsafe(BZIP2_OUTPUT_CHUNK);
+  // Length only: nothing is written, so there is no output buffer.
+  let out = Buffer.allocUnsafe(lengthOnly ? 0 : BZIP2_OUTPUT_CHUNK);
   let outPos = 0;
   let blockNo = 0;
   let streamNo = 0;
