@@ -1,13 +1,13 @@
 /**
- * hash.ts: a file's digests, read in chunks into one buffer, are the ones node:crypto gives for its
- * bytes, with the file's size; a missing file fails as fs does.
+ * hash.ts: a file's digests, by openssl for large files and read in chunks in this process, are the
+ * ones node:crypto gives for its bytes, with the file's size; a missing file fails as fs does.
  */
 import { createHash } from 'node:crypto';
 import { mkdtemp, open, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { hashFile } from '../src/artifacts/hash.js';
+import { hashFile, OFF_THREAD, sha256Key } from '../src/artifacts/hash.js';
 
 let work: string;
 beforeAll(async () => {
@@ -34,9 +34,13 @@ describe('hashFile', () => {
     const whole = Buffer.alloc(size);
     head.copy(whole, 0);
     tail.copy(whole, size - tail.length);
-    const r = await hashFile(path, ALGS);
-    expect(r.size).toBe(size);
-    expect(r.hex).toEqual(expected(whole));
+    // At least OFF_THREAD bytes: by openssl (one process per digest); and again in this process.
+    expect(size).toBeGreaterThanOrEqual(OFF_THREAD);
+    for (const inProcess of [false, true]) {
+      const r = await hashFile(path, [...ALGS, 'sha256'], { inProcess });
+      expect(r.size).toBe(size);
+      expect(r.hex).toEqual({ ...expected(whole), sha256: createHash('sha256').update(whole).digest('hex') });
+    }
   });
 
   it('a small file and an empty one', async () => {
@@ -46,6 +50,13 @@ describe('hashFile', () => {
     const empty = join(work, 'empty');
     await writeFile(empty, '');
     expect(await hashFile(empty, ['sha256'])).toEqual({ hex: { sha256: createHash('sha256').digest('hex') }, size: 0 });
+  });
+
+  it('sha256Key (on the thread pool) is the SHA-256 of the bytes, also of a view into a larger buffer', async () => {
+    const all = Buffer.from(Array.from({ length: 70000 }, (_, i) => (i * 31) & 0xff));
+    const view = all.subarray(1000, 66536);
+    expect(await sha256Key(view)).toBe(createHash('sha256').update(view).digest('hex'));
+    expect(await sha256Key(Buffer.alloc(0))).toBe(createHash('sha256').digest('hex'));
   });
 
   it('a missing file fails with ENOENT, as fs does', async () => {
