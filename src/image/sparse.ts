@@ -1,6 +1,8 @@
 import { open, type FileHandle } from 'node:fs/promises';
 import { createReadStream } from 'node:fs';
-import { run, which } from '../tools.js';
+import { execa } from 'execa';
+import { OemError } from '../shared/errors.js';
+import { run, toolEnv, which } from '../tools.js';
 
 /** Size of the blocks checked for zeros; all-zero blocks are skipped (left as holes). */
 export const SPARSE_BLOCK = 64 * 1024;
@@ -166,11 +168,46 @@ export async function dataExtents(path: string, start: number, end: number): Pro
 }
 
 /**
- * Copies the ranges of `srcPath` into `dstPath` at the same offsets, only where the source has data
- * (the destination must be holes or zeros there). Without xfs_io, every byte is read and zero blocks
- * are skipped.
+ * Copies each extent [offset, length] of its input (stdin) from "$1" into "$2" at the same offset,
+ * leaving all-zero blocks unwritten (holes). One shell for all of them: the bytes never pass through
+ * node.
  */
-export async function copyRanges(srcPath: string, dstPath: string, ranges: [number, number][]): Promise<void> {
+const DD_SCRIPT = 'set -e; while read -r at n; do dd if="$1" of="$2" bs=64K iflag=skip_bytes,count_bytes oflag=seek_bytes skip="$at" seek="$at" count="$n" conv=notrunc,sparse status=none; done';
+
+/**
+ * Copies the ranges of `srcPath` into `dstPath` at the same offsets, only where the source has data
+ * (the destination must be holes or zeros there), all-zero blocks left as holes. The data is copied
+ * by dd, off this process's thread (a gigabyte of a base image: 0.5 s of dd's CPU against 1.7 s of
+ * this process's, which is also writing every other artifact). `inProcess`, or without xfs_io (no map
+ * of the data) or dd: every byte is read here. A full disk is an ENOSPC error either way.
+ */
+export async function copyRanges(srcPath: string, dstPath: string, ranges: [number, number][], opts: { inProcess?: boolean } = {}): Promise<void> {
+  const extents: [number, number][] = [];
+  for (const [start, end] of ranges) {
+    const data = opts.inProcess ? null : await dataExtents(srcPath, start, end);
+    if (data === null) return copyRangesHere(srcPath, dstPath, ranges);
+    extents.push(...data);
+  }
+  const [sh, dd] = [await which('sh'), await which('dd')];
+  if (!sh || !dd) return copyRangesHere(srcPath, dstPath, ranges);
+  if (!extents.length) return;
+  const r = await execa(sh, ['-c', DD_SCRIPT, 'sh', srcPath, dstPath], {
+    input: extents.map(([a, b]) => `${a} ${b - a}\n`).join(''),
+    env: toolEnv(),
+    extendEnv: false,
+    reject: false,
+    encoding: 'utf8',
+  });
+  if (r.exitCode === 0) return;
+  const why = r.stderr.trim().split('\n').filter(Boolean).pop() ?? `exit code ${r.exitCode}`;
+  if (/no space left on device|disk quota exceeded/i.test(r.stderr)) {
+    throw Object.assign(new Error(`no space left on the device while writing ${dstPath}`), { code: 'ENOSPC' });
+  }
+  throw new OemError(`could not copy ${srcPath} into ${dstPath}: ${why}`);
+}
+
+/** copyRanges, every byte read by this process. */
+async function copyRangesHere(srcPath: string, dstPath: string, ranges: [number, number][]): Promise<void> {
   const fh = await open(dstPath, 'r+');
   try {
     for (const [start, end] of ranges) {
