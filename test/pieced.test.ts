@@ -150,12 +150,12 @@ describe('compressPieced', () => {
 
   it('piecedGzip: a stream (an archive) in pieces that gzip reads as the stream; the same bytes warm', async () => {
     const cache = join(work, 'cache-stream');
-    const run = async (out: string) => {
+    const run = async (out: string, chunk = 65_537) => {
       const gz = piecedGzip({ cacheDir: cache, level: 6 });
       // Chunks of odd sizes, as a pipe delivers them.
       const data = await readFile(input);
       const chunks = function* () {
-        for (let at = 0; at < data.length; at += 65_537) yield data.subarray(at, at + 65_537);
+        for (let at = 0; at < data.length; at += chunk) yield data.subarray(at, at + chunk);
       };
       await pipeline(Readable.from(chunks()), gz, createWriteStream(out));
       return gz.store;
@@ -170,6 +170,11 @@ describe('compressPieced', () => {
     expect(second.compressed).toBe(0);
     expect(second.cached).toBe(cuts.length);
     expect(await sha512(b)).toBe(await sha512(a));
+    // The whole input in one chunk, larger than the stream's window: cut at the same places.
+    const c = join(work, 'stream-c.gz');
+    expect(SIZE).toBeGreaterThan(MAX_PIECE + MIN_PIECE);
+    await run(c, SIZE);
+    expect(await sha512(c)).toBe(await sha512(a));
   });
 
   it('piecedGzip: the pieces of the stream\'s end are the right ones when they wait for a slot', async () => {

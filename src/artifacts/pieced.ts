@@ -155,7 +155,8 @@ async function codec(kind: PiecedKind): Promise<Codec> {
   }
 }
 
-const ZEROS = Buffer.alloc(PIECE);
+/** Zeros, never written: compared with, and the bytes of pieces in holes. */
+const ZEROS = Buffer.alloc(MAX_PIECE);
 
 function isZero(b: Buffer): boolean {
   for (let at = 0; at < b.length; at += ZEROS.length) {
@@ -229,33 +230,37 @@ export function piecedGzip(opts: { cacheDir: string; level: number; signal?: Abo
   const store = new PieceStore({ id: `node:zlib ${process.versions.zlib} -${opts.level}`, compress: async (d) => gzip(d, { level: opts.level }) }, opts.cacheDir, 'gz', opts.signal);
   const limit = availableParallelism() + 1;
   const queue: Promise<Buffer>[] = [];
-  let pending: Buffer[] = [];
-  let pendingLength = 0;
+  // The stream is gathered in one window, larger than a piece and used again: each piece is copied
+  // out of it once (its compression may start later, when a slot is free), the rest moved to its start.
+  const win = Buffer.allocUnsafe(MAX_PIECE + MIN_PIECE);
+  let fill = 0;
   let ready: Promise<unknown> | undefined;
   const t = new Transform({
     transform(chunk: Buffer, _enc, cb) {
       void (async () => {
         ready ??= mkdir(opts.cacheDir, { recursive: true });
         await ready;
-        pending.push(chunk);
-        pendingLength += chunk.length;
-        while (pendingLength >= MAX_PIECE) {
-          const all = Buffer.concat(pending);
-          const end = pieceEnd(all, false);
-          // The piece is taken now: its compression may start later, when a slot is free. Both parts
-          // are copies, so that neither keeps the whole of `all` alive while it waits.
-          const piece = Buffer.from(all.subarray(0, end));
-          queue.push(handled(pieceSlots.use(() => store.get(piece))));
-          pending = [Buffer.from(all.subarray(end))];
-          pendingLength = all.length - end;
-          while (queue.length >= limit) t.push(await queue.shift()!);
+        for (let off = 0; off < chunk.length; ) {
+          const n = chunk.copy(win, fill, off);
+          fill += n;
+          off += n;
+          while (fill >= MAX_PIECE) {
+            const end = pieceEnd(win.subarray(0, fill), false);
+            const piece = Buffer.allocUnsafe(end);
+            win.copy(piece, 0, 0, end);
+            win.copyWithin(0, end, fill);
+            fill -= end;
+            queue.push(handled(pieceSlots.use(() => store.get(piece))));
+            while (queue.length >= limit) t.push(await queue.shift()!);
+          }
         }
       })().then(() => cb(), (err: unknown) => cb(err as Error));
     },
     flush(cb) {
       void (async () => {
         await ready;
-        let rest = Buffer.concat(pending);
+        // Nothing is written into the window any more: the last pieces are views of it.
+        let rest = win.subarray(0, fill);
         while (rest.length > 0) {
           const end = pieceEnd(rest, true);
           const piece = rest.subarray(0, end);
@@ -327,8 +332,10 @@ export async function compressPieced(
       if (opts.signal?.aborted) throw new OemError('interrupted while compressing', { code: 'interrupted' });
       let bytes = p.bytes;
       if (!bytes) {
-        bytes = Buffer.alloc(p.len);
-        if (!hole(p.at, p.at + p.len)) {
+        // A hole is zeros (never written to); other pieces are read whole or fail.
+        if (hole(p.at, p.at + p.len)) bytes = ZEROS.subarray(0, p.len);
+        else {
+          bytes = Buffer.allocUnsafe(p.len);
           let got = 0;
           while (got < p.len) {
             const { bytesRead } = await src.read(bytes, got, p.len - got, p.at + got);

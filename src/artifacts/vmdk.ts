@@ -196,7 +196,8 @@ export async function writeVmdkGrains(
 }
 
 async function readAt(fh: FileHandle, at: number, len: number): Promise<Buffer> {
-  const b = Buffer.alloc(len);
+  // Not zeroed first: it is read whole, or this fails.
+  const b = Buffer.allocUnsafe(len);
   let got = 0;
   while (got < len) {
     const { bytesRead } = await fh.read(b, got, len - got, at + got);
