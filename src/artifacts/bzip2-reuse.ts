@@ -24,7 +24,7 @@ import { refineChunk, type BaseIndex } from '../image/base-cache.js';
 import { runStream } from '../image/bzip2-blocks.js';
 import { filter } from '../tools.js';
 import { bzip2Tool } from './compress.js';
-import { newHashes, sha256Hex, sha256Key, type Hashes } from './hash.js';
+import { newHashes, sha256Hex, type Hashes } from './hash.js';
 
 export interface Region {
   offset: number;
@@ -421,7 +421,7 @@ async function compressPieces(
         if (from < to) await readInto(image.raw, data, from - a, to - from, from);
       }
     }
-    const file = cacheDir ? join(cacheDir, `${await sha256Key(data)}.bz2`) : null;
+    const file = cacheDir ? join(cacheDir, `${sha256Hex(data)}.bz2`) : null;
     const hit = file ? await readFile(file).catch(() => null) : null;
     if (hit) return hit;
     const out = await compressBuffer(tool, data, signal);

@@ -39,7 +39,7 @@ import { dataExtents } from '../image/sparse.js';
 import { OemError } from '../shared/errors.js';
 import { filter, requireTool } from '../tools.js';
 import { bzip2Tool, createOutput, noSpace, openInput } from './compress.js';
-import { hashFile, sha256Key } from './hash.js';
+import { hashFile, sha256Hex } from './hash.js';
 
 const gzip = promisify(gzipCb);
 
@@ -183,12 +183,8 @@ class PieceStore {
 
   get(bytes: Buffer): Promise<Buffer> {
     if (this.signal?.aborted) return Promise.reject(new OemError('interrupted while compressing', { code: 'interrupted' }));
-    // Runs of zeros (most of a disk) are known by a comparison, not hashed; the rest by SHA-256, off this thread.
-    if (isZero(bytes)) return this.lookup(bytes, `zeros-${bytes.length}`);
-    return sha256Key(bytes).then((key) => this.lookup(bytes, key));
-  }
-
-  private lookup(bytes: Buffer, key: string): Promise<Buffer> {
+    // Runs of zeros (most of a disk) are known by a comparison, not hashed.
+    const key = isZero(bytes) ? `zeros-${bytes.length}` : sha256Hex(bytes);
     const file = join(this.cacheDir, `${this.keyPrefix}-${key}.${this.ext}`);
     // The same bytes at once (runs of zeros): looked up or compressed by the first, awaited by the others.
     const running = this.inFlight.get(file);

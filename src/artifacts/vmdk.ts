@@ -24,7 +24,7 @@ import { deflate as deflateCb } from 'node:zlib';
 import { mapInOrder, pieceSlots } from '../concurrency.js';
 import { dataExtents } from '../image/sparse.js';
 import { OemError } from '../shared/errors.js';
-import { sha256Key } from './hash.js';
+import { sha256Hex } from './hash.js';
 
 const deflate = promisify(deflateCb);
 
@@ -158,7 +158,7 @@ export async function writeVmdkGrains(
       const len = Math.min(PIECE, size - at);
       if (hole(at, at + len)) return { grains: [], bytes: Buffer.alloc(0) };
       const bytes = await readAt(src, at, len);
-      const file = opts.cacheDir ? join(opts.cacheDir, `vmdk-${process.versions.zlib}-${at}-${await sha256Key(bytes)}.seg`) : null;
+      const file = opts.cacheDir ? join(opts.cacheDir, `vmdk-${process.versions.zlib}-${at}-${sha256Hex(bytes)}.seg`) : null;
       const hit = file ? await readFile(file).catch(() => null) : null;
       if (hit) {
         cachedPieces++;
