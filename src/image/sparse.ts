@@ -182,11 +182,13 @@ const DD_SCRIPT = 'set -e; while read -r at n; do dd if="$1" of="$2" bs=64K ifla
  * of the data) or dd: every byte is read here. A full disk is an ENOSPC error either way.
  */
 export async function copyRanges(srcPath: string, dstPath: string, ranges: [number, number][], opts: { inProcess?: boolean } = {}): Promise<void> {
+  if (!ranges.length) return;
+  // One map of the data for all the ranges, clipped to each.
+  const data = opts.inProcess ? null : await dataExtents(srcPath, Math.min(...ranges.map((r) => r[0])), Math.max(...ranges.map((r) => r[1])));
+  if (data === null) return copyRangesHere(srcPath, dstPath, ranges);
   const extents: [number, number][] = [];
   for (const [start, end] of ranges) {
-    const data = opts.inProcess ? null : await dataExtents(srcPath, start, end);
-    if (data === null) return copyRangesHere(srcPath, dstPath, ranges);
-    extents.push(...data);
+    for (const [a, b] of data) if (a < end && start < b) extents.push([Math.max(a, start), Math.min(b, end)]);
   }
   const [sh, dd] = [await which('sh'), await which('dd')];
   if (!sh || !dd) return copyRangesHere(srcPath, dstPath, ranges);
