@@ -333,7 +333,8 @@ export async function compressReusing(
       if (signal?.aborted) throw new OemError('interrupted while compressing', { code: 'interrupted' });
       if (step.kind === 'reuse') {
         const blocks = index.blocks.slice(step.first, step.last + 1);
-        for await (const piece of runStream(src, blocks[0]!.bit, blocks[blocks.length - 1]!.end, blocks.map((b) => b.crc))) await sink(piece);
+        // Each piece is hashed and written before the next is made: one buffer for all of them.
+        for await (const piece of runStream(src, blocks[0]!.bit, blocks[blocks.length - 1]!.end, blocks.map((b) => b.crc), { reuse: true })) await sink(piece);
       } else if (step.kind === 'new') {
         changed += step.end - step.start;
         recompressed += await compressPieces(tool, { base: baseFh, raw: rawFh, regions }, step.start, step.end, sink, opts.pieceCache, signal);

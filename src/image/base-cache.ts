@@ -235,8 +235,12 @@ async function refine(index: BaseIndex, c: Chunk): Promise<void> {
         // decoded whole, and their lengths must add up to that (below).
         return bunzip2Length((async function* () { yield stream; })());
       }
-      const pieces = await decodeStream(tool, stream, `${index.bz2} (block ${i + 1})`);
-      return pieces.reduce<number>((a, p) => a + (typeof p === 'number' ? p : p.length), 0);
+      // Counted as the tool writes it, nothing kept: a block can decode to tens of MiB.
+      let n = 0;
+      await decodeBlocks(tool, stream, `${index.bz2} (block ${i + 1})`, (c) => {
+        n += c.length;
+      });
+      return n;
     });
     if (lens.reduce((a, b) => a + b, 0) !== c.len) throw new OemError(`the blocks of ${index.bz2} decode to other lengths than before; is the cache at ${index.file} damaged?`);
     let u = c.u;
@@ -284,6 +288,13 @@ async function uncached(compressed: string, workDir: string, log: (l: string) =>
 /** Output of one block: data buffers and runs of zeros (as counts). */
 type Piece = Buffer | number;
 
+/** Decodes a stream of bzip2 blocks with `tool`, its output to `onData` as it comes. */
+function decodeBlocks(tool: string, stream: Buffer, what: string, onData: (c: Buffer) => void): Promise<void> {
+  return filter(tool, tool === 'lbzip2' ? ['-n1', '-dc'] : ['-dc'], stream, onData, {
+    failure: (why) => new OemError(`${what} is corrupt: ${tool} says: ${why}`, { code: 'badImage', hint: 'download the image again' }),
+  });
+}
+
 async function decodeStream(tool: string, stream: Buffer, what: string): Promise<Piece[]> {
   const pieces: Piece[] = [];
   const onData = (c: Buffer) => {
@@ -296,9 +307,7 @@ async function decodeStream(tool: string, stream: Buffer, what: string): Promise
       pieces.push(c);
     }
   };
-  await filter(tool, tool === 'lbzip2' ? ['-n1', '-dc'] : ['-dc'], stream, onData, {
-    failure: (why) => new OemError(`${what} is corrupt: ${tool} says: ${why}`, { code: 'badImage', hint: 'download the image again' }),
-  });
+  await decodeBlocks(tool, stream, what, onData);
   return pieces;
 }
 
