@@ -88,7 +88,7 @@ function gearCut(data: Uint8Array, start: number, from: number, limit: number): 
   let h = 0;
   let i = start;
   for (; i < from; i++) h = ((h << 1) + gear[data[i]!]!) | 0;
-  // Four bytes a turn: fewer loop checks (measured a third faster than one).
+  // Four bytes a turn: fewer loop checks (faster in a micro-benchmark, within its noise).
   for (const end = limit - 3; i < end; i += 4) {
     h = ((h << 1) + gear[data[i]!]!) | 0;
     if ((h & mask) === 0) return i + 1;

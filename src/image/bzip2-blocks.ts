@@ -115,8 +115,7 @@ const PIECE = 4 * 1024 * 1024;
  * A standalone bzip2 stream of the contiguous bits [startBit, endBit) of `fh` (whole blocks of one
  * stream), yielded in pieces of at most 4 MiB. `reuse`: every piece is yielded in the same buffer,
  * which the caller must be done with before it asks for the next (for a caller that writes each
- * away: a new buffer per piece left hundreds of MiB of garbage to collect, and V8 let 100 MiB of it
- * wait at once).
+ * away: no new 4 MiB buffer per piece for the garbage collector).
  */
 export async function* runStream(fh: FileHandle, startBit: number, endBit: number, crcs: number[], opts: { reuse?: boolean } = {}): AsyncGenerator<Buffer> {
   yield Buffer.from('BZh9', 'latin1');
