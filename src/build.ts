@@ -22,7 +22,8 @@ import { loadSigningKey, type SigningKey } from './artifacts/sign.js';
 import { workingImage, writePartitions } from './build/assemble.js';
 import { makeArtifacts, reusesBlocks } from './build/artifacts.js';
 import { prepareImage, resolveBase, verifyLocal, type Base, type BaseSource, type BuildGeneration, type PreparedImage } from './build/base.js';
-import { loadAgent, loadConfig } from './build/inputs.js';
+import { agentExecutable, agentXz, findAgent, loadConfig } from './build/inputs.js';
+import type { HostFile } from './shared/safe-fs.js';
 import { buildTime, publishProvider, type ProviderBuild } from './build/publish.js';
 import { acquire } from './cleanup.js';
 import { mapInOrder } from './concurrency.js';
@@ -35,7 +36,6 @@ import { fetchOemSysext, type FetchOptions } from './release/fetch.js';
 import type { SysextFormat } from './sysext/make.js';
 import { boardArchitecture } from './sysext/release.js';
 import { addUserExtensions, customContent, officialContent, sysextMode, type SysextContent, type SysextImage } from './sysext/oem.js';
-import { filter } from './tools.js';
 import type { PlanEntry } from './write/plan.js';
 import type { Distro } from './release/verify.js';
 import { sourceDateEpoch } from './source-date.js';
@@ -124,7 +124,7 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
   const signer = opts.signKey ? await loadSigningKey(opts.signKey, opts.signPassphrase) : null;
 
   const base = await resolveBase(opts, report);
-  const agent = opts.prepareOnly ? null : await loadAgent(opts, base.board);
+  const agentFile = opts.prepareOnly ? null : await findAgent(opts, base.board);
 
   const outputDir = resolve(opts.outputDir);
   await mkdir(outputDir, { recursive: true });
@@ -163,6 +163,7 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
       throw new OemError(`--sysext and --oem-sysext are for Flatcar 3760 and later; ${base.distro} ${base.version} keeps provider content as plain files`, { code: 'usage' });
     }
     if (ignition !== null) checkUserIgnition(ignition, opts.ignition!, { distro: image.generation === 'coreos' ? 'coreos' : base.distro, version: base.version });
+    const agent = agentFile ? await agentXz(agentFile, work) : null;
     const ctx: Ctx = { opts, signer, base, image, prefixes, agent, sshKeys, config, ignition, backend, outputDir, work, log, step, progress };
     const builds = await mapInOrder(buildable, concurrency, (p) => buildOne(p, ctx)).catch((err: unknown) => {
       if (!(err instanceof OemError) && (err as NodeJS.ErrnoException).code === 'ENOSPC') {
@@ -182,7 +183,10 @@ interface Ctx {
   base: Base;
   image: PreparedImage;
   prefixes: SharedPrefixes;
-  agent: Buffer | null;
+  /** The agent, xz-compressed, as a file. */
+  agent: HostFile | null;
+  /** The agent unpacked (for providers' own extensions), made once when the first one needs it. */
+  agentExecutable?: Promise<HostFile>;
   sshKeys: SshKey[];
   config: Buffer;
   ignition: string | null;
@@ -277,7 +281,8 @@ async function sysextContent(p: Provider, img: SysextImage, c: Ctx): Promise<Con
     await validateRendered(p.id, rendered);
     const work = join(c.work, `${p.id}.sysext`);
     await mkdir(work);
-    const agent = c.agent ? await unxz(c.agent) : null;
+    let agent: HostFile | null = null;
+    if (c.agent) agent = await (c.agentExecutable ??= agentExecutable(c.agent, c.work));
     content = await customContent(p, img, rendered, { name: mode.name, format: c.opts.sysextFormat ?? 'squashfs', mtime: Math.floor(buildTime().getTime() / 1000), agent, work });
   }
   content = await addUserExtensions(content, img, c.opts.sysexts ?? []);
@@ -316,9 +321,3 @@ async function officialRaw(platform: string, c: Ctx): Promise<string> {
   return f.path;
 }
 
-/** The agent executable itself (it is kept xz-compressed for plain OEM files). */
-async function unxz(xz: Buffer): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  await filter('xz', ['-dc'], xz, (b) => chunks.push(b), { failure: (why) => new OemError(`cannot unpack the agent: xz says: ${why}`) });
-  return Buffer.concat(chunks);
-}

@@ -125,6 +125,10 @@ describe('oem build on the extension era', () => {
       expect(await cat('usr/lib/systemd/system/oem-agent-provision.service')).toMatch(/^ExecStart=\/usr\/lib\/pxe\/oem-agent provision --config \/usr\/lib\/pxe\/config\.yml$/m);
       expect(await cat('usr/lib/systemd/system/multi-user.target.d/10-pxe.conf')).toMatch(/^Wants=oem\.target$/m);
       expect(await cat('usr/lib/pxe/config.yml')).toContain('/etc/motd');
+      // The agent: --agent's executable, compressed for the build and unpacked into the extension, the same bytes, executable.
+      expect(listing).toMatch(/^-rwxr-xr-x 0\/0 .* squashfs-root\/usr\/lib\/pxe\/oem-agent$/m);
+      const inside = (await execa('unsquashfs', ['-cat', join(o.root, 'pxe.raw'), 'usr/lib/pxe/oem-agent'], { encoding: 'buffer' })).stdout;
+      expect(Buffer.from(inside).equals(await readFile(agent))).toBe(true);
     } finally {
       await o.release();
     }

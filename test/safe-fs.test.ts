@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { OemError } from '../src/shared/errors.js';
-import { cleanPath, exists, isCleanPath, linkTargetProblem, readBounded, readFileIn, resolveIn, RootFs } from '../src/shared/safe-fs.js';
+import { cleanPath, exists, isCleanPath, linkTargetProblem, hostFile, readBounded, readFileIn, resolveIn, RootFs } from '../src/shared/safe-fs.js';
 import { DirWriter } from '../src/write/dir-writer.js';
 import type { PartitionTarget } from '../src/write/session.js';
 
@@ -111,6 +111,30 @@ describe('RootFs writes (the agent)', () => {
     await fs.symlink('/etc/motd', '/etc/issue', process.getuid!(), process.getgid!());
     expect(await readlink(join(root, 'etc/motd'))).toBe('/etc/issue');
     expect((await readdir(join(root, 'etc'))).filter((n) => n.startsWith('.oem-tmp'))).toEqual([]);
+  });
+
+  it('writes a host file\'s bytes (large content is copied, not held), and refuses one whose size changed since it was chosen', async () => {
+    const src = join(root, '..', `host-src-${process.pid}`);
+    // Over the copy's 1 MiB chunk, not a multiple of it.
+    const bytes = Buffer.alloc(2 * 1024 * 1024 + 123);
+    for (let i = 0; i < bytes.length; i += 4096) bytes[i] = (i / 4096) & 0xff;
+    await writeFile(src, bytes);
+    try {
+      const fs = new RootFs(root);
+      const content = await hostFile(src);
+      expect(content).toEqual({ hostPath: src, size: bytes.length });
+      await fs.writeFile('/etc/big', content, 0o600, process.getuid!(), process.getgid!());
+      expect((await readFile(join(root, 'etc/big'))).equals(bytes)).toBe(true);
+      for (const changed of [Buffer.concat([bytes, Buffer.from('more')]), bytes.subarray(0, 1000)]) {
+        await writeFile(src, changed);
+        await expect(fs.writeFile('/etc/big2', content, 0o600, process.getuid!(), process.getgid!())).rejects.toThrow(/changed while it was being used/);
+        expect(await exists(join(root, 'etc/big2'))).toBe(false);
+      }
+      expect((await readdir(join(root, 'etc'))).filter((n) => n.startsWith('.oem-tmp'))).toEqual([]);
+      await expect(hostFile(join(root, 'etc'))).rejects.toThrow(/not a regular file/);
+    } finally {
+      await rm(src, { force: true });
+    }
   });
 
   it('refuses to put a file or a link where a directory or special file is', async () => {

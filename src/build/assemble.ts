@@ -12,7 +12,7 @@ import { keyPlan } from '../inject-key.js';
 import type { SshKey } from '../shared/ssh-keys.js';
 import { partitionTargets, withSession } from '../write/apply.js';
 import { OemError } from '../shared/errors.js';
-import { normalizePlan, planBytes, type PlanEntry } from '../write/plan.js';
+import { contentSize, normalizePlan, planBytes, type PlanEntry } from '../write/plan.js';
 import type { BackendName } from '../write/session.js';
 import type { Layout } from './base.js';
 
@@ -61,9 +61,9 @@ function checkFits(entries: PlanEntry[], target: { number: number; label: string
   const mib = (n: number) => `${(n / 1048576).toFixed(1)} MiB`;
   const largest = entries
     .filter((e): e is Extract<PlanEntry, { kind: 'file' }> => e.kind === 'file')
-    .sort((a, b) => b.content.length - a.content.length)
+    .sort((a, b) => contentSize(b.content) - contentSize(a.content))
     .slice(0, 3)
-    .map((e) => `${e.path} ${mib(e.content.length)}`);
+    .map((e) => `${e.path} ${mib(contentSize(e.content))}`);
   throw new OemError(`the OEM content (${mib(need)}) does not fit partition ${target.number} (${target.label}) of ${mib(target.size)}, which holds about ${mib(room)} of files: the largest are ${largest.join(', ')}`, {
     code: 'noSpace',
     hint: 'leave something out (--no-agent, a --sysext), or use a release whose OEM partition is 1 GiB (Flatcar 4593 and later)',

@@ -2,18 +2,25 @@
  * What a build embeds besides the provider's templates, each checked before anything is fetched or
  * written: the runtime agent for the board and the provisioning config.
  */
-import { readFile, stat } from 'node:fs/promises';
+import { open, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { formatProblem } from '../shared/config/types.js';
 import { readAndValidateConfig } from '../shared/config/validate.js';
 import { OemError } from '../shared/errors.js';
 import { packageRoot } from '../paths.js';
-import { run } from '../tools.js';
+import { run, toolEnv } from '../tools.js';
+import { hostFile, type HostFile } from '../shared/safe-fs.js';
 
 const AGENT_ARCH: Record<string, string> = { 'amd64-usr': 'x64', 'arm64-usr': 'arm64' };
 
-/** The agent for the board, xz-compressed: the one `npm run build:agent` made, or --agent FILE; null with --no-agent. */
-export async function loadAgent(opts: { agent?: string; noAgent?: boolean }, board: string): Promise<Buffer | null> {
+/** Where the agent for the board is, and whether it is xz-compressed already: checked before anything is fetched. */
+export interface AgentFile {
+  path: string;
+  compressed: boolean;
+}
+
+/** The agent for the board: the one `npm run build:agent` made, or --agent FILE (ELF or .xz); null with --no-agent. */
+export async function findAgent(opts: { agent?: string; noAgent?: boolean }, board: string): Promise<AgentFile | null> {
   if (opts.noAgent) return null;
   const path = opts.agent ?? join(packageRoot(), 'dist', 'agent', `oem-agent-linux-${AGENT_ARCH[board] ?? board}.xz`);
   const st = await stat(path).catch(() => null);
@@ -23,11 +30,34 @@ export async function loadAgent(opts: { agent?: string; noAgent?: boolean }, boa
       hint: 'build it with `npm run build:agent`, give one with --agent FILE, or build without it with --no-agent',
     });
   }
-  const data = await readFile(path);
-  if (data.subarray(0, 6).equals(Buffer.from([0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00]))) return data;
-  if (data.subarray(0, 4).toString('latin1') !== '\x7fELF') throw new OemError(`--agent ${path} is neither an executable (ELF) nor .xz`, { code: 'usage' });
-  const r = await run('xz', ['-6', '-T0', '-c', path], 'compress the agent', { encoding: 'buffer' } as never);
-  return r.stdoutBytes;
+  const head = Buffer.alloc(6);
+  const fh = await open(path, 'r');
+  try {
+    await fh.read(head, 0, head.length, 0);
+  } finally {
+    await fh.close();
+  }
+  if (head.equals(Buffer.from([0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00]))) return { path, compressed: true };
+  if (head.subarray(0, 4).toString('latin1') !== '\x7fELF') throw new OemError(`--agent ${path} is neither an executable (ELF) nor .xz`, { code: 'usage' });
+  return { path, compressed: false };
+}
+
+/**
+ * The agent as OEM keeps it, xz-compressed, as a file the writes copy (it is tens of MiB: never held
+ * in memory for the build): the given .xz itself, or the executable compressed into `work`.
+ */
+export async function agentXz(agent: AgentFile, work: string): Promise<HostFile> {
+  if (agent.compressed) return hostFile(agent.path);
+  const out = join(work, 'oem-agent.xz');
+  await run('xz', ['-6', '-T0', '-c', agent.path], 'compress the agent', { env: toolEnv(), extendEnv: false, stdout: { file: out } } as never);
+  return hostFile(out);
+}
+
+/** The agent executable itself, unpacked into `work` (an extension holds it uncompressed). */
+export async function agentExecutable(xz: HostFile, work: string): Promise<HostFile> {
+  const out = join(work, 'oem-agent');
+  await run('xz', ['-dc', xz.hostPath], 'unpack the agent', { env: toolEnv(), extendEnv: false, stdout: { file: out } } as never);
+  return hostFile(out);
 }
 
 /** The user's provisioning config, validated by the agent's own validator; or the default one. */

@@ -11,7 +11,7 @@ import { OemError } from '../shared/errors.js';
 import { compareVersions } from '../image/generation.js';
 import type { SshKey } from '../shared/ssh-keys.js';
 import { keySetContent } from '../shared/ssh-keys.js';
-import type { PlanEntry } from '../write/plan.js';
+import type { FileContent, PlanEntry } from '../write/plan.js';
 import type { Provider } from './registry.js';
 
 export type Generation = 'coreos' | 'flatcar';
@@ -23,7 +23,7 @@ export interface RenderContext {
   channel: string;
   generation: Generation;
   /** The agent executable for the image's board, xz-compressed, or null to build without it. */
-  agent: Buffer | null;
+  agent: FileContent | null;
   sshKeys: SshKey[];
   /** The provisioning config the agent reads (already validated). */
   config: Buffer | null;
@@ -110,7 +110,7 @@ export async function renderProvider(ctx: RenderContext): Promise<Rendered> {
   const sources = new Map<string, string>();
   for (const d of p.dirs) for (const [path, file] of await layerFiles(d)) sources.set(path, file);
 
-  const files = new Map<string, { content: Buffer; mode: number }>();
+  const files = new Map<string, { content: FileContent; mode: number }>();
   for (const [path, file] of sources) {
     const unit = /^\/system\/oem-agent-([a-z-]+)\.service$/.exec(path);
     if (unit && (!ctx.agent || !p.agentUnits.includes(unit[1] as never))) continue;
@@ -128,9 +128,10 @@ export async function renderProvider(ctx: RenderContext): Promise<Rendered> {
   if (ctx.sshKeys.length) files.set('/authorized_keys', { content: Buffer.from(keySetContent(ctx.sshKeys)), mode: 0o644 });
 
   // How the units are started.
-  const units = [...files.entries()]
-    .filter(([path]) => kindOf(path) === 'unit')
-    .map(([path, f]) => ({ name: posix.basename(path), contents: f.content.toString('utf8') }))
+  const texts = () => [...files.entries()].flatMap(([path, f]) => (Buffer.isBuffer(f.content) && !f.content.includes(0) ? [{ path, text: f.content.toString('utf8') }] : []));
+  const units = texts()
+    .filter(({ path }) => kindOf(path) === 'unit')
+    .map(({ path, text }) => ({ name: posix.basename(path), contents: text }))
     .sort((a, b) => (a.name === 'oem.target' ? 1 : b.name === 'oem.target' ? -1 : a.name.localeCompare(b.name)));
   if (ctx.generation === 'coreos') {
     const cc = {
@@ -154,6 +155,6 @@ export async function renderProvider(ctx: RenderContext): Promise<Rendered> {
     .map(([path, f]) => ({ kind: 'file', path, content: f.content, mode: f.mode, uid: 0, gid: 0 }));
   return {
     entries,
-    files: [...files.entries()].filter(([, f]) => !f.content.includes(0)).map(([path, f]) => ({ path, kind: kindOf(path), content: f.content.toString('utf8') })),
+    files: texts().map(({ path, text }) => ({ path, kind: kindOf(path), content: text })),
   };
 }

@@ -19,7 +19,7 @@
  *   `limit` bytes whatever the stat says (files in /proc have size 0).
  */
 import { constants } from 'node:fs';
-import { lchown, link, lstat, lutimes, mkdir, open, readdir, readlink, rename, rm, stat, symlink } from 'node:fs/promises';
+import { type FileHandle, lchown, link, lstat, lutimes, mkdir, open, readdir, readlink, rename, rm, stat, symlink } from 'node:fs/promises';
 import { join, posix } from 'node:path';
 import { describe, OemError } from './errors.js';
 
@@ -204,6 +204,55 @@ export interface RootFsOptions {
   syncDirs?: boolean;
 }
 
+/**
+ * Bytes kept in a host file rather than in memory, copied when they are written (large content: the
+ * agent, extension images). `size` is the file's size when it was chosen; a copy that finds another
+ * size fails rather than write something else.
+ */
+export interface HostFile {
+  hostPath: string;
+  size: number;
+}
+
+/** Bytes to write: in memory, or a host file's. */
+export type FileContent = Buffer | HostFile;
+
+export function contentSize(c: FileContent): number {
+  return Buffer.isBuffer(c) ? c.length : c.size;
+}
+
+/** The regular file at `hostPath` as content to copy later (its size now). */
+export async function hostFile(hostPath: string): Promise<HostFile> {
+  const st = await stat(hostPath);
+  if (!st.isFile()) throw new OemError(`${hostPath} is not a regular file`);
+  return { hostPath, size: st.size };
+}
+
+const COPY_CHUNK = 1024 * 1024;
+
+/** Writes `data` to the open file `fh` from its start: the buffer, or the host file's bytes in chunks. */
+export async function writeContent(fh: FileHandle, data: FileContent): Promise<void> {
+  if (Buffer.isBuffer(data)) return fh.writeFile(data);
+  const src = await open(data.hostPath, constants.O_RDONLY);
+  try {
+    const buf = Buffer.allocUnsafe(Math.min(COPY_CHUNK, Math.max(1, data.size)));
+    let done = 0;
+    for (;;) {
+      const { bytesRead } = await src.read(buf, 0, buf.length, done);
+      if (bytesRead === 0) break;
+      if (done + bytesRead > data.size) break;
+      await fh.write(buf, 0, bytesRead, done);
+      done += bytesRead;
+    }
+    const now = (await src.stat()).size;
+    if (done !== data.size || now !== data.size) {
+      throw new OemError(`${data.hostPath} changed while it was being used: it had ${data.size} bytes, now ${now}`, { hint: 'leave the file alone while oem runs' });
+    }
+  } finally {
+    await src.close();
+  }
+}
+
 /** Files the bounded readers of a tree accept by default. */
 export const DEFAULT_READ_LIMIT = 64 * 1024 * 1024;
 
@@ -353,13 +402,13 @@ export class RootFs {
   }
 
   /** Replaces or creates a regular file atomically: temp file, owner, mode, fsync, rename, fsync dir. */
-  async writeFile(path: string, data: Buffer, mode: number, uid: number, gid: number): Promise<void> {
+  async writeFile(path: string, data: FileContent, mode: number, uid: number, gid: number): Promise<void> {
     const p = cleanPath(path);
     await this.replaceable(p, 'file');
     const tmp = this.tmpName(p);
     const fh = await open(this.host(tmp), constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
     try {
-      await fh.writeFile(data);
+      await writeContent(fh, data);
       await this.own(fh, uid, gid);
       await fh.chmod(mode);
       await fh.sync();

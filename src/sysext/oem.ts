@@ -15,9 +15,10 @@
  *
  * The user's own extensions (`--sysext`) are placed and linked like the custom one.
  */
-import { chmod, mkdir, readFile, writeFile } from 'node:fs/promises';
+import { mkdir, open, readFile } from 'node:fs/promises';
 import { join, posix } from 'node:path';
 import { OemError } from '../shared/errors.js';
+import { type FileContent, hostFile, writeContent } from '../shared/safe-fs.js';
 import type { Provider } from '../providers/registry.js';
 import { grubCfg, ignitionVersion, type Rendered } from '../providers/render.js';
 import type { PlanEntry } from '../write/plan.js';
@@ -64,7 +65,7 @@ export interface SysextContent {
   summary: string;
 }
 
-const file = (path: string, content: Buffer | string, mode = 0o644): PlanEntry => ({ kind: 'file', path, content: Buffer.isBuffer(content) ? content : Buffer.from(content), mode, uid: 0, gid: 0 });
+const file = (path: string, content: FileContent | string, mode = 0o644): PlanEntry => ({ kind: 'file', path, content: typeof content === 'string' ? Buffer.from(content) : content, mode, uid: 0, gid: 0 });
 const dir = (path: string, mode = 0o755): PlanEntry => ({ kind: 'dir', path, mode, uid: 0, gid: 0 });
 const q = (s: string) => `"${s.replace(/["\\]/g, '')}"`;
 
@@ -126,7 +127,7 @@ export async function officialContent(p: Provider, img: SysextImage, platform: s
   return {
     oem: [
       dir('/sysext'),
-      file(`/sysext/oem-${platform}-${img.version}.raw`, await readFile(raw)),
+      file(`/sysext/oem-${platform}-${img.version}.raw`, await hostFile(raw)),
       file(`/sysext/active-oem-${platform}`, ''),
       file('/oem-release', oemRelease),
       file('/grub.cfg', grub),
@@ -181,7 +182,7 @@ export interface CustomOptions {
   format: SysextFormat;
   mtime: number;
   /** The agent executable (uncompressed), or null for none. */
-  agent: Buffer | null;
+  agent: FileContent | null;
   /** A private directory to build the extension's tree and image in. */
   work: string;
 }
@@ -209,8 +210,13 @@ export async function customContent(p: Provider, img: SysextImage, rendered: Ren
     if (e.kind !== 'file') continue;
     const at = join(treeDir, e.path);
     await mkdir(posix.dirname(at), { recursive: true });
-    await writeFile(at, e.content, { flag: 'wx' });
-    await chmod(at, e.mode);
+    const fh = await open(at, 'wx');
+    try {
+      await writeContent(fh, e.content);
+      await fh.chmod(e.mode);
+    } finally {
+      await fh.close();
+    }
   }
   const extension = join(o.work, `${o.name}.raw`);
   await makeExtension(treeDir, extension, { format: o.format, mtime: o.mtime, name: o.name });
@@ -222,7 +228,7 @@ export async function customContent(p: Provider, img: SysextImage, rendered: Ren
   const replaced = new Set(['/bin/oem-agent', '/bin/oem-agent.xz', '/config.yml', '/base/base.ign', '/grub.cfg', '/oem-release', '/run', '/cloud-config.yml']);
   const others = rendered.entries.filter((e) => e.kind === 'file' && !replaced.has(e.path) && !/^\/system\//.test(e.path));
   return {
-    oem: [file(`/${o.name}.raw`, await readFile(extension)), file('/oem-release', oemRelease), file('/grub.cfg', grub), file('/base/base.ign', base), ...others],
+    oem: [file(`/${o.name}.raw`, await hostFile(extension)), file('/oem-release', oemRelease), file('/grub.cfg', grub), file('/base/base.ign', base), ...others],
     root: rootLinks([o.name]),
     files: [
       { path: '/grub.cfg', kind: 'grub', content: grub },
@@ -245,7 +251,7 @@ export async function addUserExtensions(content: SysextContent, img: SysextImage
     if (names.includes(name) || oem.some((e) => e.path === `/${name}.raw`)) throw new OemError(`--sysext ${path}: an extension named ${name} is already there`, { code: 'usage' });
     await checkExtension(path, name, img, `--sysext ${path}`);
     names.push(name);
-    oem.push(file(`/${name}.raw`, await readFile(path)));
+    oem.push(file(`/${name}.raw`, await hostFile(path)));
   }
   // One base/base.ign links every extension that is not Flatcar's own.
   const linked = [...content.linked, ...names];

@@ -4,7 +4,9 @@
  * writes into images.
  */
 import { OemError } from '../shared/errors.js';
-import { ancestors, cleanPath, linkTargetProblem } from '../shared/safe-fs.js';
+import { ancestors, cleanPath, contentSize, type FileContent, linkTargetProblem } from '../shared/safe-fs.js';
+
+export { contentSize, type FileContent, type HostFile } from '../shared/safe-fs.js';
 
 export type PartitionRole = 'oem' | 'root';
 
@@ -21,7 +23,7 @@ export interface PlanDir {
 export interface PlanFile {
   kind: 'file';
   path: string;
-  content: Buffer;
+  content: FileContent;
   mode: number;
   uid: number;
   gid: number;
@@ -97,7 +99,7 @@ export function normalizePlan(plan: WritePlan): WritePlan {
 
 /** Bytes the plan's files need, for space checks. */
 export function planBytes(entries: PlanEntry[]): number {
-  return entries.reduce((n, e) => n + (e.kind === 'file' ? e.content.length : 0), 0);
+  return entries.reduce((n, e) => n + (e.kind === 'file' ? contentSize(e.content) : 0), 0);
 }
 
 /** A human-readable listing (for --dry-run). */
@@ -107,7 +109,7 @@ export function describePlan(plan: WritePlan): string {
     lines.push(`${role.toUpperCase()}:`);
     for (const e of entries) {
       const mode = e.kind === 'symlink' ? 'lrwxrwxrwx' : e.mode.toString(8).padStart(4, '0');
-      const what = e.kind === 'file' ? `file (${e.content.length} bytes)` : e.kind === 'dir' ? 'dir' : `symlink -> ${e.target}`;
+      const what = e.kind === 'file' ? `file (${contentSize(e.content)} bytes)` : e.kind === 'dir' ? 'dir' : `symlink -> ${e.target}`;
       lines.push(`  ${mode} ${e.uid}:${e.gid} ${e.path} ${what}`);
     }
   }
@@ -120,7 +122,7 @@ export function planSummary(plan: WritePlan): Record<string, unknown[]> {
   for (const [role, entries] of Object.entries(plan.partitions) as [PartitionRole, PlanEntry[]][]) {
     out[role] = entries.map((e) =>
       e.kind === 'file'
-        ? { kind: e.kind, path: e.path, mode: '0' + e.mode.toString(8), uid: e.uid, gid: e.gid, size: e.content.length }
+        ? { kind: e.kind, path: e.path, mode: '0' + e.mode.toString(8), uid: e.uid, gid: e.gid, size: contentSize(e.content) }
         : e.kind === 'dir'
           ? { kind: e.kind, path: e.path, mode: '0' + e.mode.toString(8), uid: e.uid, gid: e.gid }
           : { kind: e.kind, path: e.path, target: e.target, uid: e.uid, gid: e.gid },

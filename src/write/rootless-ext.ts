@@ -5,12 +5,12 @@
  * debugfs `write`; owners and modes are set with `set_inode_field`. debugfs exits 0 even when a
  * command fails, so everything it says on stderr beyond its banner is treated as an error.
  */
-import { writeFile } from 'node:fs/promises';
+import { open } from 'node:fs/promises';
 import { join, posix } from 'node:path';
 import { tempDir } from '../cleanup.js';
 import { OemError } from '../shared/errors.js';
 import { run } from '../tools.js';
-import { ancestors, cleanPath } from '../shared/safe-fs.js';
+import { ancestors, cleanPath, contentSize, writeContent } from '../shared/safe-fs.js';
 import { entryPath, type PlanEntry } from './plan.js';
 import { noSpace, notADirectory, partName, symlinkRefusal, type PartitionSession, type PartitionTarget } from './session.js';
 
@@ -132,7 +132,7 @@ export class RootlessExtSession implements PartitionSession {
     const kinds = await this.kinds([...all]);
     const { bytes: free, inodes, blockSize } = await this.freeSpace();
     let needed = 0;
-    for (const e of entries) needed += e.kind === 'file' ? Math.ceil(e.content.length / blockSize) * blockSize + blockSize : blockSize;
+    for (const e of entries) needed += e.kind === 'file' ? Math.ceil(contentSize(e.content) / blockSize) * blockSize + blockSize : blockSize;
     if (needed > free || entries.length > inodes) throw noSpace(this.target, needed, free);
 
     const stage = await tempDir('stage');
@@ -163,7 +163,12 @@ export class RootlessExtSession implements PartitionSession {
               throw new OemError(`cannot write file ${path} in ${partName(this.target)}: a ${have.kind === 'dir' ? 'directory' : 'special file'} is there`, { code: 'badImage' });
             }
             const local = join(stage.path, String(n++));
-            await writeFile(local, e.content, { mode: 0o600 });
+            const fh = await open(local, 'wx', 0o600);
+            try {
+              await writeContent(fh, e.content);
+            } finally {
+              await fh.close();
+            }
             if (have.kind === 'file') cmds.push(`rm ${q(path)}`);
             cmds.push(`cd ${q(dir)}`, `write ${q(local)} ${q(base)}`, `sif ${q(path)} mode 0${(0o100000 | e.mode).toString(8)}`);
             break;
