@@ -15,6 +15,7 @@ import { writeTar } from '../src/artifacts/tar.js';
 import { writeVmdkGrains } from '../src/artifacts/vmdk.js';
 import { OemError } from '../src/shared/errors.js';
 import { makeDisk, noise, qemuInfo } from './helpers/small-disks.js';
+import { useSmallTmpfs } from './helpers/full-fs.js';
 
 const MiB = 1024 * 1024;
 const MTIME = new Date('2024-01-02T03:04:05Z');
@@ -508,19 +509,11 @@ describe('failures', () => {
   });
 
   describe.runIf(process.getuid?.() === 0)('a full file system [root: mounts a 1 MiB tmpfs]', () => {
-    let mnt: string | undefined;
-    beforeAll(async () => {
-      const m = join(dir, 'small');
-      await mkdir(m);
-      const r = await execa('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', m], { reject: false });
-      if (r.exitCode === 0) mnt = m;
-    });
-    afterAll(async () => {
-      if (mnt) await execa('umount', [mnt], { reject: false });
-    });
+    const small = useSmallTmpfs(() => dir);
 
     for (const format of ['gce', 'qcow2', 'vmdk', 'vhd', 'ova', 'virtualbox', 'parallels'] as const) {
       it(`${format}: noSpace naming the output, which is removed`, async (ctx) => {
+        const mnt = small();
         if (!mnt) return ctx.skip(); // mount not permitted here (e.g. an unprivileged container)
         const out = join(mnt, `out.${FORMAT_EXTENSION[format]}`);
         const err = await convert(raw, format, out, { name: NAME, mtime: MTIME }).then(
@@ -538,6 +531,7 @@ describe('failures', () => {
     // writing the file itself (uncompressed), and the gzip stream written by this process.
     for (const gzip of [false, true]) {
       it(`an archive${gzip ? ' (.gz)' : ''} that does not fit: noSpace naming it`, async (ctx) => {
+        const mnt = small();
         if (!mnt) return ctx.skip();
         const out = join(mnt, `archive-${++n}.tar${gzip ? '.gz' : ''}`);
         const stage = join(dir, `stage-${n}`);

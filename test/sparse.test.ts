@@ -3,13 +3,13 @@
  * the ranges is copied, at the same offsets, all-zero blocks left as holes; by dd in one shell, and
  * in this process, with the same bytes; a full disk is ENOSPC.
  */
-import { execa } from 'execa';
 import { randomBytes } from 'node:crypto';
 import { mkdir, mkdtemp, open, readFile, rm, stat, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { copyRanges } from '../src/image/sparse.js';
+import { useSmallTmpfs } from './helpers/full-fs.js';
 
 const MiB = 1024 * 1024;
 const SIZE = 64 * MiB;
@@ -97,19 +97,11 @@ describe('copyRanges', () => {
   });
 
   describe.runIf(process.getuid?.() === 0)('a full file system [root: mounts a 1 MiB tmpfs]', () => {
-    let mnt: string | undefined;
-    beforeAll(async () => {
-      const m = join(work, 'small');
-      await mkdir(m);
-      const r = await execa('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', m], { reject: false });
-      if (r.exitCode === 0) mnt = m;
-    });
-    afterAll(async () => {
-      if (mnt) await execa('umount', [mnt], { reject: false });
-    });
+    const small = useSmallTmpfs(() => work);
 
     for (const inProcess of [false, true]) {
       it(`${inProcess ? 'in this process' : 'by dd'}: ENOSPC`, async (ctx) => {
+        const mnt = small();
         if (!mnt) return ctx.skip(); // mount not permitted here (e.g. an unprivileged container)
         const dst = join(mnt, `dst-${inProcess}`);
         await writeFile(dst, '');

@@ -313,7 +313,6 @@ export async function compressPieced(
   let dst: FileHandle | undefined;
   let created = false;
   let ok = false;
-  let size = 0;
   try {
     const total = (await src.stat()).size;
     const data = await dataExtents(input, 0, total);
@@ -346,7 +345,6 @@ export async function compressPieced(
     await mapInOrder(pieces, availableParallelism() + 1, piece, async (z, i) => {
       let w = 0;
       while (w < z.length) w += (await out.write(z, w, z.length - w)).bytesWritten;
-      size += z.length;
       done += pieces[i]!.len;
       opts.onProgress?.(done, total + (opts.trailer?.length ?? 0));
     });
@@ -354,7 +352,7 @@ export async function compressPieced(
     dst = undefined;
     await out.close();
     // Hashed once written (hash.ts: large files by openssl, off this thread).
-    const { hex } = await hashFile(output, ['md5', 'sha1', 'sha512']);
+    const { hex, size } = await hashFile(output, ['md5', 'sha1', 'sha512']);
     ok = true;
     return { tool: `${c.id} in pieces of about ${PIECE / 1048576} MiB`, pieces: pieces.length, cached: store.cached, compressed: store.compressed, size, ...hex };
   } catch (err) {
