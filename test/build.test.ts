@@ -259,7 +259,7 @@ describe.runIf(process.getuid?.() === 0)('a full disk during oem build [root]', 
   for (const backend of ['mount', 'rootless'] as const) {
     it(`${backend} backend: a clear error, no artifact under a final name, nothing left mounted or behind`, async () => {
       const { leftovers } = await import('./helpers/image-read.js');
-      // The output directory on a 12 MiB tmpfs: the working image's OEM (the 26 MB agent) cannot fit.
+      // The output directory on a 12 MiB tmpfs: the working image's OEM (the 29 MB agent) cannot fit.
       const out = join(work, `full-${backend}-${next()}`);
       await mkdir(out);
       await execa('mount', ['-t', 'tmpfs', '-o', 'size=12m', 'oem-test-full', out]);
@@ -290,7 +290,7 @@ describe('the built agent in images', () => {
       const srv = await startMirrorServer(m);
       try {
         const out = join(work, `board-out-${next()}`);
-        // Uncompressed: the 25 MiB agent is the image's only content that bzip2 would have to work on.
+        // Uncompressed: the 28 MiB agent is the image's only content that bzip2 would have to work on.
         const { result, json } = await oemJson<BuildResult>(
           ['build', '--provider', 'qemu', '--format', 'raw', '--compress', 'none', '--board', board, '--base-url', `${srv.url}/{channel}/{board}`, '--key', fixtures.key.publicKeyPath, '--cache-dir', join(work, 'cache'), '--output-dir', out],
           { env: { OEM_TMPDIR: work } },
