@@ -149,10 +149,14 @@ describe.runIf(isRoot)('the rootless backend without root (run as nobody) [root]
       await cp(fixtures.flatcar.raw, img);
       await chown(img, 65534, 65534);
       const script = join(dir, 'run.mjs');
-      const repo = join(__dirname, '..');
+      // The backend as the CLI bundles it (scripts/bundle-cli.ts), readable by nobody.
+      const { build } = await import('esbuild');
+      const { BUNDLE_OPTIONS } = await import('../scripts/lib/bundle.js');
+      const apply = join(dir, 'apply.mjs');
+      await build({ ...BUNDLE_OPTIONS, entryPoints: [join(__dirname, '..', 'src', 'write', 'apply.ts')], outfile: apply });
       await wf(
         script,
-        `const { applyPlan } = await import(${JSON.stringify(join(repo, 'dist/src/write/apply.js'))});
+        `const { applyPlan } = await import(${JSON.stringify(apply)});
 await applyPlan(${JSON.stringify(img)}, {
   partitions: {
     oem: [{ kind: 'file', path: '/grub.cfg', content: Buffer.from('set oem_id="ec2"\\n'), mode: 0o644, uid: 0, gid: 0 }],
