@@ -1,5 +1,6 @@
 /** oem build: options, local images, templates, failures, Ctrl-C, a full disk, the agent embedded per board. */
 import { execa } from 'execa';
+import { randomBytes } from 'node:crypto';
 import { access, mkdir, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -276,6 +277,26 @@ describe.runIf(process.getuid?.() === 0)('a full disk during oem build [root]', 
       }
     });
   }
+
+  it('an executable --agent that cannot be compressed into the full output directory: noSpace, nothing left', async () => {
+    const { leftovers } = await import('./helpers/image-read.js');
+    const out = join(work, `full-agent-${next()}`);
+    await mkdir(out);
+    // 14 MB that xz cannot shrink, as an ELF file: the build compresses it into its work directory.
+    const elf = join(work, `big-agent-${next()}`);
+    await writeFile(elf, Buffer.concat([Buffer.from('\x7fELF', 'latin1'), randomBytes(14 * 1024 * 1024)]));
+    await execa('mount', ['-t', 'tmpfs', '-o', 'size=12m', 'oem-test-full', out]);
+    try {
+      const r = await oem(['build', '--provider', 'qemu', '--format', 'raw', ...mirrorArgs('flatcar'), '--output-dir', out, '--agent', elf], { env: { OEM_TMPDIR: work } });
+      expect(r.exitCode).toBe(7);
+      expect(expectCleanError(r)).toMatch(/^no space left on the device of .*\.oem-work-\d+ to compress the agent$/);
+      expect(await readdir(out)).toEqual([]);
+      expect((await leftovers(out)).filter((l) => !l.startsWith('oem-test-full '))).toEqual([]);
+    } finally {
+      await execa('umount', [out]);
+      await rm(elf);
+    }
+  });
 });
 
 describe('the built agent in images', () => {

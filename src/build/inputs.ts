@@ -2,13 +2,14 @@
  * What a build embeds besides the provider's templates, each checked before anything is fetched or
  * written: the runtime agent for the board and the provisioning config.
  */
-import { open, readFile, stat } from 'node:fs/promises';
-import { join } from 'node:path';
+import { execa } from 'execa';
+import { open, readFile, rm, stat } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 import { formatProblem } from '../shared/config/types.js';
 import { readAndValidateConfig } from '../shared/config/validate.js';
 import { OemError } from '../shared/errors.js';
 import { packageRoot } from '../paths.js';
-import { run, toolEnv } from '../tools.js';
+import { requireTool, toolEnv } from '../tools.js';
 import { hostFile, type HostFile } from '../shared/safe-fs.js';
 
 const AGENT_ARCH: Record<string, string> = { 'amd64-usr': 'x64', 'arm64-usr': 'arm64' };
@@ -49,15 +50,28 @@ export async function findAgent(opts: { agent?: string; noAgent?: boolean }, boa
 export async function agentXz(agent: AgentFile, work: string): Promise<HostFile> {
   if (agent.compressed) return hostFile(agent.path);
   const out = join(work, 'oem-agent.xz');
-  await run('xz', ['-6', '-T0', '-c', agent.path], 'compress the agent', { env: toolEnv(), extendEnv: false, stdout: { file: out } } as never);
+  await xzToFile(['-2', '-T0', '-c', agent.path], out, 'compress the agent');
   return hostFile(out);
 }
 
 /** The agent executable itself, unpacked into `work` (an extension holds it uncompressed). */
 export async function agentExecutable(xz: HostFile, work: string): Promise<HostFile> {
   const out = join(work, 'oem-agent');
-  await run('xz', ['-dc', xz.hostPath], 'unpack the agent', { env: toolEnv(), extendEnv: false, stdout: { file: out } } as never);
+  await xzToFile(['-dc', xz.hostPath], out, 'unpack the agent');
   return hostFile(out);
+}
+
+/** Runs xz with its output into the new file `out` (removed on failure); a full disk is noSpace. */
+async function xzToFile(args: string[], out: string, why: string): Promise<void> {
+  const xz = await requireTool('xz', why);
+  const r = await execa(xz, args, { env: toolEnv(), extendEnv: false, stdin: 'ignore', stdout: { file: out }, stderr: 'pipe', reject: false });
+  if (!r.failed) return;
+  await rm(out, { force: true });
+  if (r.code === 'ENOSPC' || r.code === 'EDQUOT') {
+    throw new OemError(`no space left on the device of ${dirname(out)} to ${why}`, { code: 'noSpace', hint: 'free some space, or use another --output-dir' });
+  }
+  const last = String(r.stderr ?? '').trim().split('\n').filter(Boolean).pop() ?? r.shortMessage;
+  throw new OemError(`xz failed to ${why}: ${last}`);
 }
 
 /** The user's provisioning config, validated by the agent's own validator; or the default one. */
