@@ -241,7 +241,7 @@ export async function writeContent(fh: FileHandle, data: FileContent): Promise<v
       const { bytesRead } = await src.read(buf, 0, buf.length, done);
       if (bytesRead === 0) break;
       if (done + bytesRead > data.size) break;
-      await fh.write(buf, 0, bytesRead, done);
+      for (let w = 0; w < bytesRead; ) w += (await fh.write(buf, w, bytesRead - w, done + w)).bytesWritten;
       done += bytesRead;
     }
     const now = (await src.stat()).size;
