@@ -183,15 +183,15 @@ const DD_SCRIPT = 'set -e; while read -r at n; do dd if="$1" of="$2" bs=64K ifla
  */
 export async function copyRanges(srcPath: string, dstPath: string, ranges: [number, number][], opts: { inProcess?: boolean } = {}): Promise<void> {
   if (!ranges.length) return;
-  // One map of the data for all the ranges, clipped to each.
-  const data = opts.inProcess ? null : await dataExtents(srcPath, Math.min(...ranges.map((r) => r[0])), Math.max(...ranges.map((r) => r[1])));
-  if (data === null) return copyRangesHere(srcPath, dstPath, ranges);
+  // One map of the data for all the ranges, clipped to each (without xfs_io: the ranges whole).
+  const data = await dataExtents(srcPath, Math.min(...ranges.map((r) => r[0])), Math.max(...ranges.map((r) => r[1])));
   const extents: [number, number][] = [];
   for (const [start, end] of ranges) {
-    for (const [a, b] of data) if (a < end && start < b) extents.push([Math.max(a, start), Math.min(b, end)]);
+    if (data === null) extents.push([start, end]);
+    else for (const [a, b] of data) if (a < end && start < b) extents.push([Math.max(a, start), Math.min(b, end)]);
   }
   const [sh, dd] = [await which('sh'), await which('dd')];
-  if (!sh || !dd) return copyRangesHere(srcPath, dstPath, ranges);
+  if (opts.inProcess || data === null || !sh || !dd) return copyExtentsHere(srcPath, dstPath, extents);
   if (!extents.length) return;
   const r = await execa(sh, ['-c', DD_SCRIPT, 'sh', srcPath, dstPath], {
     input: extents.map(([a, b]) => `${a} ${b - a}\n`).join(''),
@@ -208,18 +208,15 @@ export async function copyRanges(srcPath: string, dstPath: string, ranges: [numb
   throw new OemError(`could not copy ${srcPath} into ${dstPath}: ${why}`);
 }
 
-/** copyRanges, every byte read by this process. */
-async function copyRangesHere(srcPath: string, dstPath: string, ranges: [number, number][]): Promise<void> {
+/** copyRanges's extents, every byte read by this process (all-zero blocks still left as holes). */
+async function copyExtentsHere(srcPath: string, dstPath: string, extents: [number, number][]): Promise<void> {
   const fh = await open(dstPath, 'r+');
   try {
-    for (const [start, end] of ranges) {
-      const extents = (await dataExtents(srcPath, start, end)) ?? [[start, end]];
-      for (const [a, b] of extents) {
-        if (b <= a) continue;
-        const w = new SparseWriter(fh, a);
-        for await (const chunk of createReadStream(srcPath, { start: a, end: b - 1, highWaterMark: 1024 * 1024 })) await w.write(chunk as Buffer);
-        await w.end();
-      }
+    for (const [a, b] of extents) {
+      if (b <= a) continue;
+      const w = new SparseWriter(fh, a);
+      for await (const chunk of createReadStream(srcPath, { start: a, end: b - 1, highWaterMark: 1024 * 1024 })) await w.write(chunk as Buffer);
+      await w.end();
     }
   } finally {
     await fh.close();
