@@ -253,6 +253,17 @@ export async function writeContent(fh: FileHandle, data: FileContent): Promise<v
   }
 }
 
+/** Creates the new file `hostPath` (it must not exist) with `data` and `mode`. */
+export async function writeNewFile(hostPath: string, data: FileContent, mode: number): Promise<void> {
+  const fh = await open(hostPath, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o600);
+  try {
+    await writeContent(fh, data);
+    await fh.chmod(mode);
+  } finally {
+    await fh.close();
+  }
+}
+
 /** Files the bounded readers of a tree accept by default. */
 export const DEFAULT_READ_LIMIT = 64 * 1024 * 1024;
 

@@ -15,10 +15,10 @@
  *
  * The user's own extensions (`--sysext`) are placed and linked like the custom one.
  */
-import { mkdir, open, readFile } from 'node:fs/promises';
+import { mkdir, readFile } from 'node:fs/promises';
 import { join, posix } from 'node:path';
 import { OemError } from '../shared/errors.js';
-import { type FileContent, hostFile, writeContent } from '../shared/safe-fs.js';
+import { type FileContent, hostFile, writeNewFile } from '../shared/safe-fs.js';
 import type { Provider } from '../providers/registry.js';
 import { grubCfg, ignitionVersion, type Rendered } from '../providers/render.js';
 import type { PlanEntry } from '../write/plan.js';
@@ -210,13 +210,7 @@ export async function customContent(p: Provider, img: SysextImage, rendered: Ren
     if (e.kind !== 'file') continue;
     const at = join(treeDir, e.path);
     await mkdir(posix.dirname(at), { recursive: true });
-    const fh = await open(at, 'wx');
-    try {
-      await writeContent(fh, e.content);
-      await fh.chmod(e.mode);
-    } finally {
-      await fh.close();
-    }
+    await writeNewFile(at, e.content, e.mode);
   }
   const extension = join(o.work, `${o.name}.raw`);
   await makeExtension(treeDir, extension, { format: o.format, mtime: o.mtime, name: o.name });

@@ -5,12 +5,11 @@
  * debugfs `write`; owners and modes are set with `set_inode_field`. debugfs exits 0 even when a
  * command fails, so everything it says on stderr beyond its banner is treated as an error.
  */
-import { open } from 'node:fs/promises';
 import { join, posix } from 'node:path';
 import { tempDir } from '../cleanup.js';
 import { OemError } from '../shared/errors.js';
 import { run } from '../tools.js';
-import { ancestors, cleanPath, contentSize, writeContent } from '../shared/safe-fs.js';
+import { ancestors, cleanPath, contentSize, writeNewFile } from '../shared/safe-fs.js';
 import { entryPath, type PlanEntry } from './plan.js';
 import { noSpace, notADirectory, partName, symlinkRefusal, type PartitionSession, type PartitionTarget } from './session.js';
 
@@ -163,12 +162,7 @@ export class RootlessExtSession implements PartitionSession {
               throw new OemError(`cannot write file ${path} in ${partName(this.target)}: a ${have.kind === 'dir' ? 'directory' : 'special file'} is there`, { code: 'badImage' });
             }
             const local = join(stage.path, String(n++));
-            const fh = await open(local, 'wx', 0o600);
-            try {
-              await writeContent(fh, e.content);
-            } finally {
-              await fh.close();
-            }
+            await writeNewFile(local, e.content, 0o600);
             if (have.kind === 'file') cmds.push(`rm ${q(path)}`);
             cmds.push(`cd ${q(dir)}`, `write ${q(local)} ${q(base)}`, `sif ${q(path)} mode 0${(0o100000 | e.mode).toString(8)}`);
             break;
