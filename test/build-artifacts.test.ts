@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import type { BuildResult } from '../src/build.js';
 import type { InspectReport } from '../src/image/inspect.js';
-import { expectCleanError, oem, oemJson } from './helpers/cli.js';
+import { BIN, expectCleanError, oem, oemJson } from './helpers/cli.js';
 import { agent, key, mirrorArgs, next, raw, sha512, useBuildEnv, work } from './helpers/build-env.js';
 
 useBuildEnv();
@@ -178,6 +178,23 @@ describe('oem build artifacts: formats, compression, signatures', () => {
     expect((await execa('qemu-img', ['compare', '-f', 'raw', '-F', 'qcow2', disk, qcow2], { reject: false })).exitCode).toBe(0);
     await rm(qcow2);
     await rm(disk);
+  });
+
+  it('run as a program, bin/run.js starts node with fixed glibc malloc settings, a value the user set winning', async () => {
+    // lbzip2 on PATH that notes the environment it was started with: the build process's own.
+    const bin = join(work, `wrapper-${next()}`);
+    await execa('mkdir', ['-p', bin]);
+    const real = (await execa('sh', ['-c', 'command -v lbzip2'])).stdout.trim();
+    const noted = join(bin, 'env.txt');
+    await writeFile(join(bin, 'lbzip2'), `#!/bin/sh\nenv | grep '^MALLOC_' | sort > "${noted}"\nexec "${real}" "$@"\n`, { mode: 0o755 });
+    const out = join(work, `malloc-${next()}`);
+    // A cache of its own: the release is decoded (by lbzip2) in this build. Started as a user's shell
+    // starts `oem` (the file itself, by its #! line), not as `node bin/run.js`.
+    const env = { ...process.env, OEM_TMPDIR: work, OEM_CACHE_DIR: join(work, `cache-${next()}`), PATH: `${bin}:${process.env.PATH}`, MALLOC_ARENA_MAX: '4' };
+    delete env.MALLOC_MMAP_THRESHOLD_;
+    const r = await execa(BIN, ['build', '--provider', 'qemu', '--format', 'raw', ...mirrorArgs('flatcar'), '--output-dir', out, '--no-agent'], { env, extendEnv: false, reject: false, stdin: 'ignore' });
+    expect(r.exitCode, r.stderr).toBe(0);
+    expect(await readFile(noted, 'utf8')).toBe('MALLOC_ARENA_MAX=4\nMALLOC_MMAP_THRESHOLD_=131072\n');
   });
 
   it('--sign-key: a detached .sig per artifact (gpg and oem verify accept it) and a clearsigned .DIGESTS.asc', async () => {
