@@ -123,7 +123,9 @@ export async function* runStream(fh: FileHandle, startBit: number, endBit: numbe
   const bits = endBit - startBit;
   const fullBytes = Math.floor(bits / 8);
   const firstByte = Math.floor(startBit / 8);
-  const src = Buffer.alloc(PIECE + 2);
+  // Not zeroed: every byte used is read first, or zero-filled where the file ends. As large as the run
+  // needs (most are a block or a few), not a whole PIECE: one is made for every run.
+  const src = Buffer.allocUnsafe(Math.min(PIECE, fullBytes) + 2);
   const reused = opts.reuse ? Buffer.allocUnsafe(Math.min(PIECE, fullBytes)) : null;
   let tail = 0;
   for (let done = 0; done <= fullBytes; done += PIECE) {
