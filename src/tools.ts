@@ -64,6 +64,12 @@ export interface RunResult {
   exitCode: number;
 }
 
+/** The last non-empty line of what a tool wrote to stderr (its reason, for an error message); else `otherwise`. */
+export function lastLine(stderr: string | Uint8Array | undefined, otherwise: string): string {
+  const text = stderr instanceof Uint8Array ? Buffer.from(stderr).toString('utf8') : (stderr ?? '');
+  return text.trim().split('\n').filter(Boolean).pop() ?? otherwise;
+}
+
 /** Runs a tool to completion; a non-zero exit is an OemError naming the tool and its last stderr line. */
 export async function run(
   name: string,
@@ -80,8 +86,7 @@ export async function run(
   const stdoutBytes = bytes(r.stdout);
   const res = { stdout: stdoutBytes.toString('utf8'), stdoutBytes, stderr: bytes(r.stderr).toString('utf8'), exitCode: r.exitCode ?? -1 };
   if (res.exitCode !== 0 && !allowFail) {
-    const last = res.stderr.trim().split('\n').filter(Boolean).pop() ?? `exit code ${res.exitCode}`;
-    throw new OemError(`${name} failed to ${why}: ${last}`);
+    throw new OemError(`${name} failed to ${why}: ${lastLine(res.stderr, `exit code ${res.exitCode}`)}`);
   }
   return res;
 }
@@ -125,7 +130,6 @@ export async function filter(
   const r = await sub;
   if (r.isCanceled || opts.signal?.aborted) throw new OemError('interrupted while compressing', { code: 'interrupted' });
   if (r.exitCode !== 0) {
-    const stderr = Buffer.from((r.stderr as Uint8Array | undefined) ?? []).toString('utf8');
-    throw opts.failure(stderr.trim().split('\n').filter(Boolean).pop() ?? (r.exitCode === undefined ? (r.shortMessage ?? 'it did not start') : `exit code ${r.exitCode}`));
+    throw opts.failure(lastLine(r.stderr as Uint8Array | undefined, r.exitCode === undefined ? (r.shortMessage ?? 'it did not start') : `exit code ${r.exitCode}`));
   }
 }

@@ -21,7 +21,7 @@ import { mkdtemp, open, rename, rm, stat, statfs } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { basename, dirname, join } from 'node:path';
 import { OemError, describe } from '../shared/errors.js';
-import { requireTool, run } from '../tools.js';
+import { lastLine, requireTool, run } from '../tools.js';
 import { exists } from '../shared/safe-fs.js';
 import { hashFile } from './hash.js';
 import { writeTar, type TarEntry, type TarFormat } from './tar.js';
@@ -522,8 +522,7 @@ async function qemuImg(args: string[], why: string, c: Ctx): Promise<string> {
 async function tool(name: string, args: string[], why: string, c: Ctx, onStdout?: (text: string) => void): Promise<string> {
   const r = await run(name, args, why, { allowFail: true, ...(c.signal ? { cancelSignal: c.signal } : {}), ...(onStdout ? { onStdout } : {}) });
   if (r.exitCode !== 0) {
-    const last = r.stderr.trim().split('\n').filter(Boolean).pop() ?? `exit code ${r.exitCode}`;
-    const err = new OemError(`${name} failed to ${why}: ${last}`);
+    const err = new OemError(`${name} failed to ${why}: ${lastLine(r.stderr, `exit code ${r.exitCode}`)}`);
     if (/no space left on device/i.test(r.stderr) || (await nearlyFull(c.out))) throw noSpace(c.out, err);
     throw err;
   }

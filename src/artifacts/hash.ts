@@ -17,7 +17,7 @@ import { open, stat } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { execa } from 'execa';
 import { OemError } from '../shared/errors.js';
-import { toolEnv, which } from '../tools.js';
+import { lastLine, toolEnv, which } from '../tools.js';
 
 const CHUNK = 1024 * 1024;
 /** Files at least this large are hashed by openssl (below it, starting the processes costs more). */
@@ -39,8 +39,7 @@ async function opensslDigest(openssl: string, algorithm: string, path: string): 
   const r = await execa(openssl, ['dgst', `-${algorithm}`, '-r', path], { env: toolEnv(), extendEnv: false, reject: false, encoding: 'utf8' });
   const hex = /^([0-9a-f]+) /.exec(r.stdout)?.[1];
   if (r.exitCode !== 0 || hex?.length !== createHash(algorithm).digest().length * 2) {
-    const why = r.stderr.trim().split('\n').filter(Boolean).pop() ?? `exit code ${r.exitCode}`;
-    throw new OemError(`openssl failed to hash ${path} (${algorithm}): ${why}`);
+    throw new OemError(`openssl failed to hash ${path} (${algorithm}): ${lastLine(r.stderr, `exit code ${r.exitCode}`)}`);
   }
   return hex;
 }

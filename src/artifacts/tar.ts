@@ -18,7 +18,7 @@ import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createGzip } from 'node:zlib';
 import { OemError } from '../shared/errors.js';
-import { requireTool, toolEnv } from '../tools.js';
+import { lastLine, requireTool, toolEnv } from '../tools.js';
 import { noSpace } from './compress.js';
 import { piecedGzip } from './pieced.js';
 
@@ -146,7 +146,7 @@ export async function writeTar(out: string, entries: TarEntry[], o: TarOptions):
   if (r.isCanceled || o.signal?.aborted) throw new OemError('interrupted while archiving', { code: 'interrupted' });
   if (r.exitCode !== 0) {
     const stderr = Buffer.from((r.stderr as Uint8Array | undefined) ?? []).toString('utf8');
-    const last = stderr.trim().split('\n').filter(Boolean).pop() ?? `exit code ${r.exitCode}`;
+    const last = lastLine(stderr, `exit code ${r.exitCode}`);
     // Writing the file itself, GNU tar reports a full disk as a short write ("Wrote only 4096 of
     // 10240 bytes"), without the errno.
     if (!writeError && /no space left on device|disk quota exceeded|wrote only \d+ of \d+ bytes/i.test(stderr)) throw noSpace(out);

@@ -9,7 +9,7 @@ import { formatProblem } from '../shared/config/types.js';
 import { readAndValidateConfig } from '../shared/config/validate.js';
 import { OemError } from '../shared/errors.js';
 import { packageRoot } from '../paths.js';
-import { requireTool, toolEnv } from '../tools.js';
+import { lastLine, requireTool, toolEnv } from '../tools.js';
 import { hostFile, type HostFile } from '../shared/safe-fs.js';
 
 const AGENT_ARCH: Record<string, string> = { 'amd64-usr': 'x64', 'arm64-usr': 'arm64' };
@@ -70,8 +70,7 @@ async function xzToFile(args: string[], out: string, why: string): Promise<void>
   if (r.code === 'ENOSPC' || r.code === 'EDQUOT') {
     throw new OemError(`no space left on the device of ${dirname(out)} to ${why}`, { code: 'noSpace', hint: 'free some space, or use another --output-dir' });
   }
-  const last = String(r.stderr ?? '').trim().split('\n').filter(Boolean).pop() ?? r.shortMessage;
-  throw new OemError(`xz failed to ${why}: ${last}`);
+  throw new OemError(`xz failed to ${why}: ${lastLine(String(r.stderr ?? ''), r.shortMessage ?? `exit code ${String(r.exitCode)}`)}`);
 }
 
 /** The user's provisioning config, validated by the agent's own validator; or the default one. */

@@ -2,7 +2,7 @@ import { open, type FileHandle } from 'node:fs/promises';
 import { createReadStream } from 'node:fs';
 import { execa } from 'execa';
 import { OemError } from '../shared/errors.js';
-import { run, toolEnv, which } from '../tools.js';
+import { lastLine, run, toolEnv, which } from '../tools.js';
 
 /** Size of the blocks checked for zeros; all-zero blocks are skipped (left as holes). */
 export const SPARSE_BLOCK = 64 * 1024;
@@ -201,7 +201,7 @@ export async function copyRanges(srcPath: string, dstPath: string, ranges: [numb
     encoding: 'utf8',
   });
   if (r.exitCode === 0) return;
-  const why = r.stderr.trim().split('\n').filter(Boolean).pop() ?? `exit code ${r.exitCode}`;
+  const why = lastLine(r.stderr, `exit code ${r.exitCode}`);
   if (/no space left on device|disk quota exceeded/i.test(r.stderr)) {
     throw Object.assign(new Error(`no space left on the device while writing ${dstPath}`), { code: 'ENOSPC' });
   }
