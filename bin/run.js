@@ -7,8 +7,8 @@
  * comment. A build allocates and frees buffers of megabytes (pieces of the image) on several threads:
  * with glibc's defaults every freed buffer that had its own mapping raises the size up to which later
  * ones come from the heap, where freed memory stays with the process, and every thread that allocates
- * gets an arena of its own. A cold build of every format of every provider peaked at 240-254 MiB
- * without these settings and at 198 MiB with them. `node bin/run.js` runs without them.
+ * gets an arena of its own. A cold build of every format of every provider peaked at 234-248 MiB
+ * without these settings and at 193-198 MiB with them. `node bin/run.js` runs without them.
  *
  * Node.js 20.15 or newer (package.json "engines"): zlib.crc32 is from 20.15.
  */
