@@ -190,7 +190,7 @@ describe('oem build artifacts: formats, compression, signatures', () => {
     const out = join(work, `malloc-${next()}`);
     // A cache of its own: the release is decoded (by lbzip2) in this build. Started as a user's shell
     // starts `oem` (the file itself, by its #! line), not as `node bin/run.js`.
-    const env = { ...process.env, OEM_TMPDIR: work, OEM_CACHE_DIR: join(work, `cache-${next()}`), PATH: `${bin}:${process.env.PATH}`, MALLOC_ARENA_MAX: '4' };
+    const env: Record<string, string | undefined> = { ...process.env, OEM_TMPDIR: work, OEM_CACHE_DIR: join(work, `cache-${next()}`), PATH: `${bin}:${process.env.PATH}`, MALLOC_ARENA_MAX: '4' };
     delete env.MALLOC_MMAP_THRESHOLD_;
     const r = await execa(BIN, ['build', '--provider', 'qemu', '--format', 'raw', ...mirrorArgs('flatcar'), '--output-dir', out, '--no-agent'], { env, extendEnv: false, reject: false, stdin: 'ignore' });
     expect(r.exitCode, r.stderr).toBe(0);
