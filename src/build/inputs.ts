@@ -70,7 +70,7 @@ async function xzToFile(args: string[], out: string, why: string): Promise<void>
   if (r.code === 'ENOSPC' || r.code === 'EDQUOT') {
     throw new OemError(`no space left on the device of ${dirname(out)} to ${why}`, { code: 'noSpace', hint: 'free some space, or use another --output-dir' });
   }
-  throw new OemError(`xz failed to ${why}: ${lastLine(String(r.stderr ?? ''), r.shortMessage ?? `exit code ${String(r.exitCode)}`)}`);
+  throw new OemError(`xz failed to ${why}: ${lastLine(r.stderr, r.shortMessage ?? `exit code ${String(r.exitCode)}`)}`);
 }
 
 /** The user's provisioning config, validated by the agent's own validator; or the default one. */
