@@ -20,7 +20,7 @@ import type { Compression } from './compression.js';
 import type { Format } from './artifacts/formats.js';
 import { loadSigningKey, type SigningKey } from './artifacts/sign.js';
 import { workingImage, writePartitions } from './build/assemble.js';
-import { makeArtifacts, reusesBlocks } from './build/artifacts.js';
+import { makeArtifacts, needsWholeDisk } from './build/artifacts.js';
 import { prepareImage, resolveBase, verifyLocal, type Base, type BaseSource, type BuildGeneration, type PreparedImage } from './build/base.js';
 import { agentExecutable, agentXz, findAgent, loadConfig } from './build/inputs.js';
 import type { HostFile } from './shared/safe-fs.js';
@@ -213,8 +213,8 @@ async function buildOne(p: Provider, c: Ctx): Promise<ProviderBuild> {
     const size = c.opts.diskSize ?? p.diskSize;
     const grow = size !== undefined || p.rootSectors !== undefined ? { ...(size !== undefined ? { size } : {}), ...(p.rootSectors !== undefined ? { rootSectors: p.rootSectors } : {}) } : undefined;
     const job = { providerId: p.id, distro: base.distro, formats, ...(grow ? { grow } : {}), compression, base: { raw: image.raw, index: image.index }, prefixes: c.prefixes, pieceCache: image.index ? join(dirname(image.index.file), 'pieces') : join(c.work, 'pieces'), signer: c.signer, mtime: buildTime(), outDir: tmpDir, work: c.work, log: c.log, step: c.step, progress: (d: number, t: number) => c.progress(d, t, 'percent') };
-    // Only the raw .bz2 from the release's blocks needs no whole copy of the disk.
-    const whole = !(reusesBlocks(job) && formats.every((f) => f === 'raw'));
+    // The raw and fixed VHD .bz2 from the release's blocks, and the qcow2, need no whole copy of the disk.
+    const whole = needsWholeDisk(job, image.layout.size);
     const working = await workingImage(image.raw, image.layout, join(c.work, `${p.id}.bin`), whole);
     let artifacts;
     try {

@@ -211,14 +211,15 @@ describe('disk formats (qemu-img as the reader)', () => {
 });
 
 describe('progress', () => {
-  it('qemu-img conversions report its percentage, archives the bytes archived, a VHD its bytes, each up to the whole', async () => {
-    for (const format of ['qcow2', 'vhd', 'gce'] as const) {
+  it('qemu-img conversions report its percentage, archives the bytes archived, a VHD and a qcow2 their bytes, each up to the whole', async () => {
+    for (const format of ['qcow2', 'vhd', 'gce', 'vhdx'] as const) {
       const seen: [number, number][] = [];
-      await convert(raw, format, outPath(FORMAT_EXTENSION[format]), { name: NAME, mtime: MTIME, onProgress: (d, t) => seen.push([d, t]) });
+      const out = outPath(FORMAT_EXTENSION[format]);
+      await convert(raw, format, out, { name: NAME, mtime: MTIME, onProgress: (d, t) => seen.push([d, t]) });
       expect(seen.length, format).toBeGreaterThan(0);
       const [done, total] = seen[seen.length - 1]!;
       expect(done, format).toBe(total);
-      expect(total, format).toBe(format === 'gce' ? 40 * MiB : format === 'vhd' ? 40 * MiB + 512 : 100);
+      expect(total, format).toBe(format === 'gce' ? 40 * MiB : format === 'vhd' ? 40 * MiB + 512 : format === 'qcow2' ? (await stat(out)).size : 100);
       expect(seen.every(([d], i) => i === 0 || d >= seen[i - 1]![0]), format).toBe(true);
     }
   });

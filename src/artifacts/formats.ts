@@ -1,6 +1,6 @@
 /**
  * Conversion of a built raw disk image into the formats platforms import: qemu-img for the virtual
- * disk formats, and GNU tar (tar.ts) for the archives (GCE tar.gz, Vagrant boxes, OVAs,
+ * disk formats (the qcow2 and the VMDK's grains are written here: qcow2.ts, vmdk.ts), and GNU tar (tar.ts) for the archives (GCE tar.gz, Vagrant boxes, OVAs,
  * the Parallels .pvm bundle). Nothing holds an image in memory.
  *
  * Every output is written to the path the caller gives only (callers use temporary names and rename
@@ -26,6 +26,8 @@ import { exists } from '../shared/safe-fs.js';
 import { hashFile } from './hash.js';
 import { writeTar, type TarEntry, type TarFormat } from './tar.js';
 import { writeVmdkGrains } from './vmdk.js';
+import { QCOW2_CLUSTER, QCOW2_MAX_GROUPS, qcow2Segments, writeSegments } from './qcow2.js';
+import { DiskView, nonZeroClusters } from '../image/disk-view.js';
 import { VHDX_METADATA_REGION, VHDX_PAGE83 } from './layout.js';
 import {
   PARALLELS_BASE_SNAPSHOT,
@@ -290,8 +292,23 @@ const CONVERTERS: Record<Format, (c: Ctx) => Promise<void>> = {
 // ---------------------------------------------------------------------------------------------
 // qemu-img formats
 
+/** A qcow2, written by qcow2.ts (qemu-img for disks too large for it). */
 async function qcow2(c: Ctx, out: string): Promise<void> {
-  await qemuImg(['convert', '-f', 'raw', '-O', 'qcow2', '-o', 'compat=1.1', c.raw, out], 'convert the image to qcow2', c);
+  if (Math.ceil(c.size / QCOW2_CLUSTER / (QCOW2_CLUSTER / 8)) > QCOW2_MAX_GROUPS) {
+    await qemuImg(['convert', '-f', 'raw', '-O', 'qcow2', '-o', 'compat=1.1', c.raw, out], 'convert the image to qcow2', c);
+    return;
+  }
+  const view = await DiskView.open(c.raw);
+  try {
+    const stored = await nonZeroClusters(view, QCOW2_CLUSTER, { shareBase: false });
+    await writeSegments(view, qcow2Segments(c.size, stored, c.size), out, { ...(c.signal ? { signal: c.signal } : {}), ...(c.onProgress ? { onProgress: c.onProgress } : {}) });
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOSPC' || code === 'EDQUOT') throw noSpace(c.out, err);
+    throw err;
+  } finally {
+    await view.close();
+  }
 }
 
 /**

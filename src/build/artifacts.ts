@@ -11,6 +11,8 @@ import { compressReusing, type Segment, type SharedPrefixes } from '../artifacts
 import { qcow2Layout, vhdxLayout } from '../artifacts/layout.js';
 import { OemError } from '../shared/errors.js';
 import { compressPieced, type PiecedKind } from '../artifacts/pieced.js';
+import { QCOW2_CLUSTER, QCOW2_MAX_GROUPS, qcow2Segments, writeSegments } from '../artifacts/qcow2.js';
+import { DiskView, nonZeroClusters } from '../image/disk-view.js';
 import { growDisk, showSize, type DiskGrowth } from '../artifacts/disk-size.js';
 import { COMPRESSION_SUFFIX, type Compression } from '../compression.js';
 import { artifactName, COMPRESSIBLE, convert, fixedVhdTrailer, type Format } from '../artifacts/formats.js';
@@ -47,6 +49,18 @@ export interface ArtifactJob {
 /** Whether the raw .bz2 is made from the release's own blocks (a bzip2 base and bz2 output). */
 export function reusesBlocks(job: Pick<ArtifactJob, 'base' | 'compression'>): boolean {
   return job.base.index !== null && job.compression === 'bz2';
+}
+
+/** Whether `format` is made from the base and the written partitions, without a whole copy of the disk. */
+function fromParts(job: Pick<ArtifactJob, 'base' | 'compression' | 'grow'>, format: Format, size: number): boolean {
+  if (job.grow !== undefined && format !== 'raw') return false;
+  if (format === 'qcow2') return Math.ceil(size / QCOW2_CLUSTER / (QCOW2_CLUSTER / 8)) <= QCOW2_MAX_GROUPS;
+  return reusesBlocks(job) && (format === 'raw' || format === 'vhd');
+}
+
+/** Whether a build of these formats needs the whole disk in its working image. */
+export function needsWholeDisk(job: Pick<ArtifactJob, 'base' | 'compression' | 'grow' | 'formats'>, size: number): boolean {
+  return !job.formats.every((f) => fromParts(job, f, size));
 }
 
 const MiB = 1024 * 1024;
@@ -105,6 +119,31 @@ export async function makeArtifacts(img: WorkingImage, job: ArtifactJob): Promis
       });
       tool = `${r.tool} for ${mib(r.recompressed)} (of ${mib(r.changed)} changed; the rest from the piece cache), the release's bzip2 blocks for the rest (${r.reusedBlocks} of ${r.blocks})`;
       h = r;
+    } else if (format === 'qcow2' && !grown && fromParts(job, format, (await stat(job.base.raw)).size)) {
+      // Written here (qcow2.ts) from the base and the partitions the build wrote: no whole disk, no qemu-img.
+      const view = await DiskView.open(job.base.raw, { path: img.path, regions: img.written });
+      try {
+        const stored = await nonZeroClusters(view, QCOW2_CLUSTER);
+        const split = Math.min(view.size, ...img.written.map((r) => r.offset));
+        const segments = qcow2Segments(view.size, stored, split);
+        if (compress && reusesBlocks(job) && job.base.index) {
+          const r = await compressReusing(job.base.index, job.base.raw, img.path, out, img.written, { pieceCache: job.pieceCache, shared: job.prefixes, layout: segments });
+          tool = `${r.tool} for ${mib(r.recompressed)} (of ${mib(r.changed)} of the disk not in the release's blocks, and the qcow2's tables; the rest from the piece cache), the release's bzip2 blocks for the rest (${r.reusedBlocks} of ${r.blocks})`;
+          h = r;
+        } else if (compress) {
+          const converted = join(job.work, `${p}.qcow2`);
+          try {
+            await writeSegments(view, segments, converted);
+            ({ tool, h } = await pieced(converted, out, job));
+          } finally {
+            await rm(converted, { force: true });
+          }
+        } else {
+          await writeSegments(view, segments, out);
+        }
+      } finally {
+        await view.close();
+      }
     } else if (format === 'raw' && compress) {
       await img.whole();
       ({ tool, h } = await pieced(img.path, out, job));
