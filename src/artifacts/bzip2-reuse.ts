@@ -26,10 +26,8 @@ import { filter } from '../tools.js';
 import { bzip2Tool } from './compress.js';
 import { newHashes, sha256Hex, type Hashes } from './hash.js';
 
-export interface Region {
-  offset: number;
-  size: number;
-}
+import type { Region } from '../image/disk-view.js';
+export type { Region };
 
 export interface ReuseResult {
   tool: string;

@@ -105,14 +105,26 @@ export interface ConvertOptions {
 const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;
 
-/** Converts the raw image `raw` to `format`, writing exactly `out` (which must not exist yet). */
-export async function convert(raw: string, format: Format, out: string, opts: ConvertOptions): Promise<void> {
+/**
+ * The formats made from a view of the disk (disk-view.ts: the base and the partitions a build wrote)
+ * as well as from a raw image: their writers read the disk's bytes themselves (qcow2.ts, vmdk.ts).
+ */
+export const FROM_VIEW: ReadonlySet<Format> = new Set<Format>(['qcow2', 'vmdk', 'ova', 'virtualbox', 'vagrant-libvirt', 'vagrant-virtualbox']);
+
+/**
+ * Converts the raw image `raw` (or, for the FROM_VIEW formats, a view of the disk, which the caller
+ * closes) to `format`, writing exactly `out` (which must not exist yet).
+ */
+export async function convert(disk: string | DiskView, format: Format, out: string, opts: ConvertOptions): Promise<void> {
   if (!FORMATS.includes(format)) throw new OemError(`unknown image format ${String(format)}`, { code: 'usage' });
   if (!opts.name || /[/\0]/.test(opts.name)) throw new OemError(`invalid artifact base name ${JSON.stringify(opts.name)}`, { code: 'usage' });
+  if (typeof disk !== 'string' && !FROM_VIEW.has(format)) throw new OemError(`a ${format} is made from a raw image, not a view of one`);
+  const raw = typeof disk === 'string' ? disk : `the built disk (${disk.basePath} and the partitions written)`;
   const mtime = epochSeconds(opts.mtime);
   if (format !== 'raw' && format !== 'gce') await requireTool('qemu-img', `convert images to ${format}`);
   let size: number;
-  try {
+  if (typeof disk !== 'string') size = disk.size;
+  else try {
     const st = await stat(raw);
     if (!st.isFile()) throw new OemError(`${raw} is not a regular file`);
     size = st.size;
@@ -124,6 +136,7 @@ export async function convert(raw: string, format: Format, out: string, opts: Co
 
   const ctx: Ctx = {
     raw,
+    ...(typeof disk === 'string' ? {} : { view: disk }),
     size,
     out,
     name: opts.name,
@@ -147,7 +160,10 @@ export async function convert(raw: string, format: Format, out: string, opts: Co
 }
 
 interface Ctx {
+  /** The raw image (or, with `view`, what to call the disk in messages). */
   raw: string;
+  /** The disk to read, for the FROM_VIEW formats (else the raw image is). */
+  view?: DiskView;
   size: number;
   out: string;
   name: string;
@@ -295,19 +311,20 @@ const CONVERTERS: Record<Format, (c: Ctx) => Promise<void>> = {
 /** A qcow2, written by qcow2.ts (qemu-img for disks too large for it). */
 async function qcow2(c: Ctx, out: string): Promise<void> {
   if (Math.ceil(c.size / QCOW2_CLUSTER / (QCOW2_CLUSTER / 8)) > QCOW2_MAX_GROUPS) {
+    if (c.view) throw new OemError(`a qcow2 of a disk of ${c.size} bytes is converted from a raw image, not a view of one`);
     await qemuImg(['convert', '-f', 'raw', '-O', 'qcow2', '-o', 'compat=1.1', c.raw, out], 'convert the image to qcow2', c);
     return;
   }
-  const view = await DiskView.open(c.raw);
+  const view = c.view ?? (await DiskView.open(c.raw));
   try {
-    const stored = await nonZeroClusters(view, QCOW2_CLUSTER, { shareBase: false });
+    const stored = await nonZeroClusters(view, QCOW2_CLUSTER, { shareBase: c.view !== undefined });
     await writeSegments(view, qcow2Segments(c.size, stored, c.size), out, { ...(c.signal ? { signal: c.signal } : {}), ...(c.onProgress ? { onProgress: c.onProgress } : {}) });
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     if (code === 'ENOSPC' || code === 'EDQUOT') throw noSpace(c.out, err);
     throw err;
   } finally {
-    await view.close();
+    if (!c.view) await view.close();
   }
 }
 
@@ -324,7 +341,7 @@ async function vmdk(c: Ctx, out: string, adapter?: 'ide'): Promise<number> {
   const options = adapter ? `subformat=streamOptimized,adapter_type=${adapter}` : 'subformat=streamOptimized';
   await qemuImg(['create', '-q', '-f', 'vmdk', '-o', options, out, String(c.size)], 'create the VMDK', c);
   try {
-    await writeVmdkGrains(c.raw, out, { ...(c.pieceCache ? { cacheDir: c.pieceCache } : {}), ...(c.signal ? { signal: c.signal } : {}), ...(c.onProgress ? { onProgress: c.onProgress } : {}) });
+    await writeVmdkGrains(c.view ?? c.raw, out, { ...(c.pieceCache ? { cacheDir: c.pieceCache } : {}), ...(c.signal ? { signal: c.signal } : {}), ...(c.onProgress ? { onProgress: c.onProgress } : {}) });
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     if (code === 'ENOSPC' || code === 'EDQUOT') throw noSpace(c.out, err);

@@ -22,7 +22,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { deflate as deflateCb } from 'node:zlib';
 import { mapInOrder, pieceSlots } from '../concurrency.js';
-import { dataExtents } from '../image/sparse.js';
+import { DiskView } from '../image/disk-view.js';
 import { OemError } from '../shared/errors.js';
 import { sha256Hex } from './hash.js';
 
@@ -117,23 +117,23 @@ async function makeSegment(data: Buffer, offset: number): Promise<Segment> {
 }
 
 /**
- * Writes the grains of `raw` into `out`, which holds what `qemu-img create` made for it (the
+ * Writes the grains of the disk (a raw image, or a view of the base and a build's partitions) into `out`, which holds what `qemu-img create` made for it (the
  * overhead only), then the tables and the end-of-stream marker.
  */
 export async function writeVmdkGrains(
-  raw: string,
+  disk: string | DiskView,
   out: string,
   opts: { cacheDir?: string; signal?: AbortSignal; onProgress?: (done: number, total: number) => void },
 ): Promise<{ cachedPieces: number; pieces: number }> {
   const fh = await open(out, 'r+');
-  const src = await open(raw, 'r');
+  const src = typeof disk === 'string' ? await DiskView.open(disk) : disk;
   try {
     const header = Buffer.alloc(SECTOR);
     await fh.read(header, 0, SECTOR, 0);
     const h = readVmdkHeader(header, out);
     const { size: templateSize } = await fh.stat();
     if (templateSize !== h.overHead * SECTOR) throw new OemError(`${out}: qemu-img's empty VMDK is ${templateSize} bytes, its overhead ${h.overHead * SECTOR}`);
-    const size = (await src.stat()).size;
+    const size = src.size;
     if (Math.ceil(size / SECTOR) > h.capacity) throw new OemError(`${out}: a capacity of ${h.capacity} sectors for ${size} bytes`);
     const grains = Math.ceil((h.capacity * SECTOR) / GRAIN);
     const tables = Math.ceil(grains / h.numGTEsPerGT);
@@ -147,8 +147,6 @@ export async function writeVmdkGrains(
     if ([...gd, ...rgd].some((s) => s === 0 || s + 4 > h.overHead)) throw new OemError(`${out}: qemu-img's grain directories point outside the overhead`);
     const gt = new Uint32Array(tables * h.numGTEsPerGT);
 
-    const data = await dataExtents(raw, 0, size);
-    const hole = (a: number, b: number) => data !== null && !data.some(([x, y]) => x < b && a < y);
     const pieces: number[] = [];
     for (let at = 0; at < size; at += PIECE) pieces.push(at);
     if (opts.cacheDir) await mkdir(opts.cacheDir, { recursive: true });
@@ -156,8 +154,8 @@ export async function writeVmdkGrains(
     const segment = (at: number): Promise<Segment> => pieceSlots.use(async () => {
       if (opts.signal?.aborted) throw new OemError('interrupted while writing the VMDK', { code: 'interrupted' });
       const len = Math.min(PIECE, size - at);
-      if (hole(at, at + len)) return { grains: [], bytes: Buffer.alloc(0) };
-      const bytes = await readAt(src, at, len);
+      if (src.hole(at, at + len)) return { grains: [], bytes: Buffer.alloc(0) };
+      const bytes = await src.readInto(Buffer.allocUnsafe(len), at);
       const file = opts.cacheDir ? join(opts.cacheDir, `vmdk-${process.versions.zlib}-${at}-${sha256Hex(bytes)}.seg`) : null;
       const hit = file ? await readFile(file).catch(() => null) : null;
       if (hit) {
@@ -190,21 +188,9 @@ export async function writeVmdkGrains(
     }
     return { cachedPieces, pieces: pieces.length };
   } finally {
-    await src.close();
+    if (typeof disk === 'string') await src.close();
     await fh.close();
   }
-}
-
-async function readAt(fh: FileHandle, at: number, len: number): Promise<Buffer> {
-  // Not zeroed first: it is read whole, or this fails.
-  const b = Buffer.allocUnsafe(len);
-  let got = 0;
-  while (got < len) {
-    const { bytesRead } = await fh.read(b, got, len - got, at + got);
-    if (!bytesRead) throw new OemError(`the image ended before ${at + len} bytes`);
-    got += bytesRead;
-  }
-  return b;
 }
 
 async function writeAll(fh: FileHandle, b: Buffer, at: number): Promise<void> {

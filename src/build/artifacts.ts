@@ -7,7 +7,7 @@
  */
 import { rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { compressReusing, type Segment, type SharedPrefixes } from '../artifacts/bzip2-reuse.js';
+import { compressReusing, type Region, type Segment, type SharedPrefixes } from '../artifacts/bzip2-reuse.js';
 import { qcow2Layout, vhdxLayout } from '../artifacts/layout.js';
 import { OemError } from '../shared/errors.js';
 import { compressPieced, type PiecedKind } from '../artifacts/pieced.js';
@@ -15,7 +15,8 @@ import { QCOW2_CLUSTER, QCOW2_MAX_GROUPS, qcow2Segments, writeSegments } from '.
 import { DiskView, nonZeroClusters } from '../image/disk-view.js';
 import { growDisk, showSize, type DiskGrowth } from '../artifacts/disk-size.js';
 import { COMPRESSION_SUFFIX, type Compression } from '../compression.js';
-import { artifactName, COMPRESSIBLE, convert, fixedVhdTrailer, type Format } from '../artifacts/formats.js';
+import { artifactName, COMPRESSIBLE, convert, fixedVhdTrailer, FROM_VIEW, type Format } from '../artifacts/formats.js';
+import { copyRanges } from '../image/sparse.js';
 import type { SigningKey } from '../artifacts/sign.js';
 import type { BaseIndex } from '../image/base-cache.js';
 import type { Distro } from '../release/verify.js';
@@ -51,16 +52,37 @@ export function reusesBlocks(job: Pick<ArtifactJob, 'base' | 'compression'>): bo
   return job.base.index !== null && job.compression === 'bz2';
 }
 
-/** Whether `format` is made from the base and the written partitions, without a whole copy of the disk. */
+/** The largest the disk can be once grown as `grow` says. */
+function grownSize(size: number, grow: DiskGrowth | undefined): number {
+  if (!grow) return size;
+  return Math.max(size, grow.size ?? 0, size + (grow.rootSectors ?? 0) * 512 + MiB);
+}
+
+/**
+ * Whether `format` is made from the base and the partitions a build wrote (and, grown, its partition
+ * tables), without a whole copy of the disk: the raw and fixed VHD .bz2 from the release's blocks, the
+ * qcow2 (qcow2.ts) and the VMDK and what holds one (vmdk.ts).
+ */
 function fromParts(job: Pick<ArtifactJob, 'base' | 'compression' | 'grow'>, format: Format, size: number): boolean {
-  if (job.grow !== undefined && format !== 'raw') return false;
-  if (format === 'qcow2') return Math.ceil(size / QCOW2_CLUSTER / (QCOW2_CLUSTER / 8)) <= QCOW2_MAX_GROUPS;
-  return reusesBlocks(job) && (format === 'raw' || format === 'vhd');
+  if (format === 'raw') return reusesBlocks(job);
+  if (format === 'vhd') return reusesBlocks(job) && job.grow === undefined;
+  if (format === 'qcow2') return Math.ceil(grownSize(size, job.grow) / QCOW2_CLUSTER / (QCOW2_CLUSTER / 8)) <= QCOW2_MAX_GROUPS;
+  return FROM_VIEW.has(format);
 }
 
 /** Whether a build of these formats needs the whole disk in its working image. */
 export function needsWholeDisk(job: Pick<ArtifactJob, 'base' | 'compression' | 'grow' | 'formats'>, size: number): boolean {
   return !job.formats.every((f) => fromParts(job, f, size));
+}
+
+/** [a, b) ranges less the regions. */
+function outside(ranges: [number, number][], regions: Region[]): [number, number][] {
+  let out = ranges;
+  for (const r of regions) {
+    const [x, y] = [r.offset, r.offset + r.size];
+    out = out.flatMap(([a, b]): [number, number][] => (y <= a || b <= x ? [[a, b]] : ([[a, Math.min(b, x)], [Math.max(a, y), b]] as [number, number][]).filter(([c, d]) => c < d)));
+  }
+  return out;
 }
 
 const MiB = 1024 * 1024;
@@ -89,93 +111,111 @@ async function fileLayout(format: Format, path: string, size: number): Promise<S
 export async function makeArtifacts(img: WorkingImage, job: ArtifactJob): Promise<ArtifactInfo[]> {
   const made = new Map<Format, ArtifactInfo>();
   const p = job.providerId;
+  const baseSize = (await stat(job.base.raw)).size;
   // The raw image first: the other formats may get a grown disk (job.diskSize), which the raw image does not.
   const order = [...job.formats.filter((f) => f === 'raw'), ...job.formats.filter((f) => f !== 'raw')];
   let grown = false;
-  for (const format of order) {
-    if (format !== 'raw' && job.grow !== undefined && !grown) {
-      await img.whole();
-      job.step(`${p}: growing the disk${job.grow.size !== undefined ? ` to ${showSize(job.grow.size)}` : ''}${job.grow.rootSectors !== undefined ? `, ROOT to ${showSize(job.grow.rootSectors * 512)}` : ''}`);
-      await growDisk(img.path, job.grow);
-      grown = true;
-    }
-    const plain = artifactName(job.distro, p, format);
-    const compress = COMPRESSIBLE[format] && job.compression !== 'none';
-    const name = compress ? plain + COMPRESSION_SUFFIX[job.compression] : plain;
-    const out = join(job.outDir, name);
-    job.step(`${p}: ${name}`);
-    let tool = '';
-    let h: Hashes | undefined;
-    // A fixed VHD is the disk's bytes and a footer: its .bz2 is the raw image's and one more stream.
-    const vhdReuse = format === 'vhd' && !grown;
-    if ((format === 'raw' || vhdReuse) && reusesBlocks(job) && job.base.index) {
-      // The release's own compressed blocks for everything this build did not change.
-      const size = (await stat(job.base.raw)).size;
-      const trailer = vhdReuse ? await fixedVhdTrailer(size, { name: plain.replace(/\.[^.]+$/, ''), mtime: job.mtime, work: job.work }) : undefined;
-      const r = await compressReusing(job.base.index, job.base.raw, img.path, out, img.written, {
-        pieceCache: job.pieceCache,
-        shared: job.prefixes,
-        ...(trailer ? { trailer } : {}),
-      });
-      tool = `${r.tool} for ${mib(r.recompressed)} (of ${mib(r.changed)} changed; the rest from the piece cache), the release's bzip2 blocks for the rest (${r.reusedBlocks} of ${r.blocks})`;
-      h = r;
-    } else if (format === 'qcow2' && !grown && fromParts(job, format, (await stat(job.base.raw)).size)) {
-      // Written here (qcow2.ts) from the base and the partitions the build wrote: no whole disk, no qemu-img.
-      const view = await DiskView.open(job.base.raw, { path: img.path, regions: img.written });
-      try {
-        const stored = await nonZeroClusters(view, QCOW2_CLUSTER);
-        const split = Math.min(view.size, ...img.written.map((r) => r.offset));
-        const segments = qcow2Segments(view.size, stored, split);
+  // The disk the other formats hold: the base, with `regions` from the working image.
+  let size = baseSize;
+  let regions: Region[] = img.written;
+  let view: DiskView | undefined;
+  const disk = async () => (view ??= await DiskView.open(job.base.raw, { path: img.path, regions }, size));
+  try {
+    for (const format of order) {
+      if (format !== 'raw' && job.grow !== undefined && !grown) {
+        job.step(`${p}: growing the disk${job.grow.size !== undefined ? ` to ${showSize(job.grow.size)}` : ''}${job.grow.rootSectors !== undefined ? `, ROOT to ${showSize(job.grow.rootSectors * 512)}` : ''}`);
+        // Growing changes the partition tables and the disk's end only: the base's first and last MiB
+        // (less what the build wrote) are copied in first, so that those regions are whole here.
+        await copyRanges(job.base.raw, img.path, outside([[0, MiB], [baseSize - MiB, baseSize]], img.written));
+        await growDisk(img.path, job.grow);
+        grown = true;
+        size = (await stat(img.path)).size;
+        regions = [...img.written, { offset: 0, size: MiB }, { offset: baseSize - MiB, size: size - baseSize + MiB }];
+        await view?.close();
+        view = undefined;
+      }
+      const plain = artifactName(job.distro, p, format);
+      const compress = COMPRESSIBLE[format] && job.compression !== 'none';
+      const name = compress ? plain + COMPRESSION_SUFFIX[job.compression] : plain;
+      const out = join(job.outDir, name);
+      job.step(`${p}: ${name}`);
+      let tool = '';
+      let h: Hashes | undefined;
+      // A fixed VHD is the disk's bytes and a footer: its .bz2 is the raw image's and one more stream.
+      const vhdReuse = format === 'vhd' && !grown;
+      if ((format === 'raw' || vhdReuse) && reusesBlocks(job) && job.base.index) {
+        // The release's own compressed blocks for everything this build did not change.
+        const trailer = vhdReuse ? await fixedVhdTrailer(baseSize, { name: plain.replace(/\.[^.]+$/, ''), mtime: job.mtime, work: job.work }) : undefined;
+        const r = await compressReusing(job.base.index, job.base.raw, img.path, out, img.written, {
+          pieceCache: job.pieceCache,
+          shared: job.prefixes,
+          ...(trailer ? { trailer } : {}),
+        });
+        tool = `${r.tool} for ${mib(r.recompressed)} (of ${mib(r.changed)} changed; the rest from the piece cache), the release's bzip2 blocks for the rest (${r.reusedBlocks} of ${r.blocks})`;
+        h = r;
+      } else if (format === 'qcow2' && fromParts(job, format, baseSize)) {
+        // Written here (qcow2.ts) from the base and what the build wrote: no whole disk, no qemu-img.
+        const v = await disk();
+        const stored = await nonZeroClusters(v, QCOW2_CLUSTER);
+        // The file up to the first region is the same for every build (grown: the tables differ from the start).
+        const split = Math.min(size, ...regions.map((r) => r.offset));
+        const segments = qcow2Segments(size, stored, split);
         if (compress && reusesBlocks(job) && job.base.index) {
-          const r = await compressReusing(job.base.index, job.base.raw, img.path, out, img.written, { pieceCache: job.pieceCache, shared: job.prefixes, layout: segments });
+          const r = await compressReusing(job.base.index, job.base.raw, img.path, out, regions, { pieceCache: job.pieceCache, shared: job.prefixes, layout: segments });
           tool = `${r.tool} for ${mib(r.recompressed)} (of ${mib(r.changed)} of the disk not in the release's blocks, and the qcow2's tables; the rest from the piece cache), the release's bzip2 blocks for the rest (${r.reusedBlocks} of ${r.blocks})`;
           h = r;
         } else if (compress) {
           const converted = join(job.work, `${p}.qcow2`);
           try {
-            await writeSegments(view, segments, converted);
+            await writeSegments(v, segments, converted);
             ({ tool, h } = await pieced(converted, out, job));
           } finally {
             await rm(converted, { force: true });
           }
         } else {
-          await writeSegments(view, segments, out);
+          await writeSegments(v, segments, out);
         }
-      } finally {
-        await view.close();
-      }
-    } else if (format === 'raw' && compress) {
-      await img.whole();
-      ({ tool, h } = await pieced(img.path, out, job));
-    } else {
-      await img.whole();
-      const converted = compress ? join(job.work, `${p}.${format}`) : out;
-      await convert(img.path, format, converted, { name: plain.replace(/\.[^.]+$/, ''), mtime: job.mtime, onProgress: job.progress, pieceCache: job.pieceCache });
-      if (compress) {
+      } else if (FROM_VIEW.has(format)) {
+        // The VMDK and what holds one, from the base and what the build wrote (vmdk.ts).
+        const converted = compress ? join(job.work, `${p}.${format}`) : out;
         try {
-          const size = (await stat(img.path)).size;
-          const layout = reusesBlocks(job) && job.base.index ? await fileLayout(format, converted, size) : null;
-          if (typeof layout === 'string') job.log(`${p}: ${name}: compressed as it is: ${layout}`);
-          if (Array.isArray(layout) && job.base.index) {
-            // The disk's bytes in the file are the image's: the release's bzip2 blocks, as for raw.
-            const baseSize = (await stat(job.base.raw)).size;
-            // A grown disk: its partition tables and what follows the release's end differ too.
-            const regions = grown ? [...img.written, { offset: 0, size: MiB }, { offset: baseSize - MiB, size: size - baseSize + MiB }] : img.written;
-            const r = await compressReusing(job.base.index, job.base.raw, img.path, out, regions, { pieceCache: job.pieceCache, shared: job.prefixes, layout });
-            tool = `${r.tool} for ${mib(r.recompressed)} (of ${mib(r.changed)} of the disk not in the release's blocks, and the ${format}'s tables; the rest from the piece cache), the release's bzip2 blocks for the rest (${r.reusedBlocks} of ${r.blocks})`;
-            h = r;
-          } else {
-            ({ tool, h } = await pieced(converted, out, job));
-          }
+          await convert(await disk(), format, converted, { name: plain.replace(/\.[^.]+$/, ''), mtime: job.mtime, onProgress: job.progress, pieceCache: job.pieceCache });
+          if (compress) ({ tool, h } = await pieced(converted, out, job));
         } finally {
-          await rm(converted, { force: true });
+          if (compress) await rm(converted, { force: true });
+        }
+      } else if (format === 'raw' && compress) {
+        await img.whole();
+        ({ tool, h } = await pieced(img.path, out, job));
+      } else {
+        await img.whole();
+        const converted = compress ? join(job.work, `${p}.${format}`) : out;
+        await convert(img.path, format, converted, { name: plain.replace(/\.[^.]+$/, ''), mtime: job.mtime, onProgress: job.progress, pieceCache: job.pieceCache });
+        if (compress) {
+          try {
+            const layout = reusesBlocks(job) && job.base.index ? await fileLayout(format, converted, size) : null;
+            if (typeof layout === 'string') job.log(`${p}: ${name}: compressed as it is: ${layout}`);
+            if (Array.isArray(layout) && job.base.index) {
+              // The disk's bytes in the file are the image's: the release's bzip2 blocks, as for raw
+              // (grown: its partition tables and what follows the release's end differ too).
+              const r = await compressReusing(job.base.index, job.base.raw, img.path, out, regions, { pieceCache: job.pieceCache, shared: job.prefixes, layout });
+              tool = `${r.tool} for ${mib(r.recompressed)} (of ${mib(r.changed)} of the disk not in the release's blocks, and the ${format}'s tables; the rest from the piece cache), the release's bzip2 blocks for the rest (${r.reusedBlocks} of ${r.blocks})`;
+              h = r;
+            } else {
+              ({ tool, h } = await pieced(converted, out, job));
+            }
+          } finally {
+            await rm(converted, { force: true });
+          }
         }
       }
+      h ??= await hashes(out);
+      await describeArtifact(job.outDir, name, h, job.signer);
+      job.log(`${p}: ${name} (${h.size} bytes${tool ? `, compressed with ${tool}` : ''}${job.signer ? ', signed' : ''})`);
+      made.set(format, { name, path: name, format, compression: compress ? job.compression : 'none', size: h.size, sha512: h.sha512 });
     }
-    h ??= await hashes(out);
-    await describeArtifact(job.outDir, name, h, job.signer);
-    job.log(`${p}: ${name} (${h.size} bytes${tool ? `, compressed with ${tool}` : ''}${job.signer ? ', signed' : ''})`);
-    made.set(format, { name, path: name, format, compression: compress ? job.compression : 'none', size: h.size, sha512: h.sha512 });
+  } finally {
+    await view?.close();
   }
   return job.formats.map((f) => made.get(f)!);
 }

@@ -146,25 +146,26 @@ const baseMaps = new Map<string, Promise<Uint8Array>>();
 
 /**
  * One byte per cluster of `cluster` bytes of the disk: 1 where it holds a byte that is not zero. The
- * base's map is made once per process (and base file, size and mtime); the regions are read for each view.
+ * base's map is made once per process (and base file, size and mtime; not with `shareBase: false`);
+ * the regions are read for each view. Past the base's end (a grown disk) only the regions hold data.
  */
 export async function nonZeroClusters(view: DiskView, cluster: number, opts: { shareBase?: boolean } = {}): Promise<Uint8Array> {
   const n = Math.ceil(view.size / cluster);
+  const map = new Uint8Array(n);
   if (opts.shareBase === false) {
-    const map = new Uint8Array(n);
     await scan(view, cluster, 0, n, map);
     return map;
   }
   const st = await stat(view.basePath);
-  const key = `${view.basePath}\0${st.size}\0${st.mtimeMs}\0${view.size}\0${cluster}`;
+  const key = `${view.basePath}\0${st.size}\0${st.mtimeMs}\0${cluster}`;
   let made = baseMaps.get(key);
   if (!made) {
     made = (async () => {
-      const base = await DiskView.open(view.basePath, undefined, view.size);
+      const base = await DiskView.open(view.basePath);
       try {
-        const map = new Uint8Array(n);
-        await scan(base, cluster, 0, n, map);
-        return map;
+        const m = new Uint8Array(Math.ceil(base.size / cluster));
+        await scan(base, cluster, 0, m.length, m);
+        return m;
       } finally {
         await base.close();
       }
@@ -172,7 +173,8 @@ export async function nonZeroClusters(view: DiskView, cluster: number, opts: { s
     baseMaps.set(key, made);
     made.catch(() => baseMaps.delete(key));
   }
-  const map = Uint8Array.from(await made);
+  const base = await made;
+  map.set(base.subarray(0, Math.min(n, base.length)));
   for (const r of view.regions) await scan(view, cluster, Math.floor(r.offset / cluster), Math.min(n, Math.ceil((r.offset + r.size) / cluster)), map);
   return map;
 }
