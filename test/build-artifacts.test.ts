@@ -117,6 +117,41 @@ describe('oem build artifacts: formats, compression, signatures', () => {
     expect(m.artifacts.map((a: { format: string; compression: string }) => `${a.format}/${a.compression}`)).toEqual(['vmdk/bz2', 'raw/bz2']);
   });
 
+  it('a grown disk with keys in ROOT: its qcow2 (compressed and not) and VMDK hold the raw image\'s partitions, ROOT as the build wrote it', async () => {
+    // openstack's disk grows (ROOT to Flatcar's "vm" size) for every format but raw; nothing of it is
+    // copied whole: the qcow2 and the VMDK read the base and what the build wrote, its GPT grown in place.
+    const out = join(work, `grown-${next()}`);
+    const args = ['build', '--provider', 'openstack', '--ssh-key', key, ...mirrorArgs('flatcar'), '--no-agent'];
+    const env = { OEM_TMPDIR: work, SOURCE_DATE_EPOCH: '1700000000' };
+    expect((await oem([...args, '--format', 'raw', '--format', 'qcow2', '--format', 'vmdk', '--output-dir', out], { env })).exitCode).toBe(0);
+    expect((await oem([...args, '--format', 'qcow2', '--compress', 'none', '--output-dir', `${out}-plain`], { env })).exitCode).toBe(0);
+    const disk = await raw(join(out, 'openstack', 'flatcar_production_openstack_image.bin.bz2'));
+    const report = (await oemJson<InspectReport>(['inspect', disk])).json;
+    const root = report.partitions.find((x) => x.number === 9)!;
+    const files = [
+      ['qcow2', `sh -c 'bzip2 -dc "$0" > "$1"' ${join(out, 'openstack', 'flatcar_production_openstack_image.qcow2.bz2')}`],
+      ['vmdk', `sh -c 'bzip2 -dc "$0" > "$1"' ${join(out, 'openstack', 'flatcar_production_openstack_image.vmdk.bz2')}`],
+      ['qcow2', `cp ${join(`${out}-plain`, 'openstack', 'flatcar_production_openstack_image.qcow2')}`],
+    ] as const;
+    for (const [fmt, get] of files) {
+      const file = join(work, `grown-${next()}.${fmt}`);
+      await execa('sh', ['-c', `${get} "${file}"`]);
+      const check = await execa('qemu-img', ['check', '-f', fmt, file], { reject: false });
+      expect(check.exitCode, `${get}: ${check.stdout}${check.stderr}`).toBe(0);
+      const flat = join(work, `grown-${next()}.bin`);
+      await execa('qemu-img', ['convert', '-f', fmt, '-O', 'raw', file, flat]);
+      expect((await execa('sgdisk', ['-v', flat])).stdout).toMatch(/No problems found/);
+      const ins = (await oemJson<InspectReport>(['inspect', flat])).json;
+      expect(ins.partitions.find((x) => x.number === 9)!.lastLba - root.firstLba + 1, get).toBe(12943360);
+      // Every partition, OEM and ROOT with what the build wrote, byte for byte as in the raw image.
+      const cmp = await execa('cmp', ['-i', String(34 * 512), '-n', String((root.lastLba + 1 - 34) * 512), disk, flat], { reject: false });
+      expect(cmp.exitCode, `${get}: ${cmp.stdout}`).toBe(0);
+      await rm(flat);
+      await rm(file);
+    }
+    await rm(disk);
+  });
+
   for (const [kind, tool] of [['gz', 'gzip'], ['xz', 'xz'], ['zst', 'zstd'], ['none', '']] as const) {
     it(`--compress ${kind}: the raw image decompresses with stock ${tool || 'nothing'} to the same disk as bz2`, async () => {
       const out = join(work, `c-${kind}-${next()}`);

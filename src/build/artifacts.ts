@@ -16,7 +16,6 @@ import { DiskView, nonZeroClusters } from '../image/disk-view.js';
 import { growDisk, showSize, type DiskGrowth } from '../artifacts/disk-size.js';
 import { COMPRESSION_SUFFIX, type Compression } from '../compression.js';
 import { artifactName, COMPRESSIBLE, convert, fixedVhdTrailer, FROM_VIEW, type Format } from '../artifacts/formats.js';
-import { copyRanges } from '../image/sparse.js';
 import type { SigningKey } from '../artifacts/sign.js';
 import type { BaseIndex } from '../image/base-cache.js';
 import type { Distro } from '../release/verify.js';
@@ -75,16 +74,6 @@ export function needsWholeDisk(job: Pick<ArtifactJob, 'base' | 'compression' | '
   return !job.formats.every((f) => fromParts(job, f, size));
 }
 
-/** [a, b) ranges less the regions. */
-function outside(ranges: [number, number][], regions: Region[]): [number, number][] {
-  let out = ranges;
-  for (const r of regions) {
-    const [x, y] = [r.offset, r.offset + r.size];
-    out = out.flatMap(([a, b]): [number, number][] => (y <= a || b <= x ? [[a, b]] : ([[a, Math.min(b, x)], [Math.max(a, y), b]] as [number, number][]).filter(([c, d]) => c < d)));
-  }
-  return out;
-}
-
 const MiB = 1024 * 1024;
 const mib = (n: number) => `${(n / 1048576).toFixed(1)} MiB`;
 
@@ -124,13 +113,12 @@ export async function makeArtifacts(img: WorkingImage, job: ArtifactJob): Promis
     for (const format of order) {
       if (format !== 'raw' && job.grow !== undefined && !grown) {
         job.step(`${p}: growing the disk${job.grow.size !== undefined ? ` to ${showSize(job.grow.size)}` : ''}${job.grow.rootSectors !== undefined ? `, ROOT to ${showSize(job.grow.rootSectors * 512)}` : ''}`);
-        // Growing changes the partition tables and the disk's end only: the base's first and last MiB
-        // (less what the build wrote) are copied in first, so that those regions are whole here.
-        await copyRanges(job.base.raw, img.path, outside([[0, MiB], [baseSize - MiB, baseSize]], img.written));
-        await growDisk(img.path, job.grow);
+        // Growing changes the partition tables and the disk's end only (sgdisk), in the working image.
+      await growDisk(img.path, job.grow);
         grown = true;
         size = (await stat(img.path)).size;
-        regions = [...img.written, { offset: 0, size: MiB }, { offset: baseSize - MiB, size: size - baseSize + MiB }];
+        const [head, tail] = [img.tables[0]![1], img.tables[img.tables.length - 1]![0]];
+        regions = [...img.written, { offset: 0, size: head }, { offset: tail, size: size - tail }];
         await view?.close();
         view = undefined;
       }

@@ -20,6 +20,8 @@ export interface WorkingImage {
   path: string;
   /** The partitions written (OEM, and ROOT with keys): everything else is the base's. */
   written: Region[];
+  /** Where the partition tables are (the primary's start, the backup's end of the disk): the base's, until the disk grows. */
+  tables: [number, number][];
   /** Makes the working image whole (copies what is not there yet); no-op when it is. */
   whole(): Promise<void>;
   remove(): Promise<void>;
@@ -45,7 +47,7 @@ export async function workingImage(baseRaw: string, layout: Layout, path: string
   await truncate(path, layout.size);
   await copyRanges(baseRaw, path, [...layout.gpt, ...layout.written]);
   if (whole) await makeWhole();
-  return { path, whole: makeWhole, remove: () => rm(path, { force: true }) };
+  return { path, tables: layout.gpt, whole: makeWhole, remove: () => rm(path, { force: true }) };
 }
 
 /** Bytes a filesystem of this size leaves for files: metadata, journals and btrfs' chunks take the rest. */
