@@ -213,7 +213,7 @@ async function buildOne(p: Provider, c: Ctx): Promise<ProviderBuild> {
     const size = c.opts.diskSize ?? p.diskSize;
     const grow = size !== undefined || p.rootSectors !== undefined ? { ...(size !== undefined ? { size } : {}), ...(p.rootSectors !== undefined ? { rootSectors: p.rootSectors } : {}) } : undefined;
     const job = { providerId: p.id, distro: base.distro, formats, ...(grow ? { grow } : {}), compression, base: { raw: image.raw, index: image.index }, prefixes: c.prefixes, pieceCache: image.index ? join(dirname(image.index.file), 'pieces') : join(c.work, 'pieces'), signer: c.signer, mtime: buildTime(), outDir: tmpDir, work: c.work, log: c.log, step: c.step, progress: (d: number, t: number) => c.progress(d, t, 'percent') };
-    // The raw and fixed VHD .bz2 from the release's blocks, and the qcow2, need no whole copy of the disk.
+    // The raw and fixed VHD .bz2 from the release's blocks, the qcow2 and the VMDK-based formats need no whole copy of the disk.
     const whole = needsWholeDisk(job, image.layout.size);
     const working = await workingImage(image.raw, image.layout, join(c.work, `${p.id}.bin`), whole);
     let artifacts;

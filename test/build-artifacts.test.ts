@@ -125,6 +125,9 @@ describe('oem build artifacts: formats, compression, signatures', () => {
     const env = { OEM_TMPDIR: work, SOURCE_DATE_EPOCH: '1700000000' };
     expect((await oem([...args, '--format', 'raw', '--format', 'qcow2', '--format', 'vmdk', '--output-dir', out], { env })).exitCode).toBe(0);
     expect((await oem([...args, '--format', 'qcow2', '--compress', 'none', '--output-dir', `${out}-plain`], { env })).exitCode).toBe(0);
+    // Reproducible builds: the uncompressed qcow2 is the very file the .qcow2.bz2 holds.
+    const same = await execa('sh', ['-c', 'bzip2 -dc "$0" | cmp - "$1"', join(out, 'openstack', 'flatcar_production_openstack_image.qcow2.bz2'), join(`${out}-plain`, 'openstack', 'flatcar_production_openstack_image.qcow2')], { reject: false });
+    expect(same.exitCode, same.stdout + same.stderr).toBe(0);
     const disk = await raw(join(out, 'openstack', 'flatcar_production_openstack_image.bin.bz2'));
     const report = (await oemJson<InspectReport>(['inspect', disk])).json;
     const root = report.partitions.find((x) => x.number === 9)!;

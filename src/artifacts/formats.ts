@@ -318,7 +318,9 @@ async function qcow2(c: Ctx, out: string): Promise<void> {
   const view = c.view ?? (await DiskView.open(c.raw));
   try {
     const stored = await nonZeroClusters(view, QCOW2_CLUSTER, { shareBase: c.view !== undefined });
-    await writeSegments(view, qcow2Segments(c.size, stored, c.size), out, { ...(c.signal ? { signal: c.signal } : {}), ...(c.onProgress ? { onProgress: c.onProgress } : {}) });
+    // Split where the first region a build wrote starts, as for a .qcow2.bz2 (build/artifacts.ts): the same file either way.
+    const split = Math.min(c.size, ...view.regions.map((r) => r.offset));
+    await writeSegments(view, qcow2Segments(c.size, stored, split), out, { ...(c.signal ? { signal: c.signal } : {}), ...(c.onProgress ? { onProgress: c.onProgress } : {}) });
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     if (code === 'ENOSPC' || code === 'EDQUOT') throw noSpace(c.out, err);

@@ -11,7 +11,7 @@ import { compressReusing, type Region, type Segment, type SharedPrefixes } from 
 import { qcow2Layout, vhdxLayout } from '../artifacts/layout.js';
 import { OemError } from '../shared/errors.js';
 import { compressPieced, type PiecedKind } from '../artifacts/pieced.js';
-import { QCOW2_CLUSTER, QCOW2_MAX_GROUPS, qcow2Segments, writeSegments } from '../artifacts/qcow2.js';
+import { QCOW2_CLUSTER, QCOW2_MAX_GROUPS, qcow2Segments } from '../artifacts/qcow2.js';
 import { DiskView, nonZeroClusters } from '../image/disk-view.js';
 import { growDisk, showSize, type DiskGrowth } from '../artifacts/disk-size.js';
 import { COMPRESSION_SUFFIX, type Compression } from '../compression.js';
@@ -65,7 +65,8 @@ function grownSize(size: number, grow: DiskGrowth | undefined): number {
 function fromParts(job: Pick<ArtifactJob, 'base' | 'compression' | 'grow'>, format: Format, size: number): boolean {
   if (format === 'raw') return reusesBlocks(job);
   if (format === 'vhd') return reusesBlocks(job) && job.grow === undefined;
-  if (format === 'qcow2') return Math.ceil(grownSize(size, job.grow) / QCOW2_CLUSTER / (QCOW2_CLUSTER / 8)) <= QCOW2_MAX_GROUPS;
+  // qcow2.ts writes disks of up to QCOW2_MAX_GROUPS L2 tables (qemu-img the larger ones, from a file).
+  if (format === 'qcow2' || format === 'vagrant-libvirt') return Math.ceil(grownSize(size, job.grow) / QCOW2_CLUSTER / (QCOW2_CLUSTER / 8)) <= QCOW2_MAX_GROUPS;
   return FROM_VIEW.has(format);
 }
 
@@ -114,7 +115,7 @@ export async function makeArtifacts(img: WorkingImage, job: ArtifactJob): Promis
       if (format !== 'raw' && job.grow !== undefined && !grown) {
         job.step(`${p}: growing the disk${job.grow.size !== undefined ? ` to ${showSize(job.grow.size)}` : ''}${job.grow.rootSectors !== undefined ? `, ROOT to ${showSize(job.grow.rootSectors * 512)}` : ''}`);
         // Growing changes the partition tables and the disk's end only (sgdisk), in the working image.
-      await growDisk(img.path, job.grow);
+        await growDisk(img.path, job.grow);
         grown = true;
         size = (await stat(img.path)).size;
         const [head, tail] = [img.tables[0]![1], img.tables[img.tables.length - 1]![0]];
@@ -141,30 +142,17 @@ export async function makeArtifacts(img: WorkingImage, job: ArtifactJob): Promis
         });
         tool = `${r.tool} for ${mib(r.recompressed)} (of ${mib(r.changed)} changed; the rest from the piece cache), the release's bzip2 blocks for the rest (${r.reusedBlocks} of ${r.blocks})`;
         h = r;
-      } else if (format === 'qcow2' && fromParts(job, format, baseSize)) {
-        // Written here (qcow2.ts) from the base and what the build wrote: no whole disk, no qemu-img.
+      } else if (format === 'qcow2' && compress && reusesBlocks(job) && job.base.index && fromParts(job, format, baseSize)) {
+        // Written here (qcow2.ts) as segments, never as a file: its .bz2 from the release's blocks like the raw image's.
         const v = await disk();
         const stored = await nonZeroClusters(v, QCOW2_CLUSTER);
         // The file up to the first region is the same for every build (grown: the tables differ from the start).
         const split = Math.min(size, ...regions.map((r) => r.offset));
-        const segments = qcow2Segments(size, stored, split);
-        if (compress && reusesBlocks(job) && job.base.index) {
-          const r = await compressReusing(job.base.index, job.base.raw, img.path, out, regions, { pieceCache: job.pieceCache, shared: job.prefixes, layout: segments });
-          tool = `${r.tool} for ${mib(r.recompressed)} (of ${mib(r.changed)} of the disk not in the release's blocks, and the qcow2's tables; the rest from the piece cache), the release's bzip2 blocks for the rest (${r.reusedBlocks} of ${r.blocks})`;
-          h = r;
-        } else if (compress) {
-          const converted = join(job.work, `${p}.qcow2`);
-          try {
-            await writeSegments(v, segments, converted);
-            ({ tool, h } = await pieced(converted, out, job));
-          } finally {
-            await rm(converted, { force: true });
-          }
-        } else {
-          await writeSegments(v, segments, out);
-        }
-      } else if (FROM_VIEW.has(format)) {
-        // The VMDK and what holds one, from the base and what the build wrote (vmdk.ts).
+        const r = await compressReusing(job.base.index, job.base.raw, img.path, out, regions, { pieceCache: job.pieceCache, shared: job.prefixes, layout: qcow2Segments(size, stored, split) });
+        tool = `${r.tool} for ${mib(r.recompressed)} (of ${mib(r.changed)} of the disk not in the release's blocks, and the qcow2's tables; the rest from the piece cache), the release's bzip2 blocks for the rest (${r.reusedBlocks} of ${r.blocks})`;
+        h = r;
+      } else if (fromParts(job, format, baseSize) && FROM_VIEW.has(format)) {
+        // The qcow2, the VMDK and what holds one, from the base and what the build wrote (qcow2.ts, vmdk.ts).
         const converted = compress ? join(job.work, `${p}.${format}`) : out;
         try {
           await convert(await disk(), format, converted, { name: plain.replace(/\.[^.]+$/, ''), mtime: job.mtime, onProgress: job.progress, pieceCache: job.pieceCache });
