@@ -1,7 +1,8 @@
 /**
  * Conversion of a built raw disk image into the formats platforms import: qemu-img for the virtual
- * disk formats (the qcow2 and the VMDK's grains are written here: qcow2.ts, vmdk.ts), and GNU tar (tar.ts) for the archives (GCE tar.gz, Vagrant boxes, OVAs,
- * the Parallels .pvm bundle). Nothing holds an image in memory.
+ * disk formats (but the qcow2 and the VMDK's grains, written here: qcow2.ts, vmdk.ts), and GNU tar
+ * (tar.ts) for the archives (GCE tar.gz, Vagrant boxes, OVAs, the Parallels .pvm bundle). Nothing
+ * holds an image in memory.
  *
  * Every output is written to the path the caller gives only (callers use temporary names and rename
  * when complete); on failure that path is removed. Intermediate files live in a work directory next
@@ -26,7 +27,7 @@ import { exists } from '../shared/safe-fs.js';
 import { hashFile } from './hash.js';
 import { writeTar, type TarEntry, type TarFormat } from './tar.js';
 import { writeVmdkGrains } from './vmdk.js';
-import { QCOW2_CLUSTER, QCOW2_MAX_GROUPS, qcow2Segments, writeSegments } from './qcow2.js';
+import { QCOW2_CLUSTER, qcow2Fits, qcow2Segments, writeSegments } from './qcow2.js';
 import { DiskView, nonZeroClusters } from '../image/disk-view.js';
 import { VHDX_METADATA_REGION, VHDX_PAGE83 } from './layout.js';
 import {
@@ -310,7 +311,7 @@ const CONVERTERS: Record<Format, (c: Ctx) => Promise<void>> = {
 
 /** A qcow2, written by qcow2.ts (qemu-img for disks too large for it). */
 async function qcow2(c: Ctx, out: string): Promise<void> {
-  if (Math.ceil(c.size / QCOW2_CLUSTER / (QCOW2_CLUSTER / 8)) > QCOW2_MAX_GROUPS) {
+  if (!qcow2Fits(c.size)) {
     if (c.view) throw new OemError(`a qcow2 of a disk of ${c.size} bytes is converted from a raw image, not a view of one`);
     await qemuImg(['convert', '-f', 'raw', '-O', 'qcow2', '-o', 'compat=1.1', c.raw, out], 'convert the image to qcow2', c);
     return;

@@ -21,15 +21,20 @@
 import { open, rm } from 'node:fs/promises';
 import { OemError } from '../shared/errors.js';
 import type { DiskView } from '../image/disk-view.js';
-import { isZero } from '../image/sparse.js';
+import { SparseWriter } from '../image/sparse.js';
 import type { Segment } from './bzip2-reuse.js';
 
 export const QCOW2_CLUSTER = 64 * 1024;
 const PER_L2 = QCOW2_CLUSTER / 8;
 const PER_REFBLOCK = QCOW2_CLUSTER / 2;
 const COPIED = 1n << 63n;
-/** Disks of at most this many L2 tables (each 512 MiB of the disk) are written here; larger ones by qemu-img. */
-export const QCOW2_MAX_GROUPS = 512;
+/** Disks of at most this many L2 tables (each 512 MiB of the disk, 256 GiB in all) are written here; larger ones by qemu-img. */
+const QCOW2_MAX_GROUPS = 512;
+
+/** Whether a disk of `size` bytes is written here (qcow2Segments), not by qemu-img. */
+export function qcow2Fits(size: number): boolean {
+  return Math.ceil(size / QCOW2_CLUSTER / PER_L2) <= QCOW2_MAX_GROUPS;
+}
 
 /** The qcow2 of a disk of `size` bytes whose clusters `stored` (1: holds data) are stored, as segments. */
 export function qcow2Segments(size: number, stored: Uint8Array, split: number): Segment[] {
@@ -37,7 +42,7 @@ export function qcow2Segments(size: number, stored: Uint8Array, split: number): 
   const n = Math.ceil(size / C);
   if (stored.length !== n) throw new OemError(`a cluster map of ${stored.length} clusters for a disk of ${n}`);
   const groups = Math.ceil(n / PER_L2);
-  if (groups > QCOW2_MAX_GROUPS) throw new OemError(`a qcow2 of ${groups} L2 tables is not written here`);
+  if (!qcow2Fits(size)) throw new OemError(`a qcow2 of ${groups} L2 tables is not written here`);
   const splitCluster = Math.max(0, Math.min(n, Math.floor(split / C)));
   const headGroups = Math.floor(splitCluster / PER_L2);
   const l1Clusters = Math.max(1, Math.ceil((groups * 8) / C));
@@ -130,7 +135,7 @@ const COPY = 4 * 1024 * 1024;
 
 /**
  * Writes `segments` (the disk's ranges read from `view`) to a new file `out`, leaving all-zero
- * stretches as holes. `out` is removed on failure.
+ * blocks as holes (sparse.ts's SparseWriter). `out` is removed on failure.
  */
 export async function writeSegments(view: DiskView, segments: Segment[], out: string, opts: { signal?: AbortSignal; onProgress?: (done: number, total: number) => void } = {}): Promise<number> {
   const { signal, onProgress } = opts;
@@ -138,32 +143,26 @@ export async function writeSegments(view: DiskView, segments: Segment[], out: st
   const fh = await open(out, 'wx');
   let ok = false;
   try {
-    let at = 0;
-    const buf = Buffer.allocUnsafe(COPY);
-    const put = async (b: Buffer, where: number) => {
-      if (isZero(b)) return;
-      let done = 0;
-      while (done < b.length) done += (await fh.write(b, done, b.length - done, where + done)).bytesWritten;
-    };
+    const w = new SparseWriter(fh, 0);
     for (const s of segments) {
       if (signal?.aborted) throw new OemError('interrupted while writing the image', { code: 'interrupted' });
       if ('bytes' in s) {
-        for (let i = 0; i < s.bytes.length; i += COPY) await put(s.bytes.subarray(i, i + COPY), at + i);
-        at += s.bytes.length;
-        onProgress?.(at, total);
+        await w.write(s.bytes);
+        onProgress?.(w.position, total);
         continue;
       }
       for (let a = s.image[0]; a < s.image[1]; a += COPY) {
         const n = Math.min(COPY, s.image[1] - a);
-        if (view.hole(a, a + n)) continue;
-        await put(await view.readInto(buf.subarray(0, n), a), at + (a - s.image[0]));
-        onProgress?.(at + (a + n - s.image[0]), total);
+        // A buffer per read: the writer may hold what it was given until its next whole block.
+        if (view.hole(a, a + n)) await w.writeZeros(n);
+        else await w.write(await view.readInto(Buffer.allocUnsafe(n), a));
+        onProgress?.(w.position, total);
       }
-      at += s.image[1] - s.image[0];
     }
-    await fh.truncate(at);
+    await w.end();
+    await fh.truncate(w.position);
     ok = true;
-    return at;
+    return w.position;
   } finally {
     await fh.close();
     if (!ok) await rm(out, { force: true });

@@ -117,8 +117,9 @@ async function makeSegment(data: Buffer, offset: number): Promise<Segment> {
 }
 
 /**
- * Writes the grains of the disk (a raw image, or a view of the base and a build's partitions) into `out`, which holds what `qemu-img create` made for it (the
- * overhead only), then the tables and the end-of-stream marker.
+ * Writes the grains of the disk (a raw image, or a view of the base and a build's partitions) into
+ * `out`, which holds what `qemu-img create` made for it (the overhead only), then the tables and the
+ * end-of-stream marker.
  */
 export async function writeVmdkGrains(
   disk: string | DiskView,

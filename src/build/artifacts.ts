@@ -11,7 +11,7 @@ import { compressReusing, type Region, type Segment, type SharedPrefixes } from 
 import { qcow2Layout, vhdxLayout } from '../artifacts/layout.js';
 import { OemError } from '../shared/errors.js';
 import { compressPieced, type PiecedKind } from '../artifacts/pieced.js';
-import { QCOW2_CLUSTER, QCOW2_MAX_GROUPS, qcow2Segments } from '../artifacts/qcow2.js';
+import { QCOW2_CLUSTER, qcow2Fits, qcow2Segments } from '../artifacts/qcow2.js';
 import { DiskView, nonZeroClusters } from '../image/disk-view.js';
 import { growDisk, showSize, type DiskGrowth } from '../artifacts/disk-size.js';
 import { COMPRESSION_SUFFIX, type Compression } from '../compression.js';
@@ -65,8 +65,8 @@ function grownSize(size: number, grow: DiskGrowth | undefined): number {
 function fromParts(job: Pick<ArtifactJob, 'base' | 'compression' | 'grow'>, format: Format, size: number): boolean {
   if (format === 'raw') return reusesBlocks(job);
   if (format === 'vhd') return reusesBlocks(job) && job.grow === undefined;
-  // qcow2.ts writes disks of up to QCOW2_MAX_GROUPS L2 tables (qemu-img the larger ones, from a file).
-  if (format === 'qcow2' || format === 'vagrant-libvirt') return Math.ceil(grownSize(size, job.grow) / QCOW2_CLUSTER / (QCOW2_CLUSTER / 8)) <= QCOW2_MAX_GROUPS;
+  // qemu-img writes the larger qcow2s, from a file.
+  if (format === 'qcow2' || format === 'vagrant-libvirt') return qcow2Fits(grownSize(size, job.grow));
   return FROM_VIEW.has(format);
 }
 
