@@ -1,8 +1,8 @@
 /**
  * Conversion of a built raw disk image into the formats platforms import: qemu-img for the virtual
  * disk formats (but the qcow2 and the VMDK's grains, written here: qcow2.ts, vmdk.ts), and GNU tar
- * (tar.ts) for the archives (GCE tar.gz, Vagrant boxes, OVAs, the Parallels .pvm bundle). Nothing
- * holds an image in memory.
+ * (tar.ts) for the archives (Vagrant boxes, OVAs, the Parallels .pvm bundle; GCE's sparse tar is
+ * written here, sparse-tar.ts). Nothing holds an image in memory.
  *
  * Every output is written to the path the caller gives only (callers use temporary names and rename
  * when complete); on failure that path is removed. Intermediate files live in a work directory next
@@ -25,7 +25,8 @@ import { OemError, describe } from '../shared/errors.js';
 import { lastLine, requireTool, run } from '../tools.js';
 import { exists } from '../shared/safe-fs.js';
 import { hashFile } from './hash.js';
-import { writeTar, type TarEntry, type TarFormat } from './tar.js';
+import { writeGzip, writeTar, type TarEntry, type TarFormat } from './tar.js';
+import { sparseTar } from './sparse-tar.js';
 import { writeVmdkGrains } from './vmdk.js';
 import { QCOW2_CLUSTER, qcow2Fits, qcow2Segments, writeSegments } from './qcow2.js';
 import { DiskView, nonZeroClusters } from '../image/disk-view.js';
@@ -108,9 +109,10 @@ const GiB = 1024 * MiB;
 
 /**
  * The formats made from a view of the disk (disk-view.ts: the base and the partitions a build wrote)
- * as well as from a raw image: their writers read the disk's bytes themselves (qcow2.ts, vmdk.ts).
+ * as well as from a raw image: their writers read the disk's bytes themselves (qcow2.ts, vmdk.ts,
+ * sparse-tar.ts).
  */
-export const FROM_VIEW: ReadonlySet<Format> = new Set<Format>(['qcow2', 'vmdk', 'ova', 'virtualbox', 'vagrant-libvirt', 'vagrant-virtualbox']);
+export const FROM_VIEW: ReadonlySet<Format> = new Set<Format>(['qcow2', 'vmdk', 'gce', 'ova', 'virtualbox', 'vagrant-libvirt', 'vagrant-virtualbox']);
 
 /**
  * Converts the raw image `raw` (or, for the FROM_VIEW formats, a view of the disk, which the caller
@@ -195,8 +197,16 @@ const CONVERTERS: Record<Format, (c: Ctx) => Promise<void>> = {
   },
   gce: async (c) => {
     // GCE imports a gzip'd tar in GNU format whose only member is disk.raw, sparse as its import
-    // documentation and Flatcar's image pipeline make it (tar -S): only the disk's data is archived.
-    await archive(c, [{ name: 'disk.raw', path: c.raw }], 'gnu', true, true);
+    // documentation makes it (tar --format=oldgnu -S): only the disk's clusters with data are archived
+    // (sparse-tar.ts, from the view: no copy of the disk).
+    const view = c.view ?? (await DiskView.open(c.raw));
+    try {
+      const onData = c.onProgress;
+      const archive = sparseTar(view, 'disk.raw', c.mtime, { shareBase: c.view !== undefined, ...(onData ? { onData } : {}) });
+      await writeGzip(c.out, archive, { ...(c.pieceCache ? { pieceCache: c.pieceCache } : {}), ...(c.signal ? { signal: c.signal } : {}) });
+    } finally {
+      if (!c.view) await view.close();
+    }
   },
   'vagrant-libvirt': async (c) => {
     const img = join(c.work, 'box.img');
@@ -646,11 +656,10 @@ function sortEntries(entries: TarEntry[]): TarEntry[] {
   return entries.sort((a, b) => Buffer.compare(Buffer.from(a.name), Buffer.from(b.name)));
 }
 
-async function archive(c: Ctx, entries: TarEntry[], format: TarFormat, gzip: boolean, sparse = false): Promise<void> {
+async function archive(c: Ctx, entries: TarEntry[], format: TarFormat, gzip: boolean): Promise<void> {
   await writeTar(c.out, entries, {
     format,
     gzip,
-    sparse,
     mtime: c.mtime,
     stage: join(c.work, 'archive'),
     ...(c.signal ? { signal: c.signal } : {}),

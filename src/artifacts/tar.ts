@@ -1,6 +1,7 @@
 /**
- * The archives among the artifacts (GCE's tar.gz, the Vagrant boxes, the OVAs, the Parallels bundle)
- * are written by GNU tar, the tool the platforms document: the entries are staged in a directory
+ * The archives among the artifacts (the Vagrant boxes, the OVAs, the Parallels bundle; GCE's sparse
+ * tar is written by sparse-tar.ts and gzip'd here, writeGzip) are written by GNU tar, the tool the
+ * platforms document: the entries are staged in a directory
  * (directories made, small files written, large ones as symlinks to where they are, archived with
  * --dereference, so nothing is copied) and archived member by member in the given order
  * (--no-recursion) with fixed owner (root:0), mode (0644 files, 0755 directories) and mtime, so the
@@ -14,7 +15,7 @@ import { execa } from 'execa';
 import { createWriteStream } from 'node:fs';
 import { mkdir, stat, symlink, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { Transform } from 'node:stream';
+import { Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createGzip } from 'node:zlib';
 import { OemError } from '../shared/errors.js';
@@ -59,8 +60,30 @@ export interface TarOptions {
   onProgress?: (done: number, total: number) => void;
   /** gzip in pieces kept here by content (pieced.ts), so that unchanged parts are compressed once. */
   pieceCache?: string;
-  /** GNU tar --sparse: holes of the files are not archived (GCE's documented `tar -S`). */
-  sparse?: boolean;
+}
+
+/**
+ * The gzip stream of an archive: level 6 (gzip's default, as `tar -czf`), in pieces kept by content
+ * when given a piece cache. node:zlib writes no file name and mtime 0 into the gzip header: the
+ * output depends on the data only.
+ */
+function archiveGzip(o: { pieceCache?: string; signal?: AbortSignal }): Transform {
+  return o.pieceCache ? piecedGzip({ cacheDir: o.pieceCache, level: 6, ...(o.signal ? { signal: o.signal } : {}) }) : createGzip({ level: 6 });
+}
+
+/**
+ * An archive made here (sparse-tar.ts), gzip'd as writeTar's are into `out`, which must not exist. A
+ * failure leaves `out` for the caller to remove; a full disk is noSpace.
+ */
+export async function writeGzip(out: string, archive: AsyncIterable<Buffer>, o: { pieceCache?: string; signal?: AbortSignal }): Promise<void> {
+  try {
+    await pipeline(Readable.from(archive), archiveGzip(o), createWriteStream(out, { flags: 'wx' }), o.signal ? { signal: o.signal } : {});
+  } catch (err) {
+    if (o.signal?.aborted) throw new OemError('interrupted while archiving', { code: 'interrupted' });
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOSPC' || code === 'EDQUOT') throw noSpace(out);
+    throw err;
+  }
 }
 
 /** The archive `out` (which must not exist) holding `entries` in this order. */
@@ -88,7 +111,6 @@ export async function writeTar(out: string, entries: TarEntry[], o: TarOptions):
     // Files 0644; directories (only trees have them) 0755.
     entries.some((e) => 'dir' in e) ? '--mode=u=rwX,go=rX' : '--mode=0644',
     `--mtime=@${o.mtime}`,
-    ...(o.sparse ? ['--sparse'] : []),
     '--dereference',
     '--no-recursion',
     '-C',
@@ -126,9 +148,7 @@ export async function writeTar(out: string, entries: TarEntry[], o: TarOptions):
     });
     const dest = createWriteStream(out, { flags: 'wx' });
     const opts = o.signal ? { signal: o.signal } : {};
-    // node:zlib writes no file name and mtime 0 into the gzip header: the output depends on the data only.
-    const gz = o.pieceCache ? piecedGzip({ cacheDir: o.pieceCache, level: 6, ...(o.signal ? { signal: o.signal } : {}) }) : createGzip({ level: 6 });
-    written = pipeline(sub.stdout!, count, gz, dest, opts);
+    written = pipeline(sub.stdout!, count, archiveGzip(o), dest, opts);
   } else {
     // Progress: the file's size as tar writes it.
     const timer = setInterval(() => {
@@ -153,6 +173,6 @@ export async function writeTar(out: string, entries: TarEntry[], o: TarOptions):
     throw writeError ?? new OemError(`tar failed to write ${out}: ${last}`);
   }
   if (writeError) throw writeError;
-  // A sparse archive holds less than the files' sizes: the end is the whole.
+  // Done: the end is the whole.
   o.onProgress?.(total, total);
 }

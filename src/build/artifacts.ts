@@ -60,7 +60,7 @@ function grownSize(size: number, grow: DiskGrowth | undefined): number {
 /**
  * Whether `format` is made from the base and the partitions a build wrote (and, grown, its partition
  * tables), without a whole copy of the disk: the raw and fixed VHD .bz2 from the release's blocks, the
- * qcow2 (qcow2.ts) and the VMDK and what holds one (vmdk.ts).
+ * qcow2 (qcow2.ts), the VMDK and what holds one (vmdk.ts), and GCE's archive (sparse-tar.ts).
  */
 function fromParts(job: Pick<ArtifactJob, 'base' | 'compression' | 'grow'>, format: Format, size: number): boolean {
   if (format === 'raw') return reusesBlocks(job);
