@@ -550,13 +550,15 @@ describe('failures leave nothing under the output name', () => {
   }
 
   const cases: [what: string, replace: Record<string, string | null>][] = [
-    // qemu-img writes part of its output, then fails (converting, or creating the VMDK that vmdk.ts fills).
+    // qemu-img writes part of its output, then fails (converting, or creating the VMDK that vmdk.ts
+    // fills), or fails to read back the Parallels disk parallels.ts wrote.
     [
       'qemu-img fails mid-conversion',
       {
         'qemu-img':
           'case "$1" in\n  convert) for a; do last=$a; done; head -c 65536 /dev/zero > "$last"; echo "qemu-img: write failed" >&2; exit 1 ;;\n' +
-          '  create) for a; do prev=$last; last=$a; done; head -c 512 /dev/zero > "$prev"; echo "qemu-img: write failed" >&2; exit 1 ;;\nesac\nexec "$REAL" "$@"',
+          '  create) for a; do prev=$last; last=$a; done; head -c 512 /dev/zero > "$prev"; echo "qemu-img: write failed" >&2; exit 1 ;;\n' +
+          '  info) echo "qemu-img: read failed" >&2; exit 1 ;;\nesac\nexec "$REAL" "$@"',
       },
     ],
     // tar writes part of the archive, then fails.

@@ -29,6 +29,7 @@ import { writeGzip, writeTar, type TarEntry, type TarFormat } from './tar.js';
 import { sparseTar } from './sparse-tar.js';
 import { writeVmdkGrains } from './vmdk.js';
 import { QCOW2_CLUSTER, qcow2Fits, qcow2Segments, writeSegments } from './qcow2.js';
+import { PARALLELS_CLUSTER, parallelsFits, parallelsSegments } from './parallels.js';
 import { DiskView, nonZeroClusters } from '../image/disk-view.js';
 import { VHDX_METADATA_REGION, VHDX_PAGE83 } from './layout.js';
 import {
@@ -110,9 +111,9 @@ const GiB = 1024 * MiB;
 /**
  * The formats made from a view of the disk (disk-view.ts: the base and the partitions a build wrote)
  * as well as from a raw image: their writers read the disk's bytes themselves (qcow2.ts, vmdk.ts,
- * sparse-tar.ts).
+ * sparse-tar.ts, parallels.ts).
  */
-export const FROM_VIEW: ReadonlySet<Format> = new Set<Format>(['qcow2', 'vmdk', 'gce', 'ova', 'virtualbox', 'vagrant-libvirt', 'vagrant-virtualbox']);
+export const FROM_VIEW: ReadonlySet<Format> = new Set<Format>(['qcow2', 'vmdk', 'gce', 'ova', 'virtualbox', 'vagrant-libvirt', 'vagrant-virtualbox', 'parallels']);
 
 /**
  * Converts the raw image `raw` (or, for the FROM_VIEW formats, a view of the disk, which the caller
@@ -270,17 +271,18 @@ const CONVERTERS: Record<Format, (c: Ctx) => Promise<void>> = {
   parallels: async (c) => {
     // Flatcar's parallels type (DISK_FORMAT hdd, CONF_FORMAT pvs, BUNDLE_FORMAT pvm_tgz): a .pvm
     // bundle, `<name>.pvm/` with the VM's config.pvs and the hard disk directory `<name>.hdd/`
-    // (DiskDescriptor.xml, the expanding image qemu-img writes as the base snapshot's data file,
-    // and the empty file of the disk's own name that Parallels keeps there), as a gzip'd GNU tar.
+    // (DiskDescriptor.xml, the expanding image as the base snapshot's data file, written here as
+    // qemu-img writes it, parallels.ts, and the empty file of the disk's own name that Parallels keeps
+    // there), as a gzip'd GNU tar.
     const pvm = `${c.name}.pvm`;
     const hdd = `${c.name}.hdd`;
     const dataName = `${hdd}.0.${PARALLELS_BASE_SNAPSHOT}.hds`;
     const data = join(c.work, dataName);
-    await qemuImg(['convert', '-f', 'raw', '-O', 'parallels', c.raw, data], 'convert the image to a Parallels disk', c);
+    await parallelsDisk(c, data);
     const header = await readParallelsHeader(data);
     const vs = await virtualSize(data, 'parallels', c);
     if (header.sectors * 512 !== vs || vs < c.size || vs - c.size >= 512) {
-      throw new OemError(`qemu-img made a Parallels disk of ${vs} bytes (${header.sectors} sectors) from an image of ${c.size} bytes`);
+      throw new OemError(`the Parallels disk reads as ${vs} bytes (${header.sectors} sectors), made from an image of ${c.size} bytes`);
     }
     const descriptor = parallelsDiskDescriptor({ name: c.name, dataFile: dataName, header, uid: uuidFrom(seeded('parallels disk', c)) });
     const config = parallelsConfig({
@@ -332,6 +334,33 @@ async function qcow2(c: Ctx, out: string): Promise<void> {
     // Split where the first region a build wrote starts, as for a .qcow2.bz2 (build/artifacts.ts): the same file either way.
     const split = Math.min(c.size, ...view.regions.map((r) => r.offset));
     await writeSegments(view, qcow2Segments(c.size, stored, split), out, { ...(c.signal ? { signal: c.signal } : {}), ...(c.onProgress ? { onProgress: c.onProgress } : {}) });
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOSPC' || code === 'EDQUOT') throw noSpace(c.out, err);
+    throw err;
+  } finally {
+    if (!c.view) await view.close();
+  }
+}
+
+/**
+ * The Parallels expanding disk: written here (parallels.ts) from the disk's 64 KiB clusters with data
+ * (the map the qcow2, the VMDK and GCE's archive share), folded into its 1 MiB clusters; by qemu-img
+ * for a disk too large for that.
+ */
+async function parallelsDisk(c: Ctx, out: string): Promise<void> {
+  if (!parallelsFits(c.size)) {
+    if (c.view) throw new OemError(`a Parallels disk of ${c.size} bytes is converted from a raw image, not a view of one`);
+    await qemuImg(['convert', '-f', 'raw', '-O', 'parallels', c.raw, out], 'convert the image to a Parallels disk', c);
+    return;
+  }
+  const view = c.view ?? (await DiskView.open(c.raw));
+  try {
+    const fine = await nonZeroClusters(view, QCOW2_CLUSTER, { shareBase: c.view !== undefined });
+    const per = PARALLELS_CLUSTER / QCOW2_CLUSTER;
+    const stored = new Uint8Array(Math.ceil(fine.length / per));
+    for (let i = 0; i < fine.length; i++) if (fine[i]) stored[Math.floor(i / per)] = 1;
+    await writeSegments(view, parallelsSegments(c.size, stored), out, { ...(c.signal ? { signal: c.signal } : {}), ...(c.onProgress ? { onProgress: c.onProgress } : {}) });
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     if (code === 'ENOSPC' || code === 'EDQUOT') throw noSpace(c.out, err);
@@ -537,7 +566,7 @@ async function readParallelsHeader(path: string): Promise<ParallelsHeader> {
     await fh.read(h, 0, 64, 0);
     return parallelsHeader(h);
   } catch (err) {
-    throw new OemError(`qemu-img wrote an unexpected Parallels image ${basename(path)}: ${describe(err)}`);
+    throw new OemError(`an unexpected Parallels image ${basename(path)}: ${describe(err)}`);
   } finally {
     await fh.close();
   }

@@ -12,6 +12,7 @@ import { qcow2Layout, vhdxLayout } from '../artifacts/layout.js';
 import { OemError } from '../shared/errors.js';
 import { compressPieced, type PiecedKind } from '../artifacts/pieced.js';
 import { QCOW2_CLUSTER, qcow2Fits, qcow2Segments } from '../artifacts/qcow2.js';
+import { parallelsFits } from '../artifacts/parallels.js';
 import { DiskView, nonZeroClusters } from '../image/disk-view.js';
 import { growDisk, showSize, type DiskGrowth } from '../artifacts/disk-size.js';
 import { COMPRESSION_SUFFIX, type Compression } from '../compression.js';
@@ -60,13 +61,15 @@ function grownSize(size: number, grow: DiskGrowth | undefined): number {
 /**
  * Whether `format` is made from the base and the partitions a build wrote (and, grown, its partition
  * tables), without a whole copy of the disk: the raw and fixed VHD .bz2 from the release's blocks, the
- * qcow2 (qcow2.ts), the VMDK and what holds one (vmdk.ts), and GCE's archive (sparse-tar.ts).
+ * qcow2 (qcow2.ts), the VMDK and what holds one (vmdk.ts), GCE's archive (sparse-tar.ts) and the
+ * Parallels disk (parallels.ts).
  */
 function fromParts(job: Pick<ArtifactJob, 'base' | 'compression' | 'grow'>, format: Format, size: number): boolean {
   if (format === 'raw') return reusesBlocks(job);
   if (format === 'vhd') return reusesBlocks(job) && job.grow === undefined;
   // qemu-img writes the larger qcow2s, from a file.
   if (format === 'qcow2' || format === 'vagrant-libvirt') return qcow2Fits(grownSize(size, job.grow));
+  if (format === 'parallels') return parallelsFits(grownSize(size, job.grow));
   return FROM_VIEW.has(format);
 }
 
