@@ -29,6 +29,7 @@ import { writeGzip, writeTar, type TarEntry, type TarFormat } from './tar.js';
 import { sparseTar } from './sparse-tar.js';
 import { writeVmdkGrains } from './vmdk.js';
 import { QCOW2_CLUSTER, qcow2Fits, qcow2Segments, writeSegments } from './qcow2.js';
+import type { Segment } from './bzip2-reuse.js';
 import { PARALLELS_CLUSTER, parallelsFits, parallelsSegments } from './parallels.js';
 import { DiskView, nonZeroClusters } from '../image/disk-view.js';
 import { VHDX_METADATA_REGION, VHDX_PAGE83 } from './layout.js';
@@ -323,44 +324,52 @@ const CONVERTERS: Record<Format, (c: Ctx) => Promise<void>> = {
 
 /** A qcow2, written by qcow2.ts (qemu-img for disks too large for it). */
 async function qcow2(c: Ctx, out: string): Promise<void> {
-  if (!qcow2Fits(c.size)) {
-    if (c.view) throw new OemError(`a qcow2 of a disk of ${c.size} bytes is converted from a raw image, not a view of one`);
-    await qemuImg(['convert', '-f', 'raw', '-O', 'qcow2', '-o', 'compat=1.1', c.raw, out], 'convert the image to qcow2', c);
+  await segmentsFile(c, out, {
+    noun: 'a qcow2',
+    fits: qcow2Fits(c.size),
+    qemu: ['-O', 'qcow2', '-o', 'compat=1.1'],
+    // Split where the first region a build wrote starts, as for a .qcow2.bz2 (build/artifacts.ts): the same file either way.
+    segments: (view, stored) => qcow2Segments(c.size, stored, Math.min(c.size, ...view.regions.map((r) => r.offset))),
+  });
+}
+
+/**
+ * The Parallels expanding disk (parallels.ts), its 1 MiB clusters folded from the 64 KiB map the
+ * qcow2, the VMDK and GCE's archive share.
+ */
+async function parallelsDisk(c: Ctx, out: string): Promise<void> {
+  const per = PARALLELS_CLUSTER / QCOW2_CLUSTER;
+  await segmentsFile(c, out, {
+    noun: 'a Parallels disk',
+    fits: parallelsFits(c.size),
+    qemu: ['-O', 'parallels'],
+    segments: (_view, fine) => {
+      const stored = new Uint8Array(Math.ceil(fine.length / per));
+      for (let i = 0; i < fine.length; i++) if (fine[i]) stored[Math.floor(i / per)] = 1;
+      return parallelsSegments(c.size, stored);
+    },
+  });
+}
+
+/**
+ * A disk image file written here as segments (qcow2.ts, parallels.ts) of the view (or of the raw
+ * image), given which of the disk's 64 KiB clusters hold data; or, for a disk too large for the
+ * writer (`fits` false), converted by qemu-img from the raw image.
+ */
+async function segmentsFile(
+  c: Ctx,
+  out: string,
+  w: { noun: string; fits: boolean; qemu: string[]; segments: (view: DiskView, stored: Uint8Array) => Segment[] },
+): Promise<void> {
+  if (!w.fits) {
+    if (c.view) throw new OemError(`${w.noun} of a disk of ${c.size} bytes is converted from a raw image, not a view of one`);
+    await qemuImg(['convert', '-f', 'raw', ...w.qemu, c.raw, out], `convert the image to ${w.noun}`, c);
     return;
   }
   const view = c.view ?? (await DiskView.open(c.raw));
   try {
     const stored = await nonZeroClusters(view, QCOW2_CLUSTER, { shareBase: c.view !== undefined });
-    // Split where the first region a build wrote starts, as for a .qcow2.bz2 (build/artifacts.ts): the same file either way.
-    const split = Math.min(c.size, ...view.regions.map((r) => r.offset));
-    await writeSegments(view, qcow2Segments(c.size, stored, split), out, { ...(c.signal ? { signal: c.signal } : {}), ...(c.onProgress ? { onProgress: c.onProgress } : {}) });
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    if (code === 'ENOSPC' || code === 'EDQUOT') throw noSpace(c.out, err);
-    throw err;
-  } finally {
-    if (!c.view) await view.close();
-  }
-}
-
-/**
- * The Parallels expanding disk: written here (parallels.ts) from the disk's 64 KiB clusters with data
- * (the map the qcow2, the VMDK and GCE's archive share), folded into its 1 MiB clusters; by qemu-img
- * for a disk too large for that.
- */
-async function parallelsDisk(c: Ctx, out: string): Promise<void> {
-  if (!parallelsFits(c.size)) {
-    if (c.view) throw new OemError(`a Parallels disk of ${c.size} bytes is converted from a raw image, not a view of one`);
-    await qemuImg(['convert', '-f', 'raw', '-O', 'parallels', c.raw, out], 'convert the image to a Parallels disk', c);
-    return;
-  }
-  const view = c.view ?? (await DiskView.open(c.raw));
-  try {
-    const fine = await nonZeroClusters(view, QCOW2_CLUSTER, { shareBase: c.view !== undefined });
-    const per = PARALLELS_CLUSTER / QCOW2_CLUSTER;
-    const stored = new Uint8Array(Math.ceil(fine.length / per));
-    for (let i = 0; i < fine.length; i++) if (fine[i]) stored[Math.floor(i / per)] = 1;
-    await writeSegments(view, parallelsSegments(c.size, stored), out, { ...(c.signal ? { signal: c.signal } : {}), ...(c.onProgress ? { onProgress: c.onProgress } : {}) });
+    await writeSegments(view, w.segments(view, stored), out, { ...(c.signal ? { signal: c.signal } : {}), ...(c.onProgress ? { onProgress: c.onProgress } : {}) });
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     if (code === 'ENOSPC' || code === 'EDQUOT') throw noSpace(c.out, err);
