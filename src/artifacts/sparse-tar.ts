@@ -12,16 +12,17 @@
  * tar's own (test/sparse-tar.test.ts compares them), and GNU tar reads it back in the tests.
  */
 import { OemError } from '../shared/errors.js';
-import { DiskView, nonZeroClusters } from '../image/disk-view.js';
+import { nonZeroClusters, type DiskView } from '../image/disk-view.js';
+import { QCOW2_CLUSTER } from './qcow2.js';
 
 const BLOCK = 512;
 const RECORD = 20 * BLOCK;
-/** The granularity of the data map. */
-export const TAR_CLUSTER = 64 * 1024;
+/** The granularity of the data map: the qcow2's clusters, whose map of the base is made once per process for all of them. */
+const TAR_CLUSTER = QCOW2_CLUSTER;
 const READ = 1024 * 1024;
 
 /** A map entry: offset in the file, and the bytes of data there. */
-export type SparseEntry = [offset: number, bytes: number];
+type SparseEntry = [offset: number, bytes: number];
 
 /** `value` in a numeric field of `len` bytes: octal digits and a NUL, or GNU base-256 when too large. */
 function putNumber(block: Buffer, at: number, len: number, value: number): void {
@@ -41,7 +42,7 @@ function putNumber(block: Buffer, at: number, len: number, value: number): void 
  * The member's header and extension blocks, for `name` (at most 100 bytes) of `realSize` bytes with
  * data at `map`, owned by root (0), mode 0644, modified at `mtime` (seconds).
  */
-export function sparseHeader(name: string, realSize: number, map: SparseEntry[], mtime: number): Buffer {
+function sparseHeader(name: string, realSize: number, map: SparseEntry[], mtime: number): Buffer {
   const nameBytes = Buffer.from(name, 'utf8');
   if (!nameBytes.length || nameBytes.length > 100) throw new OemError(`cannot write a sparse tar member named ${JSON.stringify(name)}`);
   const extensions = Math.max(0, Math.ceil((map.length - 4) / 21));
@@ -77,7 +78,7 @@ export function sparseHeader(name: string, realSize: number, map: SparseEntry[],
 }
 
 /** The data map of `view`: its runs of clusters that are not all zeros, then (as GNU tar ends every map) an entry of no bytes at its end. */
-export async function sparseMap(view: DiskView, opts: { shareBase?: boolean } = {}): Promise<SparseEntry[]> {
+async function sparseMap(view: DiskView, opts: { shareBase?: boolean } = {}): Promise<SparseEntry[]> {
   const clusters = await nonZeroClusters(view, TAR_CLUSTER, opts);
   const map: SparseEntry[] = [];
   for (let c = 0; c < clusters.length; c++) {
@@ -101,7 +102,7 @@ export async function* sparseTar(
   mtime: number,
   opts: { shareBase?: boolean; onData?: (done: number, total: number) => void } = {},
 ): AsyncGenerator<Buffer> {
-  const map = await sparseMap(view, opts.shareBase === undefined ? {} : { shareBase: opts.shareBase });
+  const map = await sparseMap(view, opts);
   const header = sparseHeader(name, view.size, map, mtime);
   yield header;
   const total = map.reduce((s, [, n]) => s + n, 0);

@@ -73,17 +73,10 @@ function archiveGzip(o: { pieceCache?: string; signal?: AbortSignal }): Transfor
 
 /**
  * An archive made here (sparse-tar.ts), gzip'd as writeTar's are into `out`, which must not exist. A
- * failure leaves `out` for the caller to remove; a full disk is noSpace.
+ * failure leaves `out` for the caller to remove (convert() does, and says why: a full disk, Ctrl-C).
  */
 export async function writeGzip(out: string, archive: AsyncIterable<Buffer>, o: { pieceCache?: string; signal?: AbortSignal }): Promise<void> {
-  try {
-    await pipeline(Readable.from(archive), archiveGzip(o), createWriteStream(out, { flags: 'wx' }), o.signal ? { signal: o.signal } : {});
-  } catch (err) {
-    if (o.signal?.aborted) throw new OemError('interrupted while archiving', { code: 'interrupted' });
-    const code = (err as NodeJS.ErrnoException).code;
-    if (code === 'ENOSPC' || code === 'EDQUOT') throw noSpace(out);
-    throw err;
-  }
+  await pipeline(Readable.from(archive), archiveGzip(o), createWriteStream(out, { flags: 'wx' }), o.signal ? { signal: o.signal } : {});
 }
 
 /** The archive `out` (which must not exist) holding `entries` in this order. */
