@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { COMPRESSIBLE, FORMATS, FORMAT_EXTENSION, artifactName, convert, normalizeVhdx, type Format } from '../src/artifacts/formats.js';
+import { COMPRESSIBLE, FORMATS, FORMAT_EXTENSION, artifactName, convert, type Format } from '../src/artifacts/formats.js';
 import { writeTar } from '../src/artifacts/tar.js';
 import { writeVmdkGrains } from '../src/artifacts/vmdk.js';
 import { OemError } from '../src/shared/errors.js';
@@ -227,7 +227,7 @@ describe('disk formats (qemu-img as the reader)', () => {
 });
 
 describe('progress', () => {
-  it('qemu-img conversions report its percentage, archives the bytes archived, a VHD and a qcow2 their bytes, each up to the whole', async () => {
+  it('archives report the bytes archived, a VHD, a VHDX and a qcow2 their bytes, each up to the whole', async () => {
     for (const format of ['qcow2', 'vhd', 'gce', 'vhdx'] as const) {
       const seen: [number, number][] = [];
       const out = outPath(FORMAT_EXTENSION[format]);
@@ -242,7 +242,7 @@ describe('progress', () => {
         for (let at = 0; at < d.length; at += 64 * 1024) if (d.subarray(at, at + 64 * 1024).some((b) => b !== 0)) n += Math.min(64 * 1024, d.length - at);
         return n;
       };
-      expect(total, format).toBe(format === 'gce' ? await gce() : format === 'vhd' ? 40 * MiB + 512 : format === 'qcow2' ? (await stat(out)).size : 100);
+      expect(total, format).toBe(format === 'gce' ? await gce() : format === 'vhd' ? 40 * MiB + 512 : (await stat(out)).size);
       expect(seen.every(([d], i) => i === 0 || d >= seen[i - 1]![0]), format).toBe(true);
     }
   });
@@ -415,41 +415,13 @@ describe('reproducibility', () => {
     await sameContents(raw, warm.out, 'vmdk');
   });
 
-  it('vhdx: the patched headers, zeroed log and disk ID are still valid (qemu-img check, compare)', async () => {
+  it('vhdx: written here, with IDs derived from the name and time (qemu-img check, compare)', async () => {
     const a = outPath('vhdx');
     await convert(raw, 'vhdx', a, { name: NAME, mtime: MTIME });
     expect((await execa('qemu-img', ['check', '-f', 'vhdx', a], { reject: false })).exitCode).toBe(0);
     expect((await execa('qemu-img', ['compare', '-f', 'raw', '-F', 'vhdx', raw, a], { reject: false })).exitCode).toBe(0);
     const info = JSON.parse((await execa('qemu-img', ['info', '--output=json', a])).stdout) as { 'virtual-size': number };
     expect(info['virtual-size']).toBeGreaterThanOrEqual((await stat(raw)).size);
-  });
-
-  it('vhdx: what qemu-img leaves in its replayed log (uninitialized memory, GUIDs) never reaches the output', async () => {
-    // qemu-img does not clear the descriptor sector of a log entry: on a busy machine it holds stale
-    // heap bytes. Two conversions, one with such bytes planted, normalize to the same file.
-    const clean = outPath('vhdx');
-    const dirty = outPath('vhdx');
-    for (const f of [clean, dirty]) await execa('qemu-img', ['convert', '-f', 'raw', '-O', 'vhdx', '-o', 'subformat=dynamic', raw, f]);
-    const fh = await open(dirty, 'r+');
-    const head = Buffer.alloc(4096);
-    await fh.read(head, 0, 4096, 64 * 1024);
-    const logOffset = Number(head.readBigUInt64LE(72));
-    const entry = Buffer.alloc(64);
-    await fh.read(entry, 0, 64, logOffset);
-    expect(entry.toString('latin1', 0, 4)).toBe('loge'); // qemu-img wrote at least one entry
-    await fh.write(noise(4096 - 96, 'heap'), 0, 4096 - 96, logOffset + 96);
-    await fh.close();
-    expect(await sha256(dirty)).not.toBe(await sha256(clean));
-    const seed = (purpose: string) => createHash('sha256').update(purpose).digest();
-    for (const f of [clean, dirty]) await normalizeVhdx(f, seed);
-    expect(await sha256(dirty)).toBe(await sha256(clean));
-    const log = Buffer.alloc(1024 * 1024);
-    const rh = await open(clean, 'r');
-    await rh.read(log, 0, log.length, logOffset);
-    await rh.close();
-    expect(log.every((b) => b === 0)).toBe(true);
-    expect((await execa('qemu-img', ['check', '-f', 'vhdx', clean], { reject: false })).exitCode).toBe(0);
-    await sameContents(raw, clean, 'vhdx');
   });
 
   it('a different mtime changes the archives and the VHD footer', async () => {
@@ -463,7 +435,7 @@ describe('reproducibility', () => {
 });
 
 describe('failures', () => {
-  it('without qemu-img on PATH: missingTool naming qemu-utils; raw and gce need no qemu-img', async () => {
+  it('without qemu-img on PATH: missingTool naming qemu-utils; raw, gce and vhdx need no qemu-img', async () => {
     const bin = await mkdtemp(join(dir, 'bin-'));
     for (const t of ['cp', 'tar', 'gzip', 'sgdisk', 'sha256sum', 'rm', 'mv']) {
       const { stdout } = await execa('sh', ['-c', `command -v ${t}`]);
@@ -474,7 +446,7 @@ describe('failures', () => {
     try {
       vi.resetModules(); // a fresh tools.js: its which() cache has seen qemu-img
       const fresh = await import('../src/artifacts/formats.js');
-      for (const format of ['qcow2', 'vmdk', 'vhd', 'vhdx', 'vagrant-libvirt', 'vagrant-virtualbox', 'ova'] as const) {
+      for (const format of ['qcow2', 'vmdk', 'vhd', 'vagrant-libvirt', 'vagrant-virtualbox', 'ova'] as const) {
         const out = outPath(FORMAT_EXTENSION[format]);
         const err = await fresh.convert(raw, format, out, { name: NAME, mtime: MTIME }).then(
           () => undefined,
@@ -485,7 +457,7 @@ describe('failures', () => {
         expect((err as OemError).hint).toContain('qemu-utils');
         await expect(stat(out)).rejects.toMatchObject({ code: 'ENOENT' });
       }
-      for (const format of ['raw', 'gce'] as const) {
+      for (const format of ['raw', 'gce', 'vhdx'] as const) {
         const out = outPath(FORMAT_EXTENSION[format]);
         await fresh.convert(raw, format, out, { name: NAME, mtime: MTIME });
         expect((await stat(out)).size).toBeGreaterThan(0);

@@ -1,6 +1,7 @@
 /**
  * Conversion of a built raw disk image into the formats platforms import: qemu-img for the virtual
- * disk formats (but the qcow2 and the VMDK's grains, written here: qcow2.ts, vmdk.ts), and GNU tar
+ * disk formats (but the qcow2, the VHDX, the Parallels disk and the VMDK's grains, written here:
+ * qcow2.ts, vhdx.ts, parallels.ts, vmdk.ts), and GNU tar
  * (tar.ts) for the archives (Vagrant boxes, OVAs, the Parallels .pvm bundle; GCE's sparse tar is
  * written here, sparse-tar.ts). Nothing holds an image in memory.
  *
@@ -12,12 +13,9 @@
  * gce, both boxes, both OVAs and the Parallels bundle (its IDs and MAC addresses are derived like the
  * VMDK CID, see `seeded`). qemu-img itself writes a random content ID into VMDK descriptors and a
  * creation time and random unique ID into VHD footers; both are replaced here by values derived from
- * the name, mtime and size (see `seeded`). Likewise for VHDX (`normalizeVhdx`): qemu-img's random
- * sequence numbers and GUIDs in both headers, the disk ID, and the replayed log, which also holds
- * uninitialized memory.
+ * the name, mtime and size (see `seeded`), as are the VHDX's GUIDs and disk ID (`vhdxIds`).
  */
 import { createHash } from 'node:crypto';
-import { crc32c } from '../image/crc32c.js';
 import { mkdtemp, open, rename, rm, stat, statfs } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { basename, dirname, join } from 'node:path';
@@ -32,7 +30,7 @@ import { QCOW2_CLUSTER, qcow2Fits, qcow2Segments, writeSegments } from './qcow2.
 import type { Segment } from './bzip2-reuse.js';
 import { PARALLELS_CLUSTER, parallelsFits, parallelsSegments } from './parallels.js';
 import { DiskView, nonZeroClusters } from '../image/disk-view.js';
-import { VHDX_METADATA_REGION, VHDX_PAGE83 } from './layout.js';
+import { vhdxSegments, type VhdxIds } from './vhdx.js';
 import {
   PARALLELS_BASE_SNAPSHOT,
   PARALLELS_OUI,
@@ -111,10 +109,10 @@ const GiB = 1024 * MiB;
 
 /**
  * The formats made from a view of the disk (disk-view.ts: the base and the partitions a build wrote)
- * as well as from a raw image: their writers read the disk's bytes themselves (qcow2.ts, vmdk.ts,
- * sparse-tar.ts, parallels.ts).
+ * as well as from a raw image: their writers read the disk's bytes themselves (qcow2.ts, vhdx.ts,
+ * vmdk.ts, sparse-tar.ts, parallels.ts).
  */
-export const FROM_VIEW: ReadonlySet<Format> = new Set<Format>(['qcow2', 'vmdk', 'gce', 'ova', 'virtualbox', 'vagrant-libvirt', 'vagrant-virtualbox', 'parallels']);
+export const FROM_VIEW: ReadonlySet<Format> = new Set<Format>(['qcow2', 'vhdx', 'vmdk', 'gce', 'ova', 'virtualbox', 'vagrant-libvirt', 'vagrant-virtualbox', 'parallels']);
 
 /**
  * Converts the raw image `raw` (or, for the FROM_VIEW formats, a view of the disk, which the caller
@@ -126,7 +124,7 @@ export async function convert(disk: string | DiskView, format: Format, out: stri
   if (typeof disk !== 'string' && !FROM_VIEW.has(format)) throw new OemError(`a ${format} is made from a raw image, not a view of one`);
   const raw = typeof disk === 'string' ? disk : `the built disk (${disk.basePath} and the partitions written)`;
   const mtime = epochSeconds(opts.mtime);
-  if (format !== 'raw' && format !== 'gce') await requireTool('qemu-img', `convert images to ${format}`);
+  if (format !== 'raw' && format !== 'gce' && format !== 'vhdx') await requireTool('qemu-img', `convert images to ${format}`);
   let size: number;
   if (typeof disk !== 'string') size = disk.size;
   else try {
@@ -193,10 +191,14 @@ const CONVERTERS: Record<Format, (c: Ctx) => Promise<void>> = {
     await rename(tmp, c.out);
   },
   vhd: (c) => vhd(c),
-  vhdx: async (c) => {
-    await qemuImg(['convert', '-f', 'raw', '-O', 'vhdx', '-o', 'subformat=dynamic', c.raw, c.out], 'convert the image to VHDX', c);
-    await normalizeVhdx(c.out, (purpose) => seeded(purpose, c));
-  },
+  vhdx: (c) =>
+    // Written here (vhdx.ts) as qemu-img would, with IDs derived from the name and time; no qemu-img path (it has the same 64 TiB limit).
+    segmentsFile(c, c.out, {
+      noun: 'a VHDX',
+      fits: true,
+      qemu: [],
+      segments: (_view, stored) => vhdxSegments(c.size, stored, QCOW2_CLUSTER, vhdxIds(c.name, c.mtime, c.size)),
+    }),
   gce: async (c) => {
     // GCE imports a gzip'd tar in GNU format whose only member is disk.raw, sparse as its import
     // documentation makes it (tar --format=oldgnu -S): only the disk's clusters with data are archived
@@ -494,69 +496,19 @@ function patchVhdFooterBuffer(f: Buffer, c: Ctx, path: string): void {
 }
 
 /** 32 bytes derived from the conversion's inputs, for IDs that qemu-img would make random. */
-const KiB = 1024;
-
-/**
- * Replaces what qemu-img leaves random or history-dependent in a VHDX with seeded values: the
- * sequence numbers and GUIDs of both headers (CRC-32C protected), the disk ID (Page83Data), and the
- * log. qemu-img writes one log entry per block it allocates and replays it at once, so on a cleanly
- * closed image the log is inactive (LogGuid zero) and what is left in the log region is history:
- * GUIDs, sequence numbers and, in each entry's descriptor sector, bytes of uninitialized memory
- * (qemu does not clear that buffer, so its content depends on what the process did before, and
- * differs between runs on a busy machine). An inactive log is never read (VHDX 1.0, 2.3.3), so the
- * whole region is zeroed. An image whose log is still active is refused.
- */
-export async function normalizeVhdx(path: string, seed: (purpose: string) => Buffer): Promise<void> {
-  const fh = await open(path, 'r+');
-  try {
-    const read = async (at: number, n: number) => {
-      const b = Buffer.alloc(n);
-      await fh.read(b, 0, n, at);
-      return b;
-    };
-    const headers = [await read(64 * KiB, 4 * KiB), await read(128 * KiB, 4 * KiB)];
-    if (!headers.every((h) => h.toString('latin1', 0, 4) === 'head')) throw new OemError(`qemu-img wrote a VHDX without the two headers: ${path}`);
-    const current = headers[0]!.readBigUInt64LE(8) > headers[1]!.readBigUInt64LE(8) ? 0 : 1;
-    if (headers[current]!.subarray(48, 64).some((x) => x !== 0)) throw new OemError(`qemu-img left an active log in the VHDX ${path}`);
-    const logOffset = Number(headers[current]!.readBigUInt64LE(72));
-    const logLength = headers[current]!.readUInt32LE(68);
-    if (logOffset < MiB || logOffset % MiB || logLength % MiB || logLength > 256 * MiB) throw new OemError(`unexpected VHDX log location in ${path}`);
-    headers.forEach((h, i) => {
-      h.writeBigUInt64LE(i === current ? 2n : 1n, 8);
-      uuidInto(seed('vhdx file write'), h, 16);
-      uuidInto(seed('vhdx data write'), h, 32);
-      h.fill(0, 48, 64);
-      h.writeUInt32LE(0, 4);
-      h.writeUInt32LE(crc32c(h), 4);
-    });
-    await fh.write(headers[0]!, 0, 4 * KiB, 64 * KiB);
-    await fh.write(headers[1]!, 0, 4 * KiB, 128 * KiB);
-    const zeros = Buffer.alloc(MiB);
-    for (let at = 0; at < logLength; at += MiB) await fh.write(zeros, 0, MiB, logOffset + at);
-    // The disk ID, in the metadata region.
-    const regions = await read(192 * KiB, 64 * KiB);
-    if (regions.toString('latin1', 0, 4) !== 'regi') throw new OemError(`qemu-img wrote a VHDX without a region table: ${path}`);
-    for (let i = 0; i < regions.readUInt32LE(8); i++) {
-      const e = 16 + i * 32;
-      if (!regions.subarray(e, e + 16).equals(VHDX_METADATA_REGION)) continue;
-      const metaAt = Number(regions.readBigUInt64LE(e + 16));
-      const table = await read(metaAt, 64 * KiB);
-      if (table.toString('latin1', 0, 8) !== 'metadata') throw new OemError(`qemu-img wrote a VHDX without a metadata table: ${path}`);
-      for (let j = 0; j < table.readUInt16LE(10); j++) {
-        const m = 32 + j * 32;
-        if (!table.subarray(m, m + 16).equals(VHDX_PAGE83)) continue;
-        const id = Buffer.alloc(16);
-        uuidInto(seed('vhdx disk id'), id, 0);
-        await fh.write(id, 0, 16, metaAt + table.readUInt32LE(m + 16));
-      }
-    }
-  } finally {
-    await fh.close();
-  }
+function seeded(purpose: string, c: Pick<Ctx, 'name' | 'mtime' | 'size'>): Buffer {
+  return createHash('sha256').update(`${purpose}\0${c.name}\0${c.mtime}\0${c.size}`).digest();
 }
 
-function seeded(purpose: string, c: Ctx): Buffer {
-  return createHash('sha256').update(`${purpose}\0${c.name}\0${c.mtime}\0${c.size}`).digest();
+/** The VHDX's GUIDs and disk ID for an artifact named `name` (its base name), made at `mtime` (a Date, or seconds), of a disk of `size` bytes. */
+export function vhdxIds(name: string, mtime: Date | number, size: number): VhdxIds {
+  const c = { name, mtime: typeof mtime === 'number' ? mtime : epochSeconds(mtime), size };
+  const id = (purpose: string) => {
+    const u = Buffer.alloc(16);
+    uuidInto(seeded(purpose, c), u, 0);
+    return u;
+  };
+  return { fileWrite: id('vhdx file write'), dataWrite: id('vhdx data write'), disk: id('vhdx disk id') };
 }
 
 /** Writes the first 16 bytes of `seed` as an RFC 9562 version 8 (custom) UUID. */

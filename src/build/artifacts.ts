@@ -8,7 +8,8 @@
 import { rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { compressReusing, type Region, type Segment, type SharedPrefixes } from '../artifacts/bzip2-reuse.js';
-import { qcow2Layout, vhdxLayout } from '../artifacts/layout.js';
+import { qcow2Layout } from '../artifacts/layout.js';
+import { vhdxSegments } from '../artifacts/vhdx.js';
 import { OemError } from '../shared/errors.js';
 import { compressPieced, type PiecedKind } from '../artifacts/pieced.js';
 import { QCOW2_CLUSTER, qcow2Fits, qcow2Segments } from '../artifacts/qcow2.js';
@@ -16,7 +17,7 @@ import { parallelsFits } from '../artifacts/parallels.js';
 import { DiskView, nonZeroClusters } from '../image/disk-view.js';
 import { growDisk, showSize, type DiskGrowth } from '../artifacts/disk-size.js';
 import { COMPRESSION_SUFFIX, type Compression } from '../compression.js';
-import { artifactName, COMPRESSIBLE, convert, fixedVhdTrailer, FROM_VIEW, type Format } from '../artifacts/formats.js';
+import { artifactName, COMPRESSIBLE, convert, fixedVhdTrailer, FROM_VIEW, vhdxIds, type Format } from '../artifacts/formats.js';
 import type { SigningKey } from '../artifacts/sign.js';
 import type { BaseIndex } from '../image/base-cache.js';
 import type { Distro } from '../release/verify.js';
@@ -61,7 +62,7 @@ function grownSize(size: number, grow: DiskGrowth | undefined): number {
 /**
  * Whether `format` is made from the base and the partitions a build wrote (and, grown, its partition
  * tables), without a whole copy of the disk: the raw and fixed VHD .bz2 from the release's blocks, the
- * qcow2 (qcow2.ts), the VMDK and what holds one (vmdk.ts), GCE's archive (sparse-tar.ts) and the
+ * qcow2 (qcow2.ts), the VHDX (vhdx.ts), the VMDK and what holds one (vmdk.ts), GCE's archive (sparse-tar.ts) and the
  * Parallels disk (parallels.ts).
  */
 function fromParts(job: Pick<ArtifactJob, 'base' | 'compression' | 'grow'>, format: Format, size: number): boolean {
@@ -88,13 +89,13 @@ async function pieced(input: string, out: string, job: ArtifactJob): Promise<{ t
 }
 
 /**
- * A qcow2's or VHDX's layout (layout.ts) for bzip2 from the release's blocks; null for other formats;
- * why not, when the file is not as qemu-img writes it (then it is compressed in pieces).
+ * The layout (layout.ts) of a qcow2 that qemu-img wrote, for bzip2 from the release's blocks; null for
+ * other formats; why not, when the file is not as qemu-img writes it (then it is compressed in pieces).
  */
 async function fileLayout(format: Format, path: string, size: number): Promise<Segment[] | string | null> {
-  if (format !== 'qcow2' && format !== 'vhdx') return null;
+  if (format !== 'qcow2') return null;
   try {
-    return format === 'qcow2' ? await qcow2Layout(path, size) : await vhdxLayout(path, size);
+    return await qcow2Layout(path, size);
   } catch (err) {
     if (err instanceof OemError) return err.message;
     throw err;
@@ -145,14 +146,17 @@ export async function makeArtifacts(img: WorkingImage, job: ArtifactJob): Promis
         });
         tool = `${r.tool} for ${mib(r.recompressed)} (of ${mib(r.changed)} changed; the rest from the piece cache), the release's bzip2 blocks for the rest (${r.reusedBlocks} of ${r.blocks})`;
         h = r;
-      } else if (format === 'qcow2' && compress && reusesBlocks(job) && job.base.index && fromParts(job, format, baseSize)) {
-        // Written here (qcow2.ts) as segments, never as a file: its .bz2 from the release's blocks like the raw image's.
+      } else if ((format === 'qcow2' || format === 'vhdx') && compress && reusesBlocks(job) && job.base.index && fromParts(job, format, baseSize)) {
+        // Written here (qcow2.ts, vhdx.ts) as segments, never as a file: its .bz2 from the release's blocks like the raw image's.
         const v = await disk();
         const stored = await nonZeroClusters(v, QCOW2_CLUSTER);
-        // The file up to the first region is the same for every build (grown: the tables differ from the start).
-        const split = Math.min(size, ...regions.map((r) => r.offset));
-        const r = await compressReusing(job.base.index, job.base.raw, img.path, out, regions, { pieceCache: job.pieceCache, shared: job.prefixes, layout: qcow2Segments(size, stored, split) });
-        tool = `${r.tool} for ${mib(r.recompressed)} (of ${mib(r.changed)} of the disk not in the release's blocks, and the qcow2's tables; the rest from the piece cache), the release's bzip2 blocks for the rest (${r.reusedBlocks} of ${r.blocks})`;
+        // The qcow2 up to the first region is the same for every build (grown: the tables differ from the start).
+        const layout =
+          format === 'qcow2'
+            ? qcow2Segments(size, stored, Math.min(size, ...regions.map((r) => r.offset)))
+            : vhdxSegments(size, stored, QCOW2_CLUSTER, vhdxIds(plain.replace(/\.[^.]+$/, ''), job.mtime, size));
+        const r = await compressReusing(job.base.index, job.base.raw, img.path, out, regions, { pieceCache: job.pieceCache, shared: job.prefixes, layout });
+        tool = `${r.tool} for ${mib(r.recompressed)} (of ${mib(r.changed)} of the disk not in the release's blocks, and the ${format}'s tables; the rest from the piece cache), the release's bzip2 blocks for the rest (${r.reusedBlocks} of ${r.blocks})`;
         h = r;
       } else if (fromParts(job, format, baseSize) && FROM_VIEW.has(format)) {
         // The qcow2, the VMDK and what holds one, from the base and what the build wrote (qcow2.ts, vmdk.ts).

@@ -7,8 +7,9 @@
  * blocks and compresses only the changed ones, see "Fast from a cached release" in the README), of
  * each format's first artifact in a job (a job starts with the decoded base but no compressed pieces):
  * the full-size test release on 2 cores (`npm run bench`: each format's cold row less raw's), in units
- * of about 1.6 s. A fixed VHD reuses the raw image's blocks (1); a VHDX and a qcow2 reuse them after a
- * conversion and, the first time, mapping the release's blocks at their clusters' edges (4, 5); an OVA
+ * of about 1.6 s. A fixed VHD reuses the raw image's blocks (1); a VHDX and a qcow2 (written here, as
+ * segments of the disk) reuse them after, the first time, mapping the release's blocks at their
+ * clusters' edges (4, 5); an OVA
  * or the VirtualBox appliance deflates every grain of the disk once (9); the libvirt box and GCE's
  * tar.gz gzip the disk (10, 11); the VirtualBox box and the Parallels bundle do both or convert first
  * (13); a VMDK's .bz2 deflates every grain and then bzip2s them (18). They only need to order the work.
