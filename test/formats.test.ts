@@ -509,7 +509,7 @@ describe('failures', () => {
   describe.runIf(process.getuid?.() === 0)('a full file system [root: mounts a 1 MiB tmpfs]', () => {
     const small = useSmallTmpfs(() => dir);
 
-    for (const format of ['gce', 'qcow2', 'vmdk', 'vhd', 'ova', 'virtualbox', 'parallels'] as const) {
+    for (const format of ['gce', 'qcow2', 'vhdx', 'vmdk', 'vhd', 'ova', 'virtualbox', 'parallels'] as const) {
       it(`${format}: noSpace naming the output, which is removed`, async (ctx) => {
         const mnt = small();
         if (!mnt) return ctx.skip(); // mount not permitted here (e.g. an unprivileged container)

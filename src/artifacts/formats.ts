@@ -195,8 +195,6 @@ const CONVERTERS: Record<Format, (c: Ctx) => Promise<void>> = {
     // Written here (vhdx.ts) as qemu-img would, with IDs derived from the name and time; no qemu-img path (it has the same 64 TiB limit).
     segmentsFile(c, c.out, {
       noun: 'a VHDX',
-      fits: true,
-      qemu: [],
       segments: (_view, stored) => vhdxSegments(c.size, stored, QCOW2_CLUSTER, vhdxIds(c.name, c.mtime, c.size)),
     }),
   gce: async (c) => {
@@ -328,8 +326,7 @@ const CONVERTERS: Record<Format, (c: Ctx) => Promise<void>> = {
 async function qcow2(c: Ctx, out: string): Promise<void> {
   await segmentsFile(c, out, {
     noun: 'a qcow2',
-    fits: qcow2Fits(c.size),
-    qemu: ['-O', 'qcow2', '-o', 'compat=1.1'],
+    qemu: { fits: qcow2Fits(c.size), args: ['-O', 'qcow2', '-o', 'compat=1.1'] },
     // Split where the first region a build wrote starts, as for a .qcow2.bz2 (build/artifacts.ts): the same file either way.
     segments: (view, stored) => qcow2Segments(c.size, stored, Math.min(c.size, ...view.regions.map((r) => r.offset))),
   });
@@ -343,8 +340,7 @@ async function parallelsDisk(c: Ctx, out: string): Promise<void> {
   const per = PARALLELS_CLUSTER / QCOW2_CLUSTER;
   await segmentsFile(c, out, {
     noun: 'a Parallels disk',
-    fits: parallelsFits(c.size),
-    qemu: ['-O', 'parallels'],
+    qemu: { fits: parallelsFits(c.size), args: ['-O', 'parallels'] },
     segments: (_view, fine) => {
       const stored = new Uint8Array(Math.ceil(fine.length / per));
       for (let i = 0; i < fine.length; i++) if (fine[i]) stored[Math.floor(i / per)] = 1;
@@ -354,18 +350,18 @@ async function parallelsDisk(c: Ctx, out: string): Promise<void> {
 }
 
 /**
- * A disk image file written here as segments (qcow2.ts, parallels.ts) of the view (or of the raw
- * image), given which of the disk's 64 KiB clusters hold data; or, for a disk too large for the
- * writer (`fits` false), converted by qemu-img from the raw image.
+ * A disk image file written here as segments (qcow2.ts, vhdx.ts, parallels.ts) of the view (or of the
+ * raw image), given which of the disk's 64 KiB clusters hold data; or, for a disk too large for the
+ * writer (`qemu.fits` false), converted by qemu-img from the raw image.
  */
 async function segmentsFile(
   c: Ctx,
   out: string,
-  w: { noun: string; fits: boolean; qemu: string[]; segments: (view: DiskView, stored: Uint8Array) => Segment[] },
+  w: { noun: string; qemu?: { fits: boolean; args: string[] }; segments: (view: DiskView, stored: Uint8Array) => Segment[] },
 ): Promise<void> {
-  if (!w.fits) {
+  if (w.qemu && !w.qemu.fits) {
     if (c.view) throw new OemError(`${w.noun} of a disk of ${c.size} bytes is converted from a raw image, not a view of one`);
-    await qemuImg(['convert', '-f', 'raw', ...w.qemu, c.raw, out], `convert the image to ${w.noun}`, c);
+    await qemuImg(['convert', '-f', 'raw', ...w.qemu.args, c.raw, out], `convert the image to ${w.noun}`, c);
     return;
   }
   const view = c.view ?? (await DiskView.open(c.raw));

@@ -7,12 +7,13 @@
  * blocks and compresses only the changed ones, see "Fast from a cached release" in the README), of
  * each format's first artifact in a job (a job starts with the decoded base but no compressed pieces):
  * the full-size test release on 2 cores (`npm run bench`: each format's cold row less raw's), in units
- * of about 1.6 s. A fixed VHD reuses the raw image's blocks (1); a VHDX and a qcow2 (written here, as
- * segments of the disk) reuse them after, the first time, mapping the release's blocks at their
- * clusters' edges (4, 5); an OVA
- * or the VirtualBox appliance deflates every grain of the disk once (9); the libvirt box and GCE's
- * tar.gz gzip the disk (10, 11); the VirtualBox box and the Parallels bundle do both or convert first
- * (13); a VMDK's .bz2 deflates every grain and then bzip2s them (18). They only need to order the work.
+ * of about 1.6 s. A fixed VHD reuses the raw image's blocks (1); so do a VHDX and a qcow2 (written
+ * here, as segments of the disk), after mapping the release's blocks at their clusters' edges the
+ * first time (1: within a second of raw's cold row in the runs of 2026-12-04); an OVA or the VirtualBox
+ * appliance deflates every grain of the disk once (9); the libvirt box and GCE's tar.gz gzip the disk
+ * (10, 11); the VirtualBox box and the Parallels bundle do both (13); a VMDK's .bz2 deflates every
+ * grain and then bzip2s them (25: 39-40 s more than raw in both runs of 2026-12-04). They only need to
+ * order the work.
  */
 import type { Format } from '../artifacts/formats.js';
 import type { Provider } from '../providers/registry.js';
@@ -21,15 +22,15 @@ import type { Provider } from '../providers/registry.js';
 export const FORMAT_WEIGHTS: Readonly<Record<Format, number>> = {
   raw: 1,
   vhd: 1,
-  vhdx: 4,
-  qcow2: 5,
+  vhdx: 1,
+  qcow2: 1,
   ova: 9,
   virtualbox: 9,
   'vagrant-libvirt': 10,
   gce: 11,
   'vagrant-virtualbox': 13,
   parallels: 13,
-  vmdk: 18,
+  vmdk: 25,
 };
 
 /** Every provider's own work (writing OEM and ROOT, the manifest, the digests). */
