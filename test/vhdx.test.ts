@@ -17,6 +17,7 @@ import { writeSegments } from '../src/artifacts/qcow2.js';
 import { VHDX_MAX_SIZE, VHDX_METADATA_REGION, VHDX_PAGE83, vhdxBlockSize, vhdxSegments, type VhdxIds } from '../src/artifacts/vhdx.js';
 import { crc32c } from '../src/image/crc32c.js';
 import { DiskView } from '../src/image/disk-view.js';
+import { readAt } from './helpers/gpt-patch.js';
 import { noise } from './helpers/small-disks.js';
 
 const KiB = 1024;
@@ -55,17 +56,6 @@ async function ours(view: DiskView, stored: Uint8Array): Promise<string> {
   const out = join(dir, `ours-${++n}.vhdx`);
   await writeSegments(view, vhdxSegments(view.size, stored, CLUSTER, IDS), out);
   return out;
-}
-
-async function readAt(path: string, at: number, length: number): Promise<Buffer> {
-  const fh = await open(path, 'r');
-  try {
-    const b = Buffer.alloc(length);
-    await fh.read(b, 0, length, at);
-    return b;
-  } finally {
-    await fh.close();
-  }
 }
 
 /**

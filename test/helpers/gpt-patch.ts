@@ -13,7 +13,7 @@ export interface RawGpt {
   entries: Buffer;
 }
 
-async function readAt(path: string, offset: number, len: number): Promise<Buffer> {
+export async function readAt(path: string, offset: number, len: number): Promise<Buffer> {
   const fh = await open(path, 'r');
   try {
     const b = Buffer.alloc(len);
