@@ -3,11 +3,12 @@
  * modes, and clean filesystems. Tests named [root] need root.
  */
 import { execa } from 'execa';
-import { copyFile, mkdtemp, rm } from 'node:fs/promises';
+import { copyFile, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { releaseAll } from '../src/cleanup.js';
+import { hostFile } from '../src/shared/safe-fs.js';
 import { OemError } from '../src/shared/errors.js';
 import { applyPlan, partitionTargets } from '../src/write/apply.js';
 import { normalizePlan, type WritePlan } from '../src/write/plan.js';
@@ -95,6 +96,28 @@ for (const backend of ['rootless', 'mount'] as const) {
       const err = await applyPlan(img.path, plan, backend).then(() => null, (e: unknown) => e);
       expect(err).toBeInstanceOf(OemError);
       expect((err as OemError).message).toMatch(/in partition 6 \(OEM\): \/system is a symlink \(to \/etc\/systemd\/system\)/);
+      expect(await leftovers(work)).toEqual([]);
+    });
+
+    it('writes a host file\'s bytes into ext4 (a path debugfs could not quote, too), and refuses one that changed since it was planned', async () => {
+      const img = join(work, `host-${n++}.bin`);
+      await copyFile(fixtures.coreos.raw, img);
+      const dir = await mkdtemp(join(work, 'host "files" '));
+      const src = join(dir, 'agent "x".bin');
+      const bytes = Buffer.alloc(3 * 1024 * 1024 + 17);
+      for (let i = 0; i < bytes.length; i++) bytes[i] = 32 + ((i * 7919) % 95); // printable: readTree reads text
+      await writeFile(src, bytes);
+      const entry = { kind: 'file', path: '/bin/oem-agent', content: await hostFile(src), mode: 0o755, uid: 0, gid: 0 } as const;
+      await applyPlan(img, { partitions: { oem: [entry] } }, backend);
+      const tree = await readTree(img, 6, 'ext4');
+      expect(tree.get('/bin/oem-agent')).toMatchObject({ type: 'file', mode: 0o755, uid: 0, gid: 0 });
+      expect(tree.get('/bin/oem-agent')!.content === bytes.toString('latin1')).toBe(true);
+      await fsck(img, 6, 'ext4');
+      // Planned at one size, then grown: an error naming the file, not a partition with other bytes.
+      await writeFile(src, Buffer.concat([bytes, Buffer.from('more')]));
+      const err = await applyPlan(img, { partitions: { oem: [entry] } }, backend).then(() => null, (e: unknown) => e);
+      expect(err).toBeInstanceOf(OemError);
+      expect((err as OemError).message).toContain(`${src} changed while it was being used`);
       expect(await leftovers(work)).toEqual([]);
     });
 
