@@ -5,14 +5,14 @@
  * A view with a region from a working image stores the region's clusters as the build wrote them.
  */
 import { execa } from 'execa';
-import { mkdtemp, open, readFile, rm, truncate, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { PARALLELS_CLUSTER, parallelsFits, parallelsSegments } from '../src/artifacts/parallels.js';
 import { writeSegments } from '../src/artifacts/qcow2.js';
 import { DiskView } from '../src/image/disk-view.js';
-import { noise } from './helpers/small-disks.js';
+import { noisyFile } from './helpers/small-disks.js';
 
 const MiB = 1024 * 1024;
 let dir: string;
@@ -28,11 +28,7 @@ afterAll(async () => {
 /** A sparse disk of `size` bytes with `bytes` of noise at each offset. */
 async function disk(size: number, data: [offset: number, bytes: number][]): Promise<string> {
   const path = join(dir, `disk-${++n}.raw`);
-  await writeFile(path, '');
-  await truncate(path, size);
-  const fh = await open(path, 'r+');
-  for (const [at, len] of data) await fh.write(noise(len, `${path}:${at}`), 0, len, at);
-  await fh.close();
+  await noisyFile(path, size, data);
   return path;
 }
 

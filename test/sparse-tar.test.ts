@@ -14,7 +14,7 @@ import { pipeline } from 'node:stream/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { sparseTar } from '../src/artifacts/sparse-tar.js';
 import { DiskView } from '../src/image/disk-view.js';
-import { noise } from './helpers/small-disks.js';
+import { noise, noisyFile } from './helpers/small-disks.js';
 
 const K = 64 * 1024;
 const GiB = 1024 * 1024 * 1024;
@@ -34,14 +34,7 @@ async function disk(size: number, clusters: number[]): Promise<string> {
   const sub = join(dir, `d-${++n}`);
   await mkdir(sub);
   const path = join(sub, 'disk.raw');
-  await writeFile(path, '');
-  await truncate(path, size);
-  const fh = await open(path, 'r+');
-  for (const c of clusters) {
-    const len = Math.min(K, size - c * K);
-    await fh.write(noise(len, `${path}:${c}`), 0, len, c * K);
-  }
-  await fh.close();
+  await noisyFile(path, size, clusters.map((c) => [c * K, Math.min(K, size - c * K)]));
   return path;
 }
 

@@ -9,7 +9,7 @@
  */
 import { createHash } from 'node:crypto';
 import { execa } from 'execa';
-import { mkdtemp, open, rm, stat, truncate, writeFile } from 'node:fs/promises';
+import { mkdtemp, open, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -18,7 +18,7 @@ import { VHDX_MAX_SIZE, VHDX_METADATA_REGION, VHDX_PAGE83, vhdxBlockSize, vhdxSe
 import { crc32c } from '../src/image/crc32c.js';
 import { DiskView } from '../src/image/disk-view.js';
 import { readAt } from './helpers/gpt-patch.js';
-import { noise } from './helpers/small-disks.js';
+import { noisyFile } from './helpers/small-disks.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -40,15 +40,9 @@ const IDS: VhdxIds = { fileWrite: id('file write'), dataWrite: id('data write'),
 /** A sparse disk of `size` bytes with `bytes` of noise at each offset; and its clusters with data, from that list. */
 async function disk(size: number, data: [offset: number, bytes: number][]): Promise<{ path: string; stored: Uint8Array }> {
   const path = join(dir, `disk-${++n}.raw`);
-  await writeFile(path, '');
-  await truncate(path, size);
-  const fh = await open(path, 'r+');
+  await noisyFile(path, size, data);
   const stored = new Uint8Array(Math.ceil(size / CLUSTER));
-  for (const [at, len] of data) {
-    await fh.write(noise(len, `${path}:${at}`), 0, len, at);
-    for (let c = Math.floor(at / CLUSTER); c * CLUSTER < at + len; c++) stored[c] = 1;
-  }
-  await fh.close();
+  for (const [at, len] of data) for (let c = Math.floor(at / CLUSTER); c * CLUSTER < at + len; c++) stored[c] = 1;
   return { path, stored };
 }
 
