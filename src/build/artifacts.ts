@@ -159,7 +159,7 @@ export async function makeArtifacts(img: WorkingImage, job: ArtifactJob): Promis
         tool = `${r.tool} for ${mib(r.recompressed)} (of ${mib(r.changed)} of the disk not in the release's blocks, and the ${format}'s tables; the rest from the piece cache), the release's bzip2 blocks for the rest (${r.reusedBlocks} of ${r.blocks})`;
         h = r;
       } else if (fromParts(job, format, baseSize) && FROM_VIEW.has(format)) {
-        // The qcow2, the VMDK and what holds one, from the base and what the build wrote (qcow2.ts, vmdk.ts).
+        // The qcow2, the VHDX, the VMDK and what holds one, GCE's archive, the Parallels disk: from the base and what the build wrote.
         const converted = compress ? join(job.work, `${p}.${format}`) : out;
         try {
           await convert(await disk(), format, converted, { name: plain.replace(/\.[^.]+$/, ''), mtime: job.mtime, onProgress: job.progress, pieceCache: job.pieceCache });

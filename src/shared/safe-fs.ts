@@ -228,6 +228,16 @@ export async function hostFile(hostPath: string): Promise<HostFile> {
   return { hostPath, size: st.size };
 }
 
+function hostFileChanged(f: HostFile, now: number | 'none'): OemError {
+  return new OemError(`${f.hostPath} changed while it was being used: it had ${f.size} bytes, now ${now}`, { hint: 'leave the file alone while oem runs' });
+}
+
+/** Refuses a host file that is no longer a regular file of the size it had when it was taken as content (for writers that read it themselves). */
+export async function checkHostFile(f: HostFile): Promise<void> {
+  const st = await stat(f.hostPath).catch(() => null);
+  if (!st?.isFile() || st.size !== f.size) throw hostFileChanged(f, st?.isFile() ? st.size : 'none');
+}
+
 const COPY_CHUNK = 1024 * 1024;
 
 /** Writes `data` to the open file `fh` from its start: the buffer, or the host file's bytes in chunks. */
@@ -245,9 +255,7 @@ export async function writeContent(fh: FileHandle, data: FileContent): Promise<v
       done += bytesRead;
     }
     const now = (await src.stat()).size;
-    if (done !== data.size || now !== data.size) {
-      throw new OemError(`${data.hostPath} changed while it was being used: it had ${data.size} bytes, now ${now}`, { hint: 'leave the file alone while oem runs' });
-    }
+    if (done !== data.size || now !== data.size) throw hostFileChanged(data, now);
   } finally {
     await src.close();
   }

@@ -2,27 +2,20 @@
  * Rootless writes into ext2/3/4: `debugfs -w` on the image file at the partition's offset (no root, no
  * mount). Paths are checked first (every component, with `stat`): a symlink on the way is refused,
  * never followed. File contents are staged in a private temporary directory (bytes written there, a
- * host file linked from there) and copied in with debugfs `write`; owners and modes are set with `set_inode_field`. debugfs exits 0 even when a
- * command fails, so everything it says on stderr beyond its banner is treated as an error.
+ * host file linked from there) and copied in with debugfs `write`; owners and modes are set with
+ * `set_inode_field`. debugfs exits 0 even when a command fails, so everything it says on stderr beyond
+ * its banner is treated as an error.
  */
-import { stat, symlink } from 'node:fs/promises';
+import { symlink } from 'node:fs/promises';
 import { join, posix, resolve } from 'node:path';
 import { tempDir } from '../cleanup.js';
 import { OemError } from '../shared/errors.js';
 import { run } from '../tools.js';
-import { ancestors, cleanPath, contentSize, writeNewFile, type HostFile } from '../shared/safe-fs.js';
+import { ancestors, checkHostFile, cleanPath, contentSize, writeNewFile, type HostFile } from '../shared/safe-fs.js';
 import { entryPath, type PlanEntry } from './plan.js';
 import { noSpace, notADirectory, partName, symlinkRefusal, type PartitionSession, type PartitionTarget } from './session.js';
 
 type Kind = 'dir' | 'file' | 'symlink' | 'other' | null;
-
-/** A host file still a regular file of the size it was planned with (else what is written is not what was planned). */
-async function sameSize(f: HostFile): Promise<void> {
-  const st = await stat(f.hostPath).catch(() => null);
-  if (!st?.isFile() || st.size !== f.size) {
-    throw new OemError(`${f.hostPath} changed while it was being used: it had ${f.size} bytes, now ${st?.isFile() ? st.size : 'none'}`, { hint: 'leave the file alone while oem runs' });
-  }
-}
 
 function q(p: string): string {
   if (/["\\\n\r\0]/.test(p)) throw new OemError(`cannot handle a path with quotes, backslashes or newlines in the rootless backend: ${JSON.stringify(p)}`, { code: 'usage' });
@@ -178,7 +171,7 @@ export class RootlessExtSession implements PartitionSession {
               // link under a name it can quote. Its size is checked now and after debugfs has read it.
               await symlink(resolve(e.content.hostPath), local);
               hostFiles.push(e.content);
-              await sameSize(e.content);
+              await checkHostFile(e.content);
             }
             if (have.kind === 'file') cmds.push(`rm ${q(path)}`);
             cmds.push(`cd ${q(dir)}`, `write ${q(local)} ${q(base)}`, `sif ${q(path)} mode 0${(0o100000 | e.mode).toString(8)}`);
@@ -196,7 +189,7 @@ export class RootlessExtSession implements PartitionSession {
         kinds.set(path, { kind: e.kind === 'symlink' ? 'symlink' : e.kind });
       }
       const { errors } = await this.debugfs(cmds, true);
-      for (const f of hostFiles) await sameSize(f);
+      for (const f of hostFiles) await checkHostFile(f);
       if (errors.length) {
         if (errors.some((l) => /no free space|could not allocate|no space left|ran out of/i.test(l))) throw noSpace(this.target, needed, free);
         throw new OemError(`debugfs failed writing ${partName(this.target)}: ${errors[0]}`, { code: 'badImage' });
