@@ -2,9 +2,10 @@
  * Makes a btrfs filesystem made by `mkfs.btrfs --rootdir` reproducible (for SOURCE_DATE_EPOCH):
  * mkfs.btrfs 6.2 draws the device UUID, the chunk tree UUID and the subvolume UUID at random and
  * stamps inodes and roots with the time of the run (and the source files' ctimes), and leaves the
- * transid of directory entries unset. This rewrites them: the UUIDs derived from the filesystem UUID,
- * every inode and root time set to the epoch, entry transids set to their block's generation, and
- * the checksums (crc32c) of the superblocks and of every tree block recomputed.
+ * transid of directory entries unset, and the unused space of its tree blocks as their memory was.
+ * This rewrites them: the UUIDs derived from the filesystem UUID, every inode and root time set to
+ * the epoch, entry transids set to their block's generation, unused space zeroed, and the checksums
+ * (crc32c) of the superblocks and of every tree block recomputed.
  *
  * Tree blocks are found as nodesize-aligned blocks that carry the filesystem's fsid and a valid
  * checksum. Only crc32c filesystems are handled; others are left as they are.
@@ -17,6 +18,7 @@ const SB_OFFSETS = [64 * 1024, 64 * 1024 * 1024];
 const SB_SIZE = 4096;
 const HEADER = 101;
 const ITEM = 25;
+const KEY_PTR = 33;
 const INODE_ITEM_KEY = 1;
 const ROOT_ITEM_KEY = 132;
 const XATTR_ITEM_KEY = 24;
@@ -67,6 +69,23 @@ async function readAt(fh: FileHandle, buf: Buffer, pos: number): Promise<number>
   return got;
 }
 
+/**
+ * Zeros what a tree block does not use: a leaf's gap between its item headers and their data, a
+ * node's space after its key pointers. mkfs.btrfs leaves there whatever the block's memory held
+ * before (items moved as others were inserted: inode items with the time of the run).
+ */
+function clearUnused(block: Buffer): void {
+  const n = block.readUInt32LE(96);
+  if (block[100] !== 0) {
+    block.fill(0, Math.min(block.length, HEADER + n * KEY_PTR));
+    return;
+  }
+  let data = block.length;
+  for (let i = 0; i < n; i++) data = Math.min(data, HEADER + block.readUInt32LE(HEADER + i * ITEM + 17));
+  const headers = HEADER + n * ITEM;
+  if (headers < data) block.fill(0, headers, data);
+}
+
 /** Normalizes the btrfs filesystem at [offset, offset + size) of `path`. Returns false when it is not one it handles. */
 export async function normalizeBtrfs(path: string, offset: number, size: number, epoch: number): Promise<boolean> {
   const fh = await open(path, 'r+');
@@ -113,6 +132,7 @@ export async function normalizeBtrfs(path: string, offset: number, size: number,
     const block = Buffer.alloc(nodesize);
     for (const at of blocks) {
       await readAt(fh, block, offset + at);
+      clearUnused(block);
       replaceAll(block, devUuid, newDev);
       replaceAll(block, chunkUuid, newChunk);
       for (const [old, to] of subvol) replaceAll(block, Buffer.from(old, 'hex'), to);
