@@ -6,7 +6,7 @@
  * pointers (checksums recomputed), are byte-identical once normalized, and pass `btrfs check`.
  */
 import { execa } from 'execa';
-import { copyFile, mkdir, mkdtemp, open, readFile, rm, stat, truncate, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, mkdtemp, readFile, rm, stat, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -44,9 +44,7 @@ async function dirtyUnused(img: string): Promise<number> {
     blk.writeUInt32LE(crc32c(blk.subarray(32)), 0);
     dirtied++;
   }
-  const fh = await open(img, 'r+');
-  await fh.write(b, 0, b.length, 0);
-  await fh.close();
+  await writeFile(img, b);
   return dirtied;
 }
 
