@@ -2,7 +2,7 @@
  * What a build embeds besides the provider's templates, each checked before anything is fetched or
  * written: the runtime agent for the board and the provisioning config.
  */
-import { execa } from 'execa';
+import { execa, type Options } from 'execa';
 import { open, readFile, rm, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { formatProblem } from '../shared/config/types.js';
@@ -61,16 +61,33 @@ export async function agentExecutable(xz: HostFile, work: string): Promise<HostF
   return hostFile(out);
 }
 
-/** Runs xz with its output into the new file `out` (removed on failure); a full disk is noSpace. */
+/**
+ * Runs xz with its output into the new file `out` (removed on failure); a full disk is noSpace. xz
+ * writes the file itself (its descriptor as stdout): execa's `{ file }` target would pass every byte
+ * through this process and keep it, up to a limit of 100 MB that the unpacked agent exceeds.
+ */
 async function xzToFile(args: string[], out: string, why: string): Promise<void> {
   const xz = await requireTool('xz', why);
-  const r = await execa(xz, args, { env: toolEnv(), extendEnv: false, stdin: 'ignore', stdout: { file: out }, stderr: 'pipe', reject: false });
+  const fh = await open(out, 'w');
+  let r;
+  try {
+    r = await execa(xz, args, { env: toolEnv(), extendEnv: false, stdin: 'ignore', stdout: fh.fd, stderr: 'pipe', reject: false } as Options);
+    await fh.close();
+  } catch (err) {
+    await fh.close().catch(() => undefined);
+    await rm(out, { force: true });
+    if ((err as NodeJS.ErrnoException).code === 'ENOSPC') throw noSpaceFor(out, why);
+    throw err;
+  }
   if (!r.failed) return;
   await rm(out, { force: true });
-  if (r.code === 'ENOSPC' || r.code === 'EDQUOT') {
-    throw new OemError(`no space left on the device of ${dirname(out)} to ${why}`, { code: 'noSpace', hint: 'free some space, or use another --output-dir' });
-  }
-  throw new OemError(`xz failed to ${why}: ${lastLine(r.stderr, r.shortMessage ?? `exit code ${String(r.exitCode)}`)}`);
+  const stderr = String(r.stderr ?? '');
+  if (r.code === 'ENOSPC' || r.code === 'EDQUOT' || /no space left|disk quota/i.test(stderr)) throw noSpaceFor(out, why);
+  throw new OemError(`xz failed to ${why}: ${lastLine(stderr, r.shortMessage ?? `exit code ${String(r.exitCode)}`)}`);
+}
+
+function noSpaceFor(out: string, why: string): OemError {
+  return new OemError(`no space left on the device of ${dirname(out)} to ${why}`, { code: 'noSpace', hint: 'free some space, or use another --output-dir' });
 }
 
 /** The user's provisioning config, validated by the agent's own validator; or the default one. */
