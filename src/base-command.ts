@@ -1,4 +1,5 @@
 import { Command, Errors } from '@oclif/core';
+import { stripVTControlCharacters } from 'node:util';
 import { installSignalHandlers, releaseAll } from './cleanup.js';
 import { OemError } from './shared/errors.js';
 
@@ -33,7 +34,7 @@ export abstract class OemCommand extends Command {
     if (err instanceof Errors.ExitError) throw err;
     // oclif's own parse errors (unknown flag, missing argument) are usage errors: one line, exit 2.
     if (err instanceof Errors.CLIError && !(err instanceof Errors.ExitError)) {
-      const msg = err.message.split('\n')[0];
+      const msg = usageLine(err.message);
       process.stderr.write(`oem: error: ${msg}\nhint: see 'oem ${this.id ?? ''} --help'\n`);
       this.exit(err.oclif?.exit ?? 2);
     }
@@ -44,4 +45,20 @@ export abstract class OemCommand extends Command {
     if (code === 'ENOSPC') this.exit(7);
     this.exit(1);
   }
+}
+
+/**
+ * oclif's parse error as one line: "The following error occurred:" and "See more help with --help"
+ * dropped, what they framed kept ("Missing required flag key"; "Missing 1 required arg: image (raw or
+ * compressed disk image)").
+ */
+export function usageLine(message: string): string {
+  const lines = stripVTControlCharacters(message)
+    .split('\n')
+    .map((l) => l.trim())
+    .filter((l) => l && !/^See more help with/i.test(l) && !/^The following errors? occurred:$/i.test(l));
+  const [first = message, ...rest] = lines;
+  if (!rest.length) return first;
+  const more = rest.map((l) => l.replace(/^(\S+)\s{2,}(.+)$/, '$1 ($2)'));
+  return first.endsWith(':') ? `${first} ${more.join('; ')}` : [first, ...more].join('; ');
 }

@@ -35,7 +35,7 @@ import { checkUserIgnition, validateRendered } from './providers/validate.js';
 import { fetchOemSysext, type FetchOptions } from './release/fetch.js';
 import type { SysextFormat } from './sysext/make.js';
 import { boardArchitecture } from './sysext/release.js';
-import { addUserExtensions, customContent, officialContent, sysextMode, type SysextContent, type SysextImage } from './sysext/oem.js';
+import { addUserExtensions, customContent, missingExtension, officialContent, sysextMode, type SysextContent, type SysextImage } from './sysext/oem.js';
 import type { PlanEntry } from './write/plan.js';
 import type { Distro } from './release/verify.js';
 import { sourceDateEpoch } from './source-date.js';
@@ -149,7 +149,9 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
     });
     if (opts.prepareOnly) return result([]);
     const arch = boardArchitecture(base.board);
-    const unfit = wanted.map((p) => ({ p, why: unfitReason(p, generation, arch) })).filter((u): u is { p: Provider; why: string } => u.why !== undefined);
+    const unfit = wanted
+      .map((p) => ({ p, why: unfitReason(p, generation, arch) ?? (image.sysext ? missingExtension(p, image.sysext) : undefined) }))
+      .filter((u): u is { p: Provider; why: string } => u.why !== undefined);
     if (unfit.length && !opts.allProviders) {
       const { p, why } = unfit[0]!;
       throw new OemError(`provider ${p.id} cannot be built from ${base.distro} ${base.version}: ${why}`, {
@@ -270,12 +272,8 @@ async function sysextContent(p: Provider, img: SysextImage, c: Ctx): Promise<Con
   let content: SysextContent;
   if (mode.kind === 'official') {
     content = await officialContent(p, img, mode.platform, await officialRaw(mode.platform, c));
-  } else if (p.flatcarPlatform !== undefined && !p.generations.includes('flatcar')) {
-    // A platform that came with Flatcar's extensions is Flatcar's extension or nothing.
-    throw new OemError(`${c.base.distro} ${c.base.version} publishes no OEM extension for ${p.flatcarPlatform} (the image lists ${img.oems.join(', ') || 'none'} in /usr/share/flatcar/oems)`, {
-      code: 'usage',
-      hint: `build ${p.id} from a release that has it`,
-    });
+  } else if (missingExtension(p, img) !== undefined) {
+    throw new OemError(`provider ${p.id} cannot be built from ${c.base.distro} ${c.base.version}: ${missingExtension(p, img)}`, { code: 'usage', hint: `build ${p.id} from a release that has it` });
   } else {
     const rendered = await renderProvider({ provider: p, distro: c.base.distro, version: c.base.version, channel: c.base.channel, generation: 'flatcar', agent: c.agent, sshKeys: [], config: c.config });
     await validateRendered(p.id, rendered);

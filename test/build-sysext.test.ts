@@ -357,9 +357,10 @@ describe('the platforms that came with Flatcar\'s extensions', () => {
       await o.release();
     }
     const out = join(work, `out-${++n}`);
-    const none = await oem(buildArgs('hetzner', out));
+    // Refused before anything is built, with a provider the release has.
+    const none = await oem(buildArgs('stackit', out, '--provider', 'hetzner'));
     expect(none.exitCode).toBe(2);
-    expect(expectCleanError(none)).toMatch(/^flatcar 4459\.2\.0 publishes no OEM extension for hetzner \(the image lists azure, digitalocean, gce, openstack, qemu, stackit in \/usr\/share\/flatcar\/oems\)$/);
+    expect(expectCleanError(none)).toMatch(/^provider hetzner cannot be built from flatcar 4459\.2\.0: the release publishes no OEM extension for hetzner \(the image lists azure, digitalocean, gce, openstack, qemu, stackit in \/usr\/share\/flatcar\/oems\)$/);
     const plain = await startMirrorServer(fixtures.mirror);
     try {
       const older = await oem(['build', '--provider', 'hetzner', '--distro', 'flatcar', '--base-url', `${plain.url}/flatcar/{channel}/{board}`, '--key', fixtures.key.publicKeyPath, '--cache-dir', join(work, 'cache-plain'), '--output-dir', out, '--no-agent']);

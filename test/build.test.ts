@@ -9,6 +9,7 @@ import { expectCleanError, oem, oemJson } from './helpers/cli.js';
 import { part, readTree, restoreBtrfs } from './helpers/image-read.js';
 import { startMirrorServer } from '../scripts/lib/mirror-server.js';
 import { loadProviders } from '../src/providers/registry.js';
+import { missingExtension, type SysextImage } from '../src/sysext/oem.js';
 import { agent, fixtures, mirrorArgs, next, OTHER_ARCH, PROVIDERS, raw, server, sha512, SYSEXT_ONLY, useBuildEnv, work } from './helpers/build-env.js';
 
 useBuildEnv();
@@ -348,4 +349,17 @@ describe('the built agent in images', () => {
       }
     });
   }
+});
+
+describe('the providers an extension-era image can have', () => {
+  it('a platform that came with Flatcar\'s extensions needs the image to list it; the others have their own extension', async () => {
+    const providers = await loadProviders();
+    const img = (oems: string[]): SysextImage => ({ distro: 'flatcar', version: '4459.2.0', os: {}, arch: 'x86-64', oems });
+    const missing = (oems: string[]) => providers.filter((p) => missingExtension(p, img(oems)) !== undefined).map((p) => p.id).sort();
+    // As Flatcar 4459.2.0's image lists them: the platforms of Flatcar 3760+ only, but STACKIT, are missing.
+    expect(missing(['azure', 'digitalocean', 'gce', 'openstack', 'qemu', 'stackit'])).toEqual(['akamai', 'hetzner', 'kubevirt', 'nutanix', 'oraclecloud', 'proxmoxve', 'scaleway']);
+    expect(missingExtension(providers.find((p) => p.id === 'hetzner')!, img(['gce']))).toBe('the release publishes no OEM extension for hetzner (the image lists gce in /usr/share/flatcar/oems)');
+    // An image that does not list its extensions: every platform's is taken from the release.
+    expect(missing([])).toEqual([]);
+  });
 });

@@ -1,4 +1,5 @@
 import { Args, Flags } from '@oclif/core';
+import { stat } from 'node:fs/promises';
 import { OemCommand } from '../base-command.js';
 import { OemError } from '../shared/errors.js';
 import { readAndValidateConfig } from '../shared/config/validate.js';
@@ -8,7 +9,7 @@ export default class Validate extends OemCommand {
   static override summary = 'Check a provisioning config (the one the agent applies on first boot).';
   static override description =
     'Reports every problem at once, each with its path in the document and its line and column. The same validator as ' +
-    '`oem-agent validate` and `oem build --config`. Exit 1 on any error; warnings (unknown keys) alone exit 0.';
+    '`oem-agent validate` and `oem build --config`. Exit 1 on any error in it, 2 if it is missing; warnings (unknown keys) alone exit 0.';
   static override examples = ['<%= config.bin %> validate config.yml', '<%= config.bin %> validate config.yml --json'];
   static override enableJsonFlag = true;
   static override args = { file: Args.string({ description: 'config file (YAML or JSON)', required: true }) };
@@ -18,6 +19,8 @@ export default class Validate extends OemCommand {
 
   async run(): Promise<{ file: string; valid: boolean; errors: number; warnings: number; problems: Problem[] }> {
     const { args, flags } = await this.parse(Validate);
+    // A missing input file is a usage error (exit 2), as for every command; problems in it exit 1.
+    if (!(await stat(args.file).catch(() => null))) throw new OemError(`no such config file: ${args.file}`, { code: 'usage', hint: 'give the path of a provisioning config (YAML or JSON); see oem validate --help' });
     const r = await readAndValidateConfig(args.file, flags['base-group'] ? { extraGroups: flags['base-group'] } : {});
     const errors = r.problems.filter((p) => p.severity === 'error').length;
     const warnings = r.problems.length - errors;

@@ -49,6 +49,15 @@ export function sysextMode(p: Provider, img: SysextImage): SysextMode {
   return { kind: 'custom', name: customName(p.id) };
 }
 
+/**
+ * Why an extension-era image cannot have the provider: a platform that came with Flatcar's extensions
+ * is Flatcar's extension or nothing, and this image does not list it.
+ */
+export function missingExtension(p: Provider, img: SysextImage): string | undefined {
+  if (sysextMode(p, img).kind === 'official' || p.flatcarPlatform === undefined || p.generations.includes('flatcar')) return undefined;
+  return `the release publishes no OEM extension for ${p.flatcarPlatform} (the image lists ${img.oems.join(', ') || 'none'} in /usr/share/flatcar/oems)`;
+}
+
 /** The provider's own extension's name: its id, unless that starts with "oem" (Flatcar's update deletes oem*.raw). */
 export function customName(id: string): string {
   return id.startsWith('oem') ? `provider-${id}` : id;

@@ -1,0 +1,40 @@
+/**
+ * Usage errors of every kind end as the README's Commands section says: one line naming what is
+ * wrong (oclif's multi-line parse errors included), a hint, exit 2; `oem help COMMAND` is help.
+ */
+import { describe, expect, it } from 'vitest';
+import { expectCleanError, oem } from './helpers/cli.js';
+import { usageLine } from '../src/base-command.js';
+
+describe('usage errors', () => {
+  const cases: [string, string[], RegExp][] = [
+    ['a missing required flag', ['inject-key', 'image.bin', '--output', 'x.bin'], /^Missing required flag key$/],
+    ['flags that exclude each other', ['build', '--provider', 'ec2', '--all-providers'], /^--provider=ec2 cannot also be provided when using --all-providers$/],
+    ['a missing argument, named', ['inspect'], /^Missing 1 required arg: image \(raw or compressed disk image\)$/],
+    ['an unknown command', ['nosuchcmd'], /^unknown command "nosuchcmd"$/],
+    ['an unknown command of two words', ['nosuch', 'thing'], /^unknown command "nosuch thing"$/],
+    ['a config file that does not exist', ['validate', 'no-such-config.yml'], /^no such config file: no-such-config\.yml$/],
+  ];
+  for (const [name, args, re] of cases) {
+    it(name, async () => {
+      const r = await oem(args);
+      expect(r.exitCode).toBe(2);
+      expect(expectCleanError(r)).toMatch(re);
+      expect(r.stderr).toMatch(/^hint: /m);
+    });
+  }
+
+  it('oem help COMMAND shows the command\'s help, as --help does', async () => {
+    const help = await oem(['help', 'build']);
+    expect(help.exitCode).toBe(0);
+    const flag = await oem(['build', '--help']);
+    expect(help.stdout).toBe(flag.stdout);
+    expect(help.stdout).toMatch(/^USAGE$/m);
+  });
+
+  it('usageLine: one line from each of oclif\'s message shapes', () => {
+    expect(usageLine('The following errors occurred:\n  Missing required flag a\n  Missing required flag b\nSee more help with --help')).toBe('Missing required flag a; Missing required flag b');
+    expect(usageLine('Missing 2 required args:\nimage  the image\nkey    the key\nSee more help with --help')).toBe('Missing 2 required args: image (the image); key (the key)');
+    expect(usageLine('Flag --user expects a value')).toBe('Flag --user expects a value');
+  });
+});
