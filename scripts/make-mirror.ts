@@ -6,10 +6,11 @@
  *
  * Compresses the image (an image already ending in .bz2 is used as is), generates a throw-away
  * signing key (test-key.asc, test-key.pub.asc), publishes the release under {version}/ and
- * current/, and with --serve serves DIR on 127.0.0.1 until Ctrl-C.
+ * current/ (with the oem-<platform>.raw files beside IMAGE, Flatcar's OEM extensions, signed the same
+ * way), and with --serve serves DIR on 127.0.0.1 until Ctrl-C.
  */
-import { mkdir, rm, writeFile } from 'node:fs/promises';
-import { join, resolve } from 'node:path';
+import { mkdir, readdir, rm, writeFile } from 'node:fs/promises';
+import { dirname, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { compressBzip2, generateTestKey, publishRelease, type Distro } from './lib/mirror.js';
 import { startMirrorServer } from './lib/mirror-server.js';
@@ -76,9 +77,10 @@ async function main(): Promise<void> {
       imageBz2: bz2,
       armoredPrivateKey: key.armoredPrivate,
       current: true,
+      oemSysexts: await oemExtensionsBeside(resolve(image)),
     });
     console.log(`published ${distro} ${version} to ${pub.dir}`);
-    for (const f of Object.values(pub.files)) console.log(`  ${f}`);
+    for (const f of Object.values(pub.files).flat()) console.log(`  ${f}`);
     if (pub.currentDir) console.log(`and to ${pub.currentDir}`);
   } finally {
     if (tmpBz2) await rm(tmpBz2, { force: true });
@@ -100,6 +102,12 @@ async function main(): Promise<void> {
     await server.close();
     console.log(`served ${server.requests.length} requests`);
   }
+}
+
+/** The OEM extensions beside the image (`oem-<platform>.raw`), by platform id. */
+async function oemExtensionsBeside(image: string): Promise<Record<string, string>> {
+  const names = (await readdir(dirname(image))).filter((f) => /^oem-[a-z0-9][a-z0-9_-]*\.raw$/.test(f)).sort();
+  return Object.fromEntries(names.map((f) => [f.slice('oem-'.length, -'.raw'.length), join(dirname(image), f)]));
 }
 
 main().catch((err: unknown) => {

@@ -5,12 +5,13 @@
  *                         [--version X.Y.Z] [--usr-data-mb N] [--bz2]
  *
  * Writes DIR/{generation}_production_image.bin (sparse), its .version.txt and, with --bz2, the
- * .bin.bz2 next to it.
+ * .bin.bz2 next to it; for flatcar-sysext also Flatcar's OEM extensions the image lists, as
+ * DIR/oem-<platform>.raw (what a release directory holds beside the image; make:mirror publishes them).
  */
 import { mkdir } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
-import { buildTestImage, type Generation, type ImageSize } from './lib/test-image.js';
+import { buildTestImage, writeOemExtensions, type Generation, type ImageSize } from './lib/test-image.js';
 import { compressBzip2 } from './lib/mirror.js';
 
 const { values } = parseArgs({
@@ -47,6 +48,9 @@ const img = await buildTestImage({
 });
 process.stdout.write(`wrote ${img.path} (${img.size} bytes, ${generation} ${img.version}) in ${((Date.now() - t0) / 1000).toFixed(1)} s\n`);
 if (img.versionTxtPath) process.stdout.write(`wrote ${img.versionTxtPath}\n`);
+if (generation === 'flatcar-sysext') {
+  for (const f of await writeOemExtensions(out, img.version)) process.stdout.write(`wrote ${f}\n`);
+}
 if (values.bz2) {
   const tool = await compressBzip2(img.path, `${img.path}.bz2`);
   process.stdout.write(`wrote ${img.path}.bz2 (compressed with ${tool})\n`);

@@ -12,7 +12,7 @@
  * Providers are built concurrently; each one's outputs appear under their final names only when
  * complete.
  */
-import { mkdir, readFile, rm, stat } from 'node:fs/promises';
+import { mkdir, readFile, rm, rmdir, stat } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
 import type { SharedPrefixes } from './artifacts/bzip2-reuse.js';
@@ -127,10 +127,17 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
   const agentFile = opts.prepareOnly ? null : await findAgent(opts, base.board);
 
   const outputDir = resolve(opts.outputDir);
-  await mkdir(outputDir, { recursive: true });
+  // The first directory mkdir made, if it made any: a build that ends with nothing in it removes them.
+  const made = await mkdir(outputDir, { recursive: true });
   const work = join(outputDir, `.oem-work-${process.pid}`);
   await mkdir(work);
-  const releaseWork = acquire(`work directory ${work}`, () => rm(work, { recursive: true, force: true }));
+  const releaseWork = acquire(`work directory ${work}`, async () => {
+    await rm(work, { recursive: true, force: true });
+    for (let d = outputDir; made !== undefined; d = dirname(d)) {
+      // rmdir removes only an empty directory: one with outputs stays.
+      if (!(await rmdir(d).then(() => true, () => false)) || d === made || dirname(d) === d) break;
+    }
+  });
   try {
     const image = await prepareImage(base, { ...(opts.fetch?.cacheDir ? { cacheDir: opts.fetch.cacheDir } : {}), work, ...(opts.generation ? { generation: opts.generation } : {}) }, report);
     const prefixes: SharedPrefixes = { dir: work, made: new Map() };

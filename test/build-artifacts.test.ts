@@ -131,6 +131,10 @@ describe('oem build artifacts: formats, compression, signatures', () => {
       const same = await execa('sh', ['-c', 'bzip2 -dc "$0" | cmp - "$1"', join(out, 'openstack', `flatcar_production_openstack_image.${ext}.bz2`), join(`${out}-plain`, 'openstack', `flatcar_production_openstack_image.${ext}`)], { reject: false });
       expect(same.exitCode, ext + same.stdout + same.stderr).toBe(0);
     }
+    // The Parallels bundle is the artifact's name without .tgz: <name>.pvm/ with <name>.hdd/ in it.
+    const pvm = (await execa('tar', ['-tzf', join(out, 'openstack', 'flatcar_production_openstack_image.pvm.tgz')])).stdout.split('\n');
+    expect(pvm.filter((m) => !m.includes('/.'))).toEqual(expect.arrayContaining(['flatcar_production_openstack_image.pvm/', 'flatcar_production_openstack_image.pvm/config.pvs', 'flatcar_production_openstack_image.pvm/flatcar_production_openstack_image.hdd/DiskDescriptor.xml']));
+    expect(pvm.every((m) => m.startsWith('flatcar_production_openstack_image.pvm/') && !m.includes('.pvm.pvm') && !m.includes('.pvm.hdd'))).toBe(true);
     const disk = await raw(join(out, 'openstack', 'flatcar_production_openstack_image.bin.bz2'));
     const report = (await oemJson<InspectReport>(['inspect', disk])).json;
     const root = report.partitions.find((x) => x.number === 9)!;

@@ -6,7 +6,7 @@
  * btrfs restore, debugfs, unsquashfs and (as root) systemd-sysext itself.
  */
 import { execa } from 'execa';
-import { copyFile, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
@@ -337,7 +337,8 @@ describe('--ignition and the size check on a Flatcar image with plain OEM files'
     const big = await oem(plainArgs('qemu', bigOut, '--templates', tpl));
     expect(big.exitCode).toBe(7);
     expect(expectCleanError(big)).toMatch(/^the OEM content \([\d.]+ MiB\) does not fit partition 6 \(OEM\) of 128\.0 MiB, which holds about [\d.]+ MiB of files: the largest are \/big\.bin 110\.0 MiB/);
-    expect(await readdir(bigOut).catch(() => [])).toEqual([]);
+    // The output directory the build made is removed with the rest.
+    expect(await stat(bigOut).catch(() => null)).toBeNull();
     // --sysext needs the extension era.
     const notYet = await oem(plainArgs('qemu', bigOut, '--sysext', ign));
     expect(notYet.exitCode).toBe(2);

@@ -9,7 +9,7 @@ import { expectCleanError, oem, oemJson } from './helpers/cli.js';
 import { part, readTree, restoreBtrfs } from './helpers/image-read.js';
 import { startMirrorServer } from '../scripts/lib/mirror-server.js';
 import { loadProviders } from '../src/providers/registry.js';
-import { missingExtension, type SysextImage } from '../src/sysext/oem.js';
+import { KNOWN_OEM_IDS, missingExtension, sysextMode, type SysextImage } from '../src/sysext/oem.js';
 import { agent, fixtures, mirrorArgs, next, OTHER_ARCH, PROVIDERS, raw, server, sha512, SYSEXT_ONLY, useBuildEnv, work } from './helpers/build-env.js';
 
 useBuildEnv();
@@ -92,6 +92,8 @@ describe('oem build options and failures', () => {
     }
     // The qcow2's disk data from the release's own bzip2 blocks, as the raw image's (layout.ts).
     expect(plain.stderr).toMatch(/^oem: qemu: flatcar_production_qemu_image\.qcow2\.bz2 \(\d+ bytes, compressed with l?bzip2 for \d+\.\d MiB \(of \d+\.\d MiB of the disk not in the release's blocks, and the qcow2's tables; the rest from the piece cache\), the release's bzip2 blocks for the rest \(\d+ of \d+\)\)$/m);
+    // stdout: every artifact, one per line, the provider's name on its first.
+    expect(plain.stdout).toMatch(/^qemu {15}\/\S+\/qemu\/flatcar_production_qemu_image\.bin\.bz2\n {19}\/\S+\/qemu\/flatcar_production_qemu_image\.qcow2\.bz2$/m);
     const json = await oemJson<BuildResult>(args('json'));
     expect(json.result.exitCode).toBe(0);
     expect(json.result.stdout.trim().startsWith('{')).toBe(true);
@@ -233,7 +235,8 @@ describe.runIf(process.getuid?.() === 0)('Ctrl-C during oem build [root]', () =>
     expect(r.exitCode).toBe(130);
     expect(await leftovers(out)).toEqual([]);
     expect(await leftovers(work)).toEqual([]);
-    expect(await readdir(out)).toEqual([]);
+    // The output directory was made by the build: nothing of it is left.
+    expect(await stat(out).catch(() => null)).toBeNull();
   });
 });
 
@@ -361,5 +364,9 @@ describe('the providers an extension-era image can have', () => {
     expect(missingExtension(providers.find((p) => p.id === 'hetzner')!, img(['gce']))).toBe('the release publishes no OEM extension for hetzner (the image lists gce in /usr/share/flatcar/oems)');
     // An image that does not list its extensions: every platform's is taken from the release.
     expect(missing([])).toEqual([]);
+    // Every provider that gets its own extension names, in its grub.cfg, a platform Ignition knows.
+    const own = providers.filter((p) => p.generations.includes('flatcar-sysext') && sysextMode(p, img(['gce'])).kind === 'custom' && missingExtension(p, img(['gce'])) === undefined);
+    expect(own.map((p) => p.id)).toEqual(expect.arrayContaining(['aliyun', 'azurestack', 'ibmcloud', 'upcloud', 'vultr', 'parallels']));
+    for (const p of own) expect(KNOWN_OEM_IDS, p.id).toContain(p.ignitionPlatform);
   });
 });

@@ -14,6 +14,9 @@ describe('usage errors', () => {
     ['an unknown command', ['nosuchcmd'], /^unknown command "nosuchcmd"$/],
     ['an unknown command of two words', ['nosuch', 'thing'], /^unknown command "nosuch thing"$/],
     ['a config file that does not exist', ['validate', 'no-such-config.yml'], /^no such config file: no-such-config\.yml$/],
+    ['--agent with --no-agent', ['build', '--provider', 'ec2', '--agent', 'a', '--no-agent'], /^--agent=a cannot also be provided when using --no-agent$/],
+    // Before any request: nothing listens on port 1, and a download would retry for about 25 s.
+    ['a --key file that does not exist', ['fetch', '--base-url', 'http://127.0.0.1:1/{channel}/{board}', '--key', 'no-such-key.asc'], /^cannot read key file no-such-key\.asc: /],
   ];
   for (const [name, args, re] of cases) {
     it(name, async () => {
@@ -36,5 +39,14 @@ describe('usage errors', () => {
     expect(usageLine('The following errors occurred:\n  Missing required flag a\n  Missing required flag b\nSee more help with --help')).toBe('Missing required flag a; Missing required flag b');
     expect(usageLine('Missing 2 required args:\nimage  the image\nkey    the key\nSee more help with --help')).toBe('Missing 2 required args: image (the image); key (the key)');
     expect(usageLine('Flag --user expects a value')).toBe('Flag --user expects a value');
+  });
+});
+
+describe('downloads that cannot succeed end at once', () => {
+  it('a port fetch refuses (a "bad port" of the Fetch standard): one attempt, exit 5', async () => {
+    const r = await oem(['fetch', '--base-url', 'http://127.0.0.1:9/{channel}/{board}']);
+    expect(r.exitCode).toBe(5);
+    expect(expectCleanError(r)).toMatch(/^cannot fetch http:\/\/127\.0\.0\.1:9\/stable\/amd64-usr\/current\/version\.txt: fetch refuses its port/);
+    expect(r.stderr).not.toMatch(/retry/i);
   });
 });

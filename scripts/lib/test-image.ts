@@ -14,6 +14,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { sparseCopyInto } from '../../src/image/sparse.js';
 import { TYPE } from '../../src/image/layout.js';
+import { makeExtension } from '../../src/sysext/make.js';
 import { versionTxt } from './mirror.js';
 
 export type Generation = 'coreos' | 'flatcar' | 'flatcar-sysext';
@@ -358,4 +359,29 @@ export async function withRoot(base: string, path: string, root: TreeEntry[]): P
     await rm(tmpImage, { force: true });
     await rm(work, { recursive: true, force: true });
   }
+}
+
+/**
+ * Flatcar's OEM system extensions for a test image of the extension era, as a release directory
+ * holds them: `oem-<id>.raw` in `dir` for each platform id (squashfs, made by mksquashfs, each with
+ * its extension-release for the image's version and a marker unit). Returns their paths.
+ */
+export async function writeOemExtensions(dir: string, version: string, oems: string[] = TEST_OEMS): Promise<string[]> {
+  const made: string[] = [];
+  for (const id of oems) {
+    const name = `oem-${id}`;
+    const tree = await mkdtemp(join(dir, `.${name}-`));
+    try {
+      await mkdir(join(tree, 'usr/lib/extension-release.d'), { recursive: true });
+      await writeFile(join(tree, 'usr/lib/extension-release.d', `extension-release.${name}`), `ID=flatcar\nVERSION_ID=${version}\nARCHITECTURE=x86-64\n`);
+      await mkdir(join(tree, 'usr/lib/systemd/system'), { recursive: true });
+      await writeFile(join(tree, 'usr/lib/systemd/system', `${name}-marker.service`), `[Unit]\nDescription=${id}: a test OEM extension\n`);
+      const out = join(dir, `${name}.raw`);
+      await makeExtension(tree, out, { format: 'squashfs', mtime: 1_700_000_000, name });
+      made.push(out);
+    } finally {
+      await rm(tree, { recursive: true, force: true });
+    }
+  }
+  return made;
 }

@@ -275,8 +275,10 @@ const CONVERTERS: Record<Format, (c: Ctx) => Promise<void>> = {
     // (DiskDescriptor.xml, the expanding image as the base snapshot's data file, written here as
     // qemu-img writes it, parallels.ts, and the empty file of the disk's own name that Parallels keeps
     // there), as a gzip'd GNU tar.
-    const pvm = `${c.name}.pvm`;
-    const hdd = `${c.name}.hdd`;
+    // The artifact is <name>.pvm.tgz: the bundle is <name>.pvm, not <name>.pvm.pvm.
+    const name = c.name.replace(/\.pvm$/, '');
+    const pvm = `${name}.pvm`;
+    const hdd = `${name}.hdd`;
     const dataName = `${hdd}.0.${PARALLELS_BASE_SNAPSHOT}.hds`;
     const data = join(c.work, dataName);
     await parallelsDisk(c, data);
@@ -285,9 +287,9 @@ const CONVERTERS: Record<Format, (c: Ctx) => Promise<void>> = {
     if (header.sectors * 512 !== vs || vs < c.size || vs - c.size >= 512) {
       throw new OemError(`the Parallels disk reads as ${vs} bytes (${header.sectors} sectors), made from an image of ${c.size} bytes`);
     }
-    const descriptor = parallelsDiskDescriptor({ name: c.name, dataFile: dataName, header, uid: uuidFrom(seeded('parallels disk', c)) });
+    const descriptor = parallelsDiskDescriptor({ name, dataFile: dataName, header, uid: uuidFrom(seeded('parallels disk', c)) });
     const config = parallelsConfig({
-      name: c.name,
+      name,
       hdd,
       diskBytes: vs,
       dataBytes: (await stat(data)).size,

@@ -42,7 +42,7 @@ export default class Build extends OemCommand {
     'sysext-format': Flags.string({ description: "Flatcar 3760+: file system of a provider's own extension", options: [...SYSEXT_FORMATS], default: 'squashfs' }),
     ignition: Flags.string({ description: 'your Ignition config (JSON), written as config.ign on OEM (Flatcar)' }),
     agent: Flags.string({ description: 'embed this oem-agent executable instead of the one built for the board' }),
-    'no-agent': Flags.boolean({ description: 'build without the runtime agent and its units', default: false }),
+    'no-agent': Flags.boolean({ description: 'build without the runtime agent and its units', default: false, exclusive: ['agent'] }),
     format: Flags.string({ description: 'artifact format (repeatable; default: the provider\'s)', multiple: true, options: [...FORMATS] }),
     compress: Flags.string({ description: 'compression of raw and disk-format artifacts', options: [...COMPRESSIONS], default: 'bz2' }),
     'disk-size': Flags.string({ description: "size of the virtual disk formats' disk, e.g. 10GiB (default: the provider's, else the image's; the raw image keeps the release's size)" }),
@@ -92,7 +92,11 @@ export default class Build extends OemCommand {
     if (!json) {
       this.log(`${r.distro} ${r.channel} ${r.board} ${r.version} (${r.generation === 'flatcar-sysext' ? 'provider content as system extensions' : `${r.generation}-style`}), ${r.backend} backend`);
       if (flags['prepare-only']) this.log(`base prepared in the cache (${r.base.image}); nothing built`);
-      for (const b of r.builds) this.log(`${b.provider.padEnd(18)} ${b.image}`);
+      // Every artifact of every provider, one per line (the provider's name on its first).
+      for (const b of r.builds) {
+        const paths = b.artifacts.length ? b.artifacts.map((a) => a.path) : [b.image];
+        paths.forEach((path, i) => this.log(`${(i ? '' : b.provider).padEnd(18)} ${path}`));
+      }
     }
     return r;
   }

@@ -54,7 +54,7 @@ async function withDownloadRetries<T>(url: string, opts: RetryOptions, fn: (atte
     if (!(err instanceof RetriesExhausted)) throw err;
     throw new OemError(`download failed after ${err.attempts} attempts: ${url}: ${describe(err.last)}`, {
       code: 'network',
-      hint: 'run the same command again: the download resumes where it stopped',
+      hint: 'check the network and --base-url, then run the same command again (a partial download resumes where it stopped)',
     });
   }
 }
@@ -80,7 +80,15 @@ async function request(url: string, headers: Record<string, string>, opts: Retry
     return { res, idle, done };
   } catch (err) {
     done();
-    throw new Retryable(`connection failed: ${describe((err as Error & { cause?: unknown }).cause ?? err)}`);
+    const cause = (err as Error & { cause?: unknown }).cause ?? err;
+    // A name that does not exist, or a URL fetch refuses outright: no later attempt can do better.
+    if ((cause as NodeJS.ErrnoException).code === 'ENOTFOUND') {
+      throw new OemError(`cannot resolve the host of ${url} (${describe(cause)})`, { code: 'network', hint: 'check the host name in --base-url and the machine\'s DNS or network' });
+    }
+    if (cause instanceof Error && cause.message === 'bad port') {
+      throw new OemError(`cannot fetch ${url}: fetch refuses its port (a "bad port" of the Fetch standard)`, { code: 'network', hint: 'serve the release on another port' });
+    }
+    throw new Retryable(`connection failed: ${describe(cause)}`);
   }
 }
 

@@ -227,9 +227,9 @@ function checkFetchOptions(opts: FetchOptions): void {
   }
 }
 
-async function releaseDir(opts: FetchOptions, version: string): Promise<ReleaseDir> {
+async function releaseDir(opts: FetchOptions, version: string, keys?: TrustedKeys): Promise<ReleaseDir> {
   const insecure = opts.insecure ?? false;
-  const trusted = await loadTrustedKeys(opts.distro, opts.keyFiles);
+  const trusted = keys ?? (await loadTrustedKeys(opts.distro, opts.keyFiles));
   const base = boardUrl(opts.baseUrl ?? DISTROS[opts.distro].baseUrl, opts.channel, opts.board);
   const dir = join(opts.cacheDir ?? defaultCacheDir(), opts.distro, opts.board, version);
   await mkdir(dir, { recursive: true });
@@ -244,6 +244,8 @@ export async function fetchRelease(opts: FetchOptions): Promise<FetchResult> {
     throw new OemError(`--image-name must be a plain file name, not ${JSON.stringify(imageName)}`, { code: 'usage' });
   }
   const base = boardUrl(opts.baseUrl ?? DISTROS[opts.distro].baseUrl, opts.channel, opts.board);
+  // The keys first: a --key file that cannot be read is a usage error, before any download.
+  const trusted = await loadTrustedKeys(opts.distro, opts.keyFiles);
 
   // version.txt names the release: the channel's current one, or the pinned one.
   const vtUrl = `${base}/${opts.release}/version.txt`;
@@ -255,7 +257,7 @@ export async function fetchRelease(opts: FetchOptions): Promise<FetchResult> {
   const version = rv.version;
   log(`${opts.distro} ${opts.channel} ${opts.board}: ${opts.release === 'current' ? `current is ${version}` : `release ${version}`}`);
 
-  const rd = await releaseDir(opts, version);
+  const rd = await releaseDir(opts, version, trusted);
   if (rd.insecure) log('WARNING: --insecure: the signature is NOT checked; do not publish what you build from this');
   const f = await fetchSigned(rd, imageName);
   const vtPath = join(rd.dir, 'version.txt');

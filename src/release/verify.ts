@@ -41,7 +41,7 @@ async function readKeyFile(path: string): Promise<openpgp.PublicKey[]> {
   try {
     data = await readFile(path);
   } catch (err) {
-    throw new OemError(`cannot read key file ${path}: ${describe(err)}`, { code: 'usage' });
+    throw new OemError(`cannot read key file ${path}: ${describe(err)}`, { code: 'usage', hint: 'give the path of an OpenPGP public key file (armored or binary)' });
   }
   try {
     const text = data.toString('utf8');

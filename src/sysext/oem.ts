@@ -93,8 +93,8 @@ async function officialGrub(p: Provider): Promise<string> {
  * and Ignition's platform names. A custom extension's grub.cfg must use one of them.
  */
 export const KNOWN_OEM_IDS: readonly string[] = [
-  'akamai', 'aws', 'azure', 'cloudsigma', 'cloudstack', 'digitalocean', 'ec2', 'exoscale', 'gce', 'gcp', 'hetzner', 'hyperv', 'ibmcloud',
-  'kubevirt', 'metal', 'nutanix', 'openstack', 'oraclecloud', 'packet', 'proxmoxve', 'qemu', 'scaleway', 'upcloud', 'vagrant', 'virtualbox', 'vmware', 'vultr',
+  'akamai', 'aliyun', 'aws', 'azure', 'azurestack', 'cloudsigma', 'cloudstack', 'digitalocean', 'ec2', 'exoscale', 'gce', 'gcp', 'hetzner', 'hyperv', 'ibmcloud',
+  'kubevirt', 'metal', 'nutanix', 'openstack', 'oraclecloud', 'packet', 'powervs', 'proxmoxve', 'qemu', 'scaleway', 'upcloud', 'vagrant', 'virtualbox', 'vmware', 'vultr',
 ];
 
 function customGrub(p: Provider): string {
