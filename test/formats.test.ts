@@ -343,6 +343,28 @@ describe('archives (GNU tar as the reader)', () => {
     await expect(writeTar(out, [{ name: 'gone', path: join(dir, 'no-such-file') }], { format: 'gnu', gzip: false, mtime: EPOCH, stage: join(dir, `stage-${n}`) })).rejects.toThrow(/no-such-file/);
   });
 
+  it('writeTar gzip: tar\'s whole output, in pieces from a cache (cold, then warm: the same bytes) or in one stream', async () => {
+    // Larger than a piece's window: tar's output must be read from its start (none of it lost while
+    // the output file is opened) and cut into several pieces.
+    const file = join(dir, 'member.bin');
+    const member = Buffer.concat([noise(6 * MiB, 'member'), Buffer.alloc(3 * MiB, 1)]);
+    await writeFile(file, member);
+    const entries = [{ name: 'box.img', path: file }, { name: 'metadata.json', data: Buffer.from('{"provider":"libvirt"}\n') }];
+    const cache = join(dir, `pieces-${++n}`);
+    const outs: string[] = [];
+    for (const pieceCache of [cache, cache, undefined]) {
+      const out = outPath('tar.gz');
+      await writeTar(out, entries, { format: 'gnu', gzip: true, mtime: EPOCH, stage: join(dir, `stage-${n}`), ...(pieceCache ? { pieceCache } : {}) });
+      expect((await execa('gzip', ['-t', out], { reject: false })).exitCode).toBe(0);
+      const x = await extract(out, true);
+      expect((await readFile(join(x, 'box.img'))).equals(member)).toBe(true);
+      expect(await readFile(join(x, 'metadata.json'), 'utf8')).toBe('{"provider":"libvirt"}\n');
+      outs.push(out);
+    }
+    expect((await readFile(outs[1]!)).equals(await readFile(outs[0]!))).toBe(true);
+    expect(gunzipSync(await readFile(outs[2]!)).equals(gunzipSync(await readFile(outs[0]!)))).toBe(true);
+  });
+
 });
 
 /** The OVF parsed by an XML parser (python3, when installed), else checked textually. */

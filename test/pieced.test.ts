@@ -6,15 +6,13 @@
  */
 import { execa } from 'execa';
 import { createHash } from 'node:crypto';
-import { createWriteStream, existsSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { mkdtemp, open, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Readable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { pieceSlots } from '../src/concurrency.js';
-import { compressPieced, MAX_PIECE, MIN_PIECE, pieceEnd, piecedGzip, PIECE, type PiecedKind } from '../src/artifacts/pieced.js';
+import { compressPieced, gzipPiecedToFile, MAX_PIECE, MIN_PIECE, pieceEnd, PIECE, type PiecedKind } from '../src/artifacts/pieced.js';
 
 let work: string;
 /**
@@ -148,17 +146,20 @@ describe('compressPieced', () => {
     await decodesTo('lbzip2 -dc', out, whole);
   });
 
-  it('piecedGzip: a stream (an archive) in pieces that gzip reads as the stream; the same bytes warm', async () => {
+  it('gzipPiecedToFile: a stream (an archive) in pieces that gzip reads as the stream; the same bytes warm, and from a source that fills one buffer again', async () => {
     const cache = join(work, 'cache-stream');
-    const run = async (out: string, chunk = 65_537) => {
-      const gz = piecedGzip({ cacheDir: cache, level: 6 });
-      // Chunks of odd sizes, as a pipe delivers them.
-      const data = await readFile(input);
-      const chunks = function* () {
-        for (let at = 0; at < data.length; at += chunk) yield data.subarray(at, at + chunk);
+    const data = await readFile(input);
+    // Chunks of odd sizes, as a pipe delivers them; with `refill`, each in the same buffer, filled
+    // again for the next (as sparse-tar.ts's reading of the disk).
+    const run = (out: string, chunk = 65_537, refill = false, cacheDir = cache) => {
+      const buf = Buffer.alloc(chunk);
+      const chunks = async function* () {
+        for (let at = 0; at < data.length; at += chunk) {
+          if (!refill) yield data.subarray(at, at + chunk);
+          else yield buf.subarray(0, data.copy(buf, 0, at, at + chunk));
+        }
       };
-      await pipeline(Readable.from(chunks()), gz, createWriteStream(out));
-      return gz.store;
+      return gzipPiecedToFile(chunks(), out, { cacheDir, level: 6 });
     };
     const a = join(work, 'stream-a.gz');
     const first = await run(a);
@@ -175,22 +176,45 @@ describe('compressPieced', () => {
     expect(SIZE).toBeGreaterThan(MAX_PIECE + MIN_PIECE);
     await run(c, SIZE);
     expect(await sha512(c)).toBe(await sha512(a));
+    // One buffer filled again: cold (pieces compressed while the source goes on) and warm.
+    for (const name of ['refilled-cold.gz', 'refilled-warm.gz']) {
+      const out = join(work, name);
+      await run(out, 100_003, true, join(work, 'cache-refill'));
+      expect(await sha512(out)).toBe(await sha512(a));
+    }
   });
 
-  it('piecedGzip: the pieces of the stream\'s end are the right ones when they wait for a slot', async () => {
+  it('gzipPiecedToFile: the pieces of the stream\'s end are the right ones when they wait for a slot', async () => {
     // Every slot of the process busy while the stream ends: its last pieces wait (a build of another
     // provider compressing at the same time). Less than MAX_PIECE, cut by content: all at the end.
     const data = pseudoRandom(MAX_PIECE - 12345, 'b');
     expect(pieceEnd(data, true)).toBeLessThan(data.length);
     const busy = Array.from({ length: availableParallelism() + 1 }, () => pieceSlots.use(() => sleep(300)));
-    const gz = piecedGzip({ cacheDir: join(work, 'cache-busy'), level: 1 });
     const out = join(work, 'busy.gz');
-    await pipeline(Readable.from([data]), gz, createWriteStream(out));
+    const r = await gzipPiecedToFile(
+      (async function* () {
+        yield data;
+      })(),
+      out,
+      { cacheDir: join(work, 'cache-busy'), level: 1 },
+    );
     await Promise.all(busy);
-    expect(gz.store.compressed).toBe(data.length);
+    expect(r.compressed).toBe(data.length);
     const back = join(work, 'busy.bin');
     await writeFile(back, data);
     await decodesTo('gzip -dc', out, back);
+  });
+
+  it('gzipPiecedToFile refuses an existing output and stops when interrupted', async () => {
+    const out = join(work, 'exists-stream.gz');
+    await writeFile(out, 'mine');
+    const one = async function* () {
+      yield pseudoRandom(1000, 'c');
+    };
+    await expect(gzipPiecedToFile(one(), out, { cacheDir: join(work, 'c-exists'), level: 6 })).rejects.toMatchObject({ code: 'EEXIST' });
+    expect(await readFile(out, 'utf8')).toBe('mine');
+    const aborted = join(work, 'interrupted-stream.gz');
+    await expect(gzipPiecedToFile(one(), aborted, { cacheDir: join(work, 'c-abort'), level: 6, signal: AbortSignal.abort() })).rejects.toMatchObject({ code: 'interrupted' });
   });
 
   it('the same data behind a longer header (another container\'s tables) is compressed again only up to its first cut', async () => {

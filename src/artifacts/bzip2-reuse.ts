@@ -14,9 +14,10 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
-import { copyFile, mkdir, open, readFile, rename, rm, writeFile, type FileHandle } from 'node:fs/promises';
+import { copyFile, mkdir, open, rename, rm, writeFile, type FileHandle } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
+import { pieceBuffers } from '../buffer-pool.js';
 import { mapInOrder, pieceSlots } from '../concurrency.js';
 import { OemError } from '../shared/errors.js';
 import { dataExtents } from '../image/sparse.js';
@@ -412,7 +413,7 @@ async function compressPieces(
     let data: Buffer;
     if ('bytes' in image) data = image.bytes.subarray(a, b);
     else {
-      data = Buffer.alloc(b - a);
+      data = pieceBuffers.take(b - a).fill(0);
       await readInto(image.base, data, 0, b - a, a);
       for (const r of image.regions) {
         const from = Math.max(a, r.offset);
@@ -421,10 +422,15 @@ async function compressPieces(
       }
     }
     const file = cacheDir ? join(cacheDir, `${sha256Hex(data)}.bz2`) : null;
-    const hit = file ? await readFile(file).catch(() => null) : null;
-    if (hit) return hit;
+    // The piece's bytes are not used once it is compressed; its compressed bytes once written.
+    const hit = file ? await pieceBuffers.readFile(file) : null;
+    if (hit) {
+      pieceBuffers.give(data);
+      return hit;
+    }
     const out = await compressBuffer(tool, data, signal);
     compressed += data.length;
+    pieceBuffers.give(data);
     if (file) {
       const tmp = `${file}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
       await writeFile(tmp, out)
@@ -434,7 +440,10 @@ async function compressPieces(
     return out;
   });
   // One compressor per core, and one more, so that a core is busy while a piece is written.
-  await mapInOrder(bounds, availableParallelism() + 1, piece, (buf) => sink(buf));
+  await mapInOrder(bounds, availableParallelism() + 1, piece, async (buf) => {
+    await sink(buf);
+    pieceBuffers.give(buf);
+  });
   return compressed;
 }
 

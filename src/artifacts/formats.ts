@@ -204,7 +204,7 @@ const CONVERTERS: Record<Format, (c: Ctx) => Promise<void>> = {
     const view = c.view ?? (await DiskView.open(c.raw));
     try {
       const onData = c.onProgress;
-      const archive = sparseTar(view, 'disk.raw', c.mtime, { shareBase: c.view !== undefined, ...(onData ? { onData } : {}) });
+      const archive = sparseTar(view, 'disk.raw', c.mtime, { shareBase: c.view !== undefined, reuse: true, ...(onData ? { onData } : {}) });
       await writeGzip(c.out, archive, { ...(c.pieceCache ? { pieceCache: c.pieceCache } : {}), ...(c.signal ? { signal: c.signal } : {}) });
     } finally {
       if (!c.view) await view.close();

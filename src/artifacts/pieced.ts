@@ -27,12 +27,12 @@
  * compressed, and waits for its turn to be written).
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdir, readFile, rename, rm, writeFile, type FileHandle } from 'node:fs/promises';
+import { mkdir, open, readFile, rename, rm, writeFile, type FileHandle } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
-import { Transform } from 'node:stream';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { gzip as gzipCb } from 'node:zlib';
+import { pieceBuffers } from '../buffer-pool.js';
 import type { Compression } from '../compression.js';
 import { mapInOrder, pieceSlots } from '../concurrency.js';
 import { dataExtents } from '../image/sparse.js';
@@ -171,6 +171,7 @@ class PieceStore {
   cached = 0;
   compressed = 0;
   private readonly inFlight = new Map<string, Promise<Buffer>>();
+  private readonly zeros = new Map<string, Buffer>();
   private readonly keyPrefix: string;
   constructor(
     private readonly c: Codec,
@@ -181,19 +182,30 @@ class PieceStore {
     this.keyPrefix = createHash('sha256').update(c.id).digest('hex').slice(0, 12);
   }
 
+  /**
+   * The compressed form of `bytes`, which are not used once it resolves. The caller may give the
+   * result to `pieceBuffers` once written: it is the caller's alone (else not from the pool).
+   */
   get(bytes: Buffer): Promise<Buffer> {
     if (this.signal?.aborted) return Promise.reject(new OemError('interrupted while compressing', { code: 'interrupted' }));
-    // Runs of zeros (most of a disk) are known by a comparison, not hashed.
-    const key = isZero(bytes) ? `zeros-${bytes.length}` : sha256Hex(bytes);
+    // Runs of zeros (most of a disk) are known by a comparison, not hashed, and kept here once compressed.
+    const zero = isZero(bytes);
+    const key = zero ? `zeros-${bytes.length}` : sha256Hex(bytes);
     const file = join(this.cacheDir, `${this.keyPrefix}-${key}.${this.ext}`);
-    // The same bytes at once (runs of zeros): looked up or compressed by the first, awaited by the others.
+    const known = zero ? this.zeros.get(file) : undefined;
+    if (known) {
+      this.cached++;
+      return Promise.resolve(known);
+    }
+    // The same bytes at once: looked up or compressed by the first, awaited by the others. These get
+    // a copy (made before the first's caller can have written and given back the buffer).
     const running = this.inFlight.get(file);
     if (running) {
       this.cached++;
-      return running;
+      return zero ? running : running.then((b) => Buffer.from(b));
     }
     const made = (async () => {
-      const hit = await readFile(file).catch(() => null);
+      const hit = zero ? await readFile(file).catch(() => null) : await pieceBuffers.readFile(file);
       if (hit) {
         this.cached++;
         return hit;
@@ -207,7 +219,17 @@ class PieceStore {
       return z;
     })();
     this.inFlight.set(file, made);
-    return made.finally(() => this.inFlight.delete(file));
+    return made.then(
+      (z) => {
+        this.inFlight.delete(file);
+        if (zero) this.zeros.set(file, z);
+        return z;
+      },
+      (err: unknown) => {
+        this.inFlight.delete(file);
+        throw err;
+      },
+    );
   }
 }
 
@@ -218,57 +240,85 @@ function handled<T>(p: Promise<T>): Promise<T> {
 }
 
 /**
- * A stream's gzip in pieces (the archives: GNU tar's output): the same multi-member gzip as
- * compressPieced, at `level`, cut from the stream as compressPieced cuts a file. Pieces are compressed as many at
- * once as there are cores, in order; the stream waits while they are.
+ * A stream cut into pieces as compressPieced cuts a file (pieceEnd), each compressed by `store`: as
+ * many at once as there are cores, handed to `emit` in order. `write` waits while they are.
  */
-export function piecedGzip(opts: { cacheDir: string; level: number; signal?: AbortSignal }): Transform & { store: PieceStore } {
-  const store = new PieceStore({ id: `node:zlib ${process.versions.zlib} -${opts.level}`, compress: async (d) => gzip(d, { level: opts.level }) }, opts.cacheDir, 'gz', opts.signal);
-  const limit = availableParallelism() + 1;
-  const queue: Promise<Buffer>[] = [];
+class StreamPieces {
   // The stream is gathered in one window, larger than a piece and used again: each piece is copied
   // out of it once (its compression may start later, when a slot is free), the rest moved to its start.
-  const win = Buffer.allocUnsafe(MAX_PIECE + MIN_PIECE);
-  let fill = 0;
-  let ready: Promise<unknown> | undefined;
-  const t = new Transform({
-    transform(chunk: Buffer, _enc, cb) {
-      void (async () => {
-        ready ??= mkdir(opts.cacheDir, { recursive: true });
-        await ready;
-        for (let off = 0; off < chunk.length; ) {
-          const n = chunk.copy(win, fill, off);
-          fill += n;
-          off += n;
-          while (fill >= MAX_PIECE) {
-            const end = pieceEnd(win.subarray(0, fill), false);
-            const piece = Buffer.allocUnsafe(end);
-            win.copy(piece, 0, 0, end);
-            win.copyWithin(0, end, fill);
-            fill -= end;
-            queue.push(handled(pieceSlots.use(() => store.get(piece))));
-            while (queue.length >= limit) t.push(await queue.shift()!);
-          }
-        }
-      })().then(() => cb(), (err: unknown) => cb(err as Error));
-    },
-    flush(cb) {
-      void (async () => {
-        await ready;
-        // Nothing is written into the window any more: the last pieces are views of it.
-        let rest = win.subarray(0, fill);
-        while (rest.length > 0) {
-          const end = pieceEnd(rest, true);
-          const piece = rest.subarray(0, end);
-          queue.push(handled(pieceSlots.use(() => store.get(piece))));
-          rest = rest.subarray(end);
-          while (queue.length >= limit) t.push(await queue.shift()!);
-        }
-        while (queue.length) t.push(await queue.shift()!);
-      })().then(() => cb(), (err: unknown) => cb(err as Error));
-    },
-  });
-  return Object.assign(t, { store });
+  private readonly win = Buffer.allocUnsafe(MAX_PIECE + MIN_PIECE);
+  private fill = 0;
+  private readonly queue: Promise<Buffer>[] = [];
+  private readonly limit = availableParallelism() + 1;
+
+  constructor(
+    private readonly store: PieceStore,
+    private readonly emit: (z: Buffer) => Promise<void> | void,
+  ) {}
+
+  /** Takes the bytes of `chunk`, which is not used once this resolves. */
+  async write(chunk: Buffer): Promise<void> {
+    for (let off = 0; off < chunk.length; ) {
+      const n = chunk.copy(this.win, this.fill, off);
+      this.fill += n;
+      off += n;
+      while (this.fill >= MAX_PIECE) {
+        const end = pieceEnd(this.win.subarray(0, this.fill), false);
+        const piece = pieceBuffers.take(end);
+        this.win.copy(piece, 0, 0, end);
+        this.win.copyWithin(0, end, this.fill);
+        this.fill -= end;
+        await this.add(piece);
+      }
+    }
+  }
+
+  /** The last pieces, then every compressed piece emitted. */
+  async end(): Promise<void> {
+    // Nothing is written into the window any more: the last pieces are views of it.
+    let rest = this.win.subarray(0, this.fill);
+    while (rest.length > 0) {
+      const end = pieceEnd(rest, true);
+      await this.add(rest.subarray(0, end));
+      rest = rest.subarray(end);
+    }
+    while (this.queue.length) await this.emit(await this.queue.shift()!);
+  }
+
+  private async add(piece: Buffer): Promise<void> {
+    // The piece's bytes are not used once compressed (a view of the window is not the pool's).
+    this.queue.push(handled(pieceSlots.use(() => this.store.get(piece)).then((z) => (pieceBuffers.give(piece), z))));
+    while (this.queue.length >= this.limit) await this.emit(await this.queue.shift()!);
+  }
+}
+
+/**
+ * A stream's gzip in pieces (an archive), written to a new file `out`: the same multi-member gzip as
+ * compressPieced's, at `level`, cut from the stream as compressPieced cuts a file. Pieces are
+ * compressed as many at once as there are cores; the stream is read while they are, a window ahead.
+ * Each chunk is used before the next is asked for (a source may fill the same buffer again). A
+ * failure leaves `out` for the caller to remove. Resolves to the pieces taken from the cache and the
+ * bytes compressed now.
+ */
+export async function gzipPiecedToFile(chunks: AsyncIterable<Buffer>, out: string, opts: { cacheDir: string; level: number; signal?: AbortSignal }): Promise<{ cached: number; compressed: number }> {
+  const store = new PieceStore({ id: `node:zlib ${process.versions.zlib} -${opts.level}`, compress: async (d) => gzip(d, { level: opts.level }) }, opts.cacheDir, 'gz', opts.signal);
+  await mkdir(opts.cacheDir, { recursive: true });
+  const fh = await open(out, 'wx');
+  try {
+    const pieces = new StreamPieces(store, async (z) => {
+      let w = 0;
+      while (w < z.length) w += (await fh.write(z, w, z.length - w)).bytesWritten;
+      pieceBuffers.give(z);
+    });
+    for await (const chunk of chunks) {
+      if (opts.signal?.aborted) throw new OemError('interrupted while compressing', { code: 'interrupted' });
+      await pieces.write(chunk);
+    }
+    await pieces.end();
+    return { cached: store.cached, compressed: store.compressed };
+  } finally {
+    await fh.close();
+  }
 }
 
 /** The pieces of a file (pieceEnd), read once; windows wholly in a hole are not read (zeros do not cut). */
@@ -330,7 +380,7 @@ export async function compressPieced(
         // A hole is zeros (never written to); other pieces are read whole or fail.
         if (hole(p.at, p.at + p.len)) bytes = ZEROS.subarray(0, p.len);
         else {
-          bytes = Buffer.allocUnsafe(p.len);
+          bytes = pieceBuffers.take(p.len);
           let got = 0;
           while (got < p.len) {
             const { bytesRead } = await src.read(bytes, got, p.len - got, p.at + got);
@@ -339,12 +389,15 @@ export async function compressPieced(
           }
         }
       }
-      return store.get(bytes);
+      const z = await store.get(bytes);
+      pieceBuffers.give(bytes);
+      return z;
     });
     let done = 0;
     await mapInOrder(pieces, availableParallelism() + 1, piece, async (z, i) => {
       let w = 0;
       while (w < z.length) w += (await out.write(z, w, z.length - w)).bytesWritten;
+      pieceBuffers.give(z);
       done += pieces[i]!.len;
       opts.onProgress?.(done, total + (opts.trailer?.length ?? 0));
     });

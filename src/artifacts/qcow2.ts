@@ -19,9 +19,10 @@
  * do not depend on what a build wrote. `split` is where the first region a build writes starts.
  */
 import { open, rm } from 'node:fs/promises';
+import { pieceBuffers } from '../buffer-pool.js';
 import { OemError } from '../shared/errors.js';
 import type { DiskView } from '../image/disk-view.js';
-import { SparseWriter } from '../image/sparse.js';
+import { SPARSE_FLUSH, SparseWriter } from '../image/sparse.js';
 import type { Segment } from './bzip2-reuse.js';
 
 export const QCOW2_CLUSTER = 64 * 1024;
@@ -153,9 +154,13 @@ export async function writeSegments(view: DiskView, segments: Segment[], out: st
       }
       for (let a = s.image[0]; a < s.image[1]; a += COPY) {
         const n = Math.min(COPY, s.image[1] - a);
-        // A buffer per read: the writer may hold what it was given until its next whole block.
         if (view.hole(a, a + n)) await w.writeZeros(n);
-        else await w.write(await view.readInto(Buffer.allocUnsafe(n), a));
+        else {
+          const b = await view.readInto(pieceBuffers.take(n), a);
+          await w.write(b);
+          // The writer may hold a shorter chunk until its next flush: that one is not used again.
+          if (n >= SPARSE_FLUSH) pieceBuffers.give(b);
+        }
         onProgress?.(w.position, total);
       }
     }

@@ -93,16 +93,19 @@ async function sparseMap(view: DiskView, opts: { shareBase?: boolean } = {}): Pr
 }
 
 /**
- * The archive of `view` as one sparse member `name`, in pieces of at most 1 MiB (each a new buffer,
- * for a consumer that keeps them). `onData`: bytes of the disk's data archived so far, of the total.
+ * The archive of `view` as one sparse member `name`, in pieces of at most 1 MiB. `reuse`: the
+ * disk's data comes in one buffer filled again for each piece (each must be used before the next is
+ * asked for); else each piece is a new buffer, for a consumer that keeps them. `onData`: bytes of the
+ * disk's data archived so far, of the total.
  */
 export async function* sparseTar(
   view: DiskView,
   name: string,
   mtime: number,
-  opts: { shareBase?: boolean; onData?: (done: number, total: number) => void } = {},
+  opts: { shareBase?: boolean; reuse?: boolean; onData?: (done: number, total: number) => void } = {},
 ): AsyncGenerator<Buffer> {
   const map = await sparseMap(view, opts);
+  const buf = opts.reuse ? Buffer.allocUnsafe(READ) : null;
   const header = sparseHeader(name, view.size, map, mtime);
   yield header;
   const total = map.reduce((s, [, n]) => s + n, 0);
@@ -110,7 +113,7 @@ export async function* sparseTar(
   for (const [offset, bytes] of map) {
     for (let at = offset; at < offset + bytes; ) {
       const n = Math.min(READ, offset + bytes - at);
-      yield await view.readInto(Buffer.allocUnsafe(n), at);
+      yield await view.readInto(buf ? buf.subarray(0, n) : Buffer.allocUnsafe(n), at);
       at += n;
       done += n;
       opts.onData?.(done, total);

@@ -15,13 +15,13 @@ import { execa } from 'execa';
 import { createWriteStream } from 'node:fs';
 import { mkdir, stat, symlink, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { Readable, Transform } from 'node:stream';
+import { PassThrough, Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createGzip } from 'node:zlib';
 import { OemError } from '../shared/errors.js';
 import { lastLine, requireTool, toolEnv } from '../tools.js';
 import { noSpace } from './compress.js';
-import { piecedGzip } from './pieced.js';
+import { gzipPiecedToFile } from './pieced.js';
 
 export type TarFormat = 'gnu' | 'ustar';
 
@@ -63,20 +63,21 @@ export interface TarOptions {
 }
 
 /**
- * The gzip stream of an archive: level 6 (gzip's default, as `tar -czf`), in pieces kept by content
- * when given a piece cache. node:zlib writes no file name and mtime 0 into the gzip header: the
- * output depends on the data only.
- */
-function archiveGzip(o: { pieceCache?: string; signal?: AbortSignal }): Transform {
-  return o.pieceCache ? piecedGzip({ cacheDir: o.pieceCache, level: 6, ...(o.signal ? { signal: o.signal } : {}) }) : createGzip({ level: 6 });
-}
-
-/**
- * An archive made here (sparse-tar.ts), gzip'd as writeTar's are into `out`, which must not exist. A
- * failure leaves `out` for the caller to remove (convert() does, and says why: a full disk, Ctrl-C).
+ * An archive (GNU tar's output, or one made here by sparse-tar.ts) gzip'd into `out`, which must not
+ * exist: level 6 (gzip's default, as `tar -czf`), in pieces kept by content when given a piece cache
+ * (pieced.ts). node:zlib writes no file name and mtime 0 into the gzip header: the output depends on
+ * the data only. Each chunk of `archive` is used before the next is asked for: its source may fill
+ * it again. A failure leaves `out` for the caller to remove (convert() does, and says why: a full
+ * disk, Ctrl-C).
  */
 export async function writeGzip(out: string, archive: AsyncIterable<Buffer>, o: { pieceCache?: string; signal?: AbortSignal }): Promise<void> {
-  await pipeline(Readable.from(archive), archiveGzip(o), createWriteStream(out, { flags: 'wx' }), o.signal ? { signal: o.signal } : {});
+  if (o.pieceCache) await gzipPiecedToFile(archive, out, { cacheDir: o.pieceCache, level: 6, ...(o.signal ? { signal: o.signal } : {}) });
+  else await pipeline(Readable.from(copies(archive)), createGzip({ level: 6 }), createWriteStream(out, { flags: 'wx' }), o.signal ? { signal: o.signal } : {});
+}
+
+/** Each chunk copied: a stream keeps chunks while they wait for their turn. */
+async function* copies(chunks: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
+  for await (const c of chunks) yield Buffer.from(c);
 }
 
 /** The archive `out` (which must not exist) holding `entries` in this order. */
@@ -132,16 +133,23 @@ export async function writeTar(out: string, entries: TarEntry[], o: TarOptions):
   let written: Promise<unknown>;
   if (o.gzip) {
     let done = 0;
-    const count = new Transform({
-      transform(chunk: Buffer, _enc, cb) {
+    const stdout = sub.stdout!;
+    // Piped at once into a stream of this process's own: execa reads tar's output too, so another
+    // reader of it would get only some of its chunks, and what flows before one reads is lost.
+    const own = stdout.pipe(new PassThrough());
+    const counted = async function* (): AsyncGenerator<Buffer> {
+      for await (const chunk of own as AsyncIterable<Buffer>) {
         done += chunk.length;
         o.onProgress?.(Math.min(done, total), total);
-        cb(null, chunk);
-      },
+        yield chunk;
+      }
+    };
+    // On a failure, tar's output is closed: tar stops (instead of waiting on a full pipe).
+    written = writeGzip(out, counted(), o).catch((err: unknown) => {
+      stdout.destroy();
+      own.destroy();
+      throw err;
     });
-    const dest = createWriteStream(out, { flags: 'wx' });
-    const opts = o.signal ? { signal: o.signal } : {};
-    written = pipeline(sub.stdout!, count, archiveGzip(o), dest, opts);
   } else {
     // Progress: the file's size as tar writes it.
     const timer = setInterval(() => {

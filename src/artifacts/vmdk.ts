@@ -16,11 +16,12 @@
  * many at once as there are cores.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdir, open, readFile, rename, rm, writeFile, type FileHandle } from 'node:fs/promises';
+import { mkdir, open, rename, rm, writeFile, type FileHandle } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { deflate as deflateCb } from 'node:zlib';
+import { pieceBuffers } from '../buffer-pool.js';
 import { mapInOrder, pieceSlots } from '../concurrency.js';
 import { DiskView } from '../image/disk-view.js';
 import { OemError } from '../shared/errors.js';
@@ -105,7 +106,7 @@ async function makeSegment(data: Buffer, offset: number): Promise<Segment> {
     sectors += Math.ceil((12 + z.length) / SECTOR);
   });
   // One buffer for the whole segment: each grain's marker and zlib stream, zeros to the next sector.
-  const bytes = Buffer.alloc(sectors * SECTOR);
+  const bytes = pieceBuffers.take(sectors * SECTOR).fill(0);
   for (const [g, sec] of grains) {
     const z = zs[g]!;
     const at = sec * SECTOR;
@@ -156,14 +157,17 @@ export async function writeVmdkGrains(
       if (opts.signal?.aborted) throw new OemError('interrupted while writing the VMDK', { code: 'interrupted' });
       const len = Math.min(PIECE, size - at);
       if (src.hole(at, at + len)) return { grains: [], bytes: Buffer.alloc(0) };
-      const bytes = await src.readInto(Buffer.allocUnsafe(len), at);
+      // The disk's bytes are needed until hashed and deflated; the segment's until written (below).
+      const bytes = await src.readInto(pieceBuffers.take(len), at);
       const file = opts.cacheDir ? join(opts.cacheDir, `vmdk-${process.versions.zlib}-${at}-${sha256Hex(bytes)}.seg`) : null;
-      const hit = file ? await readFile(file).catch(() => null) : null;
+      const hit = file ? await pieceBuffers.readFile(file) : null;
       if (hit) {
+        pieceBuffers.give(bytes);
         cachedPieces++;
         return decodeSegment(hit);
       }
       const s = await makeSegment(bytes, at);
+      pieceBuffers.give(bytes);
       if (file) {
         const tmp = `${file}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
         await writeFile(tmp, [segmentHead(s), s.bytes])
@@ -178,6 +182,7 @@ export async function writeVmdkGrains(
       for (const [g, rel] of s.grains) gt[first + g] = sector + rel;
       await writeAll(fh, s.bytes, sector * SECTOR);
       sector += s.bytes.length / SECTOR;
+      pieceBuffers.give(s.bytes);
       opts.onProgress?.(Math.min(size, pieces[i]! + PIECE), size);
     });
     // The end-of-stream marker, then both copies of every grain table.

@@ -9,6 +9,9 @@ export const SPARSE_BLOCK = 64 * 1024;
 
 const ZERO = Buffer.alloc(SPARSE_BLOCK);
 
+/** A SparseWriter writes out what it holds once it holds this much: a chunk this large is not kept once written. */
+export const SPARSE_FLUSH = SPARSE_BLOCK * 16;
+
 export function isZero(buf: Buffer): boolean {
   if (buf.length === SPARSE_BLOCK) return buf.equals(ZERO);
   for (let off = 0; off < buf.length; off += SPARSE_BLOCK) {
@@ -42,10 +45,11 @@ export class SparseWriter {
     return this.pos + this.pendingLen;
   }
 
+  /** Writes `chunk` (held until the next flush; not held once this resolves when at least SPARSE_FLUSH bytes). */
   async write(chunk: Buffer): Promise<void> {
     this.pending.push(chunk);
     this.pendingLen += chunk.length;
-    if (this.pendingLen >= SPARSE_BLOCK * 16) await this.flush(false);
+    if (this.pendingLen >= SPARSE_FLUSH) await this.flush(false);
   }
 
   private async flush(all: boolean): Promise<void> {
@@ -82,6 +86,7 @@ export class SparseWriter {
     }
     if (runStart >= 0) await emit(runStart, usable);
     this.pos += usable;
+    // A copy: the chunks written are not held after a flush (SPARSE_FLUSH).
     const rest = data.subarray(usable);
     this.pending = rest.length ? [Buffer.from(rest)] : [];
     this.pendingLen = rest.length;
