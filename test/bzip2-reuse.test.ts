@@ -167,6 +167,33 @@ describe('indexing a .bz2', () => {
   });
 });
 
+describe('the base cache entry', () => {
+  it('a damaged entry (truncated image, or an index of another version) is decoded again and replaced, once', async () => {
+    const bz2 = fixtures.coreos.bz2;
+    const sum = await sha512(bz2);
+    const cacheDir = join(work, `cache-${n++}`);
+    const prep = async () => prepareBase(bz2, sum, { cacheDir, workDir: await mkdtemp(join(work, 'w-')) });
+    const first = await prep();
+    expect(first.cached).toBe(false);
+    const want = await sha512(first.raw);
+    const damage = [
+      () => truncate(first.raw, 100_000),
+      async () => writeFile(join(first.raw, '..', 'blocks.json'), (await readFile(join(first.raw, '..', 'blocks.json'), 'utf8')).replace(/^\{"version":\d+/, '{"version":0')),
+    ];
+    for (const hurt of damage) {
+      await hurt();
+      const again = await prep();
+      expect(again.cached).toBe(false);
+      expect(again.raw).toBe(first.raw);
+      expect(await sha512(again.raw)).toBe(want);
+      // Repaired: the next build takes it from the cache.
+      expect((await prep()).cached).toBe(true);
+    }
+    const left = await execa('sh', ['-c', `ls -A "${cacheDir}/bases"`]);
+    expect(left.stdout.trim().split('\n')).toHaveLength(1);
+  });
+});
+
 describe('a qcow2 and a VHDX of the built image as .bz2 from the release\'s own blocks', () => {
   /** A release with data blocks around runs of zeros in USR-A, and a built image changed in OEM and ROOT (made once, never changed). */
   let made: ReturnType<typeof makeRelease> | undefined;

@@ -142,8 +142,17 @@ export async function prepareBase(
     try {
       await rename(tmp, dir);
     } catch {
-      // Another build prepared it meanwhile: use theirs.
-      await rm(tmp, { recursive: true, force: true });
+      if (await loadEntry(dir, compressed)) {
+        // Another build prepared it meanwhile: use theirs.
+        await rm(tmp, { recursive: true, force: true });
+      } else {
+        // An entry this build cannot use (damaged, or of another version of oem): replaced, so that
+        // it is not decoded again by every build. Open files of it stay readable until closed.
+        const stale = join(root, `.stale-${process.pid}-${randomBytes(4).toString('hex')}`);
+        await rename(dir, stale).catch(() => undefined);
+        await rm(stale, { recursive: true, force: true });
+        await rename(tmp, dir);
+      }
     }
     await release();
     await evict(root, dir);
