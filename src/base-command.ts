@@ -1,6 +1,6 @@
 import { Command, Errors } from '@oclif/core';
 import { stripVTControlCharacters } from 'node:util';
-import { installSignalHandlers, releaseAll } from './cleanup.js';
+import { endingSignal, installSignalHandlers, releaseAll } from './cleanup.js';
 import { OemError } from './shared/errors.js';
 
 /**
@@ -20,6 +20,10 @@ export abstract class OemCommand extends Command {
   }
 
   protected override async catch(err: Error & { exitCode?: number }): Promise<unknown> {
+    // Ctrl-C reaches the tools this process runs as well (the terminal signals the process group),
+    // and one of them may fail before the signal's own handler has run: the handler ends the process
+    // (exit 130 after everything is released), not this error.
+    if (await signalEnding(err)) return new Promise(() => {});
     if (err instanceof OemError) {
       if (this.jsonEnabled()) {
         process.stdout.write(
@@ -61,4 +65,17 @@ export function usageLine(message: string): string {
   if (!rest.length) return first;
   const more = rest.map((l) => l.replace(/^(\S+)\s{2,}(.+)$/, '$1 ($2)'));
   return first.endsWith(':') ? `${first} ${more.join('; ')}` : [first, ...more].join('; ');
+}
+
+/**
+ * Whether a signal is ending the process: at once, or, for an error that a signal can cause (a tool
+ * killed by one, an interruption), once the signal had time to arrive (its handler runs from the
+ * event loop, after a child's exit may have been seen).
+ */
+async function signalEnding(err: Error): Promise<boolean> {
+  if (endingSignal()) return true;
+  const bySignal = (err instanceof OemError && err.code === 'interrupted') || /killed with SIG(INT|TERM|HUP)\b|\bSIG(INT|TERM|HUP)\b/.test(err.message);
+  if (!bySignal) return false;
+  for (let i = 0; i < 20 && !endingSignal(); i++) await new Promise((r) => setTimeout(r, 25));
+  return endingSignal() !== undefined;
 }

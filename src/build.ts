@@ -13,6 +13,7 @@
  * complete.
  */
 import { mkdir, readFile, rm, rmdir, stat } from 'node:fs/promises';
+import { checkOutputDir, makeOutputDir } from './output-dir.js';
 import { availableParallelism } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
 import type { SharedPrefixes } from './artifacts/bzip2-reuse.js';
@@ -123,12 +124,13 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
   // The signing key is checked before anything is fetched or built.
   const signer = opts.signKey ? await loadSigningKey(opts.signKey, opts.signPassphrase) : null;
 
+  await checkOutputDir(opts.outputDir);
   const base = await resolveBase(opts, report);
   const agentFile = opts.prepareOnly ? null : await findAgent(opts, base.board);
 
   const outputDir = resolve(opts.outputDir);
   // The first directory mkdir made, if it made any: a build that ends with nothing in it removes them.
-  const made = await mkdir(outputDir, { recursive: true });
+  const made = await makeOutputDir(outputDir);
   const work = join(outputDir, `.oem-work-${process.pid}`);
   await mkdir(work);
   const releaseWork = acquire(`work directory ${work}`, async () => {

@@ -21,12 +21,40 @@ export function acquire(name: string, release: Release): () => Promise<void> {
     const i = stack.indexOf(item);
     if (i < 0) return;
     stack.splice(i, 1);
-    await release();
+    // Tracked while it runs: a signal's releaseAll waits for it before the process exits.
+    const running = Promise.resolve().then(release);
+    inflight.add(running);
+    try {
+      await running;
+    } finally {
+      inflight.delete(running);
+    }
   };
 }
 
-/** Runs every registered release, newest first; errors are collected and reported, not thrown. */
-export async function releaseAll(): Promise<string[]> {
+const inflight = new Set<Promise<unknown>>();
+
+/**
+ * Runs every registered release, newest first; errors are collected and reported, not thrown. Calls
+ * run one after another (a signal's and a command's end can come at once): each returns when every
+ * release registered before it has run.
+ */
+export function releaseAll(): Promise<string[]> {
+  const run = releasing.then(releaseStack);
+  releasing = run.then(() => undefined, () => undefined);
+  return run;
+}
+
+let releasing: Promise<void> = Promise.resolve();
+
+/** The signal that is ending the process (its handler is releasing everything), if one is. */
+export function endingSignal(): NodeJS.Signals | undefined {
+  return signalled;
+}
+
+let signalled: NodeJS.Signals | undefined;
+
+async function releaseStack(): Promise<string[]> {
   const problems: string[] = [];
   while (stack.length) {
     const item = stack.pop()!;
@@ -36,6 +64,8 @@ export async function releaseAll(): Promise<string[]> {
       problems.push(`${item.name}: ${(err as Error).message}`);
     }
   }
+  // Releases their owners started (and report themselves): done before anyone goes on to exit.
+  await Promise.allSettled([...inflight]);
   return problems;
 }
 
@@ -52,6 +82,7 @@ export function installSignalHandlers(): void {
     process.on(sig, () => {
       if (exiting) return;
       exiting = true;
+      signalled = sig;
       process.stderr.write(`oem: interrupted (${sig}); cleaning up\n`);
       void releaseAll().then((problems) => {
         for (const p of problems) process.stderr.write(`oem: cleanup: ${p}\n`);

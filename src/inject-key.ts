@@ -97,7 +97,7 @@ export async function injectKey(opts: InjectKeyOptions): Promise<InjectKeyResult
   for (const f of opts.keyFiles) keys.push(...(await readKeyFile(f)));
   const backend = resolveBackend(opts.backend ?? 'auto');
 
-  const output = opts.inPlace ? undefined : (opts.output ?? defaultOutputName(opts.image, '_key'));
+  const output = opts.inPlace && !opts.dryRun ? undefined : (opts.output ?? defaultOutputName(opts.image, '_key'));
   const work = await prepareWorkingImage(opts.image, { ...(output ? { output } : {}), inPlace: opts.dryRun ? false : (opts.inPlace ?? false), log });
   let plan: WritePlan;
   let sets: string[];

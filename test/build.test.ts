@@ -240,6 +240,43 @@ describe.runIf(process.getuid?.() === 0)('Ctrl-C during oem build [root]', () =>
   });
 });
 
+describe('output directories that cannot be made', () => {
+  it('under /proc (where mkdir answers ENOENT for a parent that exists): refused, no endless retry', async () => {
+    const r = await oem(['build', '--provider', 'qemu', '--format', 'raw', '--image', fixtures.flatcar.raw, '--insecure', '--no-agent', '--output-dir', '/proc/oem-test-out']);
+    expect(r.exitCode).toBe(2);
+    expect(expectCleanError(r)).toBe('--output-dir /proc/oem-test-out: cannot make /proc/oem-test-out: the file system does not allow it');
+  });
+});
+
+describe('Ctrl-C on a terminal during a first build', () => {
+  it('the whole process group signalled while the release is decoded: exit 130, nothing left in the output or the cache', async () => {
+    const { BIN } = await import('./helpers/cli.js');
+    const out = join(work, `int-group-${next()}`);
+    const cache = join(work, `int-group-cache-${next()}`);
+    const args = mirrorArgs('flatcar').map((a) => (a === join(work, 'cache') ? cache : a));
+    // In a process group of its own, as a shell runs it: the terminal's SIGINT reaches oem and the
+    // lbzip2 processes decoding the release at once, and a decoder may be seen failing first.
+    const child = execa('setsid', ['-w', process.execPath, BIN, 'build', '--provider', 'qemu', '--format', 'raw', ...args, '--output-dir', out, '--no-agent'], { reject: false });
+    const deadline = Date.now() + 60_000;
+    const decoding = async () => (await readdir(join(cache, 'bases')).catch(() => [] as string[])).some((f) => f.startsWith('.tmp-'));
+    while (Date.now() < deadline && !(await decoding())) await new Promise((r) => setTimeout(r, 5));
+    expect(await decoding()).toBe(true);
+    // setsid -w: the group's leader is the oem process (setsid forks it when it leads a group itself).
+    const pgid = Number((await execa('ps', ['-o', 'pgid=', '-p', String(child.pid)])).stdout.trim()) || child.pid!;
+    const tools = (await execa('pgrep', ['-g', String(pgid)], { reject: false })).stdout.trim().split('\n').filter(Boolean).map(Number).filter((p) => p !== pgid);
+    // The worst order: the decoders die first, and oem sees one of them fail before its own signal.
+    for (const p of tools) process.kill(p, 'SIGINT');
+    await new Promise((r) => setTimeout(r, 100));
+    process.kill(-pgid, 'SIGINT');
+    const r = await child;
+    expect(r.exitCode, r.stderr).toBe(130);
+    expect(r.stderr).not.toMatch(/oem: error:/);
+    expect((await execa('find', [out], { reject: false })).stdout, r.stderr).toBe('');
+    const tmp = (await execa('find', [cache, '-name', '*.tmp-*', '-o', '-name', '.tmp-*'])).stdout.trim();
+    expect(tmp).toBe('');
+  });
+});
+
 describe.runIf(process.getuid?.() === 0)('another copy of the release attached [root: a loop device]', () => {
   it('a rootless build keeps the OEM filesystem UUID although a device in the system carries it too', async () => {
     // Every copy of a release has the same OEM UUID; mkfs.btrfs refuses a UUID it sees on a device.

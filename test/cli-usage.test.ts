@@ -14,6 +14,8 @@ describe('usage errors', () => {
     ['an unknown command', ['nosuchcmd'], /^unknown command "nosuchcmd"$/],
     ['an unknown command of two words', ['nosuch', 'thing'], /^unknown command "nosuch thing"$/],
     ['a config file that does not exist', ['validate', 'no-such-config.yml'], /^no such config file: no-such-config\.yml$/],
+    ['inject-key --in-place with --output', ['inject-key', 'image.bin', '--key', 'k.pub', '--in-place', '--output', 'y.bin'], /^--output=y\.bin cannot also be provided when using --in-place$/],
+    ['an --output-dir under a file', ['build', '--provider', 'qemu', '--base-url', 'http://127.0.0.1:1/{channel}/{board}', '--output-dir', '/etc/hostname/out'], /^--output-dir \/etc\/hostname\/out: \/etc\/hostname is not a directory$/],
     ['--agent with --no-agent', ['build', '--provider', 'ec2', '--agent', 'a', '--no-agent'], /^--agent=a cannot also be provided when using --no-agent$/],
     // Before any request: nothing listens on port 1, and a download would retry for about 25 s.
     ['a --key file that does not exist', ['fetch', '--base-url', 'http://127.0.0.1:1/{channel}/{board}', '--key', 'no-such-key.asc'], /^cannot read key file no-such-key\.asc: /],
@@ -48,5 +50,35 @@ describe('downloads that cannot succeed end at once', () => {
     expect(r.exitCode).toBe(5);
     expect(expectCleanError(r)).toMatch(/^cannot fetch http:\/\/127\.0\.0\.1:9\/stable\/amd64-usr\/current\/version\.txt: fetch refuses its port/);
     expect(r.stderr).not.toMatch(/retry/i);
+  });
+});
+
+describe('oem verify: a file named as evidence is read or refused, never skipped', () => {
+  it('FILE.DIGESTS that is a directory, a dangling symlink or a FIFO; FILE itself a directory', async () => {
+    const { mkdtemp, mkdir, symlink, writeFile } = await import('node:fs/promises');
+    const { tmpdir } = await import('node:os');
+    const { join } = await import('node:path');
+    const { execa } = await import('execa');
+    const dir = await mkdtemp(join(tmpdir(), 'oem-verify-usage-'));
+    const file = join(dir, 'release.bin');
+    await writeFile(file, 'data');
+    await writeFile(`${file}.sig`, 'not a signature');
+    const r0 = await oem(['verify', dir]);
+    expect(r0.exitCode).toBe(2);
+    expect(expectCleanError(r0)).toBe(`not a regular file: ${dir}`);
+    const cases: [string, () => Promise<unknown>, RegExp][] = [
+      ['a directory', () => mkdir(`${file}.DIGESTS`), /not a regular file$/],
+      ['a dangling symlink', () => symlink(join(dir, 'nothing'), `${file}.DIGESTS`), /a symlink to nothing$/],
+      ['a FIFO', () => execa('mkfifo', [`${file}.DIGESTS`]), /not a regular file$/],
+    ];
+    for (const [what, make, re] of cases) {
+      await execa('rm', ['-rf', `${file}.DIGESTS`]);
+      await make();
+      // --digests names it: checked before the signature, which here is garbage.
+      const r = await oem(['verify', file, '--digests', `${file}.DIGESTS`]);
+      expect(r.exitCode, what).toBe(4);
+      expect(expectCleanError(r), what).toMatch(new RegExp(`^cannot read the digests ${file}\\.DIGESTS: ` + re.source.slice(0, -1)));
+    }
+    await execa('rm', ['-rf', dir]);
   });
 });

@@ -280,6 +280,12 @@ describe('oem inject-key refuses bad input before writing anything', () => {
     expect(r.stdout).toMatch(/dry run: nothing written/);
     expect(await exists(o)).toBe(false);
     expect((await readdir(work)).filter((f) => f.includes('oem-tmp'))).toEqual([]);
+    // With --in-place: the same plan, the input untouched.
+    const before = await sha(fixtures.flatcar.raw);
+    const inPlace = await oem(['inject-key', fixtures.flatcar.raw, '--key', keyA, '--in-place', '--dry-run'], { env: env() });
+    expect(inPlace.exitCode, inPlace.stderr).toBe(0);
+    expect(inPlace.stdout).toMatch(/dry run: nothing written/);
+    expect(await sha(fixtures.flatcar.raw)).toBe(before);
   });
 });
 

@@ -23,7 +23,7 @@ export default class InjectKey extends OemCommand {
     uid: Flags.integer({ description: 'uid of --user (core: 1000)', min: 0 }),
     gid: Flags.integer({ description: 'gid of --user (core: 1000)', min: 0 }),
     output: Flags.string({ char: 'o', description: 'output image (default: next to the input, with _key in its name)' }),
-    'in-place': Flags.boolean({ description: 'modify the given raw image itself', default: false }),
+    'in-place': Flags.boolean({ description: 'modify the given raw image itself', default: false, exclusive: ['output'] }),
     backend: Flags.string({ description: 'how to write: mount (root, loop devices), rootless (debugfs / btrfs rebuild), auto', options: ['auto', 'mount', 'rootless'], default: 'auto' }),
     'dry-run': Flags.boolean({ description: 'print the plan; write nothing', default: false }),
     verbose: Flags.boolean({ char: 'v', description: 'say what is done (e.g. which decompressor)', default: false }),

@@ -1,5 +1,5 @@
 import { Args, Flags } from '@oclif/core';
-import { readFile, stat } from 'node:fs/promises';
+import { lstat, readFile, stat } from 'node:fs/promises';
 import { basename } from 'node:path';
 import { OemCommand } from '../base-command.js';
 import { OemError } from '../shared/errors.js';
@@ -29,29 +29,34 @@ export default class Verify extends OemCommand {
     const { args, flags } = await this.parse(Verify);
     const file = args.file;
     const st = await stat(file).catch(() => null);
-    if (!st?.isFile()) throw new OemError(`no such file: ${file}`, { code: 'usage' });
+    if (!st) throw new OemError(`no such file: ${file}`, { code: 'usage' });
+    if (!st.isFile()) throw new OemError(`not a regular file: ${file}`, { code: 'usage', hint: 'verify a release file: an image, an extension or an artifact' });
     const sigPath = flags.signature ?? `${file}.sig`;
-    const sig = await readFile(sigPath).catch(() => {
-      throw new OemError(`no signature: ${sigPath} does not exist`, { code: 'verification', hint: 'pass it with --signature FILE' });
-    });
+    const sig = await readSmall(sigPath, 'the signature', 1024 * 1024);
+    if (sig === null) throw new OemError(`no signature: ${sigPath} does not exist`, { code: 'verification', hint: 'pass it with --signature FILE' });
     let trusted;
     if (flags.key?.length) trusted = await loadTrustedKeys('flatcar', flags.key);
     else {
       const both = await Promise.all((['flatcar', 'coreos'] as Distro[]).map((d) => loadTrustedKeys(d)));
       trusted = { keys: both.flatMap((t) => t.keys), source: 'the bundled Flatcar and CoreOS image signing keys' };
     }
-    const v = await verifyDetached(file, sig, basename(sigPath), trusted);
-    // Digest files: the one given, else FILE.DIGESTS and FILE.DIGESTS.asc, whichever exist. A
-    // clearsigned one counts only once its signature verifies, and only its signed text is read.
+    // Digest files: the one given, else FILE.DIGESTS and FILE.DIGESTS.asc, whichever exist; read
+    // (or refused) before the signature is checked. A clearsigned one counts only once its signature
+    // verifies, and only its signed text is read.
     const candidates = flags.digests ? [flags.digests] : [`${file}.DIGESTS`, `${file}.DIGESTS.asc`];
-    let digests: string | null = null;
-    let signedDigests: string | null = null;
+    const found: { path: string; data: string }[] = [];
     for (const path of candidates) {
-      const data = await readFile(path, 'utf8').catch(() => null);
-      if (data === null) {
-        if (flags.digests) throw new OemError(`cannot read ${flags.digests}`, { code: 'usage' });
+      const bytes = await readSmall(path, 'the digests', 1024 * 1024);
+      if (bytes === null) {
+        if (flags.digests) throw new OemError(`cannot read ${flags.digests}: it does not exist`, { code: 'usage' });
         continue;
       }
+      found.push({ path, data: bytes.toString('utf8') });
+    }
+    const v = await verifyDetached(file, sig, basename(sigPath), trusted);
+    let digests: string | null = null;
+    let signedDigests: string | null = null;
+    for (const { path, data } of found) {
       if (data.includes('-----BEGIN PGP SIGNED MESSAGE-----')) {
         const signed = await verifyCleartext(data, basename(path), trusted);
         checkDigests(signed, basename(path), basename(file), v.sha512);
@@ -69,4 +74,18 @@ export default class Verify extends OemCommand {
     }
     return result;
   }
+}
+
+/**
+ * A small file's bytes, or null if nothing is at `path` (not even a dangling symlink). Anything else
+ * that cannot be read as a regular file of at most `max` bytes (a directory, a FIFO, a device, a
+ * dangling symlink, a huge file) is an error: a file named as evidence is never skipped silently.
+ */
+async function readSmall(path: string, what: string, max: number): Promise<Buffer | null> {
+  const link = await lstat(path).catch(() => null);
+  if (!link) return null;
+  const st = await stat(path).catch(() => null);
+  const why = !st ? 'a symlink to nothing' : !st.isFile() ? 'not a regular file' : st.size > max ? `${st.size} bytes, more than ${what} can be` : undefined;
+  if (why) throw new OemError(`cannot read ${what} ${path}: ${why}`, { code: 'verification' });
+  return readFile(path);
 }

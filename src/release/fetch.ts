@@ -9,6 +9,7 @@
 import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
+import { acquire } from '../cleanup.js';
 import { OemError, describe } from '../shared/errors.js';
 import { boardUrl, checkRef, DISTROS, defaultImageName } from './channels.js';
 import { downloadFile, fetchBytes, type RetryOptions } from './download.js';
@@ -60,8 +61,14 @@ export function defaultCacheDir(): string {
 
 async function writeAtomic(path: string, data: Buffer | string): Promise<void> {
   const tmp = `${path}.tmp-${process.pid}`;
-  await writeFile(tmp, data);
-  await rename(tmp, path);
+  // Registered: Ctrl-C between the write and the rename leaves nothing in the cache.
+  const release = acquire(`temporary file ${tmp}`, () => rm(tmp, { force: true }));
+  try {
+    await writeFile(tmp, data);
+    await rename(tmp, path);
+  } finally {
+    await release();
+  }
 }
 
 interface Checked {
