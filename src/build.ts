@@ -48,6 +48,8 @@ export type { ArtifactInfo, ProviderBuild } from './build/publish.js';
 export interface BuildOptions extends BaseSource {
   providers: string[];
   allProviders?: boolean;
+  /** --board was given on the command line (else a local image's own board is taken). */
+  boardGiven?: boolean;
   sshKeyFiles?: string[];
   config?: string;
   templates?: string;
@@ -126,7 +128,7 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
 
   await checkOutputDir(opts.outputDir);
   const base = await resolveBase(opts, report);
-  const agentFile = opts.prepareOnly ? null : await findAgent(opts, base.board);
+  let agentFile = opts.prepareOnly ? null : await findAgent(opts, base.board);
 
   const outputDir = resolve(opts.outputDir);
   // The first directory mkdir made, if it made any: a build that ends with nothing in it removes them.
@@ -141,7 +143,14 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
     }
   });
   try {
-    const image = await prepareImage(base, { ...(opts.fetch?.cacheDir ? { cacheDir: opts.fetch.cacheDir } : {}), work, ...(opts.generation ? { generation: opts.generation } : {}) }, report);
+    const boardBefore = base.board;
+    const image = await prepareImage(
+      base,
+      { ...(opts.fetch?.cacheDir ? { cacheDir: opts.fetch.cacheDir } : {}), work, ...(opts.generation ? { generation: opts.generation } : {}), local: opts.image !== undefined, boardGiven: opts.boardGiven ?? false },
+      report,
+    );
+    // A local image of another board than the default: its agent.
+    if (agentFile && base.board !== boardBefore && !opts.agent) agentFile = await findAgent(opts, base.board);
     const prefixes: SharedPrefixes = { dir: work, made: new Map() };
     const concurrency = opts.concurrency ?? Math.max(1, Math.min(availableParallelism(), 4));
     const generation: BuildGeneration = image.sysext ? 'flatcar-sysext' : image.generation;

@@ -346,9 +346,36 @@ describe('the built agent in images', () => {
   for (const board of ['amd64-usr', 'arm64-usr'] as const) {
     it(`${board}: embeds the agent built for the board, which unpacks to a standalone executable`, async () => {
       // A release of the test image for this board, in a private mirror.
-      const { publishRelease } = await import('../scripts/lib/mirror.js');
+      const { publishRelease, compressBzip2 } = await import('../scripts/lib/mirror.js');
       const m = join(work, `board-${board}-${next()}`);
-      await publishRelease({ mirrorDir: m, distro: 'flatcar', channel: 'stable', board, version: fixtures.flatcar.version, imageBz2: fixtures.flatcar.bz2, armoredPrivateKey: fixtures.key.armoredPrivate, current: true });
+      let bz2 = fixtures.flatcar.bz2;
+      if (board !== 'amd64-usr') {
+        // An image that says it is for this board (os-release): a release directory holds only such.
+        const { buildTestImage } = await import('../scripts/lib/test-image.js');
+        const img = await buildTestImage({ path: join(work, `board-${board}-${next()}.bin`), generation: 'flatcar', board, version: fixtures.flatcar.version });
+        bz2 = `${img.path}.bz2`;
+        await compressBzip2(img.path, bz2);
+        await rm(img.path);
+        // The same image as a local --image: its own board is taken; another --board is refused.
+        const other = await oem(['build', '--provider', 'qemu', '--format', 'raw', '--image', bz2, '--insecure', '--board', 'amd64-usr', '--output-dir', join(work, `board-other-${next()}`)], { env: { OEM_TMPDIR: work } });
+        expect(other.exitCode).toBe(2);
+        expect(expectCleanError(other)).toBe(`the image is for ${board} (its os-release), not amd64-usr`);
+        const own = await oemJson<BuildResult>(['build', '--provider', 'qemu', '--format', 'raw', '--compress', 'none', '--image', bz2, '--insecure', '--output-dir', join(work, `board-own-${next()}`)], { env: { OEM_TMPDIR: work } });
+        expect(own.result.exitCode, own.result.stderr).toBe(0);
+        expect(JSON.parse(await readFile(own.json.builds[0]!.manifest, 'utf8')).board).toBe(board);
+        // A release directory of this board that holds an amd64 image: a bad image.
+        const wrong = join(work, `board-wrong-${next()}`);
+        await publishRelease({ mirrorDir: wrong, distro: 'flatcar', channel: 'stable', board, version: fixtures.flatcar.version, imageBz2: fixtures.flatcar.bz2, armoredPrivateKey: fixtures.key.armoredPrivate, current: true });
+        const ws = await startMirrorServer(wrong);
+        try {
+          const r = await oem(['build', '--provider', 'qemu', '--format', 'raw', '--board', board, '--base-url', `${ws.url}/{channel}/{board}`, '--key', fixtures.key.publicKeyPath, '--cache-dir', join(work, `board-wrong-cache-${next()}`), '--output-dir', join(work, `board-wrong-out-${next()}`)], { env: { OEM_TMPDIR: work } });
+          expect(r.exitCode).toBe(3);
+          expect(expectCleanError(r)).toBe(`the image is for amd64-usr (its os-release), not ${board}`);
+        } finally {
+          await ws.close();
+        }
+      }
+      await publishRelease({ mirrorDir: m, distro: 'flatcar', channel: 'stable', board, version: fixtures.flatcar.version, imageBz2: bz2, armoredPrivateKey: fixtures.key.armoredPrivate, current: true });
       const srv = await startMirrorServer(m);
       try {
         const out = join(work, `board-out-${next()}`);

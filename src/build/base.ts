@@ -156,7 +156,11 @@ async function localBase(src: BaseSource, log: (l: string) => void): Promise<Omi
 /** A generation a build can be told to use (--generation). */
 export type BuildGeneration = Exclude<GenerationName, 'unknown'>;
 
-export async function prepareImage(base: Base, opts: { cacheDir?: string; work: string; generation?: BuildGeneration }, r: Report): Promise<PreparedImage> {
+export async function prepareImage(
+  base: Base,
+  opts: { cacheDir?: string; work: string; generation?: BuildGeneration; /** A local --image. */ local?: boolean; /** --board given on the command line. */ boardGiven?: boolean },
+  r: Report,
+): Promise<PreparedImage> {
   r.step('preparing the base image');
   const prepared = await prepareBase(base.compressed, base.sha512, {
     cacheDir: opts.cacheDir ?? defaultCacheDir(),
@@ -181,6 +185,19 @@ export async function prepareImage(base: Base, opts: { cacheDir?: string; work: 
     gen = await detectGeneration(prepared.raw, partitionReports(gpt, fss), Object.keys(base.versionFields).length ? base.versionFields : undefined);
   } finally {
     await src.close();
+  }
+  // The board the image says it is for (USR-A's os-release): a local image's, unless --board was
+  // given otherwise; a fetched release's board directory must hold images for that board.
+  const own = gen.osRelease?.FLATCAR_BOARD ?? gen.osRelease?.COREOS_BOARD;
+  if (own && own !== base.board) {
+    if (!opts.local || opts.boardGiven) {
+      throw new OemError(`the image is for ${own} (its os-release), not ${base.board}`, {
+        code: opts.local ? 'usage' : 'badImage',
+        hint: opts.local ? `leave --board out, or give --board ${own}` : 'check --board and --base-url: the release directory holds images of another board',
+      });
+    }
+    r.log(`base: the image is for ${own} (its os-release)`);
+    base.board = own;
   }
   const chosen: BuildGeneration = opts.generation ?? (gen.name === 'unknown' ? 'flatcar' : gen.name);
   const generation: Generation = chosen === 'coreos' ? 'coreos' : 'flatcar';

@@ -53,13 +53,14 @@ export default class Build extends OemCommand {
   };
 
   async run(): Promise<BuildResult> {
-    const { flags } = await this.parse(Build);
+    const { flags, raw } = await this.parse(Build);
     const json = this.jsonEnabled();
     const pass = await signPassphrase(flags['sign-passphrase-file']);
     const r = await runWithProgress('Building', json, (rep) =>
       build({
         providers: flags.provider ?? [],
         allProviders: flags['all-providers'],
+        boardGiven: raw.some((t) => t.type === 'flag' && t.flag === 'board'),
         ...(flags.image ? { image: flags.image } : {}),
         ...(flags.signature ? { signature: flags.signature } : {}),
         ...(flags.key ? { keyFiles: flags.key } : {}),
