@@ -186,6 +186,22 @@ describe('readGpt on damaged tables', () => {
     expect((await gptError(p)).message).toBe('partition 9 (ROOT) ends at LBA 9000000, beyond the end of the disk (544768 sectors)');
   });
 
+  it('an entry array placed past the end of a disk that fits the file: corrupt, not truncated', async () => {
+    const { crc32 } = await import('node:zlib');
+    const p = await copyOf();
+    for (const which of ['primary', 'backup'] as const) {
+      const { lba, raw } = await readCopy(p, which);
+      const h = Buffer.from(raw.header);
+      h.writeBigUInt64LE(600_000n, 72);
+      h.writeUInt32LE(0, 16);
+      h.writeUInt32LE(crc32(h.subarray(0, h.readUInt32LE(12))), 16);
+      await writeAt(p, lba * 512, h);
+    }
+    const err = await gptError(p);
+    expect(err.message).toBe('corrupt partition table: primary GPT header (LBA 1) places its partition entries (LBA 600000-600031) beyond the end of the disk (544768 sectors); and backup GPT header (LBA 544767) places its partition entries (LBA 600000-600031) beyond the end of the disk (544768 sectors)');
+    expect(err.code).toBe('badImage');
+  });
+
   it('refuses overlapping partitions', async () => {
     const p = await copyOf();
     await patchGpt(p, ['primary', 'backup'], (raw) => setEntryLbas(raw, 4, 100000, 139263));

@@ -141,6 +141,10 @@ async function readHeader(src: ByteSource, lba: number, which: 'primary' | 'back
   if (h.entriesLba < 2 || (h.entriesLba <= h.lastUsableLba && entriesEnd >= h.firstUsableLba)) {
     return { problem: `${where} places its partition entries (LBA ${h.entriesLba}-${entriesEnd}) inside the usable area` };
   }
+  if (entriesEnd >= totalSectors && h.lastUsableLba < totalSectors && h.alternateLba < totalSectors) {
+    // The disk the header describes fits the file: its entry array's place is what is wrong.
+    return { problem: `${where} places its partition entries (LBA ${h.entriesLba}-${entriesEnd}) beyond the end of the disk (${totalSectors} sectors)` };
+  }
   if (h.lastUsableLba >= totalSectors || entriesEnd >= totalSectors || h.alternateLba >= totalSectors) {
     return { beyondEnd: h, problem: `${where} describes a disk of at least ${Math.max(h.lastUsableLba, entriesEnd) + 1} sectors but the file has ${totalSectors}` };
   }
