@@ -74,6 +74,13 @@ export class RootlessBtrfsSession extends DirSession implements PartitionSession
       if (r.exitCode !== 0) {
         throw new OemError(`cannot read the btrfs filesystem of ${partName(target)}: ${r.stderr.trim().split('\n').pop() ?? ''}`, { code: 'badImage' });
       }
+      const lost = await unkept(img);
+      if (lost) {
+        throw new OemError(`the rootless btrfs backend would lose ${lost} in ${partName(target)} (it rebuilds the filesystem from its files)`, {
+          code: 'usage',
+          hint: 'use --backend mount (as root), which writes into the filesystem as it is',
+        });
+      }
       await rm(img);
       return new RootlessBtrfsSession(target, work, root, new DirWriter(root, target, !isRoot(), true));
     } catch (err) {
@@ -158,3 +165,22 @@ export class RootlessBtrfsSession extends DirSession implements PartitionSession
   }
 }
 
+
+/**
+ * What a rebuild from `btrfs restore`'s files cannot keep, read from the filesystem's trees: a
+ * subvolume or snapshot, a special file (FIFO, device, socket), a file with hard links. The first
+ * one found, described; null when there is none.
+ */
+export async function unkept(img: string): Promise<string | null> {
+  const roots = await run('btrfs', ['inspect-internal', 'dump-tree', '-t', 'ROOT_TREE', img], 'read the btrfs trees');
+  const sub = /key \((\d+) ROOT_ITEM \d+\)/g;
+  for (const m of roots.stdout.matchAll(sub)) if (Number(m[1]) >= 256) return `a subvolume or snapshot (tree ${m[1]})`;
+  const fs = (await run('btrfs', ['inspect-internal', 'dump-tree', '-t', 'FS_TREE', img], 'read the btrfs trees')).stdout;
+  const special = /key \(\d+ DIR_INDEX \d+\)[^\n]*\n\s*location key \(\d+ INODE_ITEM \d+\) type (FIFO|CHRDEV|BLKDEV|SOCK)\n[^\n]*\n\s*name: ([^\n]*)/.exec(fs);
+  if (special) return `the special file ${special[2]} (${{ FIFO: 'a FIFO', CHRDEV: 'a character device', BLKDEV: 'a block device', SOCK: 'a socket' }[special[1]!]})`;
+  const linked = /key \((\d+) INODE_ITEM 0\)[^\n]*\n[^\n]*\n\s*block group \d+ mode (\d+) links (\d+)/g;
+  for (const m of fs.matchAll(linked)) {
+    if (!m[2]!.startsWith('4') && Number(m[3]) > 1) return `the hard links of inode ${m[1]} (${m[3]} names)`;
+  }
+  return null;
+}
