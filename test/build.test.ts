@@ -10,7 +10,7 @@ import { part, readTree, restoreBtrfs } from './helpers/image-read.js';
 import { startMirrorServer } from '../scripts/lib/mirror-server.js';
 import { loadProviders } from '../src/providers/registry.js';
 import { KNOWN_OEM_IDS, missingExtension, sysextMode, type SysextImage } from '../src/sysext/oem.js';
-import { agent, fixtures, mirrorArgs, next, OTHER_ARCH, PROVIDERS, raw, server, sha512, SYSEXT_ONLY, useBuildEnv, work } from './helpers/build-env.js';
+import { agent, fixtures, key, mirrorArgs, next, OTHER_ARCH, PROVIDERS, raw, server, sha512, SYSEXT_ONLY, useBuildEnv, work } from './helpers/build-env.js';
 
 useBuildEnv();
 
@@ -246,6 +246,26 @@ describe('output directories that cannot be made', () => {
     expect(r.exitCode).toBe(2);
     expect(expectCleanError(r)).toBe('--output-dir /proc/oem-test-out: cannot make /proc/oem-test-out: the file system does not allow it');
   });
+});
+
+describe('a ROOT file system without free inodes', () => {
+  const backends = process.getuid?.() === 0 ? (['mount', 'rootless'] as const) : (['rootless'] as const);
+  for (const backend of backends) {
+    it(`${backend} backend: says so (not that a disk is full), exit 7`, async () => {
+      const { part } = await import('./helpers/image-read.js');
+      const img = join(work, `inodes-${next()}.bin`);
+      await execa('cp', ['--sparse=always', fixtures.flatcar.raw, img]);
+      const root = await part(img, 9);
+      // ROOT made again with as few inodes as mke2fs allows, and those taken by empty directories.
+      await execa('mke2fs', ['-q', '-F', '-t', 'ext4', '-N', '16', '-L', 'ROOT', '-E', `offset=${root.offset}`, img, `${root.size / 1024}k`]);
+      const free = Number(/Free inodes:\s+(\d+)/.exec((await execa('dumpe2fs', ['-h', `${img}?offset=${root.offset}`], { reject: false })).stdout)?.[1] ?? NaN);
+      const cmds = Array.from({ length: free }, (_, i) => `mkdir /fill${i}`).join('\n');
+      await execa('debugfs', ['-w', '-f', '-', `${img}?offset=${root.offset}`], { input: cmds, reject: false });
+      const r = await oem(['build', '--provider', 'qemu', '--format', 'raw', '--compress', 'none', '--image', img, '--insecure', '--no-agent', '--ssh-key', key, '--backend', backend, '--output-dir', join(work, `inodes-out-${next()}`)], { env: { OEM_TMPDIR: work } });
+      expect(r.exitCode, r.stderr).toBe(7);
+      expect(expectCleanError(r)).toMatch(/^partition 9 \(ROOT\) has no room for more files: the plan adds up to \d+ files and directories but only 0 inodes are free$/);
+    });
+  }
 });
 
 describe('Ctrl-C on a terminal during a first build', () => {

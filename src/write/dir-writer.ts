@@ -9,7 +9,7 @@ import { OemError } from '../shared/errors.js';
 import { cleanPath, kindName, RootFs, type Entry } from '../shared/safe-fs.js';
 import { sourceDateEpoch } from '../source-date.js';
 import { entryPath, type PlanEntry } from './plan.js';
-import { noSpace, notADirectory, partName, symlinkRefusal, type PartitionTarget } from './session.js';
+import { noInodes, noSpace, notADirectory, partName, symlinkRefusal, type PartitionTarget } from './session.js';
 
 /** Largest file read back from an image (existing key sets, authorized_keys, grub.cfg). */
 const MAX_READ_BYTES = 16 * 1024 * 1024;
@@ -65,6 +65,8 @@ export class DirWriter {
     if ((err as NodeJS.ErrnoException).code === 'ENOSPC' || (err as NodeJS.ErrnoException).code === 'EDQUOT') {
       // A mounted partition with room left: it is the disk holding the image (behind the loop device) that is full.
       const st = this.staging ? null : await statfs(this.root).catch(() => null);
+      // Out of inodes, with blocks to spare: the partition's file system, not the host's disk.
+      if (st && st.files > 0 && st.ffree === 0) throw noInodes(this.target, 1, 0);
       if (this.staging || (st && st.bavail * st.bsize >= needed)) {
         throw new OemError(`no space left on the device holding ${this.staging ? `the staging copy of ${partName(this.target)} (${this.root})` : this.target.imagePath} while writing ${partName(this.target)}`, {
           code: 'noSpace',

@@ -13,7 +13,7 @@ import { OemError } from '../shared/errors.js';
 import { run } from '../tools.js';
 import { ancestors, checkHostFile, cleanPath, contentSize, writeNewFile, type HostFile } from '../shared/safe-fs.js';
 import { entryPath, type PlanEntry } from './plan.js';
-import { noSpace, notADirectory, partName, symlinkRefusal, type PartitionSession, type PartitionTarget } from './session.js';
+import { noInodes, noSpace, notADirectory, partName, symlinkRefusal, type PartitionSession, type PartitionTarget } from './session.js';
 
 type Kind = 'dir' | 'file' | 'symlink' | 'other' | null;
 
@@ -134,7 +134,8 @@ export class RootlessExtSession implements PartitionSession {
     const { bytes: free, inodes, blockSize } = await this.freeSpace();
     let needed = 0;
     for (const e of entries) needed += e.kind === 'file' ? Math.ceil(contentSize(e.content) / blockSize) * blockSize + blockSize : blockSize;
-    if (needed > free || entries.length > inodes) throw noSpace(this.target, needed, free);
+    if (needed > free) throw noSpace(this.target, needed, free);
+    if (entries.length > inodes) throw noInodes(this.target, entries.length, inodes);
 
     const stage = await tempDir('stage');
     const hostFiles: HostFile[] = [];

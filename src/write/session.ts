@@ -45,6 +45,14 @@ export function notADirectory(t: PartitionTarget, path: string, at: string, what
   return new OemError(`cannot write ${path} in ${partName(t)}: ${at} is a ${what}, not a directory`, { code: 'badImage' });
 }
 
+/** The partition's file system has no inode left for the plan's `entries` new files and directories. */
+export function noInodes(t: PartitionTarget, entries: number, free: number): OemError {
+  return new OemError(`${partName(t)} has no room for more files: the plan adds up to ${entries} files and directories but only ${free} inodes are free`, {
+    code: 'noSpace',
+    hint: 'remove files from this partition, or use an image whose file system has more inodes',
+  });
+}
+
 export function noSpace(t: PartitionTarget, needed: number, free: number | undefined): OemError {
   const fmt = (n: number) => `${n} bytes (${(n / 1048576).toFixed(1)} MiB)`;
   return new OemError(
