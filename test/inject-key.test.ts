@@ -256,6 +256,12 @@ describe('oem inject-key refuses bad input before writing anything', () => {
     expect(expectCleanError(r)).toMatch(/the output would overwrite the input/);
   });
 
+  it('an output where no file can be made (/proc): a usage error before any copy', async () => {
+    const r = await oem(['inject-key', fixtures.coreos.raw, '--key', keyA, '--output', '/proc/oem-test.bin']);
+    expect(r.exitCode).toBe(2);
+    expect(expectCleanError(r)).toMatch(/^cannot write the output \/proc\/oem-test\.bin: \/proc: (files cannot be made there \(ENOENT\)|permission denied)$/);
+  });
+
   it('a partition without a filesystem, and a dirty filesystem', async () => {
     const img = await variant('coreos', `nofs-${n++}.bin`);
     const { offset } = await part(img.path, 9);
