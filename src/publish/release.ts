@@ -4,6 +4,7 @@
  * release is put together in a temporary directory beside OUT and renamed into place at the end, so
  * OUT's name shows either nothing or the whole release (Ctrl-C included).
  */
+import { checkOutputDir, makeOutputDir } from '../output-dir.js';
 import { lstat, mkdir, readFile, readdir, rename, rm, rmdir, writeFile } from 'node:fs/promises';
 import { basename, dirname, join, relative, resolve, isAbsolute } from 'node:path';
 import { clearsign, loadSigningKey, signFile, type SigningKey } from '../artifacts/sign.js';
@@ -58,6 +59,7 @@ export async function publishRelease(opts: PublishOptions): Promise<PublishResul
   const signer = opts.signKey ? await loadSigningKey(opts.signKey, opts.signPassphrase) : null;
   const out = resolve(opts.outputDir);
   await checkOutput(out, opts.outputDir, opts.groups);
+  await checkOutputDir(dirname(out));
 
   const groups = [];
   for (const g of opts.groups) {
@@ -69,7 +71,7 @@ export async function publishRelease(opts: PublishOptions): Promise<PublishResul
   if (!signer) await checkCarriedSignatures(release.providers, opts.keys ?? [], log);
 
   const parent = dirname(out);
-  await mkdir(parent, { recursive: true });
+  await makeOutputDir(parent);
   const tmp = join(parent, `.${basename(out)}.oem-tmp-${process.pid}`);
   await rm(tmp, { recursive: true, force: true });
   await mkdir(tmp);
