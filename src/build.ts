@@ -50,6 +50,8 @@ export interface BuildOptions extends BaseSource {
   allProviders?: boolean;
   /** --board was given on the command line (else a local image's own board is taken). */
   boardGiven?: boolean;
+  /** --release as given on the command line (a local image must be that version). */
+  releaseGiven?: string;
   sshKeyFiles?: string[];
   config?: string;
   templates?: string;
@@ -146,7 +148,7 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
     const boardBefore = base.board;
     const image = await prepareImage(
       base,
-      { ...(opts.fetch?.cacheDir ? { cacheDir: opts.fetch.cacheDir } : {}), work, ...(opts.generation ? { generation: opts.generation } : {}), local: opts.image !== undefined, boardGiven: opts.boardGiven ?? false },
+      { ...(opts.fetch?.cacheDir ? { cacheDir: opts.fetch.cacheDir } : {}), work, ...(opts.generation ? { generation: opts.generation } : {}), local: opts.image !== undefined, boardGiven: opts.boardGiven ?? false, ...(opts.releaseGiven ? { releaseGiven: opts.releaseGiven } : {}) },
       report,
     );
     // A local image of another board than the default: its agent.

@@ -240,6 +240,17 @@ describe.runIf(process.getuid?.() === 0)('Ctrl-C during oem build [root]', () =>
   });
 });
 
+describe('a local image and --release', () => {
+  it('the version is the image\'s: another --release is refused, its own is taken', async () => {
+    const args = (release: string) => ['build', '--provider', 'qemu', '--format', 'raw', '--compress', 'none', '--image', fixtures.flatcar.raw, '--insecure', '--no-agent', '--release', release, '--output-dir', join(work, `release-${next()}`)];
+    const other = await oem(args('9999.1.2'));
+    expect(other.exitCode).toBe(2);
+    expect(expectCleanError(other)).toBe(`the image is flatcar ${fixtures.flatcar.version}, not --release 9999.1.2`);
+    const same = await oem(args(fixtures.flatcar.version));
+    expect(same.exitCode, same.stderr).toBe(0);
+  });
+});
+
 describe('output directories that cannot be made', () => {
   it('under /proc (where mkdir answers ENOENT for a parent that exists): refused, no endless retry', async () => {
     const r = await oem(['build', '--provider', 'qemu', '--format', 'raw', '--image', fixtures.flatcar.raw, '--insecure', '--no-agent', '--output-dir', '/proc/oem-test-out']);

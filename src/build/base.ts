@@ -158,7 +158,7 @@ export type BuildGeneration = Exclude<GenerationName, 'unknown'>;
 
 export async function prepareImage(
   base: Base,
-  opts: { cacheDir?: string; work: string; generation?: BuildGeneration; /** A local --image. */ local?: boolean; /** --board given on the command line. */ boardGiven?: boolean },
+  opts: { cacheDir?: string; work: string; generation?: BuildGeneration; /** A local --image. */ local?: boolean; /** --board given on the command line. */ boardGiven?: boolean; /** --release as given on the command line. */ releaseGiven?: string },
   r: Report,
 ): Promise<PreparedImage> {
   r.step('preparing the base image');
@@ -208,6 +208,9 @@ export async function prepareImage(
       const P = base.distro === 'coreos' ? 'COREOS' : 'FLATCAR';
       base.versionFields = { [`${P}_VERSION`]: base.version, [`${P}_VERSION_ID`]: base.version };
     }
+  }
+  if (opts.local && opts.releaseGiven && opts.releaseGiven !== 'current' && opts.releaseGiven !== base.version) {
+    throw new OemError(`the image is ${base.distro} ${base.version}, not --release ${opts.releaseGiven}`, { code: 'usage', hint: 'leave --release out with --image: the version is the image\'s' });
   }
   const sysext: SysextImage | null =
     chosen === 'flatcar-sysext'

@@ -61,6 +61,7 @@ export default class Build extends OemCommand {
         providers: flags.provider ?? [],
         allProviders: flags['all-providers'],
         boardGiven: raw.some((t) => t.type === 'flag' && t.flag === 'board'),
+        ...(raw.some((t) => t.type === 'flag' && t.flag === 'release') ? { releaseGiven: flags.release } : {}),
         ...(flags.image ? { image: flags.image } : {}),
         ...(flags.signature ? { signature: flags.signature } : {}),
         ...(flags.key ? { keyFiles: flags.key } : {}),
