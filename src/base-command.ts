@@ -74,7 +74,7 @@ export function usageLine(message: string): string {
  */
 async function signalEnding(err: Error): Promise<boolean> {
   if (endingSignal()) return true;
-  const bySignal = (err instanceof OemError && err.code === 'interrupted') || /killed with SIG(INT|TERM|HUP)\b|\bSIG(INT|TERM|HUP)\b/.test(err.message);
+  const bySignal = (err instanceof OemError && err.code === 'interrupted') || /\bSIG(INT|TERM|HUP)\b/.test(err.message);
   if (!bySignal) return false;
   for (let i = 0; i < 20 && !endingSignal(); i++) await new Promise((r) => setTimeout(r, 25));
   return endingSignal() !== undefined;

@@ -290,10 +290,11 @@ async function plainContent(p: Provider, c: Ctx): Promise<Content> {
 async function sysextContent(p: Provider, img: SysextImage, c: Ctx): Promise<Content> {
   const mode = sysextMode(p, img);
   let content: SysextContent;
+  const missing = missingExtension(p, img);
   if (mode.kind === 'official') {
     content = await officialContent(p, img, mode.platform, await officialRaw(mode.platform, c));
-  } else if (missingExtension(p, img) !== undefined) {
-    throw new OemError(`provider ${p.id} cannot be built from ${c.base.distro} ${c.base.version}: ${missingExtension(p, img)}`, { code: 'usage', hint: `build ${p.id} from a release that has it` });
+  } else if (missing !== undefined) {
+    throw new OemError(`provider ${p.id} cannot be built from ${c.base.distro} ${c.base.version}: ${missing}`, { code: 'usage', hint: `build ${p.id} from a release that has it` });
   } else {
     const rendered = await renderProvider({ provider: p, distro: c.base.distro, version: c.base.version, channel: c.base.channel, generation: 'flatcar', agent: c.agent, sshKeys: [], config: c.config });
     await validateRendered(p.id, rendered);

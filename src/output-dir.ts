@@ -1,11 +1,11 @@
 /**
  * The directory outputs go to: checked before any work (its nearest existing ancestor must be a
- * directory this process can write), and made one level at a time. Node's recursive mkdir loops
+ * directory this process can make files in), and made one level at a time. Node's recursive mkdir loops
  * forever where the kernel answers ENOENT for a parent that exists (/proc, /sys).
  */
-import { constants } from 'node:fs';
-import { access, mkdir, stat } from 'node:fs/promises';
-import { dirname, resolve } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { mkdir, rm, stat, writeFile } from 'node:fs/promises';
+import { dirname, join, resolve } from 'node:path';
 import { OemError } from './shared/errors.js';
 
 const REASONS: Record<string, string> = {
@@ -37,12 +37,25 @@ async function levels(dir: string, flag: string): Promise<{ existing: string; mi
   }
 }
 
+/**
+ * Why no file can be made in the existing directory `dir`, or undefined when one can: a file is made
+ * and removed (access() says yes to root on a read-only mount's neighbours and in /proc).
+ */
+export async function unwritable(dir: string): Promise<string | undefined> {
+  const probe = join(dir, `.oem-probe-${process.pid}-${randomBytes(4).toString('hex')}`);
+  const code = await writeFile(probe, '', { flag: 'wx' }).then(() => undefined, (err: NodeJS.ErrnoException) => err.code ?? err.message);
+  if (code === undefined) {
+    await rm(probe, { force: true });
+    return undefined;
+  }
+  return REASONS[code] ?? `files cannot be made there (${code})`;
+}
+
 /** Refuses, before anything is fetched or built, an output directory that cannot be made or written. */
 export async function checkOutputDir(dir: string, flag = '--output-dir'): Promise<void> {
   const { existing } = await levels(dir, flag);
-  await access(existing, constants.W_OK | constants.X_OK).catch((err: NodeJS.ErrnoException) => {
-    throw refuse(flag, dir, `${existing}: ${REASONS[err.code ?? ''] ?? `not writable (${err.code ?? err.message})`}`);
-  });
+  const why = await unwritable(existing);
+  if (why) throw refuse(flag, dir, `${existing}: ${why}`);
 }
 
 /** Makes `dir` and its missing parents; returns the first one it made (undefined: `dir` existed). */

@@ -1,8 +1,9 @@
 import { Args, Flags } from '@oclif/core';
-import { lstat, readFile, stat } from 'node:fs/promises';
+import { lstat, stat } from 'node:fs/promises';
 import { basename } from 'node:path';
 import { OemCommand } from '../base-command.js';
 import { OemError } from '../shared/errors.js';
+import { readBounded, ReadRefused } from '../shared/safe-fs.js';
 import { checkDigests, loadTrustedKeys, verifyCleartext, verifyDetached, type Distro } from '../release/verify.js';
 
 export default class Verify extends OemCommand {
@@ -77,15 +78,13 @@ export default class Verify extends OemCommand {
 }
 
 /**
- * A small file's bytes, or null if nothing is at `path` (not even a dangling symlink). Anything else
- * that cannot be read as a regular file of at most `max` bytes (a directory, a FIFO, a device, a
- * dangling symlink, a huge file) is an error: a file named as evidence is never skipped silently.
+ * A small file's bytes (readBounded: a regular file, a FIFO refused without hanging), or null if
+ * nothing is at `path`, not even a dangling symlink. A file named as evidence is never skipped.
  */
 async function readSmall(path: string, what: string, max: number): Promise<Buffer | null> {
-  const link = await lstat(path).catch(() => null);
-  if (!link) return null;
-  const st = await stat(path).catch(() => null);
-  const why = !st ? 'a symlink to nothing' : !st.isFile() ? 'not a regular file' : st.size > max ? `${st.size} bytes, more than ${what} can be` : undefined;
-  if (why) throw new OemError(`cannot read ${what} ${path}: ${why}`, { code: 'verification' });
-  return readFile(path);
+  const bytes = await readBounded(path, max, { what: `${what} ${path}` }).catch((err: unknown) => {
+    throw err instanceof ReadRefused ? new OemError(err.message, { code: 'verification' }) : err;
+  });
+  if (bytes === null && (await lstat(path).catch(() => null))) throw new OemError(`cannot read ${what} ${path}: a symlink to nothing`, { code: 'verification' });
+  return bytes;
 }

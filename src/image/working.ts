@@ -3,10 +3,10 @@
  * temporary name beside the output, sparse (decompressed with zero blocks skipped, or copied with
  * `cp --sparse=always --reflink=auto`), renamed to its final name only when everything succeeded.
  */
-import { constants } from 'node:fs';
-import { access, realpath, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { realpath, rename, rm, stat } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { acquire } from '../cleanup.js';
+import { unwritable } from '../output-dir.js';
 import { OemError, describe } from '../shared/errors.js';
 import { run } from '../tools.js';
 import type { Compression } from '../compression.js';
@@ -57,14 +57,8 @@ export async function prepareWorkingImage(
     throw new OemError(`the output's directory ${dirname(finalPath)} does not exist`, { code: 'usage' });
   }
   // Writable (not read-only, not /proc): said now, not as a tool's failure to write there.
-  const canWrite = await access(dirname(finalPath), constants.W_OK).then(() => true, (err: NodeJS.ErrnoException) => err.code);
-  const probe = join(dirname(finalPath), `.${basename(finalPath)}.oem-probe-${process.pid}`);
-  const made = canWrite === true ? await writeFile(probe, '', { flag: 'wx' }).then(() => true, (err: NodeJS.ErrnoException) => err.code) : canWrite;
-  if (made === true) await rm(probe, { force: true });
-  else {
-    const why = made === 'EROFS' ? 'a read-only file system' : made === 'EACCES' || made === 'EPERM' ? 'permission denied' : `files cannot be made there (${String(made)})`;
-    throw new OemError(`cannot write the output ${finalPath}: ${dirname(finalPath)}: ${why}`, { code: 'usage', hint: 'give --output a path in a directory you can write' });
-  }
+  const why = await unwritable(dirname(finalPath));
+  if (why) throw new OemError(`cannot write the output ${finalPath}: ${dirname(finalPath)}: ${why}`, { code: 'usage', hint: 'give --output a path in a directory you can write' });
   const inputReal = await realpath(input);
   const outReal = await realpath(finalPath).catch(() => finalPath);
   if (outReal === inputReal) {

@@ -61,12 +61,13 @@ export class DirWriter {
     return this.fs.readdir(p);
   }
 
-  private async wrapSpace(err: unknown, needed: number): Promise<never> {
+  private async wrapSpace(err: unknown, needed: number, entries: number): Promise<never> {
     if ((err as NodeJS.ErrnoException).code === 'ENOSPC' || (err as NodeJS.ErrnoException).code === 'EDQUOT') {
       // A mounted partition with room left: it is the disk holding the image (behind the loop device) that is full.
       const st = this.staging ? null : await statfs(this.root).catch(() => null);
-      // Out of inodes, with blocks to spare: the partition's file system, not the host's disk.
-      if (st && st.files > 0 && st.ffree === 0) throw noInodes(this.target, 1, 0);
+      // Out of inodes, with blocks to spare: the partition's file system, not the host's disk (a
+      // file system without an inode count, btrfs, says files 0).
+      if (st && st.files > 0 && st.ffree === 0) throw noInodes(this.target, entries, 0);
       if (this.staging || (st && st.bavail * st.bsize >= needed)) {
         throw new OemError(`no space left on the device holding ${this.staging ? `the staging copy of ${partName(this.target)} (${this.root})` : this.target.imagePath} while writing ${partName(this.target)}`, {
           code: 'noSpace',
@@ -84,7 +85,7 @@ export class DirWriter {
         await this.applyOne(e);
       } catch (err) {
         if (err instanceof OemError) throw err;
-        await this.wrapSpace(err, needed);
+        await this.wrapSpace(err, needed, entries.length);
       }
     }
   }

@@ -13,7 +13,7 @@ import { OemError } from '../shared/errors.js';
 import { run } from '../tools.js';
 import { DirSession, DirWriter } from './dir-writer.js';
 import { planBytes, type PlanEntry } from './plan.js';
-import { noInodes, noSpace, partName, type PartitionSession, type PartitionTarget } from './session.js';
+import { noSpace, partName, type PartitionSession, type PartitionTarget } from './session.js';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -96,8 +96,6 @@ export class MountSession extends DirSession implements PartitionSession {
     const st = await statfs(this.dir);
     const free = st.bfree * st.bsize; // as root, the reserved blocks are ours too
     if (needed > free) throw noSpace(this.target, needed, free);
-    // ffree is 0 on file systems without an inode count (btrfs reports files 0 too).
-    if (st.files > 0 && entries.length > st.ffree) throw noInodes(this.target, entries.length, st.ffree);
     await this.writer.apply(entries, needed);
   }
 
