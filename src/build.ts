@@ -302,7 +302,9 @@ async function sysextContent(p: Provider, img: SysextImage, c: Ctx): Promise<Con
     await mkdir(work);
     let agent: HostFile | null = null;
     if (c.agent) agent = await (c.agentExecutable ??= agentExecutable(c.agent, c.work));
-    content = await customContent(p, img, rendered, { name: mode.name, format: c.opts.sysextFormat ?? 'squashfs', mtime: Math.floor(buildTime().getTime() / 1000), agent, work });
+    // The agent's compressed blocks are kept beside the piece cache (and go with the base's cache entry).
+    const store = c.image.index ? join(dirname(c.image.index.file), 'squashfs') : join(c.work, 'squashfs');
+    content = await customContent(p, img, rendered, { name: mode.name, format: c.opts.sysextFormat ?? 'squashfs', mtime: Math.floor(buildTime().getTime() / 1000), agent, work, store });
   }
   content = await addUserExtensions(content, img, c.opts.sysexts ?? []);
   if (c.ignition !== null) {

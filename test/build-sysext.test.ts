@@ -145,6 +145,40 @@ describe('oem build on the extension era', () => {
     expect(report.warnings).toEqual([]);
   });
 
+  it('compresses an agent once for every provider and later build: its blocks are kept in the cache', { timeout: 300_000 }, async () => {
+    // An agent large enough for the store (4 MiB and more): the stand-in executable, then text.
+    const big = join(work, 'big-agent');
+    const lines = Array.from({ length: 120_000 }, (_, i) => `line ${i} of the stand-in agent ${(i * 2654435761) % 4294967296}\n`).join('');
+    await writeFile(big, Buffer.concat([await readFile('/bin/true'), Buffer.from(lines)]));
+    expect((await stat(big)).size).toBeGreaterThan(5 << 20);
+    const cache = join(work, `cache-store-${n}`);
+    const args = (out: string, ...providers: string[]) => [
+      'build', ...providers.flatMap((p) => ['--provider', p]), '--distro', 'flatcar', '--base-url', `${server.url}/{channel}/{board}`, '--key', fixtures.key.publicKeyPath,
+      '--cache-dir', cache, '--output-dir', out, '--format', 'raw', '--compress', 'none', '--agent', big,
+    ];
+    const fromCache = /the agent \(its compressed blocks from the cache\)/;
+    const out1 = join(work, `out-${++n}`);
+    const first = await oem(args(out1, 'pxe', 'ipxe'));
+    expect(first.exitCode, first.stderr).toBe(0);
+    // One provider compressed the agent, the other took its blocks.
+    expect(first.stderr.split('\n').filter((l) => fromCache.test(l))).toHaveLength(1);
+    const kept = await readdir(join(cache, 'bases'), { recursive: true });
+    expect(kept.filter((f) => /squashfs\/[0-9a-f]{64}\.gz128k$/.test(f))).toHaveLength(1);
+    const out2 = join(work, `out-${++n}`);
+    const again = await oem(args(out2, 'pxe'));
+    expect(again.exitCode, again.stderr).toBe(0);
+    expect(again.stderr).toMatch(fromCache);
+    for (const [out, p] of [[out1, 'pxe'], [out1, 'ipxe'], [out2, 'pxe']] as const) {
+      const o = await oemFiles(join(out, p, `flatcar_production_${p}_image.bin`));
+      try {
+        const inside = (await execa('unsquashfs', ['-cat', join(o.root, `${p}.raw`), `usr/lib/${p}/oem-agent`], { encoding: 'buffer', maxBuffer: 64 << 20, stripFinalNewline: false })).stdout;
+        expect(Buffer.from(inside).equals(await readFile(big)), `${out} ${p}`).toBe(true);
+      } finally {
+        await o.release();
+      }
+    }
+  });
+
   it.runIf(isRoot)('[root] systemd-sysext merges the provider\'s own extension over the image\'s /usr and unmerges it cleanly', { timeout: 300_000 }, async () => {
     const { image } = await built('pxe', '--sysext-format', 'erofs');
     const o = await oemFiles(image);

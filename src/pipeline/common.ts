@@ -114,7 +114,7 @@ export const JOB_TOOLS: Readonly<Record<string, string>> = {
   lbzip2: 'lbzip2',
   xz: 'xz-utils',
   zstd: 'zstd',
-  mksquashfs: 'squashfs-tools',
+  unsquashfs: 'squashfs-tools',
   'mkfs.erofs': 'erofs-utils',
 };
 

@@ -194,6 +194,8 @@ export interface CustomOptions {
   agent: FileContent | null;
   /** A private directory to build the extension's tree and image in. */
   work: string;
+  /** Where compressed blocks of the agent are kept for other providers and later builds. */
+  store?: string;
 }
 
 /**
@@ -222,7 +224,7 @@ export async function customContent(p: Provider, img: SysextImage, rendered: Ren
     await writeNewFile(at, e.content, e.mode);
   }
   const extension = join(o.work, `${o.name}.raw`);
-  await makeExtension(treeDir, extension, { format: o.format, mtime: o.mtime, name: o.name });
+  const { stored } = await makeExtension(treeDir, extension, { format: o.format, mtime: o.mtime, name: o.name, ...(o.store !== undefined ? { store: o.store } : {}) });
   await checkExtension(extension, o.name, img, `the extension ${o.name}.raw`);
 
   const oemRelease = [`ID=${p.id}`, `VERSION_ID=${img.version}`, `NAME=${q(p.name)}`, `HOME_URL=${q(p.homeUrl)}`, `BUG_REPORT_URL=${q(p.bugReportUrl)}`, ''].join('\n');
@@ -238,7 +240,7 @@ export async function customContent(p: Provider, img: SysextImage, rendered: Ren
       { path: '/base/base.ign', kind: 'ignition', content: base },
     ],
     linked: [o.name],
-    summary: `the provider's own extension ${o.name}.raw (${o.format}; ${units.length} units${o.agent ? ', the agent' : ''}${config ? ', the config' : ''}), linked from /etc/extensions, no active-oem marker`,
+    summary: `the provider's own extension ${o.name}.raw (${o.format}; ${units.length} units${o.agent ? `, the agent${stored.some((f) => f.endsWith('/oem-agent')) ? ' (its compressed blocks from the cache)' : ''}` : ''}${config ? ', the config' : ''}), linked from /etc/extensions, no active-oem marker`,
   };
 }
 
