@@ -14,7 +14,10 @@
  *   3. oem build --provider ec2 --format raw, cache cold (release downloaded, not yet decoded), warm;
  *   4. oem build for 4 providers and for all providers, cold, one run each;
  *   5. one row per format: ec2 built with that format alone (default compression), cold, then warm; raw
- *      with --compress zst; and every default format of every provider, cold.
+ *      with --compress zst; and every default format of every provider, cold;
+ *   6. the extension era: a full-size Flatcar 4593 release (1 GiB OEM, Flatcar's OEM extensions for
+ *      the platforms it lists) on the beta channel, pxe (a provider with its own extension, holding
+ *      the real agent) and all providers, raw, cold.
  * Runs 1-4 write the same as the recipes: the raw image as .bin.bz2, OEM content and an SSH key.
  * Prints a table with ratios and the targets (the oem runs against the lbzip2 recipe), and writes bench/results/<time>.json and
  * bench/results/latest.json.
@@ -27,13 +30,14 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { compressBzip2, generateTestKey, publishRelease } from './lib/mirror.js';
 import { startMirrorServer } from './lib/mirror-server.js';
-import { buildTestImage, FULL_SIZE } from './lib/test-image.js';
+import { buildTestImage, FULL_SIZE, writeOemExtensions } from './lib/test-image.js';
 import { FORMATS } from '../src/artifacts/formats.js';
 
 const REPO = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 // Timed runs start the CLI as users do, by its #! line (bin/run.js: the shell sets glibc's malloc up).
 const BIN = join(REPO, 'bin', 'run.js');
 const VERSION = '3510.2.8';
+const SYSEXT_VERSION = '4593.1.0';
 
 interface Timing {
   name: string;
@@ -110,6 +114,26 @@ async function main(): Promise<void> {
     await rm(packed, { force: true });
     await writeFile(keyPub, key.armoredPublic);
   }
+  // The extension era's release, made once: the same size, OEM extensions beside the image.
+  const sysextBz2 = join(mirror, 'beta', 'amd64-usr', SYSEXT_VERSION, 'flatcar_production_image.bin.bz2');
+  const betaKeyPub = join(dir, 'test-key-beta.pub.asc');
+  if (!(await stat(sysextBz2).catch(() => null)) || !(await stat(betaKeyPub).catch(() => null))) {
+    console.log(`making the full-size Flatcar ${SYSEXT_VERSION} test release in ${dir} (once) ...`);
+    const made = join(dir, 'sysext-release');
+    await rm(made, { recursive: true, force: true });
+    await mkdir(made);
+    const raw = join(made, 'flatcar_production_image.bin');
+    await buildTestImage({ path: raw, generation: 'flatcar-sysext', size: 'full', version: SYSEXT_VERSION, usrDataBytes: Number(values['usr-data-mb']) * 1024 * 1024 });
+    const exts = await writeOemExtensions(made, SYSEXT_VERSION);
+    const packed = join(made, 'release.bin.bz2');
+    await compressBzip2(raw, packed);
+    await rm(raw, { force: true });
+    const key = await generateTestKey();
+    const oemSysexts = Object.fromEntries(exts.map((f) => [f.replace(/^.*\/oem-(.*)\.raw$/, '$1'), f]));
+    await publishRelease({ mirrorDir: mirror, distro: 'flatcar', channel: 'beta', board: 'amd64-usr', version: SYSEXT_VERSION, imageBz2: packed, armoredPrivateKey: key.armoredPrivate, current: true, oemSysexts });
+    await rm(made, { recursive: true, force: true });
+    await writeFile(betaKeyPub, key.armoredPublic);
+  }
   const release = { bytes: (await stat(bz2)).size, imageBytes: FULL_SIZE };
   console.log(`release: ${bz2} (${(release.bytes / 1e6).toFixed(0)} MB compressed, ${release.imageBytes} bytes raw)`);
 
@@ -164,6 +188,16 @@ async function main(): Promise<void> {
     results.push(await build('oem all providers, cold', ['--all-providers']));
     const providers = (JSON.parse((await execa(process.execPath, [BIN, 'providers', '--json'])).stdout) as unknown[]).length;
 
+    // The extension era: pxe (its own extension, with the real agent) alone and all providers, raw, cold.
+    const beta = ['--channel', 'beta', '--base-url', `${server.url}/{channel}/{board}`, '--key', betaKeyPub, '--cache-dir', cache];
+    await execa(process.execPath, [BIN, 'fetch', ...beta], { stdin: 'ignore' });
+    const sysextBuild = (name: string, args: string[]) => timed(name, [BIN, 'build', ...args, '--format', 'raw', '--ssh-key', sshKey, ...beta, '--output-dir', join(work, 'sysext')]);
+    await cold();
+    results.push(await sysextBuild(`oem pxe, Flatcar ${SYSEXT_VERSION}, cold`, ['--provider', 'pxe']));
+    await cold();
+    results.push(await sysextBuild(`oem all providers, Flatcar ${SYSEXT_VERSION}, cold`, ['--all-providers']));
+    await rm(join(work, 'sysext'), { recursive: true, force: true });
+
     // One row per format (issue 19): ec2 with that format alone and its default compression, cold (the
     // release downloaded, nothing decoded or compressed yet), then warm (built again from that cache:
     // the base decoded, the compressed pieces kept); then raw with --compress zst, and every default
@@ -188,6 +222,7 @@ async function main(): Promise<void> {
     await cold();
     results.push(await timed('oem all providers, every default format, cold', [BIN, 'build', '--all-providers', '--ssh-key', sshKey, ...common, '--output-dir', join(work, 'all-formats')]));
     await rm(join(work, 'all-formats'), { recursive: true, force: true });
+
 
     // Checks, untimed: the ec2 output is a valid bzip2 file; a raw (uncompressed) output is sparse.
     await execa('lbzip2', ['-t', join(work, 'out', 'ec2', 'flatcar_production_ec2_image.bin.bz2')]);

@@ -363,7 +363,7 @@ export async function withRoot(base: string, path: string, root: TreeEntry[]): P
 
 /**
  * Flatcar's OEM system extensions for a test image of the extension era, as a release directory
- * holds them: `oem-<id>.raw` in `dir` for each platform id (squashfs, made by mksquashfs, each with
+ * holds them: `oem-<id>.raw` in `dir` for each platform id (squashfs, made by makeExtension, each with
  * its extension-release for the image's version and a marker unit). Returns their paths.
  */
 export async function writeOemExtensions(dir: string, version: string, oems: string[] = TEST_OEMS): Promise<string[]> {
