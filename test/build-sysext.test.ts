@@ -105,7 +105,10 @@ describe('oem build on the extension era', () => {
   it('any other provider: its own extension with the agent, units and config, linked from /etc/extensions, no marker', { timeout: 300_000 }, async () => {
     const config = join(work, 'config.yml');
     await writeFile(config, 'version: 1\nfiles:\n  - path: /etc/motd\n    content: "hello\\n"\n');
-    const { image, stderr } = await built('pxe', '--config', config);
+    // Under a umask that closes new directories: the extension's must still be 0755 (systemd-sysext's
+    // overlay takes a directory's mode from the topmost layer, so a 0700 usr/ would close /usr).
+    const umask = process.umask(0o077);
+    const { image, stderr } = await built('pxe', '--config', config).finally(() => process.umask(umask));
     expect(stderr).toMatch(/pxe: the provider's own extension pxe\.raw \(squashfs; \d+ units, the agent, the config\), linked from \/etc\/extensions, no active-oem marker/);
     const o = await oemFiles(image);
     try {
@@ -125,6 +128,9 @@ describe('oem build on the extension era', () => {
       expect(await cat('usr/lib/systemd/system/oem-agent-provision.service')).toMatch(/^ExecStart=\/usr\/lib\/pxe\/oem-agent provision --config \/usr\/lib\/pxe\/config\.yml$/m);
       expect(await cat('usr/lib/systemd/system/multi-user.target.d/10-pxe.conf')).toMatch(/^Wants=oem\.target$/m);
       expect(await cat('usr/lib/pxe/config.yml')).toContain('/etc/motd');
+      const dirs = listing.split('\n').filter((l) => l.startsWith('d'));
+      expect(dirs.length).toBeGreaterThan(5);
+      for (const d of dirs) expect(d).toMatch(/^drwxr-xr-x 0\/0 /);
       // The agent: --agent's executable, compressed for the build and unpacked into the extension, the same bytes, executable.
       expect(listing).toMatch(/^-rwxr-xr-x 0\/0 .* squashfs-root\/usr\/lib\/pxe\/oem-agent$/m);
       const inside = (await execa('unsquashfs', ['-cat', join(o.root, 'pxe.raw'), 'usr/lib/pxe/oem-agent'], { encoding: 'buffer' })).stdout;

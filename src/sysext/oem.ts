@@ -15,7 +15,7 @@
  *
  * The user's own extensions (`--sysext`) are placed and linked like the custom one.
  */
-import { mkdir, readFile } from 'node:fs/promises';
+import { chmod, mkdir, readdir, readFile } from 'node:fs/promises';
 import { join, posix } from 'node:path';
 import { OemError } from '../shared/errors.js';
 import { type FileContent, hostFile, writeNewFile } from '../shared/safe-fs.js';
@@ -186,6 +186,15 @@ function rootLinks(names: string[]): PlanEntry[] {
   return [dir('/etc/extensions'), ...names.map((n): PlanEntry => ({ kind: 'symlink', path: `/etc/extensions/${n}.raw`, target: `${OEM_MOUNT}/${n}.raw`, uid: 0, gid: 0 }))];
 }
 
+/**
+ * Every directory of an extension's tree 0755, whatever the umask made them: systemd-sysext's overlay
+ * takes a directory's mode from the topmost layer, so a 0700 usr/ would close the system's /usr.
+ */
+async function openDirectories(dir: string): Promise<void> {
+  await chmod(dir, 0o755);
+  for (const e of await readdir(dir, { withFileTypes: true })) if (e.isDirectory()) await openDirectories(join(dir, e.name));
+}
+
 export interface CustomOptions {
   name: string;
   format: SysextFormat;
@@ -223,6 +232,7 @@ export async function customContent(p: Provider, img: SysextImage, rendered: Ren
     await mkdir(posix.dirname(at), { recursive: true });
     await writeNewFile(at, e.content, e.mode);
   }
+  await openDirectories(treeDir);
   const extension = join(o.work, `${o.name}.raw`);
   const { stored } = await makeExtension(treeDir, extension, { format: o.format, mtime: o.mtime, name: o.name, ...(o.store !== undefined ? { store: o.store } : {}) });
   await checkExtension(extension, o.name, img, `the extension ${o.name}.raw`);
