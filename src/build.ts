@@ -300,8 +300,8 @@ async function sysextContent(p: Provider, img: SysextImage, c: Ctx): Promise<Con
     await validateRendered(p.id, rendered);
     const work = join(c.work, `${p.id}.sysext`);
     await mkdir(work);
-    let agent: HostFile | null = null;
-    if (c.agent) agent = await (c.agentExecutable ??= agentExecutable(c.agent, c.work));
+    const xz = c.agent;
+    const agent = xz ? { xz, executable: () => (c.agentExecutable ??= agentExecutable(xz, c.work)) } : null;
     // The agent's compressed blocks are kept beside the piece cache (and go with the base's cache entry).
     const store = c.image.index ? join(dirname(c.image.index.file), 'squashfs') : join(c.work, 'squashfs');
     content = await customContent(p, img, rendered, { name: mode.name, format: c.opts.sysextFormat ?? 'squashfs', mtime: Math.floor(buildTime().getTime() / 1000), agent, work, store });

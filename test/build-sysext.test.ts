@@ -169,12 +169,24 @@ describe('oem build on the extension era', () => {
     // One provider compressed the agent, the other took its blocks.
     expect(first.stderr.split('\n').filter((l) => fromCache.test(l))).toHaveLength(1);
     const kept = await readdir(join(cache, 'bases'), { recursive: true });
-    expect(kept.filter((f) => /squashfs\/[0-9a-f]{64}\.gz128k$/.test(f))).toHaveLength(1);
+    const entries = kept.filter((f) => /squashfs\/[0-9a-f]{64}\.gz128k$/.test(f));
+    expect(entries).toHaveLength(1);
+    // And which agent .xz those blocks are of, so a later build need not unpack it.
+    expect(kept.filter((f) => /squashfs\/[0-9a-f]{64}\.source$/.test(f))).toHaveLength(1);
     const out2 = join(work, `out-${++n}`);
     const again = await oem(args(out2, 'pxe'));
     expect(again.exitCode, again.stderr).toBe(0);
     expect(again.stderr).toMatch(fromCache);
-    for (const [out, p] of [[out1, 'pxe'], [out1, 'ipxe'], [out2, 'pxe']] as const) {
+    // A damaged entry: the build unpacks and compresses the agent again.
+    const entry = join(cache, 'bases', entries[0]!);
+    const bytes = await readFile(entry);
+    bytes[bytes.length - 10] = bytes[bytes.length - 10]! ^ 1;
+    await writeFile(entry, bytes);
+    const out3 = join(work, `out-${++n}`);
+    const third = await oem(args(out3, 'pxe'));
+    expect(third.exitCode, third.stderr).toBe(0);
+    expect(third.stderr).not.toMatch(fromCache);
+    for (const [out, p] of [[out1, 'pxe'], [out1, 'ipxe'], [out2, 'pxe'], [out3, 'pxe']] as const) {
       const o = await oemFiles(join(out, p, `flatcar_production_${p}_image.bin`));
       try {
         const inside = (await execa('unsquashfs', ['-cat', join(o.root, `${p}.raw`), `usr/lib/${p}/oem-agent`], { encoding: 'buffer', maxBuffer: 64 << 20, stripFinalNewline: false })).stdout;

@@ -11,7 +11,7 @@ import { chmod, lstat, mkdir, mkdtemp, readdir, readFile, readlink, rm, stat, sy
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { writeSquashfs } from '../src/sysext/squashfs.js';
+import { rememberSource, StoreMiss, storedSource, writeSquashfs } from '../src/sysext/squashfs.js';
 
 const isRoot = process.getuid?.() === 0;
 const MTIME = 1_700_000_000;
@@ -178,6 +178,40 @@ describe('the store of compressed blocks', () => {
     const outs = await Promise.all([1, 2, 3].map(() => made(store, big)));
     for (const o of outs) expect(await sha(o)).toBe(plain);
     expect((await readdir(store)).length).toBe(1); // one entry, no temporary file left
+  });
+
+  it('places a file it has from an earlier image, without the file: the same bytes as with it', async () => {
+    const store = join(dir, `store-${n++}`);
+    const agent = join(big, 'usr/lib/acme/agent');
+    const plain = await sha(await made(undefined, big));
+    await made(store, big);
+    // The agent came from an .xz: the store learns which file that makes.
+    const xz = join(dir, `agent-${n++}.xz`);
+    await writeFile(xz, 'stands in for the compressed agent');
+    expect(await storedSource(store, xz)).toBeUndefined();
+    await rememberSource(store, xz, agent);
+    const known = await storedSource(store, xz);
+    expect(known).toEqual({ sha256: createHash('sha256').update(await readFile(agent)).digest('hex'), size: (await stat(agent)).size });
+
+    // The tree without the agent, and the agent from the store: the image is the same.
+    const without = join(dir, `without-${n++}`);
+    await mkdir(join(without, 'usr/lib/acme'), { recursive: true });
+    await writeFile(join(without, 'usr/lib/acme/small'), 'small\n');
+    await chmod(join(without, 'usr/lib/acme/small'), (await stat(join(big, 'usr/lib/acme/small'))).mode & 0o7777);
+    for (const d of [without, join(without, 'usr'), join(without, 'usr/lib'), join(without, 'usr/lib/acme')]) {
+      await chmod(d, (await stat(join(big, d.slice(without.length)))).mode & 0o7777);
+    }
+    const out = join(dir, `out-${n++}.raw`);
+    const r = await writeSquashfs(without, out, { mtime: MTIME, name: 'acme', store, stored: [{ path: '/usr/lib/acme/agent', mode: (await stat(agent)).mode & 0o7777, ...known! }] });
+    expect(r.stored).toEqual(['usr/lib/acme/agent']);
+    expect(await sha(out)).toBe(plain);
+
+    // Gone from the store: StoreMiss (the caller then makes the file), no image left, and storedSource no longer offers it.
+    await rm(join(store, `${known!.sha256}.gz128k`));
+    const gone = join(dir, `out-${n++}.raw`);
+    await expect(writeSquashfs(without, gone, { mtime: MTIME, name: 'acme', store, stored: [{ path: '/usr/lib/acme/agent', mode: 0o755, ...known! }] })).rejects.toBeInstanceOf(StoreMiss);
+    await expect(stat(gone)).rejects.toThrow(/ENOENT/);
+    expect(await storedSource(store, xz)).toBeUndefined();
   });
 
   it('only saves time: a store that cannot be written changes nothing but the time', async () => {

@@ -3,7 +3,7 @@
  * written: the runtime agent for the board and the provisioning config.
  */
 import { execa, type Options } from 'execa';
-import { open, readFile, rm, stat } from 'node:fs/promises';
+import { chmod, open, readFile, rm, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { formatProblem } from '../shared/config/types.js';
 import { readAndValidateConfig } from '../shared/config/validate.js';
@@ -58,6 +58,7 @@ export async function agentXz(agent: AgentFile, work: string): Promise<HostFile>
 export async function agentExecutable(xz: HostFile, work: string): Promise<HostFile> {
   const out = join(work, 'oem-agent');
   await xzToFile(['-dc', xz.hostPath], out, 'unpack the agent');
+  await chmod(out, 0o755); // as it goes into an extension: linked there, not copied
   return hostFile(out);
 }
 

@@ -15,14 +15,15 @@
  *
  * The user's own extensions (`--sysext`) are placed and linked like the custom one.
  */
-import { chmod, mkdir, readdir, readFile } from 'node:fs/promises';
+import { chmod, link, mkdir, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { join, posix } from 'node:path';
 import { OemError } from '../shared/errors.js';
-import { type FileContent, hostFile, writeNewFile } from '../shared/safe-fs.js';
+import { type FileContent, type HostFile, hostFile, writeNewFile } from '../shared/safe-fs.js';
 import type { Provider } from '../providers/registry.js';
 import { grubCfg, ignitionVersion, type Rendered } from '../providers/render.js';
 import type { PlanEntry } from '../write/plan.js';
 import { makeExtension, type SysextFormat } from './make.js';
+import { rememberSource, StoreMiss, storedSource } from './squashfs.js';
 import { readExtension } from './read.js';
 import { mergeVerdict, type Keys } from './release.js';
 
@@ -199,8 +200,8 @@ export interface CustomOptions {
   name: string;
   format: SysextFormat;
   mtime: number;
-  /** The agent executable (uncompressed), or null for none. */
-  agent: FileContent | null;
+  /** The agent, or null for none: its .xz, and its executable (unpacked when first asked for). */
+  agent: { xz: HostFile; executable: () => Promise<HostFile> } | null;
   /** A private directory to build the extension's tree and image in. */
   work: string;
   /** Where compressed blocks of the agent are kept for other providers and later builds. */
@@ -218,23 +219,44 @@ export async function customContent(p: Provider, img: SysextImage, rendered: Ren
   const relocate = (text: string) => text.replaceAll('/usr/share/oem/bin/oem-agent', `${libDir}/oem-agent`).replaceAll('/usr/share/oem/config.yml', `${libDir}/config.yml`);
   const units = rendered.files.filter((f) => f.kind === 'unit').map((f) => ({ name: posix.basename(f.path), content: relocate(f.content) }));
   const config = rendered.entries.find((e) => e.path === '/config.yml');
-  const tree: PlanEntry[] = [
-    file(`/usr/lib/extension-release.d/extension-release.${o.name}`, `ID=flatcar\nSYSEXT_LEVEL=1.0\nARCHITECTURE=${img.arch}\nEXTENSION_RELOAD_MANAGER=1\n`),
-    ...units.map((u) => file(`/usr/lib/systemd/system/${u.name}`, u.content)),
-    ...installDropIns(units, o.name),
-    ...(o.agent ? [file(`${libDir}/oem-agent`, o.agent, 0o755)] : []),
-    ...(config && config.kind === 'file' ? [file(`${libDir}/config.yml`, config.content)] : []),
-  ];
-  const treeDir = join(o.work, `${o.name}.tree`);
-  for (const e of tree) {
-    if (e.kind !== 'file') continue;
-    const at = join(treeDir, e.path);
-    await mkdir(posix.dirname(at), { recursive: true });
-    await writeNewFile(at, e.content, e.mode);
-  }
-  await openDirectories(treeDir);
-  const extension = join(o.work, `${o.name}.raw`);
-  const { stored } = await makeExtension(treeDir, extension, { format: o.format, mtime: o.mtime, name: o.name, ...(o.store !== undefined ? { store: o.store } : {}) });
+  const agentPath = `${libDir}/oem-agent`;
+  // A squashfs whose store has the agent's blocks from an earlier build takes them without unpacking it.
+  const known = o.agent && o.format === 'squashfs' && o.store !== undefined ? await storedSource(o.store, o.agent.xz.hostPath) : undefined;
+  const make = async (fromStore: boolean) => {
+    const extension = join(o.work, `${o.name}.raw`);
+    const treeDir = join(o.work, `${o.name}.tree`);
+    await rm(extension, { force: true });
+    await rm(treeDir, { recursive: true, force: true });
+    const agent = o.agent && !fromStore ? await o.agent.executable() : null;
+    await writeTree(treeDir, agent);
+    const stored = fromStore && known ? [{ path: agentPath, mode: 0o755, ...known }] : [];
+    const made = await makeExtension(treeDir, extension, { format: o.format, mtime: o.mtime, name: o.name, ...(o.store !== undefined ? { store: o.store } : {}), stored });
+    if (agent && o.store !== undefined && o.format === 'squashfs') await rememberSource(o.store, o.agent!.xz.hostPath, agent.hostPath);
+    return { extension, stored: made.stored };
+  };
+  const writeTree = async (treeDir: string, agent: HostFile | null) => {
+    const tree: PlanEntry[] = [
+      file(`/usr/lib/extension-release.d/extension-release.${o.name}`, `ID=flatcar\nSYSEXT_LEVEL=1.0\nARCHITECTURE=${img.arch}\nEXTENSION_RELOAD_MANAGER=1\n`),
+      ...units.map((u) => file(`/usr/lib/systemd/system/${u.name}`, u.content)),
+      ...installDropIns(units, o.name),
+      ...(agent ? [file(agentPath, agent, 0o755)] : []),
+      ...(config && config.kind === 'file' ? [file(`${libDir}/config.yml`, config.content)] : []),
+    ];
+    for (const e of tree) {
+      if (e.kind !== 'file') continue;
+      const at = join(treeDir, e.path);
+      await mkdir(posix.dirname(at), { recursive: true });
+      // The agent (100 MB, the same for every provider) is linked, not copied, when its mode is the entry's.
+      if (!Buffer.isBuffer(e.content) && ((await stat(e.content.hostPath)).mode & 0o7777) === e.mode && (await link(e.content.hostPath, at).then(() => true, () => false))) continue;
+      await writeNewFile(at, e.content, e.mode);
+    }
+    await mkdir(treeDir, { recursive: true });
+    await openDirectories(treeDir);
+  };
+  const { extension, stored } = await make(known !== undefined).catch((err: unknown) => {
+    if (err instanceof StoreMiss) return make(false); // the blocks went meanwhile: unpack and compress
+    throw err;
+  });
   await checkExtension(extension, o.name, img, `the extension ${o.name}.raw`);
 
   const oemRelease = [`ID=${p.id}`, `VERSION_ID=${img.version}`, `NAME=${q(p.name)}`, `HOME_URL=${q(p.homeUrl)}`, `BUG_REPORT_URL=${q(p.bugReportUrl)}`, ''].join('\n');

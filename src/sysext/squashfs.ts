@@ -13,7 +13,7 @@
  * table's one metadata block and its index.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { lstat, mkdir, open, readdir, readlink, rename, rm, type FileHandle } from 'node:fs/promises';
+import { lstat, mkdir, open, readdir, readFile, readlink, rename, rm, stat, writeFile as writeFileAt, type FileHandle } from 'node:fs/promises';
 import { join, relative } from 'node:path';
 import { promisify } from 'node:util';
 import { deflate, deflateSync } from 'node:zlib';
@@ -46,11 +46,23 @@ export interface SquashfsOptions {
   store?: string;
   /** For messages. */
   name: string;
+  /** Files not in `dir` whose blocks are in the store (see storedSource): their path in the image, mode, SHA-256 and size. */
+  stored?: StoredFile[];
 }
+
+export interface StoredFile {
+  path: string;
+  mode: number;
+  sha256: string;
+  size: number;
+}
+
+/** A file whose blocks were to come from the store is no longer there (removed or damaged meanwhile). */
+export class StoreMiss extends Error {}
 
 type Node =
   | { kind: 'dir'; name: string; mode: number; children: Node[]; ino: number }
-  | { kind: 'file'; name: string; mode: number; path: string; size: number; ino: number; start: number; sizes: number[] }
+  | { kind: 'file'; name: string; mode: number; path: string; size: number; ino: number; start: number; sizes: number[]; sha256?: string }
   | { kind: 'symlink'; name: string; target: Buffer; ino: number };
 
 async function scan(path: string, name: string, what: string): Promise<Node> {
@@ -64,6 +76,25 @@ async function scan(path: string, name: string, what: string): Promise<Node> {
   if (st.isFile()) return { kind: 'file', name, mode: st.mode & 0o7777, path, size: st.size, ino: 0, start: 0, sizes: [] };
   if (st.isSymbolicLink()) return { kind: 'symlink', name, target: Buffer.from(await readlink(path)), ino: 0 };
   throw new OemError(`cannot put ${path} into ${what}: only directories, regular files and symbolic links are supported`);
+}
+
+/** Puts a file from the store into the tree, with any directories it needs (0755). */
+function place(root: Extract<Node, { kind: 'dir' }>, f: StoredFile): void {
+  const parts = f.path.split('/').filter((p) => p !== '');
+  let d = root;
+  for (const part of parts.slice(0, -1)) {
+    let next = d.children.find((c) => c.name === part);
+    if (!next) {
+      next = { kind: 'dir', name: part, mode: 0o755, children: [], ino: 0 };
+      d.children.push(next);
+    }
+    if (next.kind !== 'dir') throw new OemError(`${f.path}: ${part} is not a directory in the tree`);
+    d = next;
+  }
+  const name = parts[parts.length - 1]!;
+  if (d.children.some((c) => c.name === name)) throw new OemError(`${f.path} is already in the tree`);
+  d.children.push({ kind: 'file', name, mode: f.mode, path: f.path, size: f.size, ino: 0, start: 0, sizes: [], sha256: f.sha256 });
+  d.children.sort((a, b) => Buffer.compare(Buffer.from(a.name), Buffer.from(b.name)));
 }
 
 /** Numbers the inodes as they are written: a directory's entries first, the directory after them. */
@@ -115,7 +146,22 @@ class Sink {
   }
 }
 
+/**
+ * A file's SHA-256, remembered for the process by its device, inode, size and modification time: the
+ * agent is linked into every provider's tree, and hashing its 100 MB takes a quarter of a second.
+ */
 async function fileHash(path: string): Promise<string> {
+  const st = await stat(path, { bigint: true });
+  const id = `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}`;
+  const known = hashes.get(id);
+  if (known !== undefined) return known;
+  const sha = await hashFile(path);
+  hashes.set(id, sha);
+  return sha;
+}
+const hashes = new Map<string, string>();
+
+async function hashFile(path: string): Promise<string> {
   const h = createHash('sha256');
   const fh = await open(path, 'r');
   try {
@@ -194,6 +240,7 @@ async function toStore(dir: string, entry: string, sizes: number[], image: FileH
 async function writeFile(n: Extract<Node, { kind: 'file' }>, sink: Sink, store: string | undefined): Promise<boolean> {
   n.start = n.size === 0 ? 0 : sink.pos;
   const blocks = Math.ceil(n.size / BLOCK_SIZE);
+  if (n.sha256 !== undefined && store === undefined) throw new StoreMiss(`${n.path} is to come from the store, and there is none`);
   if (store === undefined || n.size < STORE_MIN) {
     await compressFile(n.path, n.size, async (size, data) => {
       n.sizes.push(size);
@@ -201,7 +248,7 @@ async function writeFile(n: Extract<Node, { kind: 'file' }>, sink: Sink, store: 
     });
     return false;
   }
-  const entry = join(store, `${await fileHash(n.path)}.gz128k`);
+  const entry = join(store, `${n.sha256 ?? (await fileHash(n.path))}.gz128k`);
   // Providers built at the same time take turns: the first compresses and keeps, the others copy.
   for (let turn = making.get(entry); turn; turn = making.get(entry)) await turn;
   let done!: () => void;
@@ -212,6 +259,7 @@ async function writeFile(n: Extract<Node, { kind: 'file' }>, sink: Sink, store: 
       n.sizes = sizes;
       return true;
     }
+    if (n.sha256 !== undefined) throw new StoreMiss(`the cached blocks of ${n.path} are gone`);
     await compressFile(n.path, n.size, async (size, data) => {
       n.sizes.push(size);
       if (data) await sink.write(data);
@@ -226,6 +274,33 @@ async function writeFile(n: Extract<Node, { kind: 'file' }>, sink: Sink, store: 
 
 /** Store entries being made in this process. */
 const making = new Map<string, Promise<void>>();
+
+/**
+ * What a store knows of a file it was made from (`source`, e.g. the agent's .xz): the SHA-256 and size
+ * of the file whose blocks it keeps, so the file need not be made again (unpacking the agent takes
+ * 1.7 s). Undefined when it does not know, or no longer has the blocks.
+ */
+export async function storedSource(store: string, source: string): Promise<{ sha256: string; size: number } | undefined> {
+  const text = await readFile(join(store, `${await fileHash(source)}.source`), 'utf8').catch(() => null);
+  const m = text === null ? null : /^([0-9a-f]{64}) (\d+)\n$/.exec(text);
+  if (!m) return undefined;
+  const entry = await stat(join(store, `${m[1]}.gz128k`)).catch(() => null);
+  return entry?.isFile() ? { sha256: m[1]!, size: Number(m[2]) } : undefined;
+}
+
+/** Records that `file` was made from `source` (see storedSource), once its blocks are in the store. */
+export async function rememberSource(store: string, source: string, file: string): Promise<void> {
+  const [from, sha, st] = await Promise.all([fileHash(source), fileHash(file), stat(file)]);
+  if (!(await stat(join(store, `${sha}.gz128k`)).catch(() => null))) return;
+  const out = join(store, `${from}.source`);
+  const tmp = `${out}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
+  try {
+    await writeFileAt(tmp, `${sha} ${st.size}\n`, { flag: 'wx' });
+    await rename(tmp, out);
+  } catch {
+    await rm(tmp, { force: true }).catch(() => {});
+  }
+}
 
 /** A table of 8 KiB metadata blocks, each compressed when that makes it smaller. */
 class Metadata {
@@ -347,6 +422,7 @@ export async function writeSquashfs(dir: string, out: string, o: SquashfsOptions
   const what = `the squashfs extension ${o.name}`;
   const root = await scan(dir, '', what);
   if (root.kind !== 'dir') throw new OemError(`${dir} is not a directory`);
+  for (const f of o.stored ?? []) place(root, f);
   const count = { n: 0 };
   number(root, count);
 
@@ -360,7 +436,7 @@ export async function writeSquashfs(dir: string, out: string, o: SquashfsOptions
     };
     collect(root);
     const stored: string[] = [];
-    for (const f of files) if (await writeFile(f, sink, o.store)) stored.push(relative(dir, f.path));
+    for (const f of files) if (await writeFile(f, sink, o.store)) stored.push(f.sha256 !== undefined ? f.path.replace(/^\/+/, '') : relative(dir, f.path));
 
     const inodes = new Metadata();
     const dirs = new Metadata();
