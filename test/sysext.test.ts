@@ -1,5 +1,5 @@
 /**
- * System extensions: made with mksquashfs and mkfs.erofs, read back without root (unsquashfs,
+ * System extensions: made by oem's squashfs writer and mkfs.erofs, read back without root (unsquashfs,
  * dump.erofs, a disk image's partition table), and the merge rules checked against systemd-sysext
  * itself (as root, in a private mount namespace with a tmpfs on /run).
  */
@@ -51,6 +51,14 @@ describe('making and reading extensions', () => {
       if (format === 'erofs') await execa('fsck.erofs', [a]);
     });
   }
+
+  it('reads a squashfs made by mksquashfs as Flatcar makes its own (fragments, xz, xattrs), not only oem\'s', async () => {
+    const t = await tree('oem-acme', 'ID=flatcar\nVERSION_ID=4593.1.0\nARCHITECTURE=x86-64\n');
+    const img = join(dir, `mksquashfs-${++n}.raw`);
+    await execa('mksquashfs', [t, img, '-all-root', '-noappend', '-no-progress', '-quiet', '-comp', 'xz', '-xattrs']);
+    expect(await extensionFormat(img)).toBe('squashfs');
+    expect(await readExtension(img, 'oem-acme')).toEqual({ format: 'squashfs', release: { ID: 'flatcar', VERSION_ID: '4593.1.0', ARCHITECTURE: 'x86-64' } });
+  });
 
   it('reads a signed disk image: EROFS in a root partition, dm-verity and a signature partition', async () => {
     const fsImg = await made('oem-azure', 'ID=flatcar\nVERSION_ID=4628.0.0\nARCHITECTURE=x86-64\nSYSEXT_ID=oem-azure\n', 'erofs');

@@ -1,4 +1,4 @@
-/** System extensions for tests: made by the real tools (mksquashfs, mkfs.erofs) from small trees. */
+/** System extensions for tests: made by makeExtension (oem's squashfs writer, mkfs.erofs) from small trees. */
 import { mkdir, mkdtemp, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { makeExtension, type SysextFormat } from '../../src/sysext/make.js';
