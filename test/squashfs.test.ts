@@ -149,12 +149,12 @@ describe('the store of compressed blocks', () => {
     const blocks = e.readUInt32LE(8);
     const head = 12 + 4 * blocks + 32;
     e[head + 100] = e[head + 100]! ^ 0xff;
-    createHash('sha256').update(e.subarray(head)).digest().copy(e, head - 32);
+    createHash('sha256').update(e.subarray(8, head - 32)).update(e.subarray(head)).digest().copy(e, head - 32); // over the sizes and the data
     await writeFile(path, e);
     expect(await sha(await made(store, big))).not.toBe(plain);
   });
 
-  it('makes a damaged entry again (a flipped byte, a truncated file, another file\'s blocks)', async () => {
+  it('makes a damaged entry again (a flipped byte, a truncated file, another file\'s blocks, sizes swapped)', async () => {
     const store = join(dir, `store-${n++}`);
     const plain = await sha(await made(undefined, big));
     await made(store, big);
@@ -165,7 +165,12 @@ describe('the store of compressed blocks', () => {
     flipped[flipped.length - 5] = flipped[flipped.length - 5]! ^ 1;
     const other = Buffer.from(good);
     other.writeUInt32LE(3, 8);
-    for (const bad of [flipped, good.subarray(0, good.length - 1000), other, Buffer.from('nothing')]) {
+    // Two blocks' sizes swapped: the same total, every block cut in the wrong place.
+    const swapped = Buffer.from(good);
+    expect(good.readUInt32LE(12)).not.toBe(good.readUInt32LE(16));
+    swapped.writeUInt32LE(good.readUInt32LE(16), 12);
+    swapped.writeUInt32LE(good.readUInt32LE(12), 16);
+    for (const bad of [flipped, good.subarray(0, good.length - 1000), other, swapped, Buffer.from('nothing')]) {
       await writeFile(path, bad);
       expect(await sha(await made(store, big))).toBe(plain);
       expect((await readFile(path)).equals(good)).toBe(true);

@@ -37,7 +37,7 @@ const TYPE = { dir: 1, file: 2, symlink: 3 } as const;
 const STORE_MIN = 4 * 1024 * 1024;
 /** Blocks compressed at once (zlib's thread pool gives each core work). */
 const WINDOW = 16;
-const STORE_MAGIC = Buffer.from('OEMSQB1\n');
+const STORE_MAGIC = Buffer.from('OEMSQB2\n');
 
 export interface SquashfsOptions {
   /** Seconds since the epoch: the time of every inode and of the file system. */
@@ -103,8 +103,10 @@ function number(n: Node, next: { n: number }): void {
   n.ino = ++next.n;
 }
 
+const ZEROS = Buffer.alloc(BLOCK_SIZE);
+
 async function compressBlock(b: Buffer): Promise<{ size: number; data: Buffer | null }> {
-  if (b.every((x) => x === 0)) return { size: 0, data: null }; // sparse: Linux and unsquashfs read zeros
+  if (b.equals(ZEROS.subarray(0, b.length))) return { size: 0, data: null }; // sparse: Linux and unsquashfs read zeros
   const z = await deflateAsync(b, { level: 9 });
   return z.length < b.length ? { size: z.length, data: z } : { size: b.length | UNCOMPRESSED_BLOCK, data: b };
 }
@@ -190,9 +192,9 @@ async function fromStore(entry: string, blocks: number, sink: Sink): Promise<num
     const sizes = Array.from({ length: blocks }, (_, i) => head.readUInt32LE(STORE_MAGIC.length + 4 + 4 * i));
     const length = storedLength(sizes);
     if (st.size !== headLength + length) return null;
-    // Copied in pieces and checked at the end; a damaged entry's bytes are written over.
+    // Copied in pieces and checked at the end (the sizes and the data); a damaged entry's bytes are written over.
     const start = sink.pos;
-    const h = createHash('sha256');
+    const h = createHash('sha256').update(head.subarray(STORE_MAGIC.length, headLength - 32));
     for (let at = 0; at < length; at += 1 << 20) {
       const b = await readFull(fh, headLength + at, Math.min(1 << 20, length - at), entry);
       h.update(b);
@@ -218,7 +220,7 @@ async function toStore(dir: string, entry: string, sizes: number[], image: FileH
     await mkdir(dir, { recursive: true });
     const fh = await open(tmp, 'wx');
     try {
-      const h = createHash('sha256');
+      const h = createHash('sha256').update(head.subarray(STORE_MAGIC.length, head.length - 32));
       for (let at = 0; at < length; at += 1 << 20) {
         const b = await readFull(image, start + at, Math.min(1 << 20, length - at), entry);
         h.update(b);
