@@ -17,6 +17,7 @@ import { lstat, mkdir, open, readdir, readFile, readlink, rename, rm, stat, writ
 import { join, relative } from 'node:path';
 import { promisify } from 'node:util';
 import { deflate, deflateSync } from 'node:zlib';
+import { acquire } from '../cleanup.js';
 import { OemError } from '../shared/errors.js';
 
 const deflateAsync = promisify(deflate);
@@ -216,6 +217,7 @@ async function toStore(dir: string, entry: string, sizes: number[], image: FileH
   sizes.forEach((s, i) => head.writeUInt32LE(s, STORE_MAGIC.length + 4 + 4 * i));
   const length = storedLength(sizes);
   const tmp = `${entry}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
+  const release = acquire(`temporary file ${tmp}`, () => rm(tmp, { force: true }).catch(() => {})); // Ctrl-C leaves no 40 MB behind
   try {
     await mkdir(dir, { recursive: true });
     const fh = await open(tmp, 'wx');
@@ -234,7 +236,8 @@ async function toStore(dir: string, entry: string, sizes: number[], image: FileH
     await rename(tmp, entry);
   } catch {
     // The store only saves time: a full or read-only cache costs the next build a compression.
-    await rm(tmp, { force: true }).catch(() => {});
+  } finally {
+    await release();
   }
 }
 
@@ -296,11 +299,14 @@ export async function rememberSource(store: string, source: string, file: string
   if (!(await stat(join(store, `${sha}.gz128k`)).catch(() => null))) return;
   const out = join(store, `${from}.source`);
   const tmp = `${out}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
+  const release = acquire(`temporary file ${tmp}`, () => rm(tmp, { force: true }).catch(() => {}));
   try {
     await writeFileAt(tmp, `${sha} ${st.size}\n`, { flag: 'wx' });
     await rename(tmp, out);
   } catch {
-    await rm(tmp, { force: true }).catch(() => {});
+    // Only saves time, as the store does.
+  } finally {
+    await release();
   }
 }
 
