@@ -13,7 +13,7 @@
  * table's one metadata block and its index.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { lstat, mkdir, open, readdir, readFile, readlink, rename, rm, stat, writeFile as writeFileAt, type FileHandle } from 'node:fs/promises';
+import { lstat, mkdir, open, readdir, readFile, readlink, rename, rm, stat, writeFile, type FileHandle } from 'node:fs/promises';
 import { join, relative } from 'node:path';
 import { promisify } from 'node:util';
 import { deflate, deflateSync } from 'node:zlib';
@@ -242,7 +242,7 @@ async function toStore(dir: string, entry: string, sizes: number[], image: FileH
 }
 
 /** Writes a file's blocks at the end of the image and records where they are; true: they came from the store. */
-async function writeFile(n: Extract<Node, { kind: 'file' }>, sink: Sink, store: string | undefined): Promise<boolean> {
+async function writeBlocks(n: Extract<Node, { kind: 'file' }>, sink: Sink, store: string | undefined): Promise<boolean> {
   n.start = n.size === 0 ? 0 : sink.pos;
   const blocks = Math.ceil(n.size / BLOCK_SIZE);
   if (n.sha256 !== undefined && store === undefined) throw new StoreMiss(`${n.path} is to come from the store, and there is none`);
@@ -301,7 +301,7 @@ export async function rememberSource(store: string, source: string, file: string
   const tmp = `${out}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
   const release = acquire(`temporary file ${tmp}`, () => rm(tmp, { force: true }).catch(() => {}));
   try {
-    await writeFileAt(tmp, `${sha} ${st.size}\n`, { flag: 'wx' });
+    await writeFile(tmp, `${sha} ${st.size}\n`, { flag: 'wx' });
     await rename(tmp, out);
   } catch {
     // Only saves time, as the store does.
@@ -444,7 +444,7 @@ export async function writeSquashfs(dir: string, out: string, o: SquashfsOptions
     };
     collect(root);
     const stored: string[] = [];
-    for (const f of files) if (await writeFile(f, sink, o.store)) stored.push(f.sha256 !== undefined ? f.path.replace(/^\/+/, '') : relative(dir, f.path));
+    for (const f of files) if (await writeBlocks(f, sink, o.store)) stored.push(f.sha256 !== undefined ? f.path.replace(/^\/+/, '') : relative(dir, f.path));
 
     const inodes = new Metadata();
     const dirs = new Metadata();
