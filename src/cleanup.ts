@@ -3,7 +3,8 @@
  * child processes) registers its release. Releases run in reverse order on success, on failure and on
  * SIGINT/SIGTERM/SIGHUP.
  */
-import { mkdtemp, rm } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import { mkdtemp, rename, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -97,4 +98,19 @@ export async function tempDir(prefix: string, parent?: string): Promise<{ path: 
   const path = await mkdtemp(join(parent ?? process.env.OEM_TMPDIR ?? tmpdir(), `oem-${prefix}-`));
   const release = acquire(`temporary directory ${path}`, () => rm(path, { recursive: true, force: true }));
   return { path, release };
+}
+
+/**
+ * Writes `path` whole or not at all: a temporary file beside it (registered, so Ctrl-C between the
+ * write and the rename leaves nothing), then a rename over it.
+ */
+export async function writeFileAtomic(path: string, data: Buffer | string): Promise<void> {
+  const tmp = `${path}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
+  const release = acquire(`temporary file ${tmp}`, () => rm(tmp, { force: true }));
+  try {
+    await writeFile(tmp, data);
+    await rename(tmp, path);
+  } finally {
+    await release();
+  }
 }

@@ -177,11 +177,16 @@ describe('the store of compressed blocks', () => {
     }
   });
 
-  it('is shared by writers running at once: one compresses, the others copy, all get the same bytes', async () => {
+  it('is shared by writers running at once: one compresses, the others wait and copy, all get the same bytes', async () => {
     const store = join(dir, `store-${n++}`);
     const plain = await sha(await made(undefined, big));
-    const outs = await Promise.all([1, 2, 3].map(() => made(store, big)));
-    for (const o of outs) expect(await sha(o)).toBe(plain);
+    const outs = await Promise.all([1, 2, 3].map(async () => {
+      const out = join(dir, `out-${n++}.raw`);
+      return { out, ...(await writeSquashfs(big, out, { mtime: MTIME, name: 'acme', store })) };
+    }));
+    for (const o of outs) expect(await sha(o.out)).toBe(plain);
+    // One compressed the agent; the two others waited for it and took its blocks.
+    expect(outs.map((o) => o.stored.length).sort()).toEqual([0, 1, 1]);
     expect((await readdir(store)).length).toBe(1); // one entry, no temporary file left
   });
 
@@ -210,6 +215,13 @@ describe('the store of compressed blocks', () => {
     const r = await writeSquashfs(without, out, { mtime: MTIME, name: 'acme', store, stored: [{ path: '/usr/lib/acme/agent', mode: (await stat(agent)).mode & 0o7777, ...known! }] });
     expect(r.stored).toEqual(['usr/lib/acme/agent']);
     expect(await sha(out)).toBe(plain);
+
+    // Into a directory the tree does not have, which sorts before its sibling: entries stay in order
+    // (Linux's lookup stops at the first name past the one it looks for).
+    const placed = join(dir, `out-${n++}.raw`);
+    await writeSquashfs(without, placed, { mtime: MTIME, name: 'acme', store, stored: [{ path: '/usr/lib/a-new-dir/agent', mode: 0o755, ...known! }] });
+    const order = (await execa('unsquashfs', ['-l', placed])).stdout.split('\n').filter((l) => l.startsWith('squashfs-root/usr/lib/'));
+    expect(order).toEqual(['squashfs-root/usr/lib/a-new-dir', 'squashfs-root/usr/lib/a-new-dir/agent', 'squashfs-root/usr/lib/acme', 'squashfs-root/usr/lib/acme/small']);
 
     // Gone from the store: StoreMiss (the caller then makes the file), no image left, and storedSource no longer offers it.
     await rm(join(store, `${known!.sha256}.gz128k`));

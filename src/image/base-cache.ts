@@ -14,10 +14,10 @@
  * work directory as before, without an index.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdir, open, readdir, type FileHandle, readFile, rename, rm, stat, utimes, writeFile } from 'node:fs/promises';
+import { mkdir, open, readdir, type FileHandle, readFile, rename, rm, stat, utimes } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
-import { acquire } from '../cleanup.js';
+import { acquire, writeFileAtomic } from '../cleanup.js';
 import { mapInOrder } from '../concurrency.js';
 import { OemError } from '../shared/errors.js';
 import { filter, run } from '../tools.js';
@@ -187,9 +187,7 @@ async function saveIndex(file: string, source: IndexFile['source'], size: number
     blocks: blocks.map((b) => (b.u === undefined ? [b.bit, b.end, b.crc] : [b.bit, b.end, b.crc, b.u, b.len!])),
     chunks: chunks.map((c) => [c.first, c.last, c.u, c.len]),
   };
-  const tmp = `${file}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
-  await writeFile(tmp, JSON.stringify(e));
-  await rename(tmp, file);
+  await writeFileAtomic(file, JSON.stringify(e));
 }
 
 async function loadEntry(dir: string, compressed: string): Promise<PreparedBase | null> {

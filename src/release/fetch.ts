@@ -6,10 +6,10 @@
  * The image is downloaded to `{image}.part` (kept across runs, so an interrupted download resumes),
  * verified, and only then renamed. A cached entry is re-verified on every fetch.
  */
-import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rename, rm } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
-import { acquire } from '../cleanup.js';
+import { writeFileAtomic } from '../cleanup.js';
 import { OemError, describe } from '../shared/errors.js';
 import { boardUrl, checkRef, DISTROS, defaultImageName } from './channels.js';
 import { downloadFile, fetchBytes, type RetryOptions } from './download.js';
@@ -58,18 +58,6 @@ export function defaultCacheDir(): string {
   return join(base, 'oem');
 }
 
-
-async function writeAtomic(path: string, data: Buffer | string): Promise<void> {
-  const tmp = `${path}.tmp-${process.pid}`;
-  // Registered: Ctrl-C between the write and the rename leaves nothing in the cache.
-  const release = acquire(`temporary file ${tmp}`, () => rm(tmp, { force: true }));
-  try {
-    await writeFile(tmp, data);
-    await rename(tmp, path);
-  } finally {
-    await release();
-  }
-}
 
 interface Checked {
   sha512: string;
@@ -219,9 +207,9 @@ async function fetchSigned(rd: ReleaseDir, name: string): Promise<SignedFile> {
     if (err instanceof OemError) throw err;
     throw new OemError(`cannot verify ${name}: ${describe(err)}`, { code: 'verification' });
   }
-  if (sig) await writeAtomic(sigPath, sig);
+  if (sig) await writeFileAtomic(sigPath, sig);
   else await rm(sigPath, { force: true });
-  if (digests) await writeAtomic(digestsPath, digests);
+  if (digests) await writeFileAtomic(digestsPath, digests);
   else await rm(digestsPath, { force: true });
   await rename(part, path);
   return done(c, false, sig !== null, digests !== null);
@@ -268,7 +256,7 @@ export async function fetchRelease(opts: FetchOptions): Promise<FetchResult> {
   if (rd.insecure) log('WARNING: --insecure: the signature is NOT checked; do not publish what you build from this');
   const f = await fetchSigned(rd, imageName);
   const vtPath = join(rd.dir, 'version.txt');
-  await writeAtomic(vtPath, vtBytes);
+  await writeFileAtomic(vtPath, vtBytes);
   return {
     distro: opts.distro,
     channel: opts.channel,

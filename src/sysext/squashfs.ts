@@ -13,11 +13,12 @@
  * table's one metadata block and its index.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { lstat, mkdir, open, readdir, readFile, readlink, rename, rm, stat, writeFile, type FileHandle } from 'node:fs/promises';
+import { lstat, mkdir, open, readdir, readFile, readlink, rename, rm, stat, type FileHandle } from 'node:fs/promises';
 import { join, relative } from 'node:path';
 import { promisify } from 'node:util';
 import { deflate, deflateSync } from 'node:zlib';
-import { acquire } from '../cleanup.js';
+import { acquire, writeFileAtomic } from '../cleanup.js';
+import { isZero } from '../image/sparse.js';
 import { OemError } from '../shared/errors.js';
 
 const deflateAsync = promisify(deflate);
@@ -63,13 +64,17 @@ export class StoreMiss extends Error {}
 
 type Node =
   | { kind: 'dir'; name: string; mode: number; children: Node[]; ino: number }
+  // path: the host file, or for a file from the store (sha256 set) its path in the image, for messages.
   | { kind: 'file'; name: string; mode: number; path: string; size: number; ino: number; start: number; sizes: number[]; sha256?: string }
   | { kind: 'symlink'; name: string; target: Buffer; ino: number };
+
+/** The order of a directory's entries: bytewise, as mksquashfs sorts them and Linux's lookup expects. */
+const byName = (a: string, b: string) => Buffer.compare(Buffer.from(a), Buffer.from(b));
 
 async function scan(path: string, name: string, what: string): Promise<Node> {
   const st = await lstat(path);
   if (st.isDirectory()) {
-    const names = (await readdir(path)).sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b)));
+    const names = (await readdir(path)).sort(byName);
     const children: Node[] = [];
     for (const n of names) children.push(await scan(join(path, n), n, what));
     return { kind: 'dir', name, mode: st.mode & 0o7777, children, ino: 0 };
@@ -87,15 +92,19 @@ function place(root: Extract<Node, { kind: 'dir' }>, f: StoredFile): void {
     let next = d.children.find((c) => c.name === part);
     if (!next) {
       next = { kind: 'dir', name: part, mode: 0o755, children: [], ino: 0 };
-      d.children.push(next);
+      add(d, next);
     }
     if (next.kind !== 'dir') throw new OemError(`${f.path}: ${part} is not a directory in the tree`);
     d = next;
   }
   const name = parts[parts.length - 1]!;
   if (d.children.some((c) => c.name === name)) throw new OemError(`${f.path} is already in the tree`);
-  d.children.push({ kind: 'file', name, mode: f.mode, path: f.path, size: f.size, ino: 0, start: 0, sizes: [], sha256: f.sha256 });
-  d.children.sort((a, b) => Buffer.compare(Buffer.from(a.name), Buffer.from(b.name)));
+  add(d, { kind: 'file', name, mode: f.mode, path: f.path, size: f.size, ino: 0, start: 0, sizes: [], sha256: f.sha256 });
+}
+
+function add(d: Extract<Node, { kind: 'dir' }>, n: Node): void {
+  d.children.push(n);
+  d.children.sort((a, b) => byName(a.name, b.name));
 }
 
 /** Numbers the inodes as they are written: a directory's entries first, the directory after them. */
@@ -104,10 +113,8 @@ function number(n: Node, next: { n: number }): void {
   n.ino = ++next.n;
 }
 
-const ZEROS = Buffer.alloc(BLOCK_SIZE);
-
 async function compressBlock(b: Buffer): Promise<{ size: number; data: Buffer | null }> {
-  if (b.equals(ZEROS.subarray(0, b.length))) return { size: 0, data: null }; // sparse: Linux and unsquashfs read zeros
+  if (isZero(b)) return { size: 0, data: null }; // sparse: Linux and unsquashfs read zeros
   const z = await deflateAsync(b, { level: 9 });
   return z.length < b.length ? { size: z.length, data: z } : { size: b.length | UNCOMPRESSED_BLOCK, data: b };
 }
@@ -246,11 +253,13 @@ async function writeBlocks(n: Extract<Node, { kind: 'file' }>, sink: Sink, store
   n.start = n.size === 0 ? 0 : sink.pos;
   const blocks = Math.ceil(n.size / BLOCK_SIZE);
   if (n.sha256 !== undefined && store === undefined) throw new StoreMiss(`${n.path} is to come from the store, and there is none`);
-  if (store === undefined || n.size < STORE_MIN) {
-    await compressFile(n.path, n.size, async (size, data) => {
+  const compress = () =>
+    compressFile(n.path, n.size, async (size, data) => {
       n.sizes.push(size);
       if (data) await sink.write(data);
     });
+  if (store === undefined || n.size < STORE_MIN) {
+    await compress();
     return false;
   }
   const entry = join(store, `${n.sha256 ?? (await fileHash(n.path))}.gz128k`);
@@ -265,10 +274,7 @@ async function writeBlocks(n: Extract<Node, { kind: 'file' }>, sink: Sink, store
       return true;
     }
     if (n.sha256 !== undefined) throw new StoreMiss(`the cached blocks of ${n.path} are gone`);
-    await compressFile(n.path, n.size, async (size, data) => {
-      n.sizes.push(size);
-      if (data) await sink.write(data);
-    });
+    await compress();
     await toStore(store, entry, n.sizes, sink.fh, n.start);
     return false;
   } finally {
@@ -297,17 +303,8 @@ export async function storedSource(store: string, source: string): Promise<{ sha
 export async function rememberSource(store: string, source: string, file: string): Promise<void> {
   const [from, sha, st] = await Promise.all([fileHash(source), fileHash(file), stat(file)]);
   if (!(await stat(join(store, `${sha}.gz128k`)).catch(() => null))) return;
-  const out = join(store, `${from}.source`);
-  const tmp = `${out}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
-  const release = acquire(`temporary file ${tmp}`, () => rm(tmp, { force: true }).catch(() => {}));
-  try {
-    await writeFile(tmp, `${sha} ${st.size}\n`, { flag: 'wx' });
-    await rename(tmp, out);
-  } catch {
-    // Only saves time, as the store does.
-  } finally {
-    await release();
-  }
+  // Only saves time, as the store does: a note that cannot be written is no note.
+  await writeFileAtomic(join(store, `${from}.source`), `${sha} ${st.size}\n`).catch(() => {});
 }
 
 /** A table of 8 KiB metadata blocks, each compressed when that makes it smaller. */
