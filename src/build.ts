@@ -153,7 +153,6 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
     );
     // A local image of another board than the default: its agent.
     if (agentFile && base.board !== boardBefore && !opts.agent) agentFile = await findAgent(opts, base.board);
-    const prefixes: SharedPrefixes = { dir: work, made: new Map() };
     const concurrency = opts.concurrency ?? Math.max(1, Math.min(availableParallelism(), 4));
     const generation: BuildGeneration = image.sysext ? 'flatcar-sysext' : image.generation;
     const result = (builds: ProviderBuild[]): BuildResult => ({
@@ -186,7 +185,11 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
     }
     if (ignition !== null) checkUserIgnition(ignition, opts.ignition!, { distro: image.generation === 'coreos' ? 'coreos' : base.distro, version: base.version });
     const agent = agentFile ? await agentXz(agentFile, work) : null;
-    const ctx: Ctx = { opts, signer, base, image, prefixes, agent, sshKeys, config, ignition, backend, outputDir, work, log, step, progress };
+    // Prefixes are made once and copied into each output that shares one: with a single output there is
+    // nothing to share, and writing the prefix beside it first would write its bytes twice.
+    const outputs = buildable.reduce((n, p) => n + (opts.formats?.length ? opts.formats : p.formats).length, 0);
+    const prefixes: SharedPrefixes | undefined = outputs > 1 ? { dir: work, made: new Map() } : undefined;
+    const ctx: Ctx = { opts, signer, base, image, ...(prefixes ? { prefixes } : {}), agent, sshKeys, config, ignition, backend, outputDir, work, log, step, progress };
     const builds = await mapInOrder(buildable, concurrency, (p) => buildOne(p, ctx)).catch((err: unknown) => {
       if (!(err instanceof OemError) && (err as NodeJS.ErrnoException).code === 'ENOSPC') {
         throw new OemError(`no space left on the device of ${outputDir} (the working images and the artifacts are written there)`, { code: 'noSpace', hint: 'free some space, or use another --output-dir' });
@@ -204,7 +207,8 @@ interface Ctx {
   signer: SigningKey | null;
   base: Base;
   image: PreparedImage;
-  prefixes: SharedPrefixes;
+  /** Output prefixes shared by the run's outputs (none when it makes only one). */
+  prefixes?: SharedPrefixes;
   /** The agent, xz-compressed, as a file. */
   agent: HostFile | null;
   /** The agent unpacked (for providers' own extensions), made once when the first one needs it. */
@@ -234,7 +238,7 @@ async function buildOne(p: Provider, c: Ctx): Promise<ProviderBuild> {
     const compression = c.opts.compress ?? 'bz2';
     const size = c.opts.diskSize ?? p.diskSize;
     const grow = size !== undefined || p.rootSectors !== undefined ? { ...(size !== undefined ? { size } : {}), ...(p.rootSectors !== undefined ? { rootSectors: p.rootSectors } : {}) } : undefined;
-    const job = { providerId: p.id, distro: base.distro, formats, ...(grow ? { grow } : {}), compression, base: { raw: image.raw, index: image.index }, prefixes: c.prefixes, pieceCache: image.index ? join(dirname(image.index.file), 'pieces') : join(c.work, 'pieces'), signer: c.signer, mtime: buildTime(), outDir: tmpDir, work: c.work, log: c.log, step: c.step, progress: (d: number, t: number) => c.progress(d, t, 'percent') };
+    const job = { providerId: p.id, distro: base.distro, formats, ...(grow ? { grow } : {}), compression, base: { raw: image.raw, index: image.index }, ...(c.prefixes ? { prefixes: c.prefixes } : {}), pieceCache: image.index ? join(dirname(image.index.file), 'pieces') : join(c.work, 'pieces'), signer: c.signer, mtime: buildTime(), outDir: tmpDir, work: c.work, log: c.log, step: c.step, progress: (d: number, t: number) => c.progress(d, t, 'percent') };
     // The raw and fixed VHD .bz2 from the release's blocks, the qcow2 and the VMDK-based formats need no whole copy of the disk.
     const whole = needsWholeDisk(job, image.layout.size);
     const working = await workingImage(image.raw, image.layout, join(c.work, `${p.id}.bin`), whole);

@@ -58,6 +58,24 @@ describe('SOURCE_DATE_EPOCH', () => {
     expect(tree.get('/grub.cfg')?.content).toContain('oem_id="azure"');
   });
 
+  it("gives an output the same bytes whether its run makes it alone or with others (a run of one output shares no prefix)", async () => {
+    const tag = next();
+    const cache = join(work, `rep-${tag}-cache`);
+    const build = async (out: string, formats: string[]) => {
+      const r = await oem(['build', '--provider', 'azure', ...formats.flatMap((f) => ['--format', f]), '--ssh-key', key, '--distro', 'flatcar', '--base-url', `${server.url}/flatcar/{channel}/{board}`, '--key', fixtures.key.publicKeyPath, '--cache-dir', cache, '--output-dir', out, '--agent', agent], {
+        env: { OEM_TMPDIR: work, SOURCE_DATE_EPOCH: '1700000000' },
+      });
+      expect(r.exitCode, r.stderr).toBe(0);
+      return (f: string) => sha512(join(out, 'azure', f));
+    };
+    const alone = await build(join(work, `rep-${tag}-raw`), ['raw']);
+    const qcow2 = await build(join(work, `rep-${tag}-qcow2`), ['qcow2']);
+    const together = await build(join(work, `rep-${tag}-all`), ['raw', 'qcow2', 'vhd']);
+    for (const [f, one] of [['flatcar_production_azure_image.bin.bz2', alone], ['flatcar_production_azure_image.qcow2.bz2', qcow2]] as const) {
+      expect(await one(f), f).toBe(await together(f));
+    }
+  });
+
   it.runIf(process.getuid?.() === 0)('makes Flatcar-style builds reproducible without root too [root: runs them as nobody]', async () => {
     // The rootless backend, mkfs.btrfs in user and mount namespaces; two at once, separate caches.
     const { BIN } = await import('./helpers/cli.js');

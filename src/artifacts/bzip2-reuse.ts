@@ -317,7 +317,10 @@ export async function compressReusing(
   const layout: Segment[] = opts.layout ? [...opts.layout] : [{ image: [0, Math.max(index.size, ...regions.map((r) => r.offset + r.size))] }];
   if (opts.trailer?.length) layout.push({ bytes: opts.trailer });
   const steps = await planSteps(index, dirty, layout);
-  const shared = opts.shared ? sharedSteps(index, steps, regions) : 0;
+  // The steps are split where a shared prefix would end whether or not one is shared, so that an
+  // output has the same bytes however many outputs its run makes.
+  const sharable = sharedSteps(index, steps, regions);
+  const shared = opts.shared ? sharable : 0;
 
   let h = newHashes();
   let size = 0;

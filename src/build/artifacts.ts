@@ -34,7 +34,8 @@ export interface ArtifactJob {
   compression: Compression;
   /** The decoded base and its block map, for the raw .bz2 from the release's blocks (null: compress whole). */
   base: { raw: string; index: BaseIndex | null };
-  prefixes: SharedPrefixes;
+  /** Output prefixes shared by the run's outputs; none: each output is written whole. */
+  prefixes?: SharedPrefixes;
   /** Where compressed pieces are kept by their content (the base's cache entry, else the run's work directory). */
   pieceCache: string;
   signer: SigningKey | null;
@@ -141,7 +142,7 @@ export async function makeArtifacts(img: WorkingImage, job: ArtifactJob): Promis
         const trailer = vhdReuse ? await fixedVhdTrailer(baseSize, { name: plain.replace(/\.[^.]+$/, ''), mtime: job.mtime, work: job.work }) : undefined;
         const r = await compressReusing(job.base.index, job.base.raw, img.path, out, img.written, {
           pieceCache: job.pieceCache,
-          shared: job.prefixes,
+          ...(job.prefixes ? { shared: job.prefixes } : {}),
           ...(trailer ? { trailer } : {}),
         });
         tool = `${r.tool} for ${mib(r.recompressed)} (of ${mib(r.changed)} changed; the rest from the piece cache), the release's bzip2 blocks for the rest (${r.reusedBlocks} of ${r.blocks})`;
@@ -155,7 +156,7 @@ export async function makeArtifacts(img: WorkingImage, job: ArtifactJob): Promis
           format === 'qcow2'
             ? qcow2Segments(size, stored, Math.min(size, ...regions.map((r) => r.offset)))
             : vhdxSegments(size, stored, QCOW2_CLUSTER, vhdxIds(plain.replace(/\.[^.]+$/, ''), job.mtime, size));
-        const r = await compressReusing(job.base.index, job.base.raw, img.path, out, regions, { pieceCache: job.pieceCache, shared: job.prefixes, layout });
+        const r = await compressReusing(job.base.index, job.base.raw, img.path, out, regions, { pieceCache: job.pieceCache, ...(job.prefixes ? { shared: job.prefixes } : {}), layout });
         tool = `${r.tool} for ${mib(r.recompressed)} (of ${mib(r.changed)} of the disk not in the release's blocks, and the ${format}'s tables; the rest from the piece cache), the release's bzip2 blocks for the rest (${r.reusedBlocks} of ${r.blocks})`;
         h = r;
       } else if (fromParts(job, format, baseSize) && FROM_VIEW.has(format)) {
@@ -181,7 +182,7 @@ export async function makeArtifacts(img: WorkingImage, job: ArtifactJob): Promis
             if (Array.isArray(layout) && job.base.index) {
               // The disk's bytes in the file are the image's: the release's bzip2 blocks, as for raw
               // (grown: its partition tables and what follows the release's end differ too).
-              const r = await compressReusing(job.base.index, job.base.raw, img.path, out, regions, { pieceCache: job.pieceCache, shared: job.prefixes, layout });
+              const r = await compressReusing(job.base.index, job.base.raw, img.path, out, regions, { pieceCache: job.pieceCache, ...(job.prefixes ? { shared: job.prefixes } : {}), layout });
               tool = `${r.tool} for ${mib(r.recompressed)} (of ${mib(r.changed)} of the disk not in the release's blocks, and the ${format}'s tables; the rest from the piece cache), the release's bzip2 blocks for the rest (${r.reusedBlocks} of ${r.blocks})`;
               h = r;
             } else {
