@@ -58,7 +58,7 @@ describe('SOURCE_DATE_EPOCH', () => {
     expect(tree.get('/grub.cfg')?.content).toContain('oem_id="azure"');
   });
 
-  it("gives an output the same bytes whether its run makes it alone or with others (a run of one output shares no prefix)", async () => {
+  it('gives an output the same bytes whether its run makes it alone or with others (a run of one output shares no prefix)', async () => {
     const tag = next();
     const cache = join(work, `rep-${tag}-cache`);
     const build = async (out: string, formats: string[]) => {
