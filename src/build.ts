@@ -187,7 +187,7 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
     const agent = agentFile ? await agentXz(agentFile, work) : null;
     // Prefixes are made once and copied into each output that shares one: with a single output there is
     // nothing to share, and writing the prefix beside it first would write its bytes twice.
-    const outputs = buildable.reduce((n, p) => n + (opts.formats?.length ? opts.formats : p.formats).length, 0);
+    const outputs = buildable.reduce((n, p) => n + formatsOf(p, opts).length, 0);
     const prefixes: SharedPrefixes | undefined = outputs > 1 ? { dir: work, made: new Map() } : undefined;
     const ctx: Ctx = { opts, signer, base, image, ...(prefixes ? { prefixes } : {}), agent, sshKeys, config, ignition, backend, outputDir, work, log, step, progress };
     const builds = await mapInOrder(buildable, concurrency, (p) => buildOne(p, ctx)).catch((err: unknown) => {
@@ -224,6 +224,11 @@ interface Ctx {
   progress: (done: number, total: number | undefined, unit?: ProgressUnit) => void;
 }
 
+/** The formats a provider is built in: the --format flags, else its own defaults. */
+function formatsOf(p: Provider, opts: BuildOptions): Format[] {
+  return opts.formats?.length ? opts.formats : p.formats;
+}
+
 /** One provider: render and check its content, assemble its image, make its artifacts, publish them. */
 async function buildOne(p: Provider, c: Ctx): Promise<ProviderBuild> {
   const { base, image } = c;
@@ -234,7 +239,7 @@ async function buildOne(p: Provider, c: Ctx): Promise<ProviderBuild> {
   await mkdir(tmpDir);
   const releaseTmp = acquire(`temporary output ${tmpDir}`, () => rm(tmpDir, { recursive: true, force: true }));
   try {
-    const formats = c.opts.formats?.length ? c.opts.formats : p.formats;
+    const formats = formatsOf(p, c.opts);
     const compression = c.opts.compress ?? 'bz2';
     const size = c.opts.diskSize ?? p.diskSize;
     const grow = size !== undefined || p.rootSectors !== undefined ? { ...(size !== undefined ? { size } : {}), ...(p.rootSectors !== undefined ? { rootSectors: p.rootSectors } : {}) } : undefined;
