@@ -319,8 +319,8 @@ export async function compressReusing(
   const steps = await planSteps(index, dirty, layout);
   // The steps are split where a shared prefix would end whether or not one is shared, so that an
   // output has the same bytes however many outputs its run makes.
-  const sharable = sharedSteps(index, steps, regions);
-  const shared = opts.shared ? sharable : 0;
+  const prefixSteps = sharedSteps(index, steps, regions);
+  const prefixes = prefixSteps ? opts.shared : undefined;
 
   let h = newHashes();
   let size = 0;
@@ -350,15 +350,15 @@ export async function compressReusing(
   let fh: FileHandle | undefined;
   let ok = false;
   try {
-    if (shared) {
+    if (prefixes) {
       // Made once per run: copied, with the hashes over it.
-      const head = steps.splice(0, shared);
+      const head = steps.splice(0, prefixSteps);
       const key = stepsKey(head);
-      let made = opts.shared!.made.get(key);
+      let made = prefixes.made.get(key);
       if (!made) {
-        made = makePrefix(opts.shared!.dir, (sink) => emit(head, sink));
-        opts.shared!.made.set(key, made);
-        made.catch(() => opts.shared!.made.delete(key));
+        made = makePrefix(prefixes.dir, (sink) => emit(head, sink));
+        prefixes.made.set(key, made);
+        made.catch(() => prefixes.made.delete(key));
       }
       const prefix = await made;
       await copyFile(prefix.path, out, constants.COPYFILE_EXCL);
